@@ -1,0 +1,3 @@
+"""cccatalog: air-gap git mirrors and image catalog for CodeCollections."""
+
+__version__ = "0.1.0"

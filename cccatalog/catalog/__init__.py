@@ -1,0 +1,1 @@
+"""State and catalog views: the SQLite store (the only SQL), its migrations, and records."""

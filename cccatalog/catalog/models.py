@@ -1,0 +1,21 @@
+"""Plain records that cross the state boundary: what the Store returns and accepts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorStatus:
+    """What the state file knows about one git mirror. Times are timezone-aware UTC."""
+
+    slug: str
+    upstream_url: str | None = None
+    head_commit: str | None = None
+    default_branch: str | None = None
+    refs_fingerprint: str | None = None
+    last_action: str | None = None
+    last_attempt_at: datetime | None = None
+    last_success_at: datetime | None = None
+    last_error: str | None = None

@@ -1,0 +1,1 @@
+"""Bare git mirrors: running git, planning and applying syncs, cross-process locks."""
