@@ -6,9 +6,19 @@ problem is reported with its key path, all at once, and unknown keys are refused
 
 from __future__ import annotations
 
+import difflib
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar, cast
+from urllib.parse import urlsplit
+
+import yaml
+
+from cccatalog.errors import ConfigError
 
 RefScope = Literal["branches-and-tags", "all"]
 Visibility = Literal["public", "hidden"]
@@ -97,3 +107,420 @@ class Config:
 
     def source(self, name: str) -> Source | None:
         return next((s for s in self.sources if s.name == name), None)
+
+
+# --- loading -----------------------------------------------------------------------------------------
+
+SLUG_RULE = (
+    "letters, digits, '.', '_', '-'; must start with a letter or digit; at most 200 characters; "
+    "must not end in .git"
+)
+_SLUG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# A GitHub token pasted where the name of the variable holding it belongs.
+_TOKEN_RE = re.compile(r"(gh[pousr]_|github_pat_)[A-Za-z0-9_]{20,}")
+_SCP_RE = re.compile(r"[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:\S+")
+_MOUNT_RE = re.compile(r"(/[A-Za-z0-9_~-][A-Za-z0-9._~-]*)+/?")
+_GIT_SCHEMES = ("https", "http", "ssh", "git", "file")
+
+_TOP_KEYS = ("git", "scheduler", "sources", "state")
+_LEGACY_TOP = {
+    "destinations": "image mirroring to other registries is not part of cccatalog",
+    "storage": "cccatalog keeps its state in one SQLite file (see state.path)",
+    "catalog_api": "not used by cccatalog (serve takes its options on the command line)",
+}
+_LEGACY_SCHEDULER = dict.fromkeys(
+    ("mirror_poll_minutes", "mirror_workers", "per_job_timeout_seconds"), _LEGACY_TOP["destinations"]
+)
+_GIT_KEYS = (
+    *("enabled", "data_dir", "mount_path", "public_base_url", "runtime_sync", "auth", "codecollections"),
+    *("clone_timeout_seconds", "fetch_timeout_seconds", "refs", "parallelism", "lock_timeout_seconds"),
+)
+_AUTH_KEYS = ("token_env", "user_env", "pass_env", "dockerconfigjson_env")
+_CC_KEYS = ("slug", "name", "git_url", "image_registry", "default_ref", "visibility", "static_path")
+
+_T = TypeVar("_T")
+
+
+def is_valid_slug(slug: str) -> bool:
+    """True when `slug` is safe as `<data_dir>/<slug>.git` and in `/git/<slug>.git` URLs."""
+    return _SLUG_RE.fullmatch(slug) is not None and not slug.endswith(".git")
+
+
+def config_path_from_env(explicit: Path | None, environ: Mapping[str, str]) -> Path:
+    """`explicit`, else $CCCATALOG_CONFIG, else $CC_CATALOG_CONFIG_FILE, else ./config.yaml."""
+    if explicit is not None:
+        return explicit
+    for name in ("CCCATALOG_CONFIG", "CC_CATALOG_CONFIG_FILE"):
+        if value := environ.get(name):
+            return Path(value)
+    return Path("config.yaml")
+
+
+def load_config(path: Path | None = None, *, environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate the config file, or raise ConfigError listing every problem.
+
+    `environ` (default: os.environ) supplies the config path fallbacks and the state path overrides.
+    """
+    env = os.environ if environ is None else environ
+    path = config_path_from_env(path, env)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(str(path), ["file not found (set --config or CCCATALOG_CONFIG)"]) from None
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot read file: {exc.strerror or type(exc).__name__}"]) from None
+    try:
+        data = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), [_yaml_problem(exc)]) from None
+    return parse_config(data, path=path, environ=env)
+
+
+def parse_config(data: object, *, path: Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Validate already-loaded YAML. Pure: reads no environment beyond `environ` (None = empty).
+
+    Relative paths in the file are taken against the directory of `path`. A YAML null anywhere means
+    "not set" (defaults; an empty list for lists).
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), [f"top level: expected a mapping of config keys, got {_describe(data)}"])
+    ctx = _Ctx(base_dir=path.absolute().parent)
+    top = _Reader(ctx, "", data)
+    top.check_keys(_TOP_KEYS, _LEGACY_TOP)
+    scheduler = _scheduler(top.child("scheduler"))
+    sources, slugs = _sources(top)
+    git = _git(top.child("git"), slugs)
+    state = _state(top.child("state"), git.data_dir, environ or {})
+    if ctx.problems:
+        raise ConfigError(str(path), ctx.problems)
+    return Config(
+        path=path.absolute(),
+        git=git,
+        scheduler=scheduler,
+        state=state,
+        sources=sources,
+        warnings=tuple(ctx.warnings),
+    )
+
+
+@dataclass
+class _Ctx:
+    base_dir: Path
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+class _Reader:
+    """One mapping of the raw config at key path `where`. Getters record problems and return defaults."""
+
+    def __init__(self, ctx: _Ctx, where: str, data: dict[Any, object] | None = None) -> None:
+        self.ctx, self.where, self.data = ctx, where, data or {}
+
+    @classmethod
+    def of(cls, ctx: _Ctx, where: str, value: object) -> _Reader | None:
+        if value is None:
+            return cls(ctx, where)
+        if not isinstance(value, dict):
+            ctx.problems.append(f"{where}: expected a mapping, got {_describe(value)}")
+            return None
+        return cls(ctx, where, value)
+
+    def key(self, name: str) -> str:
+        return f"{self.where}.{name}" if self.where else name
+
+    def problem(self, name: str | None, message: str) -> None:
+        self.ctx.problems.append(f"{self.key(name) if name else self.where}: {message}")
+
+    def warn(self, name: str, message: str) -> None:
+        self.ctx.warnings.append(f"{self.key(name)}: {message}")
+
+    def check_keys(self, allowed: Sequence[str], legacy: Mapping[str, str] | None = None) -> None:
+        for key in self.data:
+            name = str(key)
+            if name in allowed:
+                continue
+            if legacy and name in legacy:
+                self.warn(name, f"ignored — {legacy[name]}")
+                continue
+            close = difflib.get_close_matches(name, allowed, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            self.problem(name, f"unknown key (expected one of: {', '.join(sorted(allowed))}){hint}")
+
+    def child(self, name: str) -> _Reader:
+        return _Reader.of(self.ctx, self.key(name), self.data.get(name)) or _Reader(self.ctx, self.key(name))
+
+    def items(self, name: str) -> list[tuple[str, object]]:
+        """(key path, value) of each entry of the list at `name`."""
+        value = self.data.get(name)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            self.problem(name, f"expected a list, got {_describe(value)}")
+            return []
+        return [(f"{self.key(name)}[{i}]", item) for i, item in enumerate(value)]
+
+    def _value(self, name: str, default: object, ok: bool, expected: str, required: bool = False) -> object:
+        value = self.data.get(name)
+        if value is None:
+            if required:
+                self.problem(name, f"is required ({expected})")
+            return default
+        if ok:
+            return value
+        self.problem(name, f"expected {expected}, got {_describe(value)}")
+        return default
+
+    def str_(self, name: str, default: _T, *, required: bool = False) -> str | _T:
+        value = self.data.get(name)
+        ok = isinstance(value, str) and bool(value.strip())
+        return cast("str | _T", self._value(name, default, ok, "a non-empty string", required))
+
+    def bool_(self, name: str, default: bool) -> bool:
+        ok = isinstance(self.data.get(name), bool)
+        return cast(bool, self._value(name, default, ok, "true or false"))
+
+    def int_(self, name: str, default: _T, lo: int, hi: int) -> int | _T:
+        value = self.data.get(name)
+        ok = isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
+        return cast("int | _T", self._value(name, default, ok, f"an integer from {lo} to {hi}"))
+
+    def choice(self, name: str, default: _T, choices: Sequence[str], *, required: bool = False) -> str | _T:
+        ok = self.data.get(name) in choices
+        expected = ", ".join(map(repr, choices[:-1])) + f" or {choices[-1]!r}"
+        return cast("str | _T", self._value(name, default, ok, expected, required))
+
+    def path_(self, name: str, default: _T) -> Path | _T:
+        value = self.str_(name, None)
+        return default if value is None else self.ctx.base_dir / value
+
+
+def _scheduler(r: _Reader) -> SchedulerConfig:
+    r.check_keys(("catalog_poll_minutes", "git_sync_minutes"), _LEGACY_SCHEDULER)
+    return SchedulerConfig(
+        catalog_poll_minutes=r.int_("catalog_poll_minutes", None, 1, 1440),
+        git_sync_minutes=r.int_("git_sync_minutes", None, 1, 1440),
+    )
+
+
+def _auth(r: _Reader) -> AuthConfig:
+    r.check_keys(_AUTH_KEYS)
+    names: dict[str, str | None] = {}
+    for key in _AUTH_KEYS:
+        value = r.data.get(key)
+        ok = isinstance(value, str) and _ENV_NAME_RE.fullmatch(value) and not _TOKEN_RE.fullmatch(value)
+        names[key] = value if ok and isinstance(value, str) else None
+        # Never echo the value: it may be the secret itself (and a GitHub token is a valid name).
+        if value is not None and not ok:
+            r.problem(key, "expected the NAME of an environment variable holding the secret, not the secret")
+    given = {key for key in _AUTH_KEYS if r.data.get(key) is not None}
+    pair = given & {"user_env", "pass_env"}
+    if ("token_env" in given) + bool(pair) + ("dockerconfigjson_env" in given) > 1:
+        r.problem(None, "set only one of token_env, user_env+pass_env, dockerconfigjson_env")
+    if len(pair) == 1:
+        r.problem(None, f"{pair.pop()} is set without {({'user_env', 'pass_env'} - given).pop()}; set both")
+    return AuthConfig(**names)
+
+
+def _sources(top: _Reader) -> tuple[tuple[Source, ...], dict[str, str]]:
+    """The sources, and every slug seen -> the key path that first defined it."""
+    sources: list[Source] = []
+    names: dict[str, str] = {}
+    slugs: dict[str, str] = {}
+    for where, item in top.items("sources"):
+        if (r := _Reader.of(top.ctx, where, item)) is not None:
+            sources.append(_source(r, names, slugs))
+    return tuple(sources), slugs
+
+
+def _first_or_duplicate(r: _Reader, name: str, value: str, seen: dict[str, str], what: str) -> None:
+    first = seen.setdefault(value, r.key(name))
+    if first != r.key(name):
+        r.problem(name, f"duplicate {what} {_quote(value)} (first defined at {first})")
+
+
+def _source(r: _Reader, names: dict[str, str], slugs: dict[str, str]) -> Source:
+    r.check_keys(("name", "type", "auth", "codecollections", "options"))
+    name = r.str_("name", "", required=True)
+    if name:
+        _first_or_duplicate(r, "name", name, names, "source name")
+    type_ = r.choice("type", "oci", ("oci", "static", "upstream"), required=True)
+    if type_ == "upstream":
+        r.warn("type", "cccatalog does not poll other catalogs; this source's collections get no image refs")
+    auth = _auth(r.child("auth"))
+    options = r.child("options")
+    options.check_keys(("upstream_url", "plain_http"))
+    upstream_url = options.str_("upstream_url", None)
+    if upstream_url is not None:
+        hint = f"credentials belong in environment variables named by {r.key('auth')}"
+        if problem := _url_problem(upstream_url, ("https", "http"), hint):
+            options.problem("upstream_url", problem)
+        upstream_url = upstream_url.rstrip("/")
+    collections = []
+    for where, item in r.items("codecollections"):
+        if (cc := _Reader.of(r.ctx, where, item)) is not None:
+            collections.append(_collection(cc, name, slugs))
+    return Source(
+        name=name,
+        type=cast(SourceType, type_),
+        auth=auth,
+        codecollections=tuple(collections),
+        upstream_url=upstream_url,
+        plain_http=options.bool_("plain_http", False),
+    )
+
+
+def _collection(r: _Reader, source: str, slugs: dict[str, str]) -> CodeCollection:
+    r.check_keys(_CC_KEYS)
+    slug = r.str_("slug", "", required=True).strip()
+    if slug:
+        if not is_valid_slug(slug):
+            r.problem("slug", f"{_quote(slug)} is not a valid slug ({SLUG_RULE})")
+        _first_or_duplicate(r, "slug", slug, slugs, "slug")
+    git_url = r.str_("git_url", None)
+    if git_url is not None and (problem := _git_url_problem(git_url)):
+        r.problem("git_url", problem)
+    registry = r.str_("image_registry", None)
+    if registry is not None and "://" in registry:
+        shown = _quote(_redact_url(registry))
+        r.problem(
+            "image_registry", f"expected host/path without a scheme, like ghcr.io/org/repo; got {shown}"
+        )
+    return CodeCollection(
+        slug=slug,
+        source=source,
+        name=r.str_("name", None),
+        git_url=git_url,
+        image_registry=registry,
+        default_ref=r.str_("default_ref", "main"),
+        visibility=cast(Visibility, r.choice("visibility", "public", ("public", "hidden"))),
+        static_path=r.path_("static_path", None),
+    )
+
+
+def _git(r: _Reader, slugs: Mapping[str, str]) -> GitConfig:
+    r.check_keys(_GIT_KEYS)
+    mount_path = r.str_("mount_path", "/git")
+    if not _MOUNT_RE.fullmatch(mount_path) or mount_path.rstrip("/") in ("/api", "/healthz", "/readyz"):
+        r.problem("mount_path", f"expected an absolute URL path such as /git, got {_quote(mount_path)}")
+    base_url = r.str_("public_base_url", None)
+    if base_url is not None:
+        if problem := _url_problem(base_url, ("https", "http"), "clients would see them; remove them"):
+            r.problem("public_base_url", problem)
+        base_url = base_url.rstrip("/")
+    allow: list[str] = []
+    for where, item in r.items("codecollections"):
+        slug = item.strip() if isinstance(item, str) else None
+        if slug is None or not is_valid_slug(slug):
+            r.ctx.problems.append(f"{where}: {_describe(item)} is not a valid slug ({SLUG_RULE})")
+        elif slug not in slugs:
+            close = difflib.get_close_matches(slug, list(slugs), n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            r.ctx.problems.append(
+                f"{where}: {_quote(slug)} is not a slug of any configured CodeCollection{hint}"
+            )
+        elif slug not in allow:
+            allow.append(slug)
+    return GitConfig(
+        enabled=r.bool_("enabled", False),
+        data_dir=r.path_("data_dir", Path("/data/git")),
+        mount_path=mount_path.rstrip("/") or "/git",
+        public_base_url=base_url,
+        runtime_sync=r.bool_("runtime_sync", True),
+        auth=_auth(r.child("auth")),
+        codecollections=tuple(allow),
+        clone_timeout_seconds=r.int_("clone_timeout_seconds", 900, 30, 7200),
+        fetch_timeout_seconds=r.int_("fetch_timeout_seconds", 600, 30, 3600),
+        refs=cast(RefScope, r.choice("refs", "branches-and-tags", ("branches-and-tags", "all"))),
+        parallelism=r.int_("parallelism", 4, 1, 64),
+        lock_timeout_seconds=r.int_("lock_timeout_seconds", 600, 0, 86400),
+    )
+
+
+def _state(r: _Reader, data_dir: Path, environ: Mapping[str, str]) -> StateConfig:
+    """$CCCATALOG_STATE_FILE, else a sqlite $CC_CATALOG_DB_URL, else state.path, else under git.data_dir."""
+    r.check_keys(("path",))
+    from_yaml = r.path_("path", None)
+    if value := environ.get("CCCATALOG_STATE_FILE"):
+        return StateConfig(Path.cwd() / value)
+    if db_url := environ.get("CC_CATALOG_DB_URL"):
+        if (sqlite_path := _sqlite_path(db_url)) is not None:
+            return StateConfig(Path.cwd() / sqlite_path)
+        # Never echo the URL: it may carry a database password.
+        r.ctx.warnings.append(
+            "CC_CATALOG_DB_URL: ignored — only sqlite:///<path> URLs can be used; "
+            "set CCCATALOG_STATE_FILE or state.path instead"
+        )
+    return StateConfig(from_yaml or data_dir / ".cccatalog" / "state.sqlite3")
+
+
+def _sqlite_path(url: str) -> str | None:
+    """The file of `sqlite:///<path>` (SQLAlchemy form: `sqlite:////abs`, `sqlite:///rel`), else None."""
+    scheme, sep, rest = url.partition(":///")
+    path = rest.split("?", 1)[0]
+    if not sep or not (scheme == "sqlite" or scheme.startswith("sqlite+")) or path in ("", ":memory:"):
+        return None
+    return path
+
+
+def _git_url_problem(url: str) -> str | None:
+    if "://" in url:
+        hint = "credentials belong in environment variables named by git.auth"
+        return _url_problem(url, _GIT_SCHEMES, hint)
+    if url.startswith("/") or _SCP_RE.fullmatch(url):
+        return None
+    expected = ", ".join(f"{s}://" for s in _GIT_SCHEMES) + ", user@host:path or an absolute path"
+    return f"{_quote(_redact_url(url))} is not a git URL (expected {expected})"
+
+
+def _url_problem(url: str, schemes: Sequence[str], credentials_hint: str) -> str | None:
+    shown = _quote(_redact_url(url))
+    try:
+        parts = urlsplit(url)
+        scheme, host, password = parts.scheme.lower(), parts.hostname, parts.password
+    except ValueError:
+        return f"{shown} is not a valid URL"
+    if scheme not in schemes:
+        return f"{shown} has an unsupported scheme (expected {', '.join(s + '://' for s in schemes)})"
+    # ssh://git@host is a user name, not a credential; in an http(s) URL any userinfo is one.
+    if password is not None or ("@" in parts.netloc and scheme != "ssh"):
+        return f"{shown} embeds credentials; {credentials_hint}"
+    if not host and scheme != "file":
+        return f"{shown} has no host"
+    return None
+
+
+def _redact_url(url: str) -> str:
+    """`url` with everything between the scheme and the last '@' replaced by ***."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    return f"{scheme}{sep}***@{rest.rpartition('@')[2]}" if "@" in rest else url
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    # Only the problem and its position: str(exc) quotes the offending line, which may hold a secret.
+    if isinstance(exc, yaml.reader.ReaderError):
+        return f"not readable as text ({exc.reason}) at byte {exc.position}"
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or exc.context or "cannot parse"
+        if mark is not None:
+            return f"line {mark.line + 1}, column {mark.column + 1}: invalid YAML: {problem}"
+        return f"invalid YAML: {problem}"
+    return f"invalid YAML ({type(exc).__name__})"
+
+
+def _quote(text: str) -> str:
+    return repr(text if len(text) <= 60 else text[:57] + "...")
+
+
+def _describe(value: object) -> str:
+    """A value as messages show it: short strings quoted, scalars as YAML writes them, containers by kind."""
+    if isinstance(value, str):
+        return _quote(value)
+    if value is None or isinstance(value, bool | int | float):
+        return json.dumps(value)
+    return "a mapping" if isinstance(value, dict) else "a list" if isinstance(value, list) else "a value"
