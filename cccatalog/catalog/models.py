@@ -19,3 +19,17 @@ class MirrorStatus:
     last_attempt_at: datetime | None = None
     last_success_at: datetime | None = None
     last_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionRecord:
+    """A CodeCollection as last written to the state file from config. `updated_at` is aware UTC."""
+
+    slug: str
+    source: str
+    name: str | None
+    git_url: str | None
+    image_registry: str | None
+    default_ref: str
+    visibility: str
+    updated_at: datetime

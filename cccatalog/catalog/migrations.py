@@ -1,0 +1,122 @@
+"""Append-only schema migrations of the state file, and the one function that applies them.
+
+Migration N (1-based) brings `PRAGMA user_version` to N. Never edit or reorder a released migration:
+add a new one. `migrate` takes the write lock (`BEGIN IMMEDIATE`) before it re-reads the version, so
+any number of processes opening the same file at once each see either "nothing to do" or "my turn",
+and every migration runs exactly once, in the same transaction as its version bump.
+
+Migrations must use `conn.execute`, one statement at a time: `executescript` commits the open
+transaction first, which would break the all-or-nothing upgrade.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+from cccatalog.errors import StateError
+
+Migration = Callable[[sqlite3.Connection], None]
+
+MIGRATIONS: list[Migration] = []
+migration = MIGRATIONS.append
+
+
+def user_version(conn: sqlite3.Connection) -> int:
+    version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+    return version
+
+
+def database_path(conn: sqlite3.Connection) -> str:
+    """The file behind the connection's main database, for messages."""
+    row = conn.execute("PRAGMA database_list").fetchone()
+    return str(row[2]) if row and row[2] else "<in-memory state>"
+
+
+def check_not_newer(conn: sqlite3.Connection) -> int:
+    """Return the file's schema version; refuse a file written by a newer cccatalog (read-only check)."""
+    found = user_version(conn)
+    known = len(MIGRATIONS)
+    if found > known:
+        raise StateError(
+            f"state file {database_path(conn)} was written by a newer cccatalog (schema version {found}; "
+            f"this cccatalog knows up to {known}). It was left untouched: upgrade cccatalog, "
+            "or point it at another state file."
+        )
+    return found
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply pending migrations; return the schema version now in the file.
+
+    The connection must be in autocommit mode (`isolation_level=None`): the transaction is explicit.
+    """
+    if check_not_newer(conn) == len(MIGRATIONS):
+        return len(MIGRATIONS)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        # Another process may have migrated between our first look and taking the lock.
+        current = check_not_newer(conn)
+        for number in range(current + 1, len(MIGRATIONS) + 1):
+            MIGRATIONS[number - 1](conn)
+            conn.execute(f"PRAGMA user_version = {number:d}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return len(MIGRATIONS)
+
+
+@migration
+def m001_initial(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        """
+        CREATE TABLE collections (
+            slug TEXT PRIMARY KEY,
+            source TEXT NOT NULL,
+            name TEXT,
+            git_url TEXT,
+            image_registry TEXT,
+            default_ref TEXT NOT NULL,
+            visibility TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        )
+        """
+    )
+    conn.execute(
+        """
+        CREATE TABLE git_mirrors (
+            slug TEXT PRIMARY KEY,
+            upstream_url TEXT,
+            head_commit TEXT,
+            default_branch TEXT,
+            refs_fingerprint TEXT,
+            last_action TEXT,
+            last_attempt_at TEXT,
+            last_success_at TEXT,
+            last_error TEXT
+        )
+        """
+    )
+    conn.execute(
+        """
+        CREATE TABLE image_refs (
+            slug TEXT NOT NULL,
+            ref TEXT NOT NULL,
+            ref_type TEXT,
+            image_registry TEXT,
+            image_tag TEXT,
+            image_digest TEXT,
+            commit_hash TEXT,
+            rt_revision TEXT,
+            image_built_at TEXT,
+            built_at_source TEXT,
+            is_latest INTEGER NOT NULL DEFAULT 0,
+            is_prerelease INTEGER NOT NULL DEFAULT 0,
+            is_active INTEGER NOT NULL DEFAULT 1,
+            synced_at TEXT,
+            PRIMARY KEY (slug, ref)
+        )
+        """
+    )

@@ -1,0 +1,249 @@
+"""The state database: one SQLite file behind the `Store` class. The only module that contains SQL.
+
+The file is opened in WAL mode so `serve` can read while `sync` writes, and migrated on open (see
+`migrations`). Every write is one `BEGIN IMMEDIATE ... COMMIT` transaction. Times are stored as
+RFC 3339 UTC strings with `Z` and come back as timezone-aware UTC datetimes. sqlite3 errors leave
+this module as `StateError` with the path and a hint, never with row data.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cccatalog.catalog.migrations import check_not_newer, migrate, user_version
+from cccatalog.catalog.models import CollectionRecord, MirrorStatus
+from cccatalog.config import CodeCollection
+from cccatalog.errors import StateError
+
+# Values always travel as `?` parameters, never inside the SQL text.
+_SELECT_MIRRORS = (
+    "SELECT slug, upstream_url, head_commit, default_branch, refs_fingerprint, last_action, "
+    "last_attempt_at, last_success_at, last_error FROM git_mirrors"
+)
+_UPSERT_MIRROR_SUCCESS = """
+    INSERT INTO git_mirrors (slug, upstream_url, head_commit, default_branch, refs_fingerprint,
+        last_action, last_attempt_at, last_success_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (slug) DO UPDATE SET upstream_url = excluded.upstream_url,
+        head_commit = excluded.head_commit, default_branch = excluded.default_branch,
+        refs_fingerprint = excluded.refs_fingerprint, last_action = excluded.last_action,
+        last_attempt_at = excluded.last_attempt_at, last_success_at = excluded.last_success_at,
+        last_error = NULL
+"""
+_UPSERT_MIRROR_FAILURE = """
+    INSERT INTO git_mirrors (slug, upstream_url, last_action, last_attempt_at, last_error)
+        VALUES (?, ?, ?, ?, ?)
+    ON CONFLICT (slug) DO UPDATE SET upstream_url = excluded.upstream_url,
+        last_action = excluded.last_action, last_attempt_at = excluded.last_attempt_at,
+        last_error = excluded.last_error
+"""
+_SELECT_COLLECTIONS = (
+    "SELECT slug, source, name, git_url, image_registry, default_ref, visibility, updated_at "
+    "FROM collections ORDER BY slug"
+)
+_UPSERT_COLLECTION = """
+    INSERT INTO collections (slug, source, name, git_url, image_registry, default_ref, visibility,
+        updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (slug) DO UPDATE SET source = excluded.source, name = excluded.name,
+        git_url = excluded.git_url, image_registry = excluded.image_registry,
+        default_ref = excluded.default_ref, visibility = excluded.visibility,
+        updated_at = excluded.updated_at
+"""
+
+
+def to_db_time(value: datetime) -> str:
+    """Aware datetime -> `2026-11-25T21:00:00.123456Z` (fixed width, so text order is time order)."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("naive datetime given to the state store; pass a timezone-aware one")
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def from_db_time(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value).astimezone(UTC)
+
+
+class Store:
+    """An open state file. Safe to share across threads; several processes may open the same file."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        """Wrap an autocommit connection that is already migrated; prefer `Store.open`."""
+        self._conn = conn
+        self.path = path
+        # One connection serves every thread: a transaction must not interleave with another
+        # thread's statements, so reads and writes alike take this lock.
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, path: Path, *, busy_timeout_s: float = 30.0) -> Store:
+        """Open (creating if needed) and migrate the state file at `path`."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateError(
+                f"cannot create the directory for state file {path}: {exc.strerror or exc}; "
+                "check that the parent path is a writable directory"
+            ) from None
+        try:
+            conn = sqlite3.connect(
+                path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise _state_error(path, "open", exc) from None
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000):d}")
+            # Before anything writes: a newer cccatalog's file must stay byte-for-byte untouched.
+            check_not_newer(conn)
+            _enable_wal(conn, deadline=time.monotonic() + busy_timeout_s)
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            migrate(conn)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise _state_error(path, "open", exc) from None
+        except BaseException:
+            conn.close()
+            raise
+        return cls(conn, path)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    @property
+    def schema_version(self) -> int:
+        with self._reading("read the schema version from") as conn:
+            return user_version(conn)
+
+    def upsert_collections(self, collections: Iterable[CodeCollection]) -> None:
+        """Insert or update each collection by slug, all in one transaction."""
+        now = to_db_time(datetime.now(UTC))
+        rows = [
+            (c.slug, c.source, c.name, c.git_url, c.image_registry, c.default_ref, c.visibility, now)
+            for c in collections
+        ]
+        with self._writing("save collections in") as conn:
+            conn.executemany(_UPSERT_COLLECTION, rows)
+
+    def list_collections(self) -> list[CollectionRecord]:
+        """Every collection in the state file, ordered by slug."""
+        with self._reading("read collections from") as conn:
+            rows = conn.execute(_SELECT_COLLECTIONS).fetchall()
+        return [_collection(row) for row in rows]
+
+    def get_mirror(self, slug: str) -> MirrorStatus | None:
+        with self._reading("read mirror status from") as conn:
+            row = conn.execute(_SELECT_MIRRORS + " WHERE slug = ?", (slug,)).fetchone()
+        return None if row is None else _mirror(row)
+
+    def list_mirrors(self) -> list[MirrorStatus]:
+        """Every mirror the state file knows, ordered by slug."""
+        with self._reading("read mirror status from") as conn:
+            rows = conn.execute(_SELECT_MIRRORS + " ORDER BY slug").fetchall()
+        return [_mirror(row) for row in rows]
+
+    def record_mirror_success(
+        self,
+        slug: str,
+        *,
+        upstream_url: str,
+        action: str,
+        head_commit: str,
+        default_branch: str,
+        refs_fingerprint: str,
+        attempted_at: datetime,
+        finished_at: datetime,
+    ) -> None:
+        """Remember a successful clone/fetch: the new head and fingerprint; clears the last error."""
+        attempted, finished = to_db_time(attempted_at), to_db_time(finished_at)
+        row = (slug, upstream_url, head_commit, default_branch, refs_fingerprint, action, attempted, finished)
+        with self._writing("record a mirror sync in") as conn:
+            conn.execute(_UPSERT_MIRROR_SUCCESS, row)
+
+    def record_mirror_failure(
+        self, slug: str, *, upstream_url: str, action: str, error: str, attempted_at: datetime
+    ) -> None:
+        """Remember a failed attempt; what the last success recorded (head, time) is kept.
+
+        `error` must already be redacted: it is served by the unauthenticated status API.
+        """
+        row = (slug, upstream_url, action, to_db_time(attempted_at), error)
+        with self._writing("record a mirror sync failure in") as conn:
+            conn.execute(_UPSERT_MIRROR_FAILURE, row)
+
+    @contextmanager
+    def _reading(self, what: str) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                yield self._conn
+            except sqlite3.Error as exc:
+                raise _state_error(self.path, what, exc) from None
+
+    @contextmanager
+    def _writing(self, what: str) -> Iterator[sqlite3.Connection]:
+        """One write transaction that takes the database write lock up front; rolled back on any error."""
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._conn
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    # Some errors (disk full, I/O) already ended the transaction.
+                    if self._conn.in_transaction:
+                        self._conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise _state_error(self.path, what, exc) from None
+
+
+def _enable_wal(conn: sqlite3.Connection, *, deadline: float) -> None:
+    """Switch to WAL, retrying: the switch needs an exclusive lock and may fail fast with SQLITE_BUSY."""
+    if conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+        return
+    while True:
+        try:
+            # On a filesystem without shared memory (NFS) this keeps the rollback journal: still correct.
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    # Errors raised by the sqlite3 module itself (e.g. "closed database") carry no SQLite code.
+    return bool((getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF == sqlite3.SQLITE_BUSY)
+
+
+def _state_error(path: Path, what: str, exc: sqlite3.Error) -> StateError:
+    if _is_busy(exc):
+        hint = "another process kept it locked for longer than the busy timeout; try again"
+    else:
+        hint = "is the directory writable, the disk not full, and the file a cccatalog state file?"
+    return StateError(f"cannot {what} state file {path}: {exc}; {hint}")
+
+
+def _mirror(row: tuple[Any, ...]) -> MirrorStatus:
+    slug, upstream, head, branch, fingerprint, action, attempt, success, error = row
+    return MirrorStatus(
+        slug, upstream, head, branch, fingerprint, action, from_db_time(attempt), from_db_time(success), error
+    )
+
+
+def _collection(row: tuple[Any, ...]) -> CollectionRecord:
+    slug, source, name, git_url, registry, default_ref, visibility, updated_at = row
+    updated = datetime.fromisoformat(updated_at).astimezone(UTC)
+    return CollectionRecord(slug, source, name, git_url, registry, default_ref, visibility, updated)
