@@ -1,0 +1,113 @@
+"""Credentials named by an `auth` block: read from the environment (or a Docker config), never from YAML.
+
+The values live only in these objects (whose repr hides them) and in the redactor that masks them.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from cccatalog.config import AuthConfig
+from cccatalog.errors import CCCatalogError
+
+
+class CredentialError(CCCatalogError):
+    """An auth block names an environment variable or file that does not deliver credentials."""
+
+
+@dataclass(frozen=True, slots=True)
+class BasicCredentials:
+    username: str
+    password: str = field(repr=False)
+
+    @property
+    def authorization(self) -> str:
+        """The HTTP Authorization header value (GitHub wants Basic with `x-access-token` for tokens)."""
+        raw = f"{self.username}:{self.password}".encode()
+        return "Basic " + base64.b64encode(raw).decode()
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Every form of these credentials that must never be shown."""
+        return (self.password, self.authorization.split(" ", 1)[1])
+
+
+def url_host(url: str) -> str | None:
+    """Host (with port) of an http(s)/ssh URL, or of a registry reference like `ghcr.io/org/x`."""
+    if "://" not in url:
+        url = "//" + url
+    netloc = urlsplit(url).netloc
+    return netloc.rsplit("@", 1)[-1].lower() or None
+
+
+def resolve(
+    auth: AuthConfig, *, key: str, host: str | None, environ: Mapping[str, str]
+) -> BasicCredentials | None:
+    """Credentials for `host` from the env vars `auth` names; None when the block is anonymous.
+
+    `key` is the block's key path (`git.auth`, `sources[0].auth`) for error messages.
+    """
+    if auth.token_env:
+        return BasicCredentials("x-access-token", _env(environ, auth.token_env, f"{key}.token_env"))
+    if auth.user_env and auth.pass_env:
+        return BasicCredentials(
+            _env(environ, auth.user_env, f"{key}.user_env"),
+            _env(environ, auth.pass_env, f"{key}.pass_env"),
+        )
+    if auth.dockerconfigjson_env and host:
+        raw = _env(environ, auth.dockerconfigjson_env, f"{key}.dockerconfigjson_env")
+        return docker_config_lookup(
+            raw, host, origin=f"{key}.dockerconfigjson_env ({auth.dockerconfigjson_env})"
+        )
+    return None
+
+
+def _env(environ: Mapping[str, str], name: str, key: str) -> str:
+    value = environ.get(name, "")
+    if not value:
+        raise CredentialError(
+            f"{key}: environment variable {name} is not set or empty; export it or remove the key"
+        )
+    return value
+
+
+def docker_config_lookup(raw: str, host: str, *, origin: str) -> BasicCredentials | None:
+    """Find `host` in a Docker config.json given as its path or its JSON text (a mounted pull secret)."""
+    text = raw
+    if not raw.lstrip().startswith("{"):
+        try:
+            text = Path(raw).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise CredentialError(f"{origin}: cannot read Docker config {raw}: {exc.strerror}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CredentialError(f"{origin}: Docker config is not valid JSON (line {exc.lineno})") from None
+    auths = data.get("auths") if isinstance(data, dict) else None
+    if not isinstance(auths, dict):
+        raise CredentialError(f"{origin}: Docker config has no 'auths' mapping")
+    for registry, entry in auths.items():
+        if url_host(str(registry)) == host.lower() and isinstance(entry, dict):
+            return _entry_credentials(entry, host, origin)
+    return None
+
+
+def _entry_credentials(entry: Mapping[str, object], host: str, origin: str) -> BasicCredentials:
+    encoded = entry.get("auth")
+    if isinstance(encoded, str) and encoded:
+        try:
+            user, sep, password = base64.b64decode(encoded, validate=True).decode().partition(":")
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise CredentialError(f"{origin}: the 'auth' entry for {host} is not base64 of user:password")
+        return BasicCredentials(user, password)
+    name, secret = entry.get("username"), entry.get("password")
+    if isinstance(name, str) and isinstance(secret, str) and name and secret:
+        return BasicCredentials(name, secret)
+    raise CredentialError(f"{origin}: the entry for {host} has neither 'auth' nor username and password")

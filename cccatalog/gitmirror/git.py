@@ -1,0 +1,139 @@
+"""The one place that starts git for mirroring: argv lists, an explicit environment, timeouts, redaction.
+
+Configuration that carries secrets (the Authorization header) reaches git only through
+GIT_CONFIG_COUNT/GIT_CONFIG_KEY_n/GIT_CONFIG_VALUE_n, never argv (visible in `ps`) or repo config.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cccatalog.errors import GitError
+from cccatalog.redact import Redactor
+
+# What git may inherit from the caller's environment: proxies, CA bundles, ssh setup. Everything
+# else (GIT_DIR, GIT_CONFIG_*, REMOTE_USER, ...) is dropped so the caller cannot change what runs.
+INHERITED_ENV = (
+    "PATH", "HOME", "TMPDIR", "USER", "LOGNAME",
+    "http_proxy", "https_proxy", "no_proxy", "all_proxy",
+    "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY",
+    "SSL_CERT_FILE", "SSL_CERT_DIR", "GIT_SSL_CAINFO", "GIT_SSL_CAPATH", "GIT_SSL_NO_VERIFY",
+    "GIT_SSH", "GIT_SSH_COMMAND", "GIT_SSH_VARIANT", "SSH_AUTH_SOCK",
+)  # fmt: skip
+
+STDERR_TAIL_LINES = 8
+
+
+@dataclass(frozen=True, slots=True)
+class GitResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def base_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment every git process starts from."""
+    env = {k: environ[k] for k in INHERITED_ENV if k in environ}
+    env.setdefault("PATH", os.defpath)
+    env.update(
+        {
+            "LC_ALL": "C",  # stable, parseable messages
+            "GIT_TERMINAL_PROMPT": "0",  # a missing credential must fail, not hang a cron job
+            "GCM_INTERACTIVE": "never",
+        }
+    )
+    return env
+
+
+def config_env(config: Mapping[str, str]) -> dict[str, str]:
+    """`-c key=value` equivalents as environment variables, invisible to `ps`."""
+    env = {"GIT_CONFIG_COUNT": str(len(config))}
+    for i, (key, value) in enumerate(config.items()):
+        env[f"GIT_CONFIG_KEY_{i}"] = key
+        env[f"GIT_CONFIG_VALUE_{i}"] = value
+    return env
+
+
+class Git:
+    """Runs git. Holds the base environment and the redactor every message passes through."""
+
+    def __init__(
+        self, *, redactor: Redactor, environ: Mapping[str, str] | None = None, binary: str = "git"
+    ) -> None:
+        self.redactor = redactor
+        self.binary = binary
+        self._env = base_environment(os.environ if environ is None else environ)
+
+    def run(
+        self,
+        args: Sequence[str],
+        *,
+        cwd: Path | None = None,
+        config: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        check: bool = True,
+        stdin: str | None = None,
+    ) -> GitResult:
+        env = dict(self._env)
+        env.update(config_env(config or {}))
+        argv = [self.binary, *args]
+        # A session of its own, so a timeout can kill git's helpers (remote-https, upload-pack) too.
+        proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            errors="replace",
+            start_new_session=True,
+        )
+        name = _subcommand(args)
+        try:
+            stdout, stderr = proc.communicate(stdin, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            proc.communicate()
+            raise GitError(
+                f"git {name} timed out after {timeout:.0f}s (raise it in the config if need be)",
+                command=self._show(argv),
+            ) from None
+        result = GitResult(proc.returncode, stdout, self.redactor(stderr))
+        if check and result.returncode != 0:
+            raise GitError(
+                f"git {name} failed (exit {result.returncode}): {summarize_stderr(result.stderr)}",
+                command=self._show(argv),
+                stderr=result.stderr,
+            )
+        return result
+
+    def _show(self, argv: Sequence[str]) -> str:
+        return self.redactor(" ".join(argv))
+
+
+def _subcommand(args: Sequence[str]) -> str:
+    """The git command name in argv, past global options like `-C <dir>`."""
+    rest = list(args)
+    while rest and rest[0].startswith("-"):
+        rest = rest[2:] if rest[0] in ("-C", "-c", "--git-dir") else rest[1:]
+    return rest[0] if rest else "git"
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def summarize_stderr(stderr: str) -> str:
+    """The last meaningful lines of git's stderr, on one line: `fatal:`/`error:` lines win."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    important = [ln for ln in lines if ln.startswith(("fatal:", "error:", "remote: error", "ssh:"))]
+    chosen = (important or lines)[-STDERR_TAIL_LINES:]
+    return "; ".join(chosen) or "no error output"

@@ -1,0 +1,1 @@
+"""cccatalog test suite."""

@@ -1,0 +1,58 @@
+"""Shared fixtures: isolated git environment, upstream repos, config files written to tmp_path."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.gitfixtures import GIT_ENV, Upstream
+
+
+@pytest.fixture(autouse=True)
+def _isolated_git(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No developer or CI git config leaks into tests; HOME points at an empty directory."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    for key, value in GIT_ENV.items():
+        monkeypatch.setenv(key, value)
+    for key in ("CCCATALOG_CONFIG", "CC_CATALOG_CONFIG_FILE", "CCCATALOG_STATE_FILE", "CC_CATALOG_DB_URL"):
+        monkeypatch.delenv(key, raising=False)
+
+
+@pytest.fixture
+def make_upstream(tmp_path: Path) -> Callable[[str], Upstream]:
+    def make(name: str) -> Upstream:
+        return Upstream(tmp_path / "upstreams" / name)
+
+    return make
+
+
+MakeConfig = Callable[..., Path]
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> MakeConfig:
+    """Write a config with one source listing `repos` (slug -> git_url) and return its path."""
+
+    def write(repos: dict[str, str], *, git_extra: str = "", name: str = "config.yaml") -> Path:
+        entries = "".join(f"      - slug: {slug}\n        git_url: {url}\n" for slug, url in repos.items())
+        text = (
+            "git:\n"
+            "  enabled: true\n"
+            "  data_dir: mirrors\n"
+            "  lock_timeout_seconds: 5\n"
+            f"{git_extra}"
+            "sources:\n"
+            "  - name: test\n"
+            "    type: static\n"
+            "    codecollections:\n"
+            f"{entries}"
+        )
+        path = tmp_path / name
+        path.write_text(text)
+        return path
+
+    return write
