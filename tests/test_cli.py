@@ -1,0 +1,187 @@
+"""The command line as a user meets it: exit codes, what is printed where, help text."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from cccatalog import __version__
+from cccatalog.cli import run
+from tests.conftest import MakeConfig
+from tests.gitfixtures import Upstream, git
+
+MakeUpstream = Callable[[str], Upstream]
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = run(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(capsys, "--version")
+    assert code == 0
+    assert out.strip() == f"cccatalog {__version__}"
+
+
+def test_python_dash_m_runs_the_same_cli() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "cccatalog", "--version"], capture_output=True, text=True, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"cccatalog {__version__}"
+
+
+@pytest.mark.parametrize("command", ["sync", "bake", "resolve-latest", "serve", "demo"])
+def test_every_command_has_help_with_an_example(capsys: pytest.CaptureFixture[str], command: str) -> None:
+    code, out, _ = cli(capsys, command, "--help")
+    assert code == 0
+    assert "Example: cccatalog" in out
+
+
+@pytest.mark.parametrize("command", ["bake", "resolve-latest", "serve"])
+def test_unbuilt_commands_say_so_and_exit_2(capsys: pytest.CaptureFixture[str], command: str) -> None:
+    code, _, err = cli(capsys, command)
+    assert code == 2
+    assert "not implemented yet" in err
+
+
+def test_sync_json_summary_on_stdout_and_exit_0(
+    capsys: pytest.CaptureFixture[str], make_upstream: MakeUpstream, write_config: MakeConfig
+) -> None:
+    path = write_config({"alpha": make_upstream("alpha").url, "beta": make_upstream("beta").url})
+    code, out, _ = cli(capsys, "sync", "--config", str(path), "--json")
+    assert code == 0
+    summary = json.loads(out)
+    assert summary["ok"] is True
+    assert summary["counts"] == {"cloned": 2}
+    assert [r["slug"] for r in summary["repos"]] == ["alpha", "beta"]
+    assert all(len(r["head_commit"]) == 40 for r in summary["repos"])
+
+
+def test_sync_table_and_exit_1_when_a_repo_failed(
+    capsys: pytest.CaptureFixture[str], make_upstream: MakeUpstream, write_config: MakeConfig, tmp_path: Path
+) -> None:
+    path = write_config({"alpha": make_upstream("alpha").url, "broken": (tmp_path / "missing").as_uri()})
+    code, out, err = cli(capsys, "sync", "-c", str(path))
+    assert code == 1
+    assert "alpha" in out
+    assert "cloned" in out
+    assert "broken" in out
+    assert "failed" in out
+    assert "broken" in err  # the failure is narrated on stderr too
+
+
+def test_sync_only_limits_the_run_and_refuses_unknown_slugs(
+    capsys: pytest.CaptureFixture[str], make_upstream: MakeUpstream, write_config: MakeConfig
+) -> None:
+    path = write_config({"alpha": make_upstream("alpha").url, "beta": make_upstream("beta").url})
+    code, out, _ = cli(capsys, "sync", "-c", str(path), "--only", "beta", "--json")
+    assert code == 0
+    assert [r["slug"] for r in json.loads(out)["repos"]] == ["beta"]
+    code, _, err = cli(capsys, "sync", "-c", str(path), "--only", "nope")
+    assert code == 2
+    assert "--only nope" in err
+
+
+def test_runtime_sync_false_refuses_unless_allowed(
+    capsys: pytest.CaptureFixture[str], make_upstream: MakeUpstream, write_config: MakeConfig
+) -> None:
+    path = write_config({"alpha": make_upstream("alpha").url}, git_extra="  runtime_sync: false\n")
+    code, _, err = cli(capsys, "sync", "-c", str(path))
+    assert code == 2
+    assert "git.runtime_sync is false" in err
+    assert "--allow-runtime-sync" in err
+    assert not (path.parent / "mirrors" / "alpha.git").exists()
+    code, _, _ = cli(capsys, "sync", "-c", str(path), "--allow-runtime-sync")
+    assert code == 0
+    assert (path.parent / "mirrors" / "alpha.git").is_dir()
+
+
+def test_git_disabled_syncs_nothing_and_says_so(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("git:\n  enabled: false\n  data_dir: mirrors\n")
+    code, _, err = cli(capsys, "sync", "-c", str(path))
+    assert code == 0
+    assert "git.enabled is false" in err
+
+
+def test_config_errors_exit_2_listing_every_problem_without_traceback(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "git:\n  enabled: 'yes'\n  parallelism: 0\n  bogus: 1\n"
+        "sources:\n  - name: s\n    type: oci\n    codecollections:\n      - slug: a.git\n"
+    )
+    code, out, err = cli(capsys, "sync", "-c", str(path))
+    assert code == 2
+    assert out == ""
+    for key in ("git.enabled", "git.parallelism", "git.bogus", "sources[0].codecollections[0].slug"):
+        assert key in err
+    assert "Traceback" not in err
+
+
+def test_missing_config_file_exits_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, _, err = cli(capsys, "sync", "-c", str(tmp_path / "nope.yaml"))
+    assert code == 2
+    assert "nope.yaml" in err
+
+
+def test_config_path_from_environment(
+    capsys: pytest.CaptureFixture[str], make_upstream: MakeUpstream, write_config: MakeConfig,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    path = write_config({"alpha": make_upstream("alpha").url})
+    monkeypatch.setenv("CC_CATALOG_CONFIG_FILE", str(path))
+    code, out, _ = cli(capsys, "sync", "--json")
+    assert code == 0
+    assert json.loads(out)["counts"] == {"cloned": 1}
+
+
+def test_secrets_never_reach_output_or_logs(
+    capsys: pytest.CaptureFixture[str],
+    write_config: MakeConfig,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    token = "ghp_" + "Zz9" * 12
+    monkeypatch.setenv("LEAKY_TOKEN", token)
+    path = write_config(
+        {"alpha": "http://127.0.0.1:9/nothing-listens-here"},
+        git_extra="  auth:\n    token_env: LEAKY_TOKEN\n",
+    )
+    code, out, err = cli(capsys, "-vv", "sync", "-c", str(path), "--json")
+    assert code == 1
+    import base64
+
+    encoded = base64.b64encode(f"x-access-token:{token}".encode()).decode()
+    for text in (
+        out,
+        err,
+        path.with_name("mirrors").joinpath(".cccatalog", "state.sqlite3").read_bytes().decode("latin-1"),
+    ):
+        assert token not in text
+        assert encoded not in text
+
+
+def test_demo_creates_syncs_and_prints_a_working_clone_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, out, _ = cli(capsys, "demo", "--dir", str(tmp_path / "demo"))
+    assert code == 0, out
+    clone_line = next(line.strip() for line in out.splitlines() if line.strip().startswith("git clone "))
+    url = clone_line.split()[-1]
+    git("clone", "-q", url, str(tmp_path / "checkout"))
+    assert (tmp_path / "checkout" / "README.md").exists()
+    assert "v1.0.0" in git("tag", cwd=tmp_path / "checkout")
+    # running it again re-uses the demo and reports nothing new
+    code, out, _ = cli(capsys, "demo", "--dir", str(tmp_path / "demo"))
+    assert code == 0
+    assert "unchanged" in out
