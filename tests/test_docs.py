@@ -1,0 +1,56 @@
+"""The README is product surface: it opens with the two commands and documents every command and key."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from cccatalog.cli import app
+from cccatalog.config import load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def test_readme_opens_with_install_and_test_commands() -> None:
+    blocks = re.findall(r"```sh\n(.*?)```", README, flags=re.S)
+    assert blocks[0].strip() == "pip install . && cccatalog demo"
+    assert blocks[1].strip() == "pip install -e '.[test]' && python -m pytest"
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    test_command = re.findall(r"```sh\n(.*?)```", README, flags=re.S)[1].strip()
+    assert test_command in (ROOT / ".ci" / "run").read_text()
+
+
+def test_every_command_is_in_the_readme() -> None:
+    names = [c.name or (c.callback.__name__ if c.callback else "") for c in app.registered_commands]
+    assert names
+    for name in names:
+        assert f"`cccatalog {name.replace('_', '-')}`" in README
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "git.enabled", "git.data_dir", "git.mount_path", "git.public_base_url", "git.runtime_sync",
+        "git.auth",
+        "git.codecollections", "git.clone_timeout_seconds", "git.fetch_timeout_seconds", "git.refs",
+        "git.parallelism", "git.lock_timeout_seconds", "state.path", "scheduler.git_sync_minutes",
+        "scheduler.catalog_poll_minutes", "sources[].name", "sources[].type", "sources[].auth",
+        "sources[].options", "sources[].codecollections[].slug", "sources[].codecollections[].git_url",
+        "sources[].codecollections[].image_registry", "sources[].codecollections[].default_ref",
+        "sources[].codecollections[].visibility", "sources[].codecollections[].static_path",
+    ],
+)  # fmt: skip
+def test_every_config_key_is_documented(key: str) -> None:
+    assert f"`{key}`" in README
+
+
+@pytest.mark.parametrize("example", sorted((ROOT / "examples").glob("config*.yaml")), ids=lambda p: p.name)
+def test_example_configs_load(example: Path) -> None:
+    config = load_config(example, environ={})
+    assert config.codecollections
+    assert config.warnings == ()
