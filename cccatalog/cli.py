@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -31,6 +32,8 @@ from cccatalog.gitmirror.layout import Layout
 from cccatalog.gitmirror.sync import MirrorSyncer, RepoResult, RepoTask, SyncOptions, plan_sync
 from cccatalog.logs import LOGGER_NAME, setup_logging
 from cccatalog.redact import Redactor
+from cccatalog.server.app import CatalogServer, serve_forever
+from cccatalog.server.live_config import LiveConfig
 
 log = logging.getLogger(LOGGER_NAME)
 
@@ -210,13 +213,17 @@ def _render_sync(results: Sequence[RepoResult], *, as_json: bool) -> None:
     Console(file=sys.stdout, soft_wrap=False).print(table)
 
 
-@app.command(epilog="Example: cccatalog demo --dir /tmp/cccatalog-demo")
+@app.command(epilog="Example: cccatalog demo --dir /tmp/cccatalog-demo --port 8080")
 def demo(
     directory: Annotated[Path, typer.Option("--dir", help="Where to create the demo.")] = Path(
         "cccatalog-demo"
     ),
+    port: Annotated[int, typer.Option("--port", help="Port to serve on (a free one if it is taken).")] = 8080,
+    serve_it: Annotated[
+        bool, typer.Option("--serve/--no-serve", help="Serve the mirrors after syncing.")
+    ] = True,
 ) -> None:
-    """Create local upstream CodeCollections, mirror them with sync, and print a clone line to paste."""
+    """Create local upstream CodeCollections, mirror them with sync, serve them, print a clone line."""
     root = directory.resolve()
     git = Git(redactor=_state.redactor)
     cfg = load_config(build_demo(root, git))
@@ -233,10 +240,54 @@ def demo(
     _render_sync(results, as_json=False)
     if any(r.failed for r in results):
         raise typer.Exit(EXIT_FAILED)
-    first = Layout(cfg.git.data_dir).repo(results[0].slug)
-    sys.stdout.write(
-        f"\nConfig: {cfg.path}\nMirrors: {cfg.git.data_dir}\nTry:\n  git clone {first.as_uri()}\n"
-    )
+    slug = results[0].slug
+    sys.stdout.write(f"\nConfig: {cfg.path}\nMirrors: {cfg.git.data_dir}\n")
+    if not serve_it:
+        sys.stdout.write(f"Try:\n  git clone {Layout(cfg.git.data_dir).repo(slug).as_uri()}\n")
+        return
+    server = _bind(cfg, "127.0.0.1", port, fallback=True)
+    clone_url = f"{server.url}{cfg.git.mount_path}/{slug}.git"
+    sys.stdout.write(f"Serving on {server.url} (Ctrl-C stops). Try:\n  git clone {clone_url}\n")
+    sys.stdout.flush()
+    serve_forever(server)
+
+
+def _bind(cfg: Config, host: str, port: int, *, fallback: bool = False) -> CatalogServer:
+    settings = replace(cfg.serve, host=host, port=port)
+    live = LiveConfig(cfg)
+    try:
+        return CatalogServer((host, port), live, settings)
+    except OSError as exc:
+        if fallback:
+            return CatalogServer((host, 0), live, settings)
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+@app.command(epilog="Example: cccatalog serve --config config.yaml --host 0.0.0.0 --port 8080")
+def serve(
+    config: ConfigOpt = None,
+    host: Annotated[
+        str | None,
+        typer.Option("--host", help="Address to listen on [env: CC_CATALOG_HOST; default serve.host]."),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option("--port", min=0, max=65535, help="Port [env: CC_CATALOG_PORT; default serve.port]."),
+    ] = None,
+) -> None:
+    """Serve the mirrors over read-only git smart HTTP (SIGHUP or a changed config file reloads)."""
+    cfg = _load(config)
+    host = host or os.environ.get("CCCATALOG_HOST") or os.environ.get("CC_CATALOG_HOST") or cfg.serve.host
+    env_port = os.environ.get("CCCATALOG_PORT") or os.environ.get("CC_CATALOG_PORT")
+    port = port if port is not None else int(env_port) if env_port and env_port.isdigit() else cfg.serve.port
+    server = _bind(cfg, host, port)
+    if _state.verbosity >= 0:
+        for name in ("cccatalog.access", "cccatalog.serve"):
+            logging.getLogger(name).setLevel(logging.INFO)
+    log.warning(
+        "serving %s%s/ from %s", server.url, cfg.git.mount_path, cfg.git.data_dir
+    ) if _state.verbosity >= 0 else None
+    serve_forever(server)
 
 
 def _not_yet(name: str) -> None:
@@ -256,12 +307,6 @@ def bake(config: ConfigOpt = None) -> None:
 def resolve_latest(config: ConfigOpt = None) -> None:
     """Which image tag is really the newest build of a branch, and why (not implemented yet)."""
     _not_yet("resolve-latest")
-
-
-@app.command(epilog="Example: cccatalog serve --config config.yaml --port 8080")
-def serve(config: ConfigOpt = None) -> None:
-    """Serve the mirrors over read-only git smart HTTP plus the catalog API (not implemented yet)."""
-    _not_yet("serve")
 
 
 def run(argv: Sequence[str] | None = None) -> int:

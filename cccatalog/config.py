@@ -90,11 +90,25 @@ class StateConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ServeConfig:
+    """`cccatalog serve`: where to listen and how much one host gives to clients."""
+
+    host: str = "0.0.0.0"  # noqa: S104 - a server for other hosts; the CLI's --host narrows it
+    port: int = 8080
+    max_concurrent_upload_packs: int = 8
+    max_request_body_mb: int = 64
+    idle_timeout_seconds: int = 60
+    request_timeout_seconds: int = 3600
+    shutdown_grace_seconds: int = 30
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path
     git: GitConfig
     scheduler: SchedulerConfig
     state: StateConfig
+    serve: ServeConfig = field(default_factory=ServeConfig)
     sources: tuple[Source, ...] = ()
     warnings: tuple[str, ...] = ()
 
@@ -123,7 +137,7 @@ _SCP_RE = re.compile(r"[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:\S+")
 _MOUNT_RE = re.compile(r"(/[A-Za-z0-9_~-][A-Za-z0-9._~-]*)+/?")
 _GIT_SCHEMES = ("https", "http", "ssh", "git", "file")
 
-_TOP_KEYS = ("git", "scheduler", "sources", "state")
+_TOP_KEYS = ("git", "scheduler", "serve", "sources", "state")
 _LEGACY_TOP = {
     "destinations": "image mirroring to other registries is not part of cccatalog",
     "storage": "cccatalog keeps its state in one SQLite file (see state.path)",
@@ -194,6 +208,7 @@ def parse_config(data: object, *, path: Path, environ: Mapping[str, str] | None 
     sources, slugs = _sources(top)
     git = _git(top.child("git"), slugs)
     state = _state(top.child("state"), git.data_dir, environ or {})
+    serve = _serve(top.child("serve"))
     if ctx.problems:
         raise ConfigError(str(path), ctx.problems)
     return Config(
@@ -201,6 +216,7 @@ def parse_config(data: object, *, path: Path, environ: Mapping[str, str] | None 
         git=git,
         scheduler=scheduler,
         state=state,
+        serve=serve,
         sources=sources,
         warnings=tuple(ctx.warnings),
     )
@@ -436,6 +452,22 @@ def _git(r: _Reader, slugs: Mapping[str, str]) -> GitConfig:
         refs=cast(RefScope, r.choice("refs", "branches-and-tags", ("branches-and-tags", "all"))),
         parallelism=r.int_("parallelism", 4, 1, 64),
         lock_timeout_seconds=r.int_("lock_timeout_seconds", 600, 0, 86400),
+    )
+
+
+def _serve(r: _Reader) -> ServeConfig:
+    d = ServeConfig()
+    r.check_keys(tuple(ServeConfig.__dataclass_fields__))
+    return ServeConfig(
+        host=r.str_("host", d.host),
+        port=r.int_("port", d.port, 0, 65535),
+        max_concurrent_upload_packs=r.int_(
+            "max_concurrent_upload_packs", d.max_concurrent_upload_packs, 1, 1024
+        ),
+        max_request_body_mb=r.int_("max_request_body_mb", d.max_request_body_mb, 1, 4096),
+        idle_timeout_seconds=r.int_("idle_timeout_seconds", d.idle_timeout_seconds, 1, 3600),
+        request_timeout_seconds=r.int_("request_timeout_seconds", d.request_timeout_seconds, 10, 86400),
+        shutdown_grace_seconds=r.int_("shutdown_grace_seconds", d.shutdown_grace_seconds, 0, 3600),
     )
 
 

@@ -45,7 +45,7 @@ def test_every_command_has_help_with_an_example(capsys: pytest.CaptureFixture[st
     assert "Example: cccatalog" in out
 
 
-@pytest.mark.parametrize("command", ["bake", "resolve-latest", "serve"])
+@pytest.mark.parametrize("command", ["bake", "resolve-latest"])
 def test_unbuilt_commands_say_so_and_exit_2(capsys: pytest.CaptureFixture[str], command: str) -> None:
     code, _, err = cli(capsys, command)
     assert code == 2
@@ -174,7 +174,7 @@ def test_secrets_never_reach_output_or_logs(
 def test_demo_creates_syncs_and_prints_a_working_clone_line(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    code, out, _ = cli(capsys, "demo", "--dir", str(tmp_path / "demo"))
+    code, out, _ = cli(capsys, "demo", "--no-serve", "--dir", str(tmp_path / "demo"))
     assert code == 0, out
     clone_line = next(line.strip() for line in out.splitlines() if line.strip().startswith("git clone "))
     url = clone_line.split()[-1]
@@ -182,6 +182,6 @@ def test_demo_creates_syncs_and_prints_a_working_clone_line(
     assert (tmp_path / "checkout" / "README.md").exists()
     assert "v1.0.0" in git("tag", cwd=tmp_path / "checkout")
     # running it again re-uses the demo and reports nothing new
-    code, out, _ = cli(capsys, "demo", "--dir", str(tmp_path / "demo"))
+    code, out, _ = cli(capsys, "demo", "--no-serve", "--dir", str(tmp_path / "demo"))
     assert code == 0
     assert "unchanged" in out

@@ -174,7 +174,11 @@ def is_complete(git: Git, path: Path) -> bool:
     """A published mirror is complete when it is a bare repo whose HEAD resolves to a commit."""
     if not (path / "HEAD").is_file() or not (path / "objects").is_dir():
         return False
+    # safe.directory: the serving uid may not own the mirrors (git >= 2.39.4 refuses them otherwise)
     result = git.run(
-        ["--git-dir", str(path), "rev-parse", "-q", "--verify", "HEAD^{commit}"], check=False, timeout=30
+        ["--git-dir", str(path), "rev-parse", "-q", "--verify", "HEAD^{commit}"],
+        check=False,
+        timeout=30,
+        config={"safe.directory": str(path)},
     )
     return result.returncode == 0 and bool(result.stdout.strip())

@@ -1,0 +1,247 @@
+"""The CGI bridge to the native `git http-backend`: environment, request body in, streamed response out.
+
+The CGI environment is built from an explicit list, never copied from os.environ (a REMOTE_USER in
+the server's environment once let an anonymous push through). stdout is streamed in 64 KiB pieces and
+stderr is drained on its own thread, so neither a huge pack nor a chatty backend holds memory or stalls
+the request; the backend's process group is killed when the client goes away or the request times out.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import subprocess
+import threading
+from collections.abc import Mapping
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Protocol
+
+log = logging.getLogger("cccatalog.http_backend")
+
+CHUNK = 64 * 1024
+_MAX_HEADER_BYTES = 64 * 1024
+_STDERR_LOG_LINES = 20
+_GIT_PROTOCOL_RE = re.compile(r"[A-Za-z0-9=:._-]{0,256}")
+# What the backend inherits from the server's environment: only what finding and running git needs.
+_INHERITED = ("PATH", "LANG", "LC_ALL", "TZ")
+
+
+class ClientGone(ConnectionError):
+    """The client closed the connection while we were sending."""
+
+
+class ResponseSink(Protocol):
+    """What the HTTP server gives the bridge to answer with."""
+
+    def start(self, status: int, headers: list[tuple[str, str]]) -> None: ...
+    def write(self, data: bytes) -> None: ...  # raises ClientGone
+    def finish(self) -> None: ...  # raises ClientGone
+
+
+@dataclass(frozen=True, slots=True)
+class CGIRequest:
+    method: str
+    path_info: str
+    query: str
+    content_type: str
+    content_length: int | None
+    content_encoding: str
+    git_protocol: str
+    remote_addr: str
+
+
+@dataclass(frozen=True, slots=True)
+class BackendOutcome:
+    status: int
+    body_bytes: int
+    stderr_lines: int
+    killed: str | None = None  # why the backend was killed, if it was
+
+
+def cgi_environment(req: CGIRequest, *, project_root: Path, environ: Mapping[str, str]) -> dict[str, str]:
+    """Exactly the variables git http-backend needs; nothing from the caller leaks through."""
+    env = {k: environ[k] for k in _INHERITED if k in environ}
+    env.setdefault("PATH", os.defpath)
+    git_protocol = req.git_protocol if _GIT_PROTOCOL_RE.fullmatch(req.git_protocol) else ""
+    env.update(
+        {
+            "HOME": str(project_root),  # git wants one; nothing is read from it (global config is off)
+            "GIT_CONFIG_NOSYSTEM": "1",
+            "GIT_CONFIG_GLOBAL": os.devnull,
+            "GIT_PROJECT_ROOT": str(project_root),
+            "GIT_HTTP_EXPORT_ALL": "1",
+            "GATEWAY_INTERFACE": "CGI/1.1",
+            "PATH_INFO": req.path_info,
+            "QUERY_STRING": req.query,
+            "REQUEST_METHOD": req.method,
+            "CONTENT_TYPE": req.content_type,
+            "HTTP_CONTENT_ENCODING": req.content_encoding,
+            "HTTP_GIT_PROTOCOL": git_protocol,
+            "REMOTE_ADDR": req.remote_addr,
+            # Command-line scope config: honoured for safe.directory, invisible in argv.
+            "GIT_CONFIG_COUNT": "4",
+            "GIT_CONFIG_KEY_0": "safe.directory",
+            "GIT_CONFIG_VALUE_0": "*",  # the serving uid may not own the mirrors (bake, k8s fsGroup)
+            "GIT_CONFIG_KEY_1": "uploadpack.allowFilter",
+            "GIT_CONFIG_VALUE_1": "true",
+            "GIT_CONFIG_KEY_2": "http.receivepack",
+            "GIT_CONFIG_VALUE_2": "false",  # refused by routing already; refused here again
+            "GIT_CONFIG_KEY_3": "http.getanyfile",
+            "GIT_CONFIG_VALUE_3": "false",  # no dumb-protocol file access, whatever the route
+        }
+    )
+    if req.content_length is not None:
+        env["CONTENT_LENGTH"] = str(req.content_length)
+    return env
+
+
+class HttpBackend:
+    """Runs one `git http-backend` per request; tracks them so shutdown can kill stragglers."""
+
+    def __init__(self, *, environ: Mapping[str, str] | None = None, git: str = "git") -> None:
+        self.environ = dict(os.environ if environ is None else environ)
+        self.git = git
+        self._live: set[int] = set()
+        self._live_lock = threading.Lock()
+
+    def kill_all(self) -> int:
+        """Kill every backend still running (shutdown after the grace period). Returns how many."""
+        with self._live_lock:
+            pids = list(self._live)
+        for pid in pids:
+            with suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        return len(pids)
+
+    def run(
+        self,
+        req: CGIRequest,
+        body: IO[bytes] | None,
+        sink: ResponseSink,
+        *,
+        project_root: Path,
+        timeout: float,
+    ) -> BackendOutcome:
+        env = cgi_environment(req, project_root=project_root, environ=self.environ)
+        proc = subprocess.Popen(
+            [self.git, "http-backend"],
+            env=env,
+            stdin=subprocess.PIPE if body is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # so one kill takes upload-pack and pack-objects with it
+        )
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        with self._live_lock:
+            self._live.add(proc.pid)
+        killed: list[str] = []
+
+        def kill(reason: str) -> None:
+            if proc.poll() is None:
+                killed.append(reason)
+                with suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+
+        stderr_count = [0]
+        threads = [threading.Thread(target=_drain_stderr, args=(proc.stderr, req, stderr_count), daemon=True)]
+        if body is not None:
+            threads.append(threading.Thread(target=_feed_stdin, args=(proc, body), daemon=True))
+        for t in threads:
+            t.start()
+        watchdog = threading.Timer(timeout, kill, args=(f"request took longer than {timeout:.0f}s",))
+        watchdog.daemon = True
+        watchdog.start()
+        status, sent = 502, 0
+        try:
+            status, headers, first = _read_cgi_head(proc.stdout)
+            sink.start(status, headers)
+            if first:
+                sink.write(first)
+                sent += len(first)
+            while chunk := proc.stdout.read1(CHUNK):  # type: ignore[attr-defined]
+                sink.write(chunk)
+                sent += len(chunk)
+            sink.finish()
+        except ClientGone:
+            kill("client disconnected")
+        except _BadCGI as exc:
+            kill(str(exc))
+            sink.start(502, [("Content-Type", "text/plain")])
+            sink.write(b"bad gateway: the git backend failed\n")
+            sink.finish()
+        finally:
+            watchdog.cancel()
+            if proc.poll() is None and killed == []:
+                proc.stdout.close()  # nothing more to read: a backend still writing gets SIGPIPE
+            proc.wait()
+            with self._live_lock:
+                self._live.discard(proc.pid)
+            for t in threads:
+                t.join(timeout=5)
+        return BackendOutcome(status, sent, stderr_count[0], killed[0] if killed else None)
+
+
+class _BadCGI(Exception):
+    pass
+
+
+def _read_cgi_head(stdout: IO[bytes]) -> tuple[int, list[tuple[str, str]], bytes]:
+    """Parse CGI headers (`Status:` gives the code): status, headers, and body bytes read past them."""
+    buf = b""
+    while True:
+        for sep in (b"\r\n\r\n", b"\n\n"):
+            if sep in buf:
+                head, _, rest = buf.partition(sep)
+                return (*_parse_head(head), rest)
+        if len(buf) > _MAX_HEADER_BYTES:
+            raise _BadCGI("backend sent oversized headers")
+        more = stdout.read1(CHUNK) if hasattr(stdout, "read1") else stdout.read(CHUNK)
+        if not more:
+            raise _BadCGI("backend exited without a response")
+        buf += more
+
+
+def _parse_head(head: bytes) -> tuple[int, list[tuple[str, str]]]:
+    status = 200
+    headers: list[tuple[str, str]] = []
+    for line in head.decode("latin-1").replace("\r\n", "\n").split("\n"):
+        name, sep, value = line.partition(":")
+        if not sep:
+            continue
+        if name.strip().lower() == "status":
+            code = value.strip().split(" ", 1)[0]
+            status = int(code) if code.isdigit() else 502
+        else:
+            headers.append((name.strip(), value.strip()))
+    return status, headers
+
+
+def _feed_stdin(proc: subprocess.Popen[bytes], body: IO[bytes]) -> None:
+    assert proc.stdin is not None
+    try:
+        while chunk := body.read(CHUNK):
+            proc.stdin.write(chunk)
+    except (BrokenPipeError, OSError):
+        pass  # the backend stopped reading; its exit status and stderr tell the story
+    finally:
+        with suppress(OSError):
+            proc.stdin.close()
+
+
+def _drain_stderr(stderr: IO[bytes], req: CGIRequest, count: list[int]) -> None:
+    """Read stderr to its end whatever its size; log the first lines, count the rest."""
+    for raw in iter(lambda: stderr.readline(4096), b""):  # bounded: a line without newline cannot grow
+        count[0] += 1
+        if count[0] <= _STDERR_LOG_LINES:
+            log.warning(
+                "git http-backend %s: %s", req.path_info, raw.decode("utf-8", "replace").rstrip()[:500]
+            )
+    if count[0] > _STDERR_LOG_LINES:
+        log.warning(
+            "git http-backend %s: %d more stderr lines not shown", req.path_info, count[0] - _STDERR_LOG_LINES
+        )

@@ -1,0 +1,67 @@
+"""The one definition of "servable": the slug is mirrored by the *current* config and its repo is complete.
+
+The git routes and (later) the catalog's `git_url` rewrite both ask this object, so they can never
+disagree. Completeness costs a `git rev-parse`, so it is cached per repo until the repo's files change
+(a publish swaps the directory, which changes its inode; an update rewrites HEAD, refs or packs).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+from cccatalog.config import Config
+from cccatalog.gitmirror.git import Git
+from cccatalog.gitmirror.mirror import is_complete
+
+
+def mirrored_slugs(config: Config) -> frozenset[str]:
+    """Slugs the config mirrors: CodeCollections with a git_url, narrowed by git.codecollections."""
+    if not config.git.enabled:
+        return frozenset()
+    allowed = set(config.git.codecollections)
+    return frozenset(
+        cc.slug for cc in config.codecollections if cc.git_url and (not allowed or cc.slug in allowed)
+    )
+
+
+def _signature(repo: Path) -> tuple[int, ...] | None:
+    try:
+        parts = [repo.stat().st_ino]
+        for name in ("HEAD", "packed-refs", "refs/heads", "objects/pack"):
+            try:
+                st = (repo / name).stat()
+                parts += [st.st_ino, st.st_mtime_ns, st.st_size]
+            except FileNotFoundError:
+                parts += [0, 0, 0]
+        return tuple(parts)
+    except OSError:
+        return None
+
+
+class Servability:
+    """Answers `is_servable(config, slug)`; thread-safe, cheap when nothing changed on disk."""
+
+    def __init__(self, git: Git) -> None:
+        self.git = git
+        self._lock = threading.Lock()
+        self._cache: dict[Path, tuple[tuple[int, ...], bool]] = {}
+
+    def is_servable(self, config: Config, slug: str) -> bool:
+        if slug not in mirrored_slugs(config):
+            return False
+        return self.is_complete(config.git.data_dir / f"{slug}.git")
+
+    def is_complete(self, repo: Path) -> bool:
+        sig = _signature(repo)
+        if sig is None:
+            return False
+        with self._lock:
+            cached = self._cache.get(repo)
+        if cached and cached[0] == sig:
+            return cached[1]
+        complete = os.access(repo, os.R_OK | os.X_OK) and is_complete(self.git, repo)
+        with self._lock:
+            self._cache[repo] = (sig, complete)
+        return complete

@@ -1,0 +1,1 @@
+"""The HTTP side of serve: pure routing, and the ThreadingHTTPServer adapter over it."""

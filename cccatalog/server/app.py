@@ -1,0 +1,330 @@
+"""`cccatalog serve`: a ThreadingHTTPServer adapter over the pure git router and the CGI bridge.
+
+Per request: route (refusals happen here, before any process), read the body into a spool (size cap,
+chunked decoding), take an admission slot (503 + Retry-After when full), run the backend, stream the
+answer with chunked encoding on a keep-alive connection, write one access-log line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import socket
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import IO, Any
+from urllib.parse import urlsplit
+
+from cccatalog.config import ServeConfig
+from cccatalog.gitmirror.git import Git
+from cccatalog.gitmirror.http_backend import CGIRequest, ClientGone, HttpBackend
+from cccatalog.gitmirror.servable import Servability, mirrored_slugs
+from cccatalog.redact import Redactor
+from cccatalog.server.live_config import LiveConfig
+from cccatalog.server.routing import GitRoute, GitService, Refusal, route_git
+
+log = logging.getLogger("cccatalog.serve")
+access_log = logging.getLogger("cccatalog.access")
+
+_SPOOL_IN_MEMORY = 1024 * 1024
+
+
+class BodyError(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+class CatalogServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], live: LiveConfig, settings: ServeConfig) -> None:
+        self.live = live
+        self.settings = settings
+        self.servability = Servability(Git(redactor=Redactor()))
+        self.backend = HttpBackend()
+        self.slots = threading.BoundedSemaphore(settings.max_concurrent_upload_packs)
+        self._active = 0
+        self._active_cond = threading.Condition()
+        super().__init__(address, GitRequestHandler)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def track(self, delta: int) -> None:
+        with self._active_cond:
+            self._active += delta
+            self._active_cond.notify_all()
+
+    def drain(self, grace: float) -> int:
+        """Wait up to `grace` seconds for in-flight requests; kill backends still running. Returns kills."""
+        deadline = time.monotonic() + grace
+        with self._active_cond:
+            while self._active and time.monotonic() < deadline:
+                self._active_cond.wait(deadline - time.monotonic())
+        return self.backend.kill_all()
+
+
+class GitRequestHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: CatalogServer
+    server_version = "cccatalog"
+
+    def setup(self) -> None:
+        self.connection = self.request
+        self.connection.settimeout(self.server.settings.idle_timeout_seconds)  # idle clients let go
+        super().setup()
+        # Small writes (pkt-lines, ls-refs) must not wait for Nagle: ~10x lower latency here.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s " + format, self.client_address[0], *args)
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        pass  # one line per request is written by _access_log, with bytes and duration
+
+    def do_GET(self) -> None:
+        self._handle()
+
+    def do_POST(self) -> None:
+        self._handle()
+
+    def do_PUT(self) -> None:
+        self._handle()
+
+    def do_DELETE(self) -> None:
+        self._handle()
+
+    def do_HEAD(self) -> None:
+        self._handle()
+
+    def _handle(self) -> None:
+        started = time.monotonic()
+        self._status, self._sent = 0, 0
+        self.server.track(+1)
+        try:
+            self._dispatch()
+        except (ConnectionError, TimeoutError, OSError) as exc:
+            self.close_connection = True
+            log.debug("connection error on %s: %s", self.path, exc)
+        finally:
+            self.server.track(-1)
+            access_log.info(
+                '%s "%s %s" %s %d %.3fs',
+                self.client_address[0], self.command, self.path, self._status or "-", self._sent,
+                time.monotonic() - started,
+            )  # fmt: skip
+
+    def _dispatch(self) -> None:
+        parts = urlsplit(self.path)
+        path = parts.path
+        if path == "/healthz" and self.command == "GET":
+            return self._json(200, {"status": "ok"})
+        if path == "/readyz" and self.command == "GET":
+            return self._ready()
+        config = self.server.live.current
+        route = route_git(self.command, path, parts.query, config.git.mount_path)
+        if route is None:
+            return self._json(404, {"detail": "Not Found"})
+        if isinstance(route, Refusal):
+            self._discard_body()
+            return self._json(route.status, {"detail": route.reason})
+        if not self.server.servability.is_servable(config, route.slug):
+            self._discard_body()
+            return self._json(404, {"detail": f"repository {route.slug} is not served here"})
+        self._git(route)
+
+    def _git(self, route: GitRoute) -> None:
+        cap = self.server.settings.max_request_body_mb * 1024 * 1024
+        body: IO[bytes] | None = None
+        if route.service is GitService.UPLOAD_PACK:
+            try:
+                body = self._read_body(cap)
+            except BodyError as exc:
+                self.close_connection = True
+                return self._json(exc.status, {"detail": str(exc)})
+        try:
+            if not self.server.slots.acquire(blocking=False):
+                return self._json(
+                    503,
+                    {"detail": "too many git requests at once; retry shortly"},
+                    headers=[("Retry-After", "2")],
+                )
+            try:
+                self._run_backend(route, body)
+            finally:
+                self.server.slots.release()
+        finally:
+            if body is not None:
+                body.close()
+
+    def _run_backend(self, route: GitRoute, body: IO[bytes] | None) -> None:
+        size = None
+        if body is not None:
+            size = body.seek(0, 2)
+            body.seek(0)
+        req = CGIRequest(
+            method=self.command,
+            path_info=route.path_info,
+            query=urlsplit(self.path).query,
+            content_type=self.headers.get("Content-Type", ""),
+            content_length=size,
+            content_encoding=self.headers.get("Content-Encoding", ""),
+            git_protocol=self.headers.get("Git-Protocol", ""),
+            remote_addr=self.client_address[0],
+        )
+        outcome = self.server.backend.run(
+            req,
+            body,
+            _Sink(self),
+            project_root=self.server.live.current.git.data_dir,
+            timeout=self.server.settings.request_timeout_seconds,
+        )
+        if outcome.killed:
+            self.close_connection = True
+            log.warning("git backend for %s killed: %s", route.path_info, outcome.killed)
+
+    def _read_body(self, cap: int) -> IO[bytes]:
+        """The whole request body, spooled to disk past 1 MiB, before any process starts."""
+        spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY)  # noqa: SIM115 - caller closes
+        try:
+            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                self._read_chunked(spool, cap)
+            else:
+                length = self.headers.get("Content-Length")
+                if length is None or not length.isdigit():
+                    raise BodyError(411, "a Content-Length or chunked body is required")
+                remaining = int(length)
+                if remaining > cap:
+                    raise BodyError(413, f"request body over the {cap // (1024 * 1024)} MiB limit")
+                while remaining:
+                    data = self.rfile.read(min(remaining, 65536))
+                    if not data:
+                        raise BodyError(400, "request body ended early")
+                    spool.write(data)
+                    remaining -= len(data)
+        except BaseException:
+            spool.close()
+            raise
+        return spool
+
+    def _read_chunked(self, spool: IO[bytes], cap: int) -> None:
+        total = 0
+        while True:
+            line = self.rfile.readline(1024)
+            try:
+                size = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                raise BodyError(400, "malformed chunked body") from None
+            if size == 0:
+                break
+            total += size
+            if total > cap:
+                raise BodyError(413, f"request body over the {cap // (1024 * 1024)} MiB limit")
+            data = self.rfile.read(size)
+            if len(data) != size or self.rfile.read(2) != b"\r\n":
+                raise BodyError(400, "malformed chunked body")
+            spool.write(data)
+        while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
+            pass  # trailers
+
+    def _discard_body(self) -> None:
+        # A refused request's body is not read: close instead of reusing the connection.
+        if self.headers.get("Content-Length", "0") != "0" or "Transfer-Encoding" in self.headers:
+            self.close_connection = True
+
+    def _ready(self) -> None:
+        config = self.server.live.current
+        data_dir = config.git.data_dir
+        if config.git.enabled and not data_dir.is_dir():
+            return self._json(503, {"status": "unavailable", "detail": f"data_dir {data_dir} is missing"})
+        slugs = sorted(mirrored_slugs(config))
+        served = [s for s in slugs if self.server.servability.is_servable(config, s)]
+        self._json(200, {"status": "ok", "repos_configured": len(slugs), "repos_servable": len(served)})
+
+    def _json(self, status: int, payload: object, headers: list[tuple[str, str]] | None = None) -> None:
+        body = json.dumps(payload).encode()
+        self._status = status
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-cache")
+        for name, value in headers or []:
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+            self._sent += len(body)
+
+
+class _Sink:
+    """Writes the backend's answer: chunked on HTTP/1.1 unless the backend gave a Content-Length."""
+
+    def __init__(self, handler: GitRequestHandler) -> None:
+        self.h = handler
+        self.chunked = False
+
+    def start(self, status: int, headers: list[tuple[str, str]]) -> None:
+        h = self.h
+        h._status = status
+        has_length = any(name.lower() == "content-length" for name, _ in headers)
+        self.chunked = not has_length and h.request_version == "HTTP/1.1"
+        if not has_length and not self.chunked:
+            h.close_connection = True
+        try:
+            h.send_response(status)
+            for name, value in headers:
+                h.send_header(name, value)
+            if self.chunked:
+                h.send_header("Transfer-Encoding", "chunked")
+            h.end_headers()
+        except OSError as exc:
+            raise ClientGone() from exc
+
+    def write(self, data: bytes) -> None:
+        try:
+            if self.chunked:
+                self.h.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            else:
+                self.h.wfile.write(data)
+        except OSError as exc:
+            raise ClientGone() from exc
+        self.h._sent += len(data)
+
+    def finish(self) -> None:
+        if self.chunked:
+            try:
+                self.h.wfile.write(b"0\r\n\r\n")
+            except OSError as exc:
+                raise ClientGone() from exc
+
+
+def serve_forever(server: CatalogServer) -> None:
+    """Serve until SIGTERM/SIGINT; SIGHUP reloads the config. In-flight clones get the grace period."""
+    live = server.live
+    stopping = threading.Event()
+
+    def stop(signum: int, _frame: object) -> None:
+        if not stopping.is_set():
+            stopping.set()
+            log.info("received %s: finishing in-flight requests", signal.Signals(signum).name)
+            threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=live.reload, daemon=True).start())
+    live.watch()
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        live.stop()
+        killed = server.drain(server.settings.shutdown_grace_seconds)
+        if killed:
+            log.warning("killed %d git backends still running after the grace period", killed)
+        server.server_close()

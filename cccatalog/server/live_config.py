@@ -1,0 +1,72 @@
+"""The config a running server uses *now*: reloaded on SIGHUP and when the file changes on disk.
+
+A reload that fails validation keeps the previous config and logs every problem; a server never
+drops to a half-valid config.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+
+from cccatalog.config import Config, load_config
+from cccatalog.errors import ConfigError
+
+log = logging.getLogger("cccatalog.serve")
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+class LiveConfig:
+    def __init__(self, config: Config, *, environ: Mapping[str, str] | None = None) -> None:
+        self._config = config
+        self._environ = os.environ if environ is None else environ
+        self._stamp = _stamp(config.path)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.generation = 0
+
+    @property
+    def current(self) -> Config:
+        return self._config
+
+    def reload(self) -> bool:
+        """Load the file again. True when the new config took effect."""
+        with self._lock:
+            path = self._config.path
+            self._stamp = _stamp(path)
+            try:
+                config = load_config(path, environ=self._environ)
+            except ConfigError as exc:
+                log.error("config reload failed, keeping the previous config: %s", exc)
+                return False
+            self._config = config
+            self.generation += 1
+        for warning in config.warnings:
+            log.warning("%s: %s", path, warning)
+        log.info("config reloaded from %s (%d CodeCollections)", path, len(config.codecollections))
+        return True
+
+    def watch(self, interval: float = 2.0) -> threading.Thread:
+        """Poll the file and reload when it changes (ConfigMap updates swap a symlink: inode changes)."""
+
+        def loop() -> None:
+            while not self._stop.wait(interval):
+                if _stamp(self._config.path) != self._stamp:
+                    self.reload()
+
+        thread = threading.Thread(target=loop, name="config-watch", daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        self._stop.set()
