@@ -42,11 +42,18 @@ class CatalogServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], live: LiveConfig, settings: ServeConfig) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        live: LiveConfig,
+        settings: ServeConfig,
+        *,
+        backend: HttpBackend | None = None,
+    ) -> None:
         self.live = live
         self.settings = settings
         self.servability = Servability(Git(redactor=Redactor()))
-        self.backend = HttpBackend()
+        self.backend = backend or HttpBackend()
         self.slots = threading.BoundedSemaphore(settings.max_concurrent_upload_packs)
         self._active = 0
         self._active_cond = threading.Condition()

@@ -1,0 +1,99 @@
+"""A real `serve` for tests: in-process on a loopback port, or as a separate `cccatalog serve` process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import httpx
+
+from cccatalog.config import Config, load_config
+from cccatalog.gitmirror.http_backend import HttpBackend
+from cccatalog.server.app import CatalogServer
+from cccatalog.server.live_config import LiveConfig
+
+
+@contextmanager
+def running_server(
+    config: Config, *, backend: HttpBackend | None = None, **settings: object
+) -> Iterator[CatalogServer]:
+    """Serve `config` on 127.0.0.1:<free port> in a thread; `settings` override the serve block."""
+    serve_settings = replace(config.serve, **settings)  # type: ignore[arg-type]
+    server = CatalogServer(("127.0.0.1", 0), LiveConfig(config), serve_settings, backend=backend)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@contextmanager
+def serve_process(
+    config_path: Path, *, env: dict[str, str] | None = None, user: str | None = None
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`python -m cccatalog serve` on a free port as its own process; yields (process, base URL)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = [
+        sys.executable,
+        "-m",
+        "cccatalog",
+        "serve",
+        "-c",
+        str(config_path),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    proc = subprocess.Popen(
+        argv,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        user=user,
+        cwd="/",
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=0.5).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.05)
+        if proc.poll() is not None:
+            raise RuntimeError(f"serve exited early: {proc.stderr.read() if proc.stderr else ''}")
+    try:
+        yield proc, url
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def synced_config(config_path: Path) -> Config:
+    """Load `config_path` and sync it once with the real CLI, so every mirror is published."""
+    from cccatalog.cli import run
+
+    assert run(["-q", "sync", "-c", str(config_path)]) == 0
+    return load_config(config_path)
