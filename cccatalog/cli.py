@@ -134,7 +134,7 @@ def sync(
             f"git.runtime_sync is false in {cfg.path}: this host is meant to stay air-gapped. "
             "Pass --allow-runtime-sync to fetch from the upstreams anyway."
         )
-    tasks = plan_sync(cfg, only=only or ())
+    tasks = plan_sync(cfg, only=only or ()) if cfg.git.enabled else []
     with Store.open(cfg.state.path) as store:
         store.upsert_collections(cfg.codecollections)
         syncer = MirrorSyncer(

@@ -156,6 +156,24 @@ _CC_KEYS = ("slug", "name", "git_url", "image_registry", "default_ref", "visibil
 _T = TypeVar("_T")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (it would silently override the first)",
+                    key_node.start_mark,
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def is_valid_slug(slug: str) -> bool:
     """True when `slug` is safe as `<data_dir>/<slug>.git` and in `/git/<slug>.git` URLs."""
     return _SLUG_RE.fullmatch(slug) is not None and not slug.endswith(".git")
@@ -185,7 +203,7 @@ def load_config(path: Path | None = None, *, environ: Mapping[str, str] | None =
     except OSError as exc:
         raise ConfigError(str(path), [f"cannot read file: {exc.strerror or type(exc).__name__}"]) from None
     try:
-        data = yaml.safe_load(raw)
+        data = yaml.load(raw, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise ConfigError(str(path), [_yaml_problem(exc)]) from None
     return parse_config(data, path=path, environ=env)

@@ -882,3 +882,13 @@ def test_loaded_config_is_frozen(tmp_path: Path, attr_path: str, value: object) 
         obj = obj[int(step)] if step.isdigit() else getattr(obj, step)
     with pytest.raises(dataclasses.FrozenInstanceError):
         setattr(obj, attr, value)
+
+
+def test_a_key_given_twice_is_refused_with_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("git:\n  enabled: true\nsources: []\ngit:\n  enabled: false\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems == [
+        "line 4, column 1: invalid YAML: duplicate key 'git' (it would silently override the first)"
+    ]

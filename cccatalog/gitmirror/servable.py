@@ -16,9 +16,12 @@ from cccatalog.gitmirror.git import Git
 from cccatalog.gitmirror.mirror import is_complete
 
 
-def mirrored_slugs(config: Config) -> frozenset[str]:
-    """Slugs the config mirrors: CodeCollections with a git_url, narrowed by git.codecollections."""
-    if not config.git.enabled:
+def mirrored_slugs(config: Config, *, ignore_enabled: bool = False) -> frozenset[str]:
+    """Slugs the config mirrors: CodeCollections with a git_url, narrowed by git.codecollections.
+
+    Empty when git.enabled is false, unless `ignore_enabled` (bake mirrors regardless).
+    """
+    if not config.git.enabled and not ignore_enabled:
         return frozenset()
     allowed = set(config.git.codecollections)
     return frozenset(

@@ -24,6 +24,7 @@ from cccatalog.gitmirror.git import Git
 from cccatalog.gitmirror.layout import Layout
 from cccatalog.gitmirror.locks import file_lock
 from cccatalog.gitmirror.mirror import Mirror, fingerprint, in_scope, is_complete
+from cccatalog.gitmirror.servable import mirrored_slugs
 from cccatalog.redact import strip_url_credentials
 
 _CORRUPTION_SIGNS = (
@@ -98,18 +99,14 @@ def plan_sync(config: Config, *, only: Sequence[str] = (), ignore_enabled: bool 
 
     `ignore_enabled` is for bake, which mirrors whatever `git.enabled` says.
     """
-    if not config.git.enabled and not ignore_enabled:
-        return []
-    allowed = set(config.git.codecollections)
-    candidates = [cc for cc in config.codecollections if cc.git_url and (not allowed or cc.slug in allowed)]
+    mirrored = mirrored_slugs(config, ignore_enabled=ignore_enabled)
+    candidates = [cc for cc in config.codecollections if cc.slug in mirrored]
     if only:
-        known = {cc.slug for cc in candidates}
-        unknown = [slug for slug in only if slug not in known]
+        unknown = [slug for slug in only if slug not in mirrored]
         if unknown:
-            raise UsageError(
-                f"--only {', '.join(unknown)}: not a CodeCollection with a git_url in the config"
-                + (" (or not listed in git.codecollections)" if allowed else "")
-            )
+            limited = " (or not listed in git.codecollections)" if config.git.codecollections else ""
+            names = ", ".join(unknown)
+            raise UsageError(f"--only {names}: not a CodeCollection with a git_url in the config{limited}")
         candidates = [cc for cc in candidates if cc.slug in only]
     return [RepoTask(cc.slug, cc.git_url or "") for cc in candidates]
 
