@@ -185,3 +185,30 @@ def test_demo_creates_syncs_and_prints_a_working_clone_line(
     code, out, _ = cli(capsys, "demo", "--no-serve", "--dir", str(tmp_path / "demo"))
     assert code == 0
     assert "unchanged" in out
+
+
+def test_demo_serves_the_mirrors_and_the_printed_clone_line_works(tmp_path: Path) -> None:
+    """The README's first command: sync the demo, serve it, print a clone line that works as pasted."""
+    import signal
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cccatalog", "demo", "--dir", str(tmp_path / "demo"), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        clone_line = ""
+        for line in proc.stdout:
+            if line.strip().startswith("git clone http://127.0.0.1:"):
+                clone_line = line.strip()
+                break
+        assert clone_line, proc.stderr.read() if proc.stderr else ""
+        subprocess.run(
+            [*clone_line.split(), str(tmp_path / "checkout")], check=True, capture_output=True, timeout=60
+        )
+        assert (tmp_path / "checkout" / "codebundles").is_dir()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
