@@ -1,0 +1,1 @@
+"""OCI images: registry client (auth, cache), canonical tags and newest-build resolution."""

@@ -1,0 +1,80 @@
+"""Image references: `ghcr.io/org/repo[:tag]` -> registry host, repository path, scheme. Pure."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+from cccatalog.errors import UsageError
+
+DOCKER_HUB = "registry-1.docker.io"
+_DOCKER_HUB_ALIASES = ("docker.io", "index.docker.io", "registry-1.docker.io")
+# distribution's grammar for a repository path component
+_COMPONENT_RE = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
+_TAG_RE = re.compile(r"[\w][\w.-]{0,127}")
+
+
+@dataclass(frozen=True, slots=True)
+class Repository:
+    """One image repository on one registry."""
+
+    host: str  # host[:port], lowercase
+    path: str  # e.g. runwhen-contrib/rw-cli-codecollection, library/alpine
+    plain_http: bool = False
+
+    @property
+    def base_url(self) -> str:
+        return f"{'http' if self.plain_http else 'https'}://{self.host}"
+
+    @property
+    def name(self) -> str:
+        """How a user writes it: `ghcr.io/org/x` (Docker Hub shown as docker.io)."""
+        host = "docker.io" if self.host == DOCKER_HUB else self.host
+        return f"{host}/{self.path}"
+
+
+def is_loopback(host: str) -> bool:
+    """localhost, 127.0.0.0/8 or ::1, with or without a port."""
+    if host.startswith("["):
+        hostname = host[1 : host.find("]")]
+    else:
+        hostname = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    if hostname == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(hostname).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_reference(text: str, *, allow_plain_http: bool = False) -> tuple[Repository, str | None]:
+    """Parse `[host[:port]/]path[:tag]`. Loopback registries speak plain HTTP (as crane does); any other
+    needs `allow_plain_http` for it."""
+    ref = text.strip()
+    for scheme in ("https://", "http://"):
+        if ref.startswith(scheme):
+            if scheme == "http://" and not allow_plain_http and not is_loopback(ref[7:].split("/", 1)[0]):
+                raise UsageError(f"{text}: plain HTTP to a non-loopback registry needs an explicit opt-in")
+            ref = ref[len(scheme) :]
+    ref = ref.split("@", 1)[0]  # a digest pins content, not a repository: resolve by tag instead
+    tag: str | None = None
+    last = ref.rsplit("/", 1)[-1]
+    if ":" in last:
+        ref, tag = ref.rsplit(":", 1)
+        if not _TAG_RE.fullmatch(tag):
+            raise UsageError(f"{text}: {tag!r} is not a valid tag")
+    first, sep, rest = ref.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        host, path = first.lower(), rest
+    else:
+        host, path = DOCKER_HUB, ref
+    if host in _DOCKER_HUB_ALIASES:
+        host = DOCKER_HUB
+        if "/" not in path:
+            path = f"library/{path}"
+    if not path or not all(_COMPONENT_RE.fullmatch(c) for c in path.split("/")):
+        raise UsageError(
+            f"{text}: {path!r} is not a valid repository path (lowercase, [a-z0-9._-] per component)"
+        )
+    return Repository(host, path, plain_http=is_loopback(host) or allow_plain_http), tag
