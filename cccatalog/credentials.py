@@ -53,21 +53,21 @@ def resolve(
     `key` is the block's key path (`git.auth`, `sources[0].auth`) for error messages.
     """
     if auth.token_env:
-        return BasicCredentials("x-access-token", _env(environ, auth.token_env, f"{key}.token_env"))
+        return BasicCredentials("x-access-token", env_value(environ, auth.token_env, f"{key}.token_env"))
     if auth.user_env and auth.pass_env:
         return BasicCredentials(
-            _env(environ, auth.user_env, f"{key}.user_env"),
-            _env(environ, auth.pass_env, f"{key}.pass_env"),
+            env_value(environ, auth.user_env, f"{key}.user_env"),
+            env_value(environ, auth.pass_env, f"{key}.pass_env"),
         )
     if auth.dockerconfigjson_env and host:
-        raw = _env(environ, auth.dockerconfigjson_env, f"{key}.dockerconfigjson_env")
+        raw = env_value(environ, auth.dockerconfigjson_env, f"{key}.dockerconfigjson_env")
         return docker_config_lookup(
             raw, host, origin=f"{key}.dockerconfigjson_env ({auth.dockerconfigjson_env})"
         )
     return None
 
 
-def _env(environ: Mapping[str, str], name: str, key: str) -> str:
+def env_value(environ: Mapping[str, str], name: str, key: str) -> str:
     value = environ.get(name, "")
     if not value:
         raise CredentialError(
@@ -111,3 +111,35 @@ def _entry_credentials(entry: Mapping[str, object], host: str, origin: str) -> B
     if isinstance(name, str) and isinstance(secret, str) and name and secret:
         return BasicCredentials(name, secret)
     raise CredentialError(f"{origin}: the entry for {host} has neither 'auth' nor username and password")
+
+
+def user_registry_files(environ: Mapping[str, str]) -> list[Path]:
+    """Where a user's registry logins live, in the order skopeo/podman and docker look."""
+    home = Path(environ.get("HOME", "~")).expanduser()
+    files = []
+    if auth_file := environ.get("REGISTRY_AUTH_FILE"):
+        files.append(Path(auth_file))
+    if runtime := environ.get("XDG_RUNTIME_DIR"):
+        files.append(Path(runtime) / "containers" / "auth.json")
+    files.append(
+        Path(environ["DOCKER_CONFIG"]) / "config.json"
+        if environ.get("DOCKER_CONFIG")
+        else home / ".docker" / "config.json"
+    )
+    return files
+
+
+def user_registry_credentials(host: str, environ: Mapping[str, str]) -> BasicCredentials | None:
+    """A registry login from the user's Docker/Podman auth files (`docker login`, `skopeo login`).
+
+    Credential helpers (`credsStore`) are not run: only logins stored in the files are used.
+    """
+    hosts = [host, "index.docker.io", "docker.io"] if host == "registry-1.docker.io" else [host]
+    for path in user_registry_files(environ):
+        if not path.is_file():
+            continue
+        for candidate in hosts:
+            creds = docker_config_lookup(str(path), candidate, origin=str(path))
+            if creds is not None:
+                return creds
+    return None

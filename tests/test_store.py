@@ -22,7 +22,7 @@ from cccatalog.config import CodeCollection
 from cccatalog.errors import StateError
 
 PROCESSES = 12
-SCHEMA_TABLES = ["collections", "git_mirrors", "image_refs"]
+SCHEMA_TABLES = ["collections", "git_mirrors", "image_refs", "image_syncs"]
 T0 = datetime(2026, 11, 25, 21, 0, 0, 123456, tzinfo=UTC)
 
 

@@ -120,3 +120,19 @@ def m001_initial(conn: sqlite3.Connection) -> None:
         )
         """
     )
+
+
+@migration
+def m002_image_sync_status(conn: sqlite3.Connection) -> None:
+    # When a collection's image refs were last polled, and why the last poll failed: a failed
+    # registry keeps the previous refs, so the reason must be recorded somewhere visible.
+    conn.execute(
+        """
+        CREATE TABLE image_syncs (
+            slug TEXT PRIMARY KEY,
+            attempted_at TEXT,
+            succeeded_at TEXT,
+            error TEXT
+        )
+        """
+    )

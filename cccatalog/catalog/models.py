@@ -33,3 +33,34 @@ class CollectionRecord:
     default_ref: str
     visibility: str
     updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRefRecord:
+    """The newest build of one ref of one collection (the predecessor's ImageRef, plus where
+    `image_built_at` came from)."""
+
+    slug: str
+    ref: str
+    ref_type: str
+    image_registry: str | None
+    image_tag: str
+    image_digest: str | None
+    commit_hash: str | None
+    rt_revision: str | None
+    image_built_at: datetime | None
+    built_at_source: str | None
+    is_latest: bool
+    is_prerelease: bool
+    is_active: bool = True
+    synced_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ImageSyncStatus:
+    """The last image poll of a collection: when, and what went wrong (redacted) if it failed."""
+
+    slug: str
+    attempted_at: datetime | None
+    succeeded_at: datetime | None
+    error: str | None

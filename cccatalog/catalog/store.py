@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cccatalog.catalog.migrations import check_not_newer, migrate, user_version
-from cccatalog.catalog.models import CollectionRecord, MirrorStatus
+from cccatalog.catalog.models import CollectionRecord, ImageRefRecord, ImageSyncStatus, MirrorStatus
 from cccatalog.config import CodeCollection
 from cccatalog.errors import StateError
 
@@ -54,6 +54,21 @@ _UPSERT_COLLECTION = """
         git_url = excluded.git_url, image_registry = excluded.image_registry,
         default_ref = excluded.default_ref, visibility = excluded.visibility,
         updated_at = excluded.updated_at
+"""
+_IMAGE_COLUMNS = (
+    "slug, ref, ref_type, image_registry, image_tag, image_digest, commit_hash, rt_revision, "
+    "image_built_at, built_at_source, is_latest, is_prerelease, is_active, synced_at"
+)
+_UPSERT_IMAGE_REF = """
+    INSERT INTO image_refs (slug, ref, ref_type, image_registry, image_tag, image_digest, commit_hash,
+        rt_revision, image_built_at, built_at_source, is_latest, is_prerelease, is_active, synced_at)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?)
+    ON CONFLICT (slug, ref) DO UPDATE SET ref_type = excluded.ref_type,
+        image_registry = excluded.image_registry, image_tag = excluded.image_tag,
+        image_digest = excluded.image_digest, commit_hash = excluded.commit_hash,
+        rt_revision = excluded.rt_revision, image_built_at = excluded.image_built_at,
+        built_at_source = excluded.built_at_source, is_latest = excluded.is_latest,
+        is_prerelease = excluded.is_prerelease, is_active = 1, synced_at = excluded.synced_at
 """
 
 
@@ -182,6 +197,70 @@ class Store:
         with self._writing("record a mirror sync failure in") as conn:
             conn.execute(_UPSERT_MIRROR_FAILURE, row)
 
+    def replace_image_refs(
+        self, slug: str, refs: Iterable[ImageRefRecord], *, synced_at: datetime, deactivate_missing: bool
+    ) -> tuple[int, int]:
+        """Upsert the newest build of each ref; refs not given become inactive when `deactivate_missing`.
+
+        One transaction, so readers never see a collection with no latest. Returns (upserted, deactivated).
+        """
+        when = to_db_time(synced_at)
+        rows = [
+            (slug, r.ref, r.ref_type, r.image_registry, r.image_tag, r.image_digest, r.commit_hash,
+             r.rt_revision, to_db_time(r.image_built_at) if r.image_built_at else None, r.built_at_source,
+             int(r.is_latest), int(r.is_prerelease), when)
+            for r in refs
+        ]  # fmt: skip
+        with self._writing("save image refs in") as conn:
+            conn.execute("UPDATE image_refs SET is_latest = 0 WHERE slug = ?", (slug,))
+            conn.executemany(_UPSERT_IMAGE_REF, rows)
+            deactivated = 0
+            if deactivate_missing:
+                kept = [row[1] for row in rows]
+                marks = ",".join("?" * len(kept)) or "NULL"
+                cur = conn.execute(
+                    f"UPDATE image_refs SET is_active = 0, is_latest = 0 "  # noqa: S608 - only ? marks
+                    f"WHERE slug = ? AND is_active = 1 AND ref NOT IN ({marks})",
+                    (slug, *kept),
+                )
+                deactivated = cur.rowcount
+            conn.execute(
+                "INSERT INTO image_syncs (slug, attempted_at, succeeded_at, error) VALUES (?, ?, ?, NULL) "
+                "ON CONFLICT (slug) DO UPDATE SET attempted_at = excluded.attempted_at, "
+                "succeeded_at = excluded.succeeded_at, error = NULL",
+                (slug, when, when),
+            )
+        return len(rows), deactivated
+
+    def record_image_failure(self, slug: str, *, error: str, attempted_at: datetime) -> None:
+        """A poll that failed as a whole: the refs stay as they were; `error` must be redacted."""
+        with self._writing("record an image poll failure in") as conn:
+            conn.execute(
+                "INSERT INTO image_syncs (slug, attempted_at, error) VALUES (?, ?, ?) "
+                "ON CONFLICT (slug) DO UPDATE SET attempted_at = excluded.attempted_at, "
+                "error = excluded.error",
+                (slug, to_db_time(attempted_at), error),
+            )
+
+    def list_image_refs(self, slug: str, *, include_inactive: bool = False) -> list[ImageRefRecord]:
+        """The refs of a collection, ordered by ref."""
+        where = "slug = ?" if include_inactive else "slug = ? AND is_active = 1"
+        with self._reading("read image refs from") as conn:
+            rows = conn.execute(
+                f"SELECT {_IMAGE_COLUMNS} FROM image_refs WHERE {where} ORDER BY ref",  # noqa: S608
+                (slug,),
+            ).fetchall()
+        return [_image_ref(row) for row in rows]
+
+    def get_image_sync(self, slug: str) -> ImageSyncStatus | None:
+        with self._reading("read image poll status from") as conn:
+            row = conn.execute(
+                "SELECT slug, attempted_at, succeeded_at, error FROM image_syncs WHERE slug = ?", (slug,)
+            ).fetchone()
+        if row is None:
+            return None
+        return ImageSyncStatus(row[0], from_db_time(row[1]), from_db_time(row[2]), row[3])
+
     @contextmanager
     def _reading(self, what: str) -> Iterator[sqlite3.Connection]:
         with self._lock:
@@ -247,3 +326,26 @@ def _collection(row: tuple[Any, ...]) -> CollectionRecord:
     slug, source, name, git_url, registry, default_ref, visibility, updated_at = row
     updated = datetime.fromisoformat(updated_at).astimezone(UTC)
     return CollectionRecord(slug, source, name, git_url, registry, default_ref, visibility, updated)
+
+
+def _image_ref(row: tuple[Any, ...]) -> ImageRefRecord:
+    (
+        slug,
+        ref,
+        ref_type,
+        registry,
+        tag,
+        digest,
+        commit,
+        rt,
+        built_at,
+        source,
+        latest,
+        pre,
+        active,
+        synced,
+    ) = row
+    return ImageRefRecord(
+        slug, ref, ref_type, registry, tag, digest, commit, rt, from_db_time(built_at), source,
+        bool(latest), bool(pre), bool(active), from_db_time(synced),
+    )  # fmt: skip

@@ -1,0 +1,199 @@
+"""The image half of `sync`: the newest build of every ref of every collection, into the state file.
+
+Sources: `oci` (a registry, resolved by `cccatalog.oci.resolve`) and `static` (the predecessor's
+`static_path` JSON). A registry that fails as a whole, or answers with no builds at all, keeps the
+collection's previous refs (the failure is recorded); otherwise refs gone from the registry become
+inactive. `is_latest` marks the default ref's row; `stable` is derived when read.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cccatalog.catalog.models import ImageRefRecord
+from cccatalog.catalog.store import Store
+from cccatalog.config import CodeCollection, Config, Source
+from cccatalog.credentials import BasicCredentials, docker_config_lookup, env_value
+from cccatalog.errors import CCCatalogError
+from cccatalog.oci.auth import RegistryAuth
+from cccatalog.oci.cache import BlobCache
+from cccatalog.oci.client import RegistryClient
+from cccatalog.oci.reference import parse_reference
+from cccatalog.oci.resolve import Build, RefResolution, parse_created, pick_newest, resolve_repository
+from cccatalog.oci.tags import CanonicalTag, is_prerelease, parse_tag, stable_ref
+from cccatalog.redact import Redactor
+
+
+@dataclass(frozen=True, slots=True)
+class ImageSyncResult:
+    slug: str
+    source: str
+    refs: int = 0
+    deactivated: int = 0
+    latest_tag: str | None = None
+    stable_tag: str | None = None
+    duration_s: float = 0.0
+    error: str | None = None
+    note: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+
+def registry_auth(source: Source, host: str, environ: Mapping[str, str]) -> RegistryAuth | None:
+    """A source's auth block as registry credentials: token_env is a static bearer token (JFrog access
+    token, GHCR PAT), user+pass and Docker configs are Basic (also presented to token servers)."""
+    auth, key = source.auth, f"sources[{source.name}].auth"
+    if auth.token_env:
+        return RegistryAuth(bearer=env_value(environ, auth.token_env, f"{key}.token_env"))
+    if auth.user_env and auth.pass_env:
+        user = env_value(environ, auth.user_env, f"{key}.user_env")
+        return RegistryAuth(
+            basic=BasicCredentials(user, env_value(environ, auth.pass_env, f"{key}.pass_env"))
+        )
+    if auth.dockerconfigjson_env:
+        raw = env_value(environ, auth.dockerconfigjson_env, f"{key}.dockerconfigjson_env")
+        creds = docker_config_lookup(raw, host, origin=f"{key}.dockerconfigjson_env")
+        return RegistryAuth(basic=creds) if creds else None
+    return None
+
+
+def records(cc: CodeCollection, resolutions: Sequence[RefResolution]) -> list[ImageRefRecord]:
+    """One row per ref: its newest build; `is_latest` on the default ref's."""
+    return [
+        ImageRefRecord(
+            slug=cc.slug,
+            ref=r.ref,
+            ref_type=r.newest.tag.ref_type,
+            image_registry=cc.image_registry,
+            image_tag=r.newest.tag.tag,
+            image_digest=r.newest.digest,
+            commit_hash=r.newest.tag.commit,
+            rt_revision=r.newest.tag.rt_revision,
+            image_built_at=r.newest.built_at,
+            built_at_source=r.newest.source,
+            is_latest=r.ref == cc.default_ref,
+            is_prerelease=is_prerelease(r.ref),
+        )
+        for r in resolutions
+    ]
+
+
+def static_resolutions(path: Path) -> list[RefResolution]:
+    """The predecessor's static source: `{"refs": [{ref, ref_type, commit, rt_revision, image_tag,
+    image_digest, built_at}]}`; several entries of one ref are ranked like registry builds."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise CCCatalogError(f"static_path {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise CCCatalogError(f"static_path {path}: invalid JSON at line {exc.lineno}") from None
+    entries = data.get("refs") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        raise CCCatalogError(f"static_path {path}: expected an object with a 'refs' list")
+    by_ref: dict[str, list[Build]] = {}
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not isinstance(entry.get("ref"), str) or not entry.get("image_tag"):
+            raise CCCatalogError(f"static_path {path}: refs[{i}] needs at least 'ref' and 'image_tag'")
+        tag = str(entry["image_tag"])
+        parsed = parse_tag(tag)
+        commit = entry.get("commit") or (parsed.commit if parsed else "")
+        rt_revision = entry.get("rt_revision") or (parsed.rt_revision if parsed else "")
+        canonical = CanonicalTag(tag, entry["ref"], str(commit), str(rt_revision))
+        built_at = parse_created(entry.get("built_at"))
+        build = Build(canonical, entry.get("image_digest"), built_at, "static" if built_at else "unknown")
+        by_ref.setdefault(entry["ref"], []).append(build)
+    return [RefResolution(ref, pick_newest(builds), tuple(builds)) for ref, builds in sorted(by_ref.items())]
+
+
+class ImageSyncer:
+    """Polls every collection's images and writes the newest build per ref to `store`."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        *,
+        cache: BlobCache | None,
+        environ: Mapping[str, str],
+        redactor: Redactor,
+        client_factory: Callable[[Source], RegistryClient] | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.cache = cache
+        self.environ = environ
+        self.redactor = redactor
+        self.client_factory = client_factory or self._client
+
+    def _client(self, source: Source) -> RegistryClient:
+        def auth_for(host: str) -> RegistryAuth | None:
+            auth = registry_auth(source, host, self.environ)
+            if auth:
+                self.redactor.add(*auth.secrets)
+            return auth
+
+        return RegistryClient(auth_for=auth_for, cache=self.cache)
+
+    def plan(self, only: Sequence[str] = ()) -> list[CodeCollection]:
+        """Collections with something to poll: an image_registry on an oci source, or a static_path."""
+        chosen = []
+        for cc in self.config.codecollections:
+            source = self.config.source(cc.source)
+            if (only and cc.slug not in only) or source is None:
+                continue
+            if (source.type == "oci" and cc.image_registry) or (source.type == "static" and cc.static_path):
+                chosen.append(cc)
+        return chosen
+
+    def run(self, collections: Sequence[CodeCollection], *, jobs: int = 4) -> list[ImageSyncResult]:
+        clients: dict[str, RegistryClient] = {}
+        for cc in collections:
+            source = self.config.source(cc.source)
+            if source and source.type == "oci" and source.name not in clients:
+                clients[source.name] = self.client_factory(source)
+        try:
+            with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="images") as pool:
+                return list(pool.map(lambda cc: self.sync_one(cc, clients.get(cc.source)), collections))
+        finally:
+            for client in clients.values():
+                client.close()
+
+    def sync_one(self, cc: CodeCollection, client: RegistryClient | None) -> ImageSyncResult:
+        started, attempted_at = time.monotonic(), datetime.now(UTC)
+        try:
+            if client is not None and cc.image_registry:
+                source = self.config.source(cc.source)
+                repo, _ = parse_reference(
+                    cc.image_registry, allow_plain_http=bool(source and source.plain_http)
+                )
+                resolutions = resolve_repository(client, repo)
+            elif cc.static_path:
+                resolutions = static_resolutions(cc.static_path)
+            else:
+                resolutions = []
+        except (CCCatalogError, OSError) as exc:
+            error = self.redactor(str(exc))
+            self.store.record_image_failure(cc.slug, error=error, attempted_at=attempted_at)
+            return ImageSyncResult(cc.slug, cc.source, error=error, duration_s=time.monotonic() - started)
+        rows = records(cc, resolutions)
+        note = None
+        if not rows:
+            note = "the registry listed no builds: previous refs kept (treated as transient)"
+        upserted, deactivated = self.store.replace_image_refs(
+            cc.slug, rows, synced_at=datetime.now(UTC), deactivate_missing=bool(rows)
+        )
+        latest = next((r.image_tag for r in rows if r.is_latest), None)
+        stable = stable_ref(r.ref for r in rows)
+        stable_tag = next((r.image_tag for r in rows if r.ref == stable), None)
+        return ImageSyncResult(
+            cc.slug, cc.source, upserted, deactivated, latest, stable_tag,
+            duration_s=round(time.monotonic() - started, 3), note=note,
+        )  # fmt: skip

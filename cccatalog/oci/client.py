@@ -1,0 +1,325 @@
+"""The registry client: every registry HTTP call goes through here, on one `httpx.Client`.
+
+Auth (anonymous token flow, Basic at the token server or directly, static bearer) with a token cache;
+tag listing with pagination (relative `Link`s, and Artifactory's that drop the repository prefix);
+manifests and blobs with the full Accept list, verified by digest and cached on disk; retries with
+backoff on 429/5xx honouring `Retry-After`; a per-host concurrency limit; redirects followed by hand
+so `Authorization` never travels to another host. `counts` says how many requests of each kind ran.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
+
+import httpx
+
+from cccatalog import __version__
+from cccatalog.errors import CCCatalogError
+from cccatalog.oci.auth import Challenge, RegistryAuth, TokenCache, parse_challenge
+from cccatalog.oci.cache import BlobCache, DigestMismatch, sha256_digest
+from cccatalog.oci.reference import Repository
+
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_V2 = "application/vnd.docker.distribution.manifest.v2+json"
+# Without the full list distribution answers with schema1, or a misleading 404 for an index.
+MANIFEST_ACCEPT = ", ".join((OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_V2))
+INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
+
+_MAX_REDIRECTS = 5
+_MAX_PAGES = 1000
+_MAX_RETRY_AFTER = 30.0
+
+
+class RegistryError(CCCatalogError):
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    digest: str
+    media_type: str
+    body: bytes
+
+    def json(self) -> dict[str, Any]:
+        data = json.loads(self.body)
+        if not isinstance(data, dict):
+            raise RegistryError(f"manifest {self.digest} is not a JSON object")
+        return data
+
+
+class RegistryClient:
+    def __init__(
+        self,
+        *,
+        auth_for: Callable[[str], RegistryAuth | None] | None = None,
+        cache: BlobCache | None = None,
+        http: httpx.Client | None = None,
+        per_host: int = 4,
+        retries: int = 4,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.auth_for = auth_for or (lambda host: None)
+        self.cache = cache
+        self.http = http or httpx.Client(
+            timeout=httpx.Timeout(30.0, connect=10.0),
+            headers={"User-Agent": f"cccatalog/{__version__}"},
+            limits=httpx.Limits(max_keepalive_connections=16),
+        )
+        self.tokens = TokenCache()
+        self.counts: Counter[str] = Counter()
+        self.retries = retries
+        self._sleep = sleep
+        self._per_host = per_host
+        self._slots: dict[str, threading.BoundedSemaphore] = {}
+        self._basic_hosts: set[str] = set()
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> RegistryClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def total_requests(self) -> int:
+        return sum(self.counts.values())
+
+    # --- public API -------------------------------------------------------------------------
+
+    def list_tags(self, repo: Repository) -> list[str]:
+        """Every tag, across pages. `null` entries some registries send are skipped."""
+        base = f"{repo.base_url}/v2/{repo.path}/tags/list"
+        url: str | None = f"{base}?n=1000"
+        tags: list[str] = []
+        seen: set[str] = set()
+        while url and url not in seen and len(seen) < _MAX_PAGES:
+            seen.add(url)
+            resp = self._send(repo, "GET", url, kind="tags")
+            if resp.status_code == 404:
+                raise RegistryError(f"{repo.name}: repository not found (404)", status=404)
+            _raise_for(resp, repo, "listing tags")
+            page = _json(resp, repo).get("tags") or []
+            tags.extend(t for t in page if isinstance(t, str))
+            url = _next_page(resp.headers.get("Link", ""), url, base)
+        return tags
+
+    def head_manifest(self, repo: Repository, reference: str) -> str:
+        """The digest a tag points at now (tags are mutable: asked every run)."""
+        url = f"{repo.base_url}/v2/{repo.path}/manifests/{reference}"
+        resp = self._send(repo, "HEAD", url, kind="manifest-head", headers={"Accept": MANIFEST_ACCEPT})
+        _raise_for(resp, repo, f"resolving {reference}")
+        digest: str = resp.headers.get("Docker-Content-Digest", "")
+        if digest:
+            return digest
+        return self._get_manifest_uncached(repo, reference).digest  # registries that omit the header
+
+    def get_manifest(self, repo: Repository, digest: str) -> Manifest:
+        """A manifest by digest: from the cache, or fetched, verified and cached."""
+        if self.cache is not None and (body := self.cache.get(digest)) is not None:
+            return Manifest(digest, _media_type(body), body)
+        return self._get_manifest_uncached(repo, digest)
+
+    def get_blob(self, repo: Repository, digest: str) -> bytes:
+        if self.cache is not None and (body := self.cache.get(digest)) is not None:
+            return body
+        url = f"{repo.base_url}/v2/{repo.path}/blobs/{digest}"
+        resp = self._send(repo, "GET", url, kind="blob")
+        _raise_for(resp, repo, f"fetching blob {digest}")
+        return self._verified(digest, resp.content, repo)
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _get_manifest_uncached(self, repo: Repository, reference: str) -> Manifest:
+        url = f"{repo.base_url}/v2/{repo.path}/manifests/{reference}"
+        resp = self._send(repo, "GET", url, kind="manifest", headers={"Accept": MANIFEST_ACCEPT})
+        _raise_for(resp, repo, f"fetching manifest {reference}")
+        body = resp.content
+        digest = (
+            reference
+            if reference.startswith("sha256:")
+            else resp.headers.get("Docker-Content-Digest") or sha256_digest(body)
+        )
+        body = self._verified(digest, body, repo)
+        media = resp.headers.get("Content-Type", "").split(";")[0].strip() or _media_type(body)
+        return Manifest(digest, media, body)
+
+    def _verified(self, digest: str, body: bytes, repo: Repository) -> bytes:
+        if digest.startswith("sha256:") and sha256_digest(body) != digest:
+            raise RegistryError(f"{repo.name}: content of {digest} does not match its digest")
+        if self.cache is not None:
+            with suppress(DigestMismatch, OSError):  # an unwritable cache costs requests, not correctness
+                self.cache.put(digest, body)
+        return body
+
+    def _slot(self, host: str) -> threading.BoundedSemaphore:
+        with self._lock:
+            if host not in self._slots:
+                self._slots[host] = threading.BoundedSemaphore(self._per_host)
+            return self._slots[host]
+
+    def _authorization(self, repo: Repository, scope: str, auth: RegistryAuth | None) -> str | None:
+        if auth and auth.bearer:
+            return f"Bearer {auth.bearer}"
+        if token := self.tokens.get(repo.host, scope):
+            return f"Bearer {token}"
+        if auth and auth.basic and repo.host in self._basic_hosts:
+            return auth.basic.authorization
+        return None
+
+    def _send(
+        self, repo: Repository, method: str, url: str, *, kind: str, headers: dict[str, str] | None = None
+    ) -> httpx.Response:
+        scope = f"repository:{repo.path}:pull"
+        auth = self.auth_for(repo.host)
+        answered_challenge = False
+        attempt = 0
+        while True:
+            request_headers = dict(headers or {})
+            if authorization := self._authorization(repo, scope, auth):
+                request_headers["Authorization"] = authorization
+            resp = self._follow(method, url, request_headers, kind=kind, host=repo.host)
+            if resp.status_code == 401 and not answered_challenge:
+                challenge = parse_challenge(resp.headers.get("WWW-Authenticate", ""))
+                if challenge and self._answer(repo, scope, challenge, auth):
+                    answered_challenge = True
+                    continue
+                raise RegistryError(_unauthorized(repo, auth), status=401)
+            if (resp.status_code == 429 or resp.status_code >= 500) and attempt < self.retries:
+                self._sleep(_backoff(attempt, resp.headers.get("Retry-After")))
+                attempt += 1
+                continue
+            return resp
+
+    def _follow(
+        self, method: str, url: str, headers: dict[str, str], *, kind: str, host: str
+    ) -> httpx.Response:
+        """One request, redirects followed by hand: Authorization never goes to another origin."""
+        with self._slot(host):
+            for _ in range(_MAX_REDIRECTS + 1):
+                self.counts[f"{method} {kind}"] += 1
+                try:
+                    resp = self.http.request(method, url, headers=headers)
+                except httpx.HTTPError as exc:
+                    raise RegistryError(f"{_origin(url)}: {type(exc).__name__}: {exc}") from None
+                if resp.status_code not in (301, 302, 303, 307, 308) or "Location" not in resp.headers:
+                    return resp
+                target = urljoin(url, resp.headers["Location"])
+                if _origin(target) != _origin(url):
+                    headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+                url = target
+        raise RegistryError(f"{_origin(url)}: too many redirects")
+
+    def _answer(self, repo: Repository, scope: str, challenge: Challenge, auth: RegistryAuth | None) -> bool:
+        """Meet a 401's challenge. False when there is nothing more we can present."""
+        if auth and auth.bearer:
+            return False  # a static token was refused: minting cannot help
+        if challenge.scheme == "basic":
+            if auth and auth.basic and repo.host not in self._basic_hosts:
+                self._basic_hosts.add(repo.host)
+                return True
+            return False
+        if challenge.scheme != "bearer" or "realm" not in challenge.params:
+            return False
+        self.tokens.drop(repo.host, scope)
+        params = {"scope": scope}
+        if service := challenge.params.get("service"):
+            params["service"] = service
+        headers = {"Authorization": auth.basic.authorization} if auth and auth.basic else {}
+        realm = challenge.params["realm"]
+        self.counts["GET token"] += 1
+        try:
+            resp = self.http.get(f"{realm}{'&' if '?' in realm else '?'}{urlencode(params)}", headers=headers)
+        except httpx.HTTPError as exc:
+            raise RegistryError(f"{repo.name}: token server {_origin(realm)}: {type(exc).__name__}") from None
+        if resp.status_code in (401, 403):
+            raise RegistryError(
+                _unauthorized(repo, auth) + " (refused by the token server)", status=resp.status_code
+            )
+        _raise_for(resp, repo, "getting a token")
+        data = _json(resp, repo)
+        token = data.get("token") or data.get("access_token")
+        if not isinstance(token, str) or not token:
+            raise RegistryError(f"{repo.name}: the token server answered without a token")
+        expires = data.get("expires_in")
+        self.tokens.put(repo.host, scope, token, float(expires) if isinstance(expires, int | float) else None)
+        return True
+
+
+def _media_type(body: bytes) -> str:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return ""
+    if isinstance(data, dict):
+        media = data.get("mediaType")
+        if isinstance(media, str):
+            return media
+        return OCI_INDEX if "manifests" in data else OCI_MANIFEST
+    return ""
+
+
+def _json(resp: httpx.Response, repo: Repository) -> dict[str, Any]:
+    try:
+        data = resp.json()
+    except ValueError:
+        raise RegistryError(f"{repo.name}: {resp.request.url.path} did not answer JSON") from None
+    if not isinstance(data, dict):
+        raise RegistryError(f"{repo.name}: {resp.request.url.path} did not answer a JSON object")
+    return data
+
+
+def _raise_for(resp: httpx.Response, repo: Repository, doing: str) -> None:
+    if resp.status_code >= 400:
+        raise RegistryError(f"{repo.name}: {doing} failed: HTTP {resp.status_code}", status=resp.status_code)
+
+
+def _unauthorized(repo: Repository, auth: RegistryAuth | None) -> str:
+    if auth is None or (auth.basic is None and auth.bearer is None):
+        return f"{repo.name}: the registry wants credentials (name them in the source's auth block)"
+    return f"{repo.name}: the registry refused the configured credentials (401)"
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"
+
+
+def _next_page(link: str, current: str, base: str) -> str | None:
+    """The next page from a `Link: <...>; rel="next"` header, rebuilt on our own repository path.
+
+    Artifactory's links drop the repository-key prefix of the path; `last` and `n` are all we need.
+    """
+    for part in link.split(","):
+        target, _, params = part.partition(";")
+        if 'rel="next"' not in params.replace(" ", "") and "rel=next" not in params.replace(" ", ""):
+            continue
+        target = target.strip().removeprefix("<").removesuffix(">")
+        query = parse_qs(urlsplit(target).query)
+        if "last" in query:
+            kept: dict[str, str] = {k: query[k][0] for k in ("n", "last") if k in query}
+            return f"{base}?{urlencode(kept)}"
+        return urljoin(current, target)
+    return None
+
+
+def _backoff(attempt: int, retry_after: str | None) -> float:
+    seconds: float = 0.5 * 2**attempt
+    if retry_after:
+        with suppress(ValueError):  # an HTTP date: keep the exponential backoff
+            seconds = max(float(retry_after), 0.0)
+    return min(seconds, _MAX_RETRY_AFTER)

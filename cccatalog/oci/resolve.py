@@ -1,0 +1,159 @@
+"""Which build of each ref is the newest, and why.
+
+Tag order and hex order say nothing about build time, and `Last-Modified` is a cache time on JFrog
+remotes, so only the image config's `created` counts (an index is followed to its first platform
+manifest that is not an attestation), then the `org.opencontainers.image.created` annotation.
+Missing, zero or pre-1980 dates are *unknown* and rank lowest; ties break on `(built_at, tag)`.
+Only refs with two or more candidate tags need any metadata at all.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from cccatalog.errors import CCCatalogError
+from cccatalog.oci.client import INDEX_TYPES, RegistryClient, RegistryError
+from cccatalog.oci.reference import Repository
+from cccatalog.oci.tags import CanonicalTag, group_by_ref
+
+EARLIEST_PLAUSIBLE = datetime(1980, 1, 1, tzinfo=UTC)
+_MIN = datetime.min.replace(tzinfo=UTC)
+ANNOTATION_CREATED = "org.opencontainers.image.created"
+
+SOURCE_CONFIG = "config.created"
+SOURCE_ANNOTATION = "annotation"
+SOURCE_ONLY = "only candidate"
+SOURCE_UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class Build:
+    """One candidate tag of a ref, with what we learned about it."""
+
+    tag: CanonicalTag
+    digest: str | None = None
+    built_at: datetime | None = None
+    source: str = SOURCE_UNKNOWN
+    error: str | None = None
+
+    @property
+    def rank(self) -> tuple[datetime, str]:
+        return (self.built_at or _MIN, self.tag.tag)
+
+
+@dataclass(frozen=True, slots=True)
+class RefResolution:
+    ref: str
+    newest: Build
+    candidates: tuple[Build, ...] = field(default=())
+
+
+def parse_created(value: object) -> datetime | None:
+    """RFC 3339 with `Z` or an offset, nanosecond fractions allowed; None for missing, zero or pre-1980."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    text = value.strip().replace("z", "Z")
+    if text.endswith("Z"):
+        text = text[:-1] + "+00:00"
+    date, sep, rest = text.partition(".")
+    if sep:  # Python takes at most 6 fraction digits; Go writes 9
+        digits = len(rest) - len(rest.lstrip("0123456789"))
+        rest = rest[: min(digits, 6)] + rest[digits:]
+        text = f"{date}.{rest}" if rest[:1].isdigit() else f"{date}{rest}"
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    parsed = parsed.astimezone(UTC)
+    return parsed if parsed >= EARLIEST_PLAUSIBLE else None
+
+
+def pick_newest(builds: Iterable[Build]) -> Build:
+    return max(builds, key=lambda b: b.rank)
+
+
+def _platform_child(index: dict[str, Any]) -> str | None:
+    """The first entry of an index that is a real platform image, not an attestation (unknown/unknown)."""
+    for entry in index.get("manifests") or []:
+        if not isinstance(entry, dict):
+            continue
+        platform = entry.get("platform") or {}
+        annotations = entry.get("annotations") or {}
+        if (
+            platform.get("os") == "unknown"
+            or annotations.get("vnd.docker.reference.type") == "attestation-manifest"
+        ):
+            continue
+        digest = entry.get("digest")
+        if isinstance(digest, str):
+            return digest
+    return None
+
+
+def build_info(client: RegistryClient, repo: Repository, tag: CanonicalTag) -> Build:
+    """Digest and build time of one tag: HEAD for the digest, cached documents for the rest."""
+    try:
+        digest = client.head_manifest(repo, tag.tag)
+        top = client.get_manifest(repo, digest).json()
+        manifest = top
+        if top.get("mediaType") in INDEX_TYPES or "manifests" in top:
+            child = _platform_child(top)
+            manifest = client.get_manifest(repo, child).json() if child else {}
+        config_digest = (manifest.get("config") or {}).get("digest")
+        if isinstance(config_digest, str):
+            config = json.loads(client.get_blob(repo, config_digest))
+            if created := parse_created(config.get("created") if isinstance(config, dict) else None):
+                return Build(tag, digest, created, SOURCE_CONFIG)
+        for doc in (manifest, top):
+            if created := parse_created((doc.get("annotations") or {}).get(ANNOTATION_CREATED)):
+                return Build(tag, digest, created, SOURCE_ANNOTATION)
+        return Build(tag, digest, None, SOURCE_UNKNOWN, "no created date in config or annotations")
+    except (CCCatalogError, ValueError) as exc:
+        return Build(tag, None, None, SOURCE_UNKNOWN, str(exc))
+
+
+def resolve_repository(
+    client: RegistryClient,
+    repo: Repository,
+    *,
+    refs: Iterable[str] | None = None,
+    tags: Iterable[str | None] | None = None,
+    workers: int = 8,
+) -> list[RefResolution]:
+    """The newest build of each ref (or only of `refs`). Raises RegistryError if tags cannot be listed."""
+    groups = group_by_ref(client.list_tags(repo) if tags is None else tags)
+    if refs is not None:
+        wanted = set(refs)
+        groups = {ref: group for ref, group in groups.items() if ref in wanted}
+    needs_metadata = [tag for group in groups.values() if len(group) > 1 for tag in group]
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="oci") as pool:
+        infos = dict(
+            zip(needs_metadata, pool.map(lambda t: build_info(client, repo, t), needs_metadata), strict=True)
+        )
+    resolutions = []
+    for ref, group in groups.items():
+        if len(group) == 1:
+            only = Build(group[0], source=SOURCE_ONLY)
+            resolutions.append(RefResolution(ref, only, (only,)))
+            continue
+        builds = tuple(infos[t] for t in group)
+        resolutions.append(RefResolution(ref, pick_newest(builds), builds))
+    return resolutions
+
+
+__all__ = [
+    "Build",
+    "RefResolution",
+    "RegistryError",
+    "build_info",
+    "parse_created",
+    "pick_newest",
+    "resolve_repository",
+]
