@@ -10,8 +10,9 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,14 +24,22 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cccatalog import __version__
+from cccatalog.catalog.images import registry_auth
 from cccatalog.catalog.store import Store
 from cccatalog.config import Config, config_path_from_env, load_config
+from cccatalog.credentials import user_registry_credentials
 from cccatalog.demo import build_demo
 from cccatalog.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CCCatalogError, UsageError
 from cccatalog.gitmirror.git import Git
 from cccatalog.gitmirror.layout import Layout
-from cccatalog.gitmirror.sync import MirrorSyncer, RepoResult, RepoTask, SyncOptions, plan_sync
+from cccatalog.gitmirror.sync import MirrorSyncer, RepoResult, RepoTask, plan_sync
+from cccatalog.jobs import SyncReport, SyncRequest, check_only, run_sync
 from cccatalog.logs import LOGGER_NAME, setup_logging
+from cccatalog.oci.auth import RegistryAuth
+from cccatalog.oci.cache import BlobCache
+from cccatalog.oci.client import RegistryClient
+from cccatalog.oci.reference import Repository, parse_reference
+from cccatalog.oci.resolve import Build, RefResolution, resolve_repository
 from cccatalog.redact import Redactor
 from cccatalog.server.app import CatalogServer, serve_forever
 from cccatalog.server.live_config import LiveConfig
@@ -124,30 +133,40 @@ def sync(
         ),
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+    git_half: Annotated[bool, typer.Option("--git/--no-git", help="Sync the git mirrors.")] = True,
+    images: Annotated[
+        bool, typer.Option("--images/--no-images", help="Poll the newest image builds.")
+    ] = True,
 ) -> None:
-    """Bring every configured git mirror up to date (clone, update, or rebuild a broken one)."""
+    """Bring every git mirror up to date and record the newest image build of every ref."""
     cfg = _load(config)
-    if not cfg.git.enabled:
-        log.warning("git mirroring is disabled (git.enabled is false in %s); nothing to sync", cfg.path)
-    elif not cfg.git.runtime_sync and not allow_runtime_sync:
+    request = SyncRequest(git=git_half, images=images, only=tuple(only or ()), jobs=jobs, no_wait=no_wait)
+    check_only(cfg, request.only)
+    if git_half and not cfg.git.enabled:
+        log.warning("git mirroring is disabled (git.enabled is false in %s)", cfg.path)
+    if not cfg.git.runtime_sync and not allow_runtime_sync and _reaches_network(cfg, request):
         raise UsageError(
             f"git.runtime_sync is false in {cfg.path}: this host is meant to stay air-gapped. "
-            "Pass --allow-runtime-sync to fetch from the upstreams anyway."
+            "Pass --allow-runtime-sync to reach the upstreams and registries anyway."
         )
-    tasks = plan_sync(cfg, only=only or ()) if cfg.git.enabled else []
     with Store.open(cfg.state.path) as store:
-        store.upsert_collections(cfg.codecollections)
-        syncer = MirrorSyncer(
-            git=Git(redactor=_state.redactor),
-            layout=Layout(cfg.git.data_dir),
-            options=SyncOptions.from_config(cfg, jobs=jobs, no_wait=no_wait),
-            environ=os.environ,
-            store=store,
+        report = run_sync(
+            cfg, store, request, redactor=_state.redactor, environ=os.environ, run_git=_run_with_progress
         )
-        results = _run_with_progress(syncer, tasks)
-    _render_sync(results, as_json=as_json)
-    if any(r.failed for r in results):
+    _render_sync(report, as_json=as_json)
+    if report.failed:
         raise typer.Exit(EXIT_FAILED)
+
+
+def _reaches_network(cfg: Config, request: SyncRequest) -> bool:
+    if request.git and cfg.git.enabled and plan_sync(cfg, only=request.only):
+        return True
+    sources = {s.name: s for s in cfg.sources}
+    return request.images and any(
+        sources[cc.source].type == "oci" and cc.image_registry
+        for cc in cfg.codecollections
+        if not request.only or cc.slug in request.only
+    )
 
 
 def _run_with_progress(syncer: MirrorSyncer, tasks: list[RepoTask]) -> list[RepoResult]:
@@ -173,13 +192,13 @@ def _run_with_progress(syncer: MirrorSyncer, tasks: list[RepoTask]) -> list[Repo
         return syncer.run(tasks, on_done=done)
 
 
-def _render_sync(results: Sequence[RepoResult], *, as_json: bool) -> None:
+def _render_sync(report: SyncReport, *, as_json: bool) -> None:
     if as_json:
         counts: dict[str, int] = {}
-        for r in results:
+        for r in report.git:
             counts[r.action.value] = counts.get(r.action.value, 0) + 1
         payload: dict[str, Any] = {
-            "ok": not any(r.failed for r in results),
+            "ok": not report.failed,
             "counts": counts,
             "repos": [
                 {
@@ -191,26 +210,52 @@ def _render_sync(results: Sequence[RepoResult], *, as_json: bool) -> None:
                     "duration_s": r.duration_s,
                     "error": r.error,
                 }
-                for r in results
+                for r in report.git
+            ],
+            "images": [
+                {
+                    "slug": r.slug,
+                    "source": r.source,
+                    "refs": r.refs,
+                    "deactivated": r.deactivated,
+                    "latest_tag": r.latest_tag,
+                    "stable_tag": r.stable_tag,
+                    "duration_s": r.duration_s,
+                    "error": r.error,
+                    "note": r.note,
+                }
+                for r in report.images
             ],
         }
         sys.stdout.write(json.dumps(payload, indent=2) + "\n")
         return
-    if _state.verbosity < 0 or not results:
+    if _state.verbosity < 0:
         return
-    table = Table(title="git mirrors", title_justify="left")
-    for column in ("slug", "action", "head", "duration", "error"):
-        table.add_column(column, overflow="fold")
-    styles = {"failed": "red", "skipped": "yellow", "unchanged": "dim"}
-    for r in results:
-        table.add_row(
-            r.slug,
-            f"[{styles.get(r.action.value, 'green')}]{r.action.value}[/]",
-            (r.head_commit or "")[:12],
-            f"{r.duration_s:.1f}s",
-            escape(r.error or ""),
-        )
-    Console(file=sys.stdout, soft_wrap=False).print(table)
+    console = Console(file=sys.stdout, soft_wrap=False)
+    if report.git:
+        table = Table(title="git mirrors", title_justify="left")
+        for column in ("slug", "action", "head", "duration", "error"):
+            table.add_column(column, overflow="fold")
+        styles = {"failed": "red", "skipped": "yellow", "unchanged": "dim"}
+        for r in report.git:
+            table.add_row(
+                r.slug,
+                f"[{styles.get(r.action.value, 'green')}]{r.action.value}[/]",
+                (r.head_commit or "")[:12],
+                f"{r.duration_s:.1f}s",
+                escape(r.error or ""),
+            )
+        console.print(table)
+    if report.images:
+        table = Table(title="images", title_justify="left")
+        for column in ("slug", "refs", "inactive", "latest", "stable", "error"):
+            table.add_column(column, overflow="fold")
+        for i in report.images:
+            problem = f"[red]{escape(i.error)}[/]" if i.error else escape(i.note or "")
+            table.add_row(
+                i.slug, str(i.refs), str(i.deactivated), i.latest_tag or "", i.stable_tag or "", problem
+            )
+        console.print(table)
 
 
 @app.command(epilog="Example: cccatalog demo --dir /tmp/cccatalog-demo --port 8080")
@@ -228,19 +273,11 @@ def demo(
     git = Git(redactor=_state.redactor)
     cfg = load_config(build_demo(root, git))
     with Store.open(cfg.state.path) as store:
-        store.upsert_collections(cfg.codecollections)
-        syncer = MirrorSyncer(
-            git=git,
-            layout=Layout(cfg.git.data_dir),
-            options=SyncOptions.from_config(cfg),
-            environ=os.environ,
-            store=store,
-        )
-        results = syncer.run(plan_sync(cfg))
-    _render_sync(results, as_json=False)
-    if any(r.failed for r in results):
+        report = run_sync(cfg, store, SyncRequest(), redactor=_state.redactor, environ=os.environ)
+    _render_sync(report, as_json=False)
+    if report.failed:
         raise typer.Exit(EXIT_FAILED)
-    slug = results[0].slug
+    slug = report.git[0].slug
     sys.stdout.write(f"\nConfig: {cfg.path}\nMirrors: {cfg.git.data_dir}\n")
     if not serve_it:
         sys.stdout.write(f"Try:\n  git clone {Layout(cfg.git.data_dir).repo(slug).as_uri()}\n")
@@ -304,9 +341,113 @@ def bake(config: ConfigOpt = None) -> None:
     "resolve-latest",
     epilog="Example: cccatalog resolve-latest ghcr.io/runwhen-contrib/rw-cli-codecollection --ref main",
 )
-def resolve_latest(config: ConfigOpt = None) -> None:
-    """Which image tag is really the newest build of a branch, and why (not implemented yet)."""
-    _not_yet("resolve-latest")
+def resolve_latest(
+    target: Annotated[
+        str, typer.Argument(help="Image repository (ghcr.io/org/repo) or a slug from the config.")
+    ],
+    ref: Annotated[
+        str | None, typer.Option("--ref", help="Ref to resolve [default: the slug's default_ref, or main].")
+    ] = None,
+    all_refs: Annotated[
+        bool, typer.Option("--all-refs", help="Resolve every ref in the repository.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
+    plain_http: Annotated[
+        bool, typer.Option("--plain-http", help="Allow plain HTTP to a non-loopback registry.")
+    ] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Which image tag is really the newest build of a ref, and why (built_at and where it came from)."""
+    repo, auth_for, default_ref = _resolve_target(target, config, plain_http=plain_http)
+    wanted = None if all_refs else [ref or default_ref]
+    cache = BlobCache(_user_cache_dir() / "oci")
+    with RegistryClient(auth_for=auth_for, cache=cache) as client:
+        resolutions = resolve_repository(client, repo, refs=wanted)
+        requests = dict(client.counts)
+    if not resolutions:
+        raise CCCatalogError(
+            f"{repo.name}: no builds of {wanted[0] if wanted else 'any ref'} (tags <ref>-<sha7>-<sha7>)"
+        )
+    render_resolutions(repo.name, resolutions, requests, as_json=as_json, verbose=_state.verbosity > 0)
+
+
+def _resolve_target(
+    target: str, config: Path | None, *, plain_http: bool
+) -> tuple[Repository, Callable[[str], RegistryAuth | None], str]:
+    """A slug from the config (its registry, source auth, default ref) or an image reference (the
+    user's Docker/Podman logins)."""
+    path = config_path_from_env(config, os.environ)
+    if "/" not in target and (config is not None or path.exists()):
+        cfg = _load(config)
+        cc = cfg.collection(target)
+        source = cfg.source(cc.source) if cc else None
+        if cc is None or source is None or not cc.image_registry:
+            raise UsageError(f"{target}: not a CodeCollection with an image_registry in {cfg.path}")
+        repo, _ = parse_reference(cc.image_registry, allow_plain_http=plain_http or source.plain_http)
+
+        def source_auth(host: str) -> RegistryAuth | None:
+            auth = registry_auth(source, host, os.environ)
+            if auth:
+                _state.redactor.add(*auth.secrets)
+            return auth
+
+        return repo, source_auth, cc.default_ref
+    repo, _tag = parse_reference(target, allow_plain_http=plain_http)
+
+    def user_auth(host: str) -> RegistryAuth | None:
+        creds = user_registry_credentials(host, os.environ)
+        if creds:
+            _state.redactor.add(*creds.secrets)
+        return RegistryAuth(basic=creds) if creds else None
+
+    return repo, user_auth, "main"
+
+
+def _user_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "cccatalog"
+
+
+def render_resolutions(
+    name: str, resolutions: Sequence[RefResolution], requests: dict[str, int], *, as_json: bool, verbose: bool
+) -> None:
+    def build(b: Build) -> dict[str, Any]:
+        return {
+            "tag": b.tag.tag,
+            "digest": b.digest,
+            "built_at": rfc3339(b.built_at),
+            "built_at_source": b.source,
+            "commit": b.tag.commit,
+            "rt_revision": b.tag.rt_revision,
+            "error": b.error,
+        }
+
+    if as_json:
+        payload = {
+            "repository": name,
+            "refs": [
+                {"ref": r.ref, "newest": build(r.newest), "candidates": [build(c) for c in r.candidates]}
+                for r in resolutions
+            ],
+            "requests": sum(requests.values()),
+        }
+        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+        return
+    table = Table(title=name, title_justify="left")
+    for column in ("ref", "newest tag", "built_at", "source", "digest", "candidates"):
+        table.add_column(column, overflow="fold")
+    for r in resolutions:
+        n = r.newest
+        when = rfc3339(n.built_at) or "unknown"
+        table.add_row(r.ref, n.tag.tag, when, n.source, (n.digest or "")[:19], str(len(r.candidates)))
+    Console(file=sys.stdout, soft_wrap=False).print(table)
+    if verbose:
+        detail = ", ".join(f"{k}: {v}" for k, v in sorted(requests.items()))
+        sys.stderr.write(f"{sum(requests.values())} registry requests ({detail})\n")
+
+
+def rfc3339(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if value else None
 
 
 def run(argv: Sequence[str] | None = None) -> int:

@@ -97,18 +97,18 @@ class RepoResult:
 def plan_sync(config: Config, *, only: Sequence[str] = (), ignore_enabled: bool = False) -> list[RepoTask]:
     """The repos a sync covers: CodeCollections with a git_url, narrowed by git.codecollections and `only`.
 
-    `ignore_enabled` is for bake, which mirrors whatever `git.enabled` says.
+    `only` must name configured collections; those without a mirror are simply not in the git plan
+    (they may still have images). `ignore_enabled` is for bake, which mirrors whatever git.enabled says.
     """
+    unknown = [slug for slug in only if config.collection(slug) is None]
+    if unknown:
+        raise UsageError(f"--only {', '.join(unknown)}: no CodeCollection with that slug in {config.path}")
     mirrored = mirrored_slugs(config, ignore_enabled=ignore_enabled)
-    candidates = [cc for cc in config.codecollections if cc.slug in mirrored]
-    if only:
-        unknown = [slug for slug in only if slug not in mirrored]
-        if unknown:
-            limited = " (or not listed in git.codecollections)" if config.git.codecollections else ""
-            names = ", ".join(unknown)
-            raise UsageError(f"--only {names}: not a CodeCollection with a git_url in the config{limited}")
-        candidates = [cc for cc in candidates if cc.slug in only]
-    return [RepoTask(cc.slug, cc.git_url or "") for cc in candidates]
+    return [
+        RepoTask(cc.slug, cc.git_url or "")
+        for cc in config.codecollections
+        if cc.slug in mirrored and (not only or cc.slug in only)
+    ]
 
 
 class MirrorSyncer:
