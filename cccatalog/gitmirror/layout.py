@@ -44,7 +44,10 @@ class Layout:
         """A fresh directory on the same filesystem as the published repos, so rename is atomic."""
         tmp_root = self.work_dir / "tmp"
         tmp_root.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f"{slug}.", suffix=".git", dir=tmp_root))
+        path = Path(tempfile.mkdtemp(prefix=f"{slug}.", suffix=".git", dir=tmp_root))
+        # mkdtemp makes 0700; the published repo must be readable by a serving uid that is not ours
+        path.chmod(0o755)
+        return path
 
     def remove_stale_temps(self, slug: str) -> None:
         """Clones a crashed run left behind. Call only while holding the repo's lock."""
