@@ -14,6 +14,8 @@ import socket
 import tempfile
 import threading
 import time
+from contextlib import suppress
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import IO, Any
 from urllib.parse import urlsplit
@@ -30,6 +32,43 @@ log = logging.getLogger("cccatalog.serve")
 access_log = logging.getLogger("cccatalog.access")
 
 _SPOOL_IN_MEMORY = 1024 * 1024
+
+
+class Reaper:
+    """Cuts off connections that take too long to send a request, however they trickle it.
+
+    A socket timeout bounds each read, not the whole request: a client sending one byte every few
+    seconds would hold a worker forever. One thread checks deadlines a few times a second and shuts
+    down the sockets past theirs; the blocked read then returns EOF.
+    """
+
+    def __init__(self, interval: float = 0.25) -> None:
+        self._items: dict[int, tuple[float, socket.socket]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._interval = interval
+        threading.Thread(target=self._loop, name="reaper", daemon=True).start()
+
+    def arm(self, sock: socket.socket, seconds: float) -> None:
+        with self._lock:
+            self._items[id(sock)] = (time.monotonic() + seconds, sock)
+
+    def disarm(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._items.pop(id(sock), None)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            now = time.monotonic()
+            with self._lock:
+                late = [key for key, (deadline, _) in self._items.items() if deadline <= now]
+                socks = [self._items.pop(key)[1] for key in late]
+            for sock in socks:
+                with suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
 
 class BodyError(Exception):
@@ -55,6 +94,7 @@ class CatalogServer(ThreadingHTTPServer):
         self.servability = Servability(Git(redactor=Redactor()))
         self.backend = backend or HttpBackend()
         self.slots = threading.BoundedSemaphore(settings.max_concurrent_upload_packs)
+        self.reaper = Reaper()
         self._active = 0
         self._active_cond = threading.Condition()
         super().__init__(address, GitRequestHandler)
@@ -63,6 +103,20 @@ class CatalogServer(ThreadingHTTPServer):
     def url(self) -> str:
         host, port = self.server_address[:2]
         return f"http://{host!s}:{port}"
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A client that vanished is routine; anything else is logged with its traceback."""
+        import sys
+
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError | TimeoutError):
+            log.debug("client %s went away: %s", client_address, exc)
+        else:
+            log.exception("unexpected error serving %s", client_address)
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.reaper.stop()
 
     def track(self, delta: int) -> None:
         with self._active_cond:
@@ -80,6 +134,9 @@ class CatalogServer(ThreadingHTTPServer):
 
 class GitRequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Buffered writes: headers and a small body leave in one segment (TCP_NODELAY is on); the
+    # streaming path flushes after every chunk. http.server flushes after each request.
+    wbufsize = 64 * 1024
     server: CatalogServer
     server_version = "cccatalog"
 
@@ -89,6 +146,23 @@ class GitRequestHandler(BaseHTTPRequestHandler):
         super().setup()
         # Small writes (pkt-lines, ls-refs) must not wait for Nagle: ~10x lower latency here.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def handle_one_request(self) -> None:
+        # The request line and headers (or the wait for them on a keep-alive connection) must
+        # arrive within the idle timeout in total, not per read.
+        self.server.reaper.arm(self.connection, self.server.settings.idle_timeout_seconds)
+        try:
+            super().handle_one_request()
+        finally:
+            self.server.reaper.disarm(self.connection)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Errors http.server raises itself (bad request line, unknown method) answer JSON too."""
+        self._status, self._sent = 0, 0
+        self.close_connection = True
+        with suppress(OSError):
+            self._json(code, {"detail": message or HTTPStatus(code).phrase})
+        access_log.info('%s "%s" %s %d -', self.client_address[0], self.requestline[:200], code, self._sent)
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.client_address[0], *args)
@@ -112,6 +186,7 @@ class GitRequestHandler(BaseHTTPRequestHandler):
         self._handle()
 
     def _handle(self) -> None:
+        self.server.reaper.disarm(self.connection)  # the head is in; the body has its own deadline
         started = time.monotonic()
         self._status, self._sent = 0, 0
         self.server.track(+1)
@@ -131,9 +206,9 @@ class GitRequestHandler(BaseHTTPRequestHandler):
     def _dispatch(self) -> None:
         parts = urlsplit(self.path)
         path = parts.path
-        if path == "/healthz" and self.command == "GET":
+        if path == "/healthz" and self.command in ("GET", "HEAD"):
             return self._json(200, {"status": "ok"})
-        if path == "/readyz" and self.command == "GET":
+        if path == "/readyz" and self.command in ("GET", "HEAD"):
             return self._ready()
         config = self.server.live.current
         route = route_git(self.command, path, parts.query, config.git.mount_path)
@@ -200,6 +275,9 @@ class GitRequestHandler(BaseHTTPRequestHandler):
     def _read_body(self, cap: int) -> IO[bytes]:
         """The whole request body, spooled to disk past 1 MiB, before any process starts."""
         spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY)  # noqa: SIM115 - caller closes
+        # The whole body gets the idle timeout plus a second per 64 KiB it may carry: slow links pass,
+        # a trickle does not.
+        self.server.reaper.arm(self.connection, self.server.settings.idle_timeout_seconds + cap / 65536)
         try:
             if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
                 self._read_chunked(spool, cap)
@@ -219,6 +297,8 @@ class GitRequestHandler(BaseHTTPRequestHandler):
         except BaseException:
             spool.close()
             raise
+        finally:
+            self.server.reaper.disarm(self.connection)
         return spool
 
     def _read_chunked(self, spool: IO[bytes], cap: int) -> None:
@@ -300,16 +380,18 @@ class _Sink:
                 self.h.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
             else:
                 self.h.wfile.write(data)
+            self.h.wfile.flush()
         except OSError as exc:
             raise ClientGone() from exc
         self.h._sent += len(data)
 
     def finish(self) -> None:
-        if self.chunked:
-            try:
+        try:
+            if self.chunked:
                 self.h.wfile.write(b"0\r\n\r\n")
-            except OSError as exc:
-                raise ClientGone() from exc
+            self.h.wfile.flush()
+        except OSError as exc:
+            raise ClientGone() from exc
 
 
 def serve_forever(server: CatalogServer) -> None:
@@ -331,7 +413,7 @@ def serve_forever(server: CatalogServer) -> None:
         server.serve_forever(poll_interval=0.2)
     finally:
         live.stop()
+        server.server_close()  # refuse new connections now, not after the grace period
         killed = server.drain(server.settings.shutdown_grace_seconds)
         if killed:
             log.warning("killed %d git backends still running after the grace period", killed)
-        server.server_close()
