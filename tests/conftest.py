@@ -1,13 +1,14 @@
-"""Shared fixtures: isolated git environment, upstream repos, config files written to tmp_path."""
+"""Shared fixtures: isolated git environment, upstream repos, config files, real registries."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.gitfixtures import GIT_ENV, Upstream
+from tests.registry import RunningRegistry, running_registry
 
 
 @pytest.fixture(autouse=True)
@@ -56,3 +57,24 @@ def write_config(tmp_path: Path) -> MakeConfig:
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def registry_anon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningRegistry]:
+    """distribution 2.8 without auth, shared by the session: use unique repository names per test."""
+    with running_registry(tmp_path_factory.mktemp("registry-anon"), "anonymous") as registry:
+        yield registry
+
+
+@pytest.fixture(scope="session")
+def registry_basic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningRegistry]:
+    """distribution 2.8 with htpasswd Basic auth (`registry.username`/`registry.password`)."""
+    with running_registry(tmp_path_factory.mktemp("registry-basic"), "basic") as registry:
+        yield registry
+
+
+@pytest.fixture(scope="session")
+def registry_token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningRegistry]:
+    """distribution 2.8 with token auth; `registry.token_server` records every token request."""
+    with running_registry(tmp_path_factory.mktemp("registry-token"), "token") as registry:
+        yield registry
