@@ -187,20 +187,25 @@ def test_a_clone_in_progress_is_never_visible_under_the_published_name(
     git("clone", "-q", "--bare", str(up.path), str(tmp_path / "served" / "alpha"))
     with http_upstream(tmp_path / "served") as server:
         config = load_config(write_config({"alpha": server.repo_url("alpha")}))
-        server.stall_seconds = 1.5
-        seen: list[bool] = []
+        server.stall_seconds = 0.5
+        checker = Git(redactor=Redactor())
+        absent_polls = 0
+        half_made: list[str] = []
         results: list[RepoResult] = []
         worker = threading.Thread(target=lambda: results.extend(run_sync(config)))
         worker.start()
         published = config.git.data_dir / "alpha.git"
         while worker.is_alive():
-            seen.append(published.exists())
+            if not published.exists():
+                absent_polls += 1
+            elif not is_complete(checker, published):
+                half_made.append("published before it was complete")
             time.sleep(0.05)
         worker.join()
     assert one(results).action is Action.CLONED
-    assert seen, "the clone finished before the first look"
-    assert not any(seen), "the published name appeared before the clone finished"
-    assert is_complete(Git(redactor=Redactor()), published)
+    assert absent_polls > 5, "the stalled clone was not observed in progress"
+    assert half_made == []
+    assert is_complete(checker, published)
 
 
 def test_clone_timeout_fails_cleanly_and_kills_git(
