@@ -15,6 +15,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import click
 import typer
@@ -33,7 +34,7 @@ from cccatalog.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CCCatalogError, U
 from cccatalog.gitmirror.git import Git
 from cccatalog.gitmirror.layout import Layout
 from cccatalog.gitmirror.sync import MirrorSyncer, RepoResult, RepoTask, plan_sync
-from cccatalog.jobs import SyncReport, SyncRequest, check_only, run_sync
+from cccatalog.jobs import SyncReport, SyncRequest, check_only, run_locks, run_sync
 from cccatalog.logs import LOGGER_NAME, setup_logging
 from cccatalog.oci.auth import RegistryAuth
 from cccatalog.oci.cache import BlobCache
@@ -41,8 +42,9 @@ from cccatalog.oci.client import RegistryClient
 from cccatalog.oci.reference import Repository, parse_reference
 from cccatalog.oci.resolve import Build, RefResolution, resolve_repository
 from cccatalog.redact import Redactor
+from cccatalog.server.api import handle as handle_api
 from cccatalog.server.app import CatalogServer, serve_forever
-from cccatalog.server.live_config import LiveConfig
+from cccatalog.server.service import Scheduler, Service, build_service
 
 log = logging.getLogger(LOGGER_NAME)
 
@@ -149,7 +151,7 @@ def sync(
             f"git.runtime_sync is false in {cfg.path}: this host is meant to stay air-gapped. "
             "Pass --allow-runtime-sync to reach the upstreams and registries anyway."
         )
-    with Store.open(cfg.state.path) as store:
+    with run_locks(cfg, request), Store.open(cfg.state.path) as store:
         report = run_sync(
             cfg, store, request, redactor=_state.redactor, environ=os.environ, run_git=_run_with_progress
         )
@@ -282,21 +284,25 @@ def demo(
     if not serve_it:
         sys.stdout.write(f"Try:\n  git clone {Layout(cfg.git.data_dir).repo(slug).as_uri()}\n")
         return
-    server = _bind(cfg, "127.0.0.1", port, fallback=True)
+    service = build_service(cfg, environ=os.environ, redactor=_state.redactor)
+    server = _bind(service, "127.0.0.1", port, fallback=True)
     clone_url = f"{server.url}{cfg.git.mount_path}/{slug}.git"
     sys.stdout.write(f"Serving on {server.url} (Ctrl-C stops). Try:\n  git clone {clone_url}\n")
+    sys.stdout.write(f"Catalog: {server.url}/api/v1/catalog/codecollections?only_with_image=false\n")
     sys.stdout.flush()
-    serve_forever(server)
-
-
-def _bind(cfg: Config, host: str, port: int, *, fallback: bool = False) -> CatalogServer:
-    settings = replace(cfg.serve, host=host, port=port)
-    live = LiveConfig(cfg)
     try:
-        return CatalogServer((host, port), live, settings)
+        serve_forever(server)
+    finally:
+        service.close()
+
+
+def _bind(service: Service, host: str, port: int, *, fallback: bool = False) -> CatalogServer:
+    settings = replace(service.api.config.serve, host=host, port=port)
+    try:
+        return CatalogServer((host, port), service.api, settings)
     except OSError as exc:
         if fallback:
-            return CatalogServer((host, 0), live, settings)
+            return CatalogServer((host, 0), service.api, settings)
         raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
@@ -311,20 +317,53 @@ def serve(
         int | None,
         typer.Option("--port", min=0, max=65535, help="Port [env: CC_CATALOG_PORT; default serve.port]."),
     ] = None,
+    get: Annotated[
+        str | None, typer.Option("--get", help="Answer one API request in-process, print it, and exit.")
+    ] = None,
+    git_sync_minutes: Annotated[
+        int | None, typer.Option("--git-sync-minutes", min=1, help="Sync git every N minutes [scheduler.*].")
+    ] = None,
+    catalog_poll_minutes: Annotated[
+        int | None, typer.Option("--catalog-poll-minutes", min=1, help="Poll images every N minutes.")
+    ] = None,
 ) -> None:
-    """Serve the mirrors over read-only git smart HTTP (SIGHUP or a changed config file reloads)."""
+    """Serve the mirrors over read-only git smart HTTP, plus the catalog, status and admin JSON API."""
     cfg = _load(config)
-    host = host or os.environ.get("CCCATALOG_HOST") or os.environ.get("CC_CATALOG_HOST") or cfg.serve.host
-    env_port = os.environ.get("CCCATALOG_PORT") or os.environ.get("CC_CATALOG_PORT")
-    port = port if port is not None else int(env_port) if env_port and env_port.isdigit() else cfg.serve.port
-    server = _bind(cfg, host, port)
-    if _state.verbosity >= 0:
-        for name in ("cccatalog.access", "cccatalog.serve"):
-            logging.getLogger(name).setLevel(logging.INFO)
-    log.warning(
-        "serving %s%s/ from %s", server.url, cfg.git.mount_path, cfg.git.data_dir
-    ) if _state.verbosity >= 0 else None
-    serve_forever(server)
+    service = build_service(cfg, environ=os.environ, redactor=_state.redactor)
+    try:
+        if get is not None:
+            raise typer.Exit(_print_get(service, get))
+        host = host or os.environ.get("CCCATALOG_HOST") or os.environ.get("CC_CATALOG_HOST") or cfg.serve.host
+        env_port = os.environ.get("CCCATALOG_PORT") or os.environ.get("CC_CATALOG_PORT")
+        port = (
+            port if port is not None else int(env_port) if env_port and env_port.isdigit() else cfg.serve.port
+        )
+        server = _bind(service, host, port)
+        service.scheduler = Scheduler(
+            service.api,
+            git_minutes=git_sync_minutes or cfg.scheduler.git_sync_minutes,
+            catalog_minutes=catalog_poll_minutes or cfg.scheduler.catalog_poll_minutes,
+        )
+        if _state.verbosity >= 0:
+            for name in ("cccatalog.access", "cccatalog.serve"):
+                logging.getLogger(name).setLevel(logging.INFO)
+        logging.getLogger("cccatalog.serve").info(
+            "serving %s (git under %s/)", server.url, cfg.git.mount_path
+        )
+        serve_forever(server)
+    finally:
+        service.close()
+
+
+def _print_get(service: Service, target: str) -> int:
+    parts = urlsplit(target if target.startswith("/") else "/" + target)
+    token = os.environ.get("CCCATALOG_ADMIN_TOKEN") or os.environ.get("CC_CATALOG_ADMIN_TOKEN")
+    answer = handle_api(service.api, "GET", parts.path, parts.query, f"Bearer {token}" if token else None)
+    if answer is None:
+        sys.stdout.write("404\n" + json.dumps({"detail": "Not Found"}) + "\n")
+        return EXIT_FAILED
+    sys.stdout.write(f"{answer.status}\n{json.dumps(answer.body, indent=2)}\n")
+    return EXIT_OK if answer.status < 400 else EXIT_FAILED
 
 
 def _not_yet(name: str) -> None:

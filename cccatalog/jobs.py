@@ -3,14 +3,17 @@ and scheduler later. It decides nothing about output: it returns what happened."
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from cccatalog.catalog.images import ImageSyncer, ImageSyncResult
 from cccatalog.catalog.store import Store
 from cccatalog.config import Config
 from cccatalog.gitmirror.git import Git
 from cccatalog.gitmirror.layout import Layout
+from cccatalog.gitmirror.locks import file_lock
 from cccatalog.gitmirror.sync import MirrorSyncer, RepoResult, RepoTask, SyncOptions, plan_sync
 from cccatalog.oci.cache import BlobCache
 from cccatalog.redact import Redactor
@@ -33,6 +36,25 @@ class SyncReport:
     @property
     def failed(self) -> bool:
         return any(r.failed for r in self.git) or any(r.failed for r in self.images)
+
+
+def run_lock_path(config: Config, half: str) -> Path:
+    """The run lock of one half of a sync (`git`, `images`), beside the state file (always writable):
+    a cron `sync`, serve's scheduler and an admin job never run the same half at the same time."""
+    return config.state.path.parent / "locks" / f"sync-{half}.lock"
+
+
+@contextmanager
+def run_locks(config: Config, request: SyncRequest) -> Iterator[None]:
+    """Hold the run locks `request` needs, waiting up to git.lock_timeout_seconds (0 with no_wait)."""
+    wait = 0 if request.no_wait else config.git.lock_timeout_seconds
+    with ExitStack() as stack:
+        for half, wanted in (("git", request.git), ("images", request.images)):
+            if wanted:
+                stack.enter_context(
+                    file_lock(run_lock_path(config, half), timeout=wait, what=f"the {half} sync")
+                )
+        yield
 
 
 def image_cache(config: Config) -> BlobCache:
@@ -71,3 +93,42 @@ def run_sync(
 def check_only(config: Config, only: Sequence[str]) -> None:
     """--only must name configured collections (raises UsageError otherwise)."""
     plan_sync(config, only=only, ignore_enabled=True)
+
+
+_CHANGED = ("cloned", "rebuilt", "updated")
+
+
+def git_summary(config: Config, report: SyncReport, *, skipped: str | None = None) -> dict[str, object]:
+    """The predecessor's sync-git answer: {enabled, runtime_sync, repos_processed, repos_updated, errors}."""
+    summary: dict[str, object] = {
+        "enabled": config.git.enabled,
+        "runtime_sync": config.git.runtime_sync,
+        "repos_processed": len(report.git),
+        "repos_updated": sum(r.action.value in _CHANGED for r in report.git),
+        "errors": [{"slug": r.slug, "error": r.error} for r in report.git if r.failed],
+        "repos": [
+            {
+                "slug": r.slug,
+                "action": r.action.value,
+                "head_commit": r.head_commit,
+                "duration_s": r.duration_s,
+            }
+            for r in report.git
+        ],
+    }
+    if skipped:
+        summary["skipped"] = skipped
+    return summary
+
+
+def catalog_summary(report: SyncReport, *, skipped: str | None = None) -> dict[str, object]:
+    """The predecessor's sync-catalog answer: collections processed, refs upserted and deactivated, errors."""
+    summary: dict[str, object] = {
+        "collections_processed": len(report.images),
+        "refs_upserted": sum(r.refs for r in report.images),
+        "refs_deactivated": sum(r.deactivated for r in report.images),
+        "errors": [{"slug": r.slug, "error": r.error} for r in report.images if r.failed],
+    }
+    if skipped:
+        summary["skipped"] = skipped
+    return summary

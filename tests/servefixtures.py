@@ -17,8 +17,9 @@ import httpx
 
 from cccatalog.config import Config, load_config
 from cccatalog.gitmirror.http_backend import HttpBackend
+from cccatalog.redact import Redactor
 from cccatalog.server.app import CatalogServer
-from cccatalog.server.live_config import LiveConfig
+from cccatalog.server.service import build_service
 
 
 @contextmanager
@@ -27,7 +28,8 @@ def running_server(
 ) -> Iterator[CatalogServer]:
     """Serve `config` on 127.0.0.1:<free port> in a thread; `settings` override the serve block."""
     serve_settings = replace(config.serve, **settings)  # type: ignore[arg-type]
-    server = CatalogServer(("127.0.0.1", 0), LiveConfig(config), serve_settings, backend=backend)
+    service = build_service(config, environ=dict(os.environ), redactor=Redactor())
+    server = CatalogServer(("127.0.0.1", 0), service.api, serve_settings, backend=backend)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
@@ -36,6 +38,7 @@ def running_server(
         server.shutdown()
         server.server_close()
         thread.join(5)
+        service.close()
 
 
 @contextmanager

@@ -126,6 +126,13 @@ class Store:
             raise
         return cls(conn, path)
 
+    @classmethod
+    def memory(cls) -> Store:
+        """A state that lives only in this process (serve's fallback when the state file is unusable)."""
+        conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        migrate(conn)
+        return cls(conn, Path(":memory:"))
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()
@@ -260,6 +267,16 @@ class Store:
         if row is None:
             return None
         return ImageSyncStatus(row[0], from_db_time(row[1]), from_db_time(row[2]), row[3])
+
+    def backfill_mirror(self, slug: str, *, upstream_url: str, head_commit: str, default_branch: str) -> bool:
+        """Record a mirror found on disk (baked) unless the state already knows it. True if recorded."""
+        with self._writing("record a baked mirror in") as conn:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO git_mirrors (slug, upstream_url, head_commit, default_branch, "
+                "last_action) VALUES (?, ?, ?, ?, 'baked')",
+                (slug, upstream_url, head_commit, default_branch),
+            )
+            return cur.rowcount == 1
 
     @contextmanager
     def _reading(self, what: str) -> Iterator[sqlite3.Connection]:

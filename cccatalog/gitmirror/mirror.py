@@ -82,9 +82,11 @@ def parse_ls_remote(output: str, scope: RefScope) -> RemoteRefs:
 class Mirror:
     """A bare repository at `path`, run through `git`."""
 
-    def __init__(self, git: Git, path: Path) -> None:
+    def __init__(self, git: Git, path: Path, *, foreign: bool = False) -> None:
+        """`foreign`: the repo may belong to another uid (serve reading baked mirrors)."""
         self.git = git
         self.path = path
+        self._base_config = {"safe.directory": str(path)} if foreign else {}
 
     def _run(
         self,
@@ -93,7 +95,8 @@ class Mirror:
         check: bool = True,
         config: Mapping[str, str] | None = None,
     ) -> str:
-        return self.git.run(["-C", str(self.path), *args], timeout=timeout, check=check, config=config).stdout
+        merged = {**self._base_config, **(config or {})}
+        return self.git.run(["-C", str(self.path), *args], timeout=timeout, check=check, config=merged).stdout
 
     def init(self, url: str, scope: RefScope) -> None:
         self.git.run(["init", "--quiet", "--bare", str(self.path)], timeout=60)

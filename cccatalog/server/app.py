@@ -21,11 +21,9 @@ from typing import IO, Any
 from urllib.parse import urlsplit
 
 from cccatalog.config import ServeConfig
-from cccatalog.gitmirror.git import Git
 from cccatalog.gitmirror.http_backend import CGIRequest, ClientGone, HttpBackend
-from cccatalog.gitmirror.servable import Servability, mirrored_slugs
-from cccatalog.redact import Redactor
-from cccatalog.server.live_config import LiveConfig
+from cccatalog.server.api import ApiContext
+from cccatalog.server.api import handle as handle_api
 from cccatalog.server.routing import GitRoute, GitService, Refusal, route_git
 
 log = logging.getLogger("cccatalog.serve")
@@ -84,14 +82,15 @@ class CatalogServer(ThreadingHTTPServer):
     def __init__(
         self,
         address: tuple[str, int],
-        live: LiveConfig,
+        api: ApiContext,
         settings: ServeConfig,
         *,
         backend: HttpBackend | None = None,
     ) -> None:
-        self.live = live
+        self.api = api
+        self.live = api.live
         self.settings = settings
-        self.servability = Servability(Git(redactor=Redactor()))
+        self.servability = api.servability
         self.backend = backend or HttpBackend()
         self.slots = threading.BoundedSemaphore(settings.max_concurrent_upload_packs)
         self.reaper = Reaper()
@@ -206,10 +205,12 @@ class GitRequestHandler(BaseHTTPRequestHandler):
     def _dispatch(self) -> None:
         parts = urlsplit(self.path)
         path = parts.path
-        if path == "/healthz" and self.command in ("GET", "HEAD"):
-            return self._json(200, {"status": "ok"})
-        if path == "/readyz" and self.command in ("GET", "HEAD"):
-            return self._ready()
+        answer = handle_api(
+            self.server.api, self.command, path, parts.query, self.headers.get("Authorization")
+        )
+        if answer is not None:
+            self._discard_body()
+            return self._json(answer.status, answer.body, list(answer.headers))
         config = self.server.live.current
         route = route_git(self.command, path, parts.query, config.git.mount_path)
         if route is None:
@@ -325,15 +326,6 @@ class GitRequestHandler(BaseHTTPRequestHandler):
         # A refused request's body is not read: close instead of reusing the connection.
         if self.headers.get("Content-Length", "0") != "0" or "Transfer-Encoding" in self.headers:
             self.close_connection = True
-
-    def _ready(self) -> None:
-        config = self.server.live.current
-        data_dir = config.git.data_dir
-        if config.git.enabled and not data_dir.is_dir():
-            return self._json(503, {"status": "unavailable", "detail": f"data_dir {data_dir} is missing"})
-        slugs = sorted(mirrored_slugs(config))
-        served = [s for s in slugs if self.server.servability.is_servable(config, s)]
-        self._json(200, {"status": "ok", "repos_configured": len(slugs), "repos_servable": len(served)})
 
     def _json(self, status: int, payload: object, headers: list[tuple[str, str]] | None = None) -> None:
         body = json.dumps(payload).encode()

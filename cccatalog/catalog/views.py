@@ -1,0 +1,114 @@
+"""Catalog views: the predecessor's JSON shapes, built from config + state + the servable rule.
+
+`git_url` is the mirror's public URL exactly when the mirror is servable (the same test the git
+route uses), and the upstream URL otherwise. Timestamps are RFC 3339 UTC with `Z`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from cccatalog.catalog.models import ImageRefRecord, MirrorStatus
+from cccatalog.config import CodeCollection, Config
+from cccatalog.oci.tags import stable_ref
+from cccatalog.redact import strip_url_credentials
+
+Servable = Callable[[str], bool]
+
+
+def rfc3339(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if value else None
+
+
+def public_url(config: Config, slug: str) -> str | None:
+    base = config.git.public_base_url
+    return f"{base}/{slug}.git" if base else None
+
+
+def git_url(config: Config, cc: CodeCollection, servable: Servable) -> str | None:
+    """The clone URL clients should use: the mirror when it is servable and has a public URL."""
+    mirror = public_url(config, cc.slug)
+    if mirror and servable(cc.slug):
+        return mirror
+    return strip_url_credentials(cc.git_url) if cc.git_url else None
+
+
+def pointers(refs: Sequence[ImageRefRecord]) -> tuple[ImageRefRecord | None, ImageRefRecord | None]:
+    """(latest, stable) among active refs with an image. Stable is the highest release semver ref and,
+    as in the predecessor, falls back to latest when there is none."""
+    with_image = [r for r in refs if r.is_active and r.image_tag]
+    latest = next((r for r in with_image if r.is_latest), None)
+    stable_name = stable_ref(r.ref for r in with_image)
+    stable = next((r for r in with_image if r.ref == stable_name), None) if stable_name else latest
+    return latest, stable
+
+
+def image_ref(r: ImageRefRecord) -> dict[str, Any]:
+    return {
+        "ref": r.ref,
+        "ref_type": r.ref_type,
+        "image_registry": r.image_registry,
+        "image_tag": r.image_tag,
+        "image_digest": r.image_digest,
+        "commit_hash": r.commit_hash,
+        "rt_revision": r.rt_revision,
+        "image_built_at": rfc3339(r.image_built_at),
+        "built_at_source": r.built_at_source,
+        "is_latest": r.is_latest,
+        "is_prerelease": r.is_prerelease,
+        "is_active": r.is_active,
+        "synced_at": rfc3339(r.synced_at),
+    }
+
+
+def catalog_entry(
+    config: Config, cc: CodeCollection, refs: Sequence[ImageRefRecord], last_synced: datetime | None,
+    servable: Servable,
+) -> dict[str, Any]:  # fmt: skip
+    latest, stable = pointers(refs)
+    shown = latest or stable
+    return {
+        "slug": cc.slug,
+        "name": cc.name,
+        "git_url": git_url(config, cc, servable),
+        "visibility": cc.visibility,
+        "latest_image_tag": latest.image_tag if latest else None,
+        "stable_image_tag": stable.image_tag if stable else None,
+        "image_registry": shown.image_registry if shown else cc.image_registry,
+        "last_synced": rfc3339(last_synced),
+    }
+
+
+def resolve_payload(cc: CodeCollection, requested: str, r: ImageRefRecord) -> dict[str, Any]:
+    return {
+        "slug": cc.slug,
+        "requested": requested,
+        "image_tag": r.image_tag,
+        "image_registry": r.image_registry,
+        "image_digest": r.image_digest,
+        "commit_hash": r.commit_hash,
+        "rt_revision": r.rt_revision,
+    }
+
+
+def repo_status(
+    config: Config, cc: CodeCollection, status: MirrorStatus | None, servable: Servable, *, detail: bool
+) -> dict[str, Any]:
+    success = status.last_success_at if status else None
+    payload: dict[str, Any] = {
+        "slug": cc.slug,
+        "upstream_url": strip_url_credentials(cc.git_url) if cc.git_url else None,
+        "public_url": public_url(config, cc.slug),
+        "present": servable(cc.slug),
+        "head_commit": status.head_commit if status else None,
+        "default_branch": status.default_branch if status else None,
+        "last_synced": rfc3339(success),
+        "last_sync_error": status.last_error if status else None,
+        "freshness_seconds": round(time.time() - success.timestamp()) if success else None,
+    }
+    if detail:
+        payload["local_path"] = str(config.git.data_dir / f"{cc.slug}.git")
+    return payload

@@ -1,0 +1,294 @@
+"""The JSON API as a pure routing function over an `ApiContext`: callable without a socket
+(`serve --get`), used by the HTTP adapter for every `/api/...`, `/healthz` and `/readyz` request.
+
+The predecessor's contract: catalog, git status and admin endpoints with the same paths, fields,
+status codes and `{"detail": ...}` errors.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, unquote
+
+from cccatalog.catalog import views
+from cccatalog.catalog.store import Store
+from cccatalog.config import CodeCollection, Config
+from cccatalog.errors import CCCatalogError, LockBusy
+from cccatalog.gitmirror.servable import Servability, mirrored_slugs
+from cccatalog.jobs import run_lock_path
+from cccatalog.server.admin_jobs import Job, JobRunner
+from cccatalog.server.live_config import LiveConfig
+
+CATALOG = "/api/v1/catalog/codecollections"
+GIT_REPOS = "/api/v1/git/repos"
+ADMIN = "/api/v1/admin/"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiResponse:
+    status: int
+    body: Any
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, detail: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(detail)
+        self.status, self.detail, self.headers = status, detail, headers
+
+
+@dataclass
+class ApiContext:
+    live: LiveConfig
+    store: Store
+    servability: Servability
+    jobs: JobRunner
+    # kind -> a function that runs that sync now and returns the predecessor-shaped summary
+    sync: Mapping[str, Callable[[Config, bool], dict[str, Any]]]
+    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    ready_checks: list[Callable[[Config], str | None]] = field(default_factory=list)
+
+    @property
+    def config(self) -> Config:
+        return self.live.current
+
+    def servable(self, config: Config) -> Callable[[str], bool]:
+        return lambda slug: self.servability.is_servable(config, slug)
+
+
+def handle(
+    ctx: ApiContext, method: str, path: str, query: str, authorization: str | None
+) -> ApiResponse | None:
+    """Answer an API request, or None when `path` is not an API path."""
+    try:
+        if path in ("/healthz", "/readyz"):
+            return _health(ctx, path) if method in ("GET", "HEAD") else _method_not_allowed()
+        if path.startswith(ADMIN):
+            return _admin(ctx, method, path[len(ADMIN) :], _params(query), authorization)
+        if not path.startswith(("/api/v1/catalog/", "/api/v1/git/", "/api/openapi.json")) and path not in (
+            CATALOG,
+            GIT_REPOS,
+        ):
+            return None
+        if method not in ("GET", "HEAD"):
+            return _method_not_allowed()
+        if path == "/api/openapi.json":
+            from cccatalog.server.openapi import document
+
+            return ApiResponse(200, document())
+        if path.startswith(GIT_REPOS):
+            return _git_repos(ctx, path[len(GIT_REPOS) :])
+        if path == CATALOG or path.startswith(CATALOG + "/"):
+            return _catalog(ctx, path[len(CATALOG) :], _params(query))
+        raise HttpError(404, "Not Found")
+    except HttpError as exc:
+        return ApiResponse(exc.status, {"detail": exc.detail}, exc.headers)
+
+
+def _method_not_allowed() -> ApiResponse:
+    return ApiResponse(405, {"detail": "Method Not Allowed"})
+
+
+def _params(query: str) -> dict[str, str]:
+    return {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
+
+
+def _bool(params: Mapping[str, str], name: str, default: bool) -> bool:
+    value = params.get(name)
+    if value is None:
+        return default
+    if value.lower() in ("true", "1", "yes", "on"):
+        return True
+    if value.lower() in ("false", "0", "no", "off"):
+        return False
+    raise HttpError(422, f"query parameter {name}: expected true or false, got {value!r}")
+
+
+def _health(ctx: ApiContext, path: str) -> ApiResponse:
+    if path == "/healthz":
+        return ApiResponse(200, {"status": "ok"})
+    config = ctx.config
+    problems = [p for check in ctx.ready_checks if (p := check(config))]
+    try:
+        ctx.store.list_mirrors()
+    except CCCatalogError as exc:
+        problems.append(f"state unreachable: {exc}")
+    if config.git.enabled and not config.git.data_dir.is_dir():
+        problems.append(f"data_dir {config.git.data_dir} is missing")
+    slugs = sorted(mirrored_slugs(config))
+    served = [s for s in slugs if ctx.servability.is_servable(config, s)]
+    body: dict[str, Any] = {"status": "ok", "repos_configured": len(slugs), "repos_servable": len(served)}
+    if str(ctx.store.path) == ":memory:":
+        # still ready: git serving works, and taking the pod out of service would stop every clone
+        body.update(status="degraded", warnings=[f"state file {config.state.path} is unusable; state is in memory"])
+    if problems:
+        body.update(status="unavailable", problems=problems)
+        return ApiResponse(503, body)
+    return ApiResponse(200, body)
+
+
+def _collection(config: Config, slug: str) -> CodeCollection:
+    cc = config.collection(slug)
+    if cc is None:
+        raise HttpError(404, f"unknown codecollection: {slug}")
+    return cc
+
+
+def _last_synced(ctx: ApiContext, slug: str) -> Any:
+    status = ctx.store.get_image_sync(slug)
+    return status.succeeded_at if status else None
+
+
+def _catalog(ctx: ApiContext, rest: str, params: Mapping[str, str]) -> ApiResponse:
+    config = ctx.config
+    servable = ctx.servable(config)
+    if rest in ("", "/"):
+        visibility = params.get("visibility") or None
+        if visibility not in (None, "public", "hidden"):
+            raise HttpError(422, f"query parameter visibility: expected public or hidden, got {visibility!r}")
+        only_with_image = _bool(params, "only_with_image", True)
+        entries = []
+        for cc in sorted(config.codecollections, key=lambda c: c.slug):
+            if visibility and cc.visibility != visibility:
+                continue
+            refs = ctx.store.list_image_refs(cc.slug)
+            if only_with_image and not any(r.image_tag for r in refs):
+                continue
+            entries.append(views.catalog_entry(config, cc, refs, _last_synced(ctx, cc.slug), servable))
+        return ApiResponse(200, entries)
+    slug, _, sub = rest.lstrip("/").partition("/")
+    cc = _collection(config, unquote(slug))
+    if sub == "":
+        refs = [r for r in ctx.store.list_image_refs(cc.slug) if r.image_tag]
+        entry = views.catalog_entry(config, cc, refs, _last_synced(ctx, cc.slug), servable)
+        return ApiResponse(200, {**entry, "refs": [views.image_ref(r) for r in refs]})
+    if sub == "refs":
+        refs = ctx.store.list_image_refs(cc.slug, include_inactive=_bool(params, "include_inactive", False))
+        return ApiResponse(200, [views.image_ref(r) for r in refs if r.image_tag])
+    if sub.startswith("refs/"):
+        ref = unquote(sub[len("refs/") :])  # refs may contain '/', raw or percent-encoded
+        row = next((r for r in ctx.store.list_image_refs(cc.slug) if r.ref == ref and r.image_tag), None)
+        if row is None:
+            raise HttpError(404, f"no image for {cc.slug}@{ref}")
+        return ApiResponse(200, views.image_ref(row))
+    if sub == "resolve":
+        return _resolve(ctx, cc, params)
+    raise HttpError(404, "Not Found")
+
+
+def _resolve(ctx: ApiContext, cc: CodeCollection, params: Mapping[str, str]) -> ApiResponse:
+    pointer, ref = params.get("pointer") or None, params.get("ref") or None
+    if bool(pointer) == bool(ref):
+        raise HttpError(400, "exactly one of 'pointer' or 'ref' must be provided")
+    if pointer not in (None, "latest", "stable"):
+        raise HttpError(422, f"query parameter pointer: expected latest or stable, got {pointer!r}")
+    refs = [r for r in ctx.store.list_image_refs(cc.slug) if r.image_tag]
+    if not refs:
+        raise HttpError(404, f"no images tracked for {cc.slug}")
+    latest, stable = views.pointers(refs)
+    selected = {"latest": latest, "stable": stable}.get(pointer or "") if pointer else None
+    if ref:
+        selected = next((r for r in refs if r.ref == ref), None)
+    requested = pointer or ref or ""
+    if selected is None:
+        raise HttpError(404, f"could not resolve {requested!r} for {cc.slug}")
+    return ApiResponse(200, views.resolve_payload(cc, requested, selected))
+
+
+def _git_repos(ctx: ApiContext, rest: str) -> ApiResponse:
+    config = ctx.config
+    if not config.git.enabled:
+        raise HttpError(404, "git mirroring is disabled")
+    servable = ctx.servable(config)
+    mirrored = mirrored_slugs(config)
+    statuses = {m.slug: m for m in ctx.store.list_mirrors()}
+    if rest in ("", "/"):
+        ccs = sorted((cc for cc in config.codecollections if cc.slug in mirrored), key=lambda c: c.slug)
+        return ApiResponse(
+            200, [views.repo_status(config, cc, statuses.get(cc.slug), servable, detail=False) for cc in ccs]
+        )
+    slug = unquote(rest.lstrip("/"))
+    cc = config.collection(slug)
+    if cc is None or slug not in mirrored:
+        raise HttpError(404, f"unknown git repo: {slug}")
+    return ApiResponse(200, views.repo_status(config, cc, statuses.get(slug), servable, detail=True))
+
+
+def admin_token(environ: Mapping[str, str]) -> str | None:
+    return environ.get("CCCATALOG_ADMIN_TOKEN") or environ.get("CC_CATALOG_ADMIN_TOKEN") or None
+
+
+def _authorize(ctx: ApiContext, authorization: str | None) -> None:
+    token = admin_token(ctx.environ)
+    if token is None:
+        raise HttpError(503, "admin endpoints are disabled: set CCCATALOG_ADMIN_TOKEN to enable them")
+    scheme, _, given = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        raise HttpError(
+            401, "missing bearer token", (("WWW-Authenticate", 'Bearer realm="cccatalog-admin"'),)
+        )
+    if not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise HttpError(403, "invalid admin token")
+
+
+def _job_body(job: Job) -> dict[str, Any]:
+    return {
+        "job_id": job.id,
+        "kind": job.kind,
+        "state": job.state,
+        "started_at": views.rfc3339(job.started_at),
+        "finished_at": views.rfc3339(job.finished_at),
+        "result": job.result,
+        "error": job.error,
+        "url": f"{ADMIN}jobs/{job.id}",
+    }
+
+
+def _admin(
+    ctx: ApiContext, method: str, action: str, params: Mapping[str, str], authorization: str | None
+) -> ApiResponse:
+    if action.startswith("jobs/"):
+        if method not in ("GET", "HEAD"):
+            return _method_not_allowed()
+        _authorize(ctx, authorization)
+        job = ctx.jobs.get(action[len("jobs/") :])
+        if job is None:
+            raise HttpError(404, "unknown job")
+        return ApiResponse(200, _job_body(job))
+    if action not in ("sync-git", "sync-catalog", "reload-config"):
+        raise HttpError(404, "Not Found")
+    if method != "POST":
+        return _method_not_allowed()
+    _authorize(ctx, authorization)
+    if action == "reload-config":
+        if not ctx.live.reload():
+            raise HttpError(
+                422, "the config file is invalid; the previous config stays in effect (see the log)"
+            )
+        config = ctx.config
+        return ApiResponse(
+            200,
+            {
+                "status": "reloaded",
+                "sources": len(config.sources),
+                "codecollections": len(config.codecollections),
+            },
+        )
+    allow = _bool(params, "allow_runtime_sync", False)
+    kind = "git" if action == "sync-git" else "images"
+    config = ctx.config
+    work = ctx.sync[kind]
+    try:
+        job = ctx.jobs.start(action, run_lock_path(config, kind), lambda: work(config, allow))
+    except LockBusy as exc:
+        raise HttpError(409, str(exc)) from None
+    if _bool(params, "wait", False):
+        job.done.wait()
+        if job.state == "failed":
+            raise HttpError(500, job.error or "the sync failed")
+        return ApiResponse(200, job.result)
+    return ApiResponse(202, _job_body(job), (("Location", f"{ADMIN}jobs/{job.id}"),))

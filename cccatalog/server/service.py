@@ -1,0 +1,135 @@
+"""Everything `serve` runs besides the socket: the state, the servable rule, admin jobs, the optional
+scheduler, and the start-up backfill of mirrors baked without a state file."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cccatalog.catalog.store import Store
+from cccatalog.config import Config
+from cccatalog.errors import CCCatalogError, LockBusy, StateError
+from cccatalog.gitmirror.git import Git
+from cccatalog.gitmirror.mirror import Mirror
+from cccatalog.gitmirror.servable import Servability, mirrored_slugs
+from cccatalog.jobs import SyncReport, SyncRequest, catalog_summary, git_summary, run_lock_path, run_sync
+from cccatalog.redact import Redactor, strip_url_credentials
+from cccatalog.server.admin_jobs import JobRunner
+from cccatalog.server.api import ApiContext
+from cccatalog.server.live_config import LiveConfig
+
+log = logging.getLogger("cccatalog.serve")
+
+
+@dataclass
+class Service:
+    api: ApiContext
+    scheduler: Scheduler | None = None
+
+    def close(self) -> None:
+        if self.scheduler:
+            self.scheduler.stop()
+        self.api.store.close()
+
+
+def build_service(config: Config, *, environ: Mapping[str, str], redactor: Redactor) -> Service:
+    live = LiveConfig(config, environ=environ)
+    try:
+        store = Store.open(config.state.path)
+    except StateError as exc:
+        # Git serving does not need the state; refusing to start would take every clone down with it.
+        log.error("%s; serving with an in-memory state until this is fixed (catalog refs start empty)", exc)
+        store = Store.memory()
+    servability = Servability(Git(redactor=redactor))
+
+    def sync_git(cfg: Config, allow_runtime_sync: bool) -> dict[str, Any]:
+        if not cfg.git.enabled:
+            return git_summary(cfg, _empty(), skipped="git mirroring is disabled (git.enabled: false)")
+        if not cfg.git.runtime_sync and not allow_runtime_sync:
+            return git_summary(
+                cfg, _empty(), skipped="git.runtime_sync is false; pass allow_runtime_sync=true"
+            )
+        report = run_sync(cfg, store, SyncRequest(git=True, images=False), redactor=redactor, environ=environ)
+        return git_summary(cfg, report)
+
+    def sync_catalog(cfg: Config, allow_runtime_sync: bool) -> dict[str, Any]:
+        if not cfg.git.runtime_sync and not allow_runtime_sync:
+            return catalog_summary(
+                _empty(), skipped="git.runtime_sync is false; pass allow_runtime_sync=true"
+            )
+        report = run_sync(cfg, store, SyncRequest(git=False, images=True), redactor=redactor, environ=environ)
+        return catalog_summary(report)
+
+    api = ApiContext(
+        live, store, servability, JobRunner(), {"git": sync_git, "images": sync_catalog}, environ
+    )
+    backfill(config, store, servability)
+    return Service(api)
+
+
+def _empty() -> SyncReport:
+    return SyncReport()
+
+
+def backfill(config: Config, store: Store, servability: Servability) -> int:
+    """Mirrors baked into an image arrive without a state file: read their heads from disk, so the
+    status API is right before any sync has run. Known mirrors are left alone."""
+    known = {m.slug for m in store.list_mirrors()}
+    count = 0
+    for slug in sorted(mirrored_slugs(config) - known):
+        repo = config.git.data_dir / f"{slug}.git"
+        if not servability.is_complete(repo):
+            continue
+        try:
+            state = Mirror(servability.git, repo, foreign=True).local_state("branches-and-tags")
+        except CCCatalogError as exc:
+            log.warning("%s: cannot read the baked mirror: %s", slug, exc)
+            continue
+        cc = config.collection(slug)
+        upstream = strip_url_credentials(cc.git_url) if cc and cc.git_url else ""
+        store.backfill_mirror(
+            slug,
+            upstream_url=upstream,
+            head_commit=state.head_commit or "",
+            default_branch=(state.head or "").removeprefix("refs/heads/"),
+        )
+        count += 1
+    if count:
+        log.info("read %d baked mirrors from %s", count, config.git.data_dir)
+    return count
+
+
+class Scheduler:
+    """Runs the git and image syncs every N minutes (jittered ±10 %) when the config asks for it.
+    Never overlaps a cron `sync` or an admin job: a run whose lock is taken is skipped."""
+
+    def __init__(self, api: ApiContext, *, git_minutes: int | None, catalog_minutes: int | None) -> None:
+        self.api = api
+        self._stop = threading.Event()
+        for kind, minutes in (("git", git_minutes), ("images", catalog_minutes)):
+            if minutes:
+                threading.Thread(
+                    target=self._loop, args=(kind, minutes), name=f"every-{kind}", daemon=True
+                ).start()
+
+    def _loop(self, kind: str, minutes: int) -> None:
+        action = "sync-git" if kind == "git" else "sync-catalog"
+        while not self._stop.wait(minutes * 60 * random.uniform(0.9, 1.1)):  # noqa: S311 - jitter, not crypto
+            config = self.api.config
+            work = functools.partial(
+                self.api.sync[kind], config, False
+            )  # False: never past the air-gap guard
+            try:
+                job = self.api.jobs.start(action, run_lock_path(config, kind), work)
+            except LockBusy as exc:
+                log.info("scheduled %s skipped: %s", action, exc)
+                continue
+            log.info("scheduled %s started (job %s)", action, job.id)
+
+    def stop(self) -> None:
+        self._stop.set()
