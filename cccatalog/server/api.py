@@ -124,7 +124,8 @@ def _health(ctx: ApiContext, path: str) -> ApiResponse:
     body: dict[str, Any] = {"status": "ok", "repos_configured": len(slugs), "repos_servable": len(served)}
     if str(ctx.store.path) == ":memory:":
         # still ready: git serving works, and taking the pod out of service would stop every clone
-        body.update(status="degraded", warnings=[f"state file {config.state.path} is unusable; state is in memory"])
+        warning = f"state file {config.state.path} is unusable; state is in memory"
+        body.update(status="degraded", warnings=[warning])
     if problems:
         body.update(status="unavailable", problems=problems)
         return ApiResponse(503, body)
