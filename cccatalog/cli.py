@@ -273,7 +273,9 @@ def demo(
     """Create local upstream CodeCollections, mirror them with sync, serve them, print a clone line."""
     root = directory.resolve()
     git = Git(redactor=_state.redactor)
-    cfg = load_config(build_demo(root, git))
+    port = _free_port("127.0.0.1", port)
+    base_url = f"http://127.0.0.1:{port}/git" if serve_it else None
+    cfg = load_config(build_demo(root, git, public_base_url=base_url))
     with Store.open(cfg.state.path) as store:
         report = run_sync(cfg, store, SyncRequest(), redactor=_state.redactor, environ=os.environ)
     _render_sync(report, as_json=False)
@@ -294,6 +296,18 @@ def demo(
         serve_forever(server)
     finally:
         service.close()
+
+
+def _free_port(host: str, wanted: int) -> int:
+    """`wanted` if it can be bound now, else a free port the kernel picks."""
+    import socket
+
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, wanted))
+        except OSError:
+            probe.bind((host, 0))
+        return int(probe.getsockname()[1])
 
 
 def _bind(service: Service, host: str, port: int, *, fallback: bool = False) -> CatalogServer:

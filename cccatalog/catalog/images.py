@@ -18,6 +18,7 @@ from pathlib import Path
 
 from cccatalog.catalog.models import ImageRefRecord
 from cccatalog.catalog.store import Store
+from cccatalog.catalog.views import pointers
 from cccatalog.config import CodeCollection, Config, Source
 from cccatalog.credentials import BasicCredentials, docker_config_lookup, env_value
 from cccatalog.errors import CCCatalogError
@@ -26,7 +27,7 @@ from cccatalog.oci.cache import BlobCache
 from cccatalog.oci.client import RegistryClient
 from cccatalog.oci.reference import parse_reference
 from cccatalog.oci.resolve import Build, RefResolution, parse_created, pick_newest, resolve_repository
-from cccatalog.oci.tags import CanonicalTag, is_prerelease, parse_tag, stable_ref
+from cccatalog.oci.tags import CanonicalTag, is_prerelease, parse_tag
 from cccatalog.redact import Redactor
 
 
@@ -190,10 +191,9 @@ class ImageSyncer:
         upserted, deactivated = self.store.replace_image_refs(
             cc.slug, rows, synced_at=datetime.now(UTC), deactivate_missing=bool(rows)
         )
-        latest = next((r.image_tag for r in rows if r.is_latest), None)
-        stable = stable_ref(r.ref for r in rows)
-        stable_tag = next((r.image_tag for r in rows if r.ref == stable), None)
+        latest, stable = pointers(rows)
         return ImageSyncResult(
-            cc.slug, cc.source, upserted, deactivated, latest, stable_tag,
+            cc.slug, cc.source, upserted, deactivated,
+            latest.image_tag if latest else None, stable.image_tag if stable else None,
             duration_s=round(time.monotonic() - started, 3), note=note,
         )  # fmt: skip
