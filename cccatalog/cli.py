@@ -31,6 +31,7 @@ from cccatalog.config import Config, config_path_from_env, load_config
 from cccatalog.credentials import user_registry_credentials
 from cccatalog.demo import build_demo
 from cccatalog.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CCCatalogError, UsageError
+from cccatalog.gitmirror.bake import bake as bake_mirrors
 from cccatalog.gitmirror.git import Git
 from cccatalog.gitmirror.layout import Layout
 from cccatalog.gitmirror.sync import MirrorSyncer, RepoResult, RepoTask, plan_sync
@@ -380,14 +381,30 @@ def _print_get(service: Service, target: str) -> int:
     return EXIT_OK if answer.status < 400 else EXIT_FAILED
 
 
-def _not_yet(name: str) -> None:
-    raise UsageError(f"`cccatalog {name}` is not implemented yet")
-
-
-@app.command(epilog="Example: cccatalog bake --config config.bake.yaml --dest /opt/cc-catalog/git")
-def bake(config: ConfigOpt = None) -> None:
-    """Produce mirrors and a manifest to bake into a release image (not implemented yet)."""
-    _not_yet("bake")
+@app.command(
+    epilog="Example: cccatalog bake -c config.bake.yaml --dest /opt/git --token-file /run/secrets/gh"
+)
+def bake(
+    config: ConfigOpt = None,
+    dest: Annotated[Path, typer.Option("--dest", help="Directory to bake the mirrors into.")] = Path("git"),
+    token_file: Annotated[
+        Path | None, typer.Option("--token-file", help="Read the git token from a file (a BuildKit secret).")
+    ] = None,
+    jobs: Annotated[int | None, typer.Option("--jobs", "-j", min=1, max=64, help="Repos at once.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+) -> None:
+    """Mirror every CodeCollection with a git_url into DEST and write DEST/manifest.json (image builds)."""
+    cfg = _load(config)
+    dest = dest.resolve()
+    result = bake_mirrors(
+        cfg, dest, Git(redactor=_state.redactor), environ=os.environ, token_file=token_file, jobs=jobs
+    )
+    _render_sync(SyncReport(git=result.repos), as_json=as_json)
+    if not result.repos:
+        raise CCCatalogError(f"nothing to bake: no CodeCollection in {cfg.path} has a git_url")
+    if result.manifest is None:
+        raise typer.Exit(EXIT_FAILED)
+    log.info("wrote %s", result.manifest)
 
 
 @app.command(

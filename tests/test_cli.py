@@ -45,13 +45,6 @@ def test_every_command_has_help_with_an_example(capsys: pytest.CaptureFixture[st
     assert "Example: cccatalog" in out
 
 
-@pytest.mark.parametrize("command", ["bake"])
-def test_unbuilt_commands_say_so_and_exit_2(capsys: pytest.CaptureFixture[str], command: str) -> None:
-    code, _, err = cli(capsys, command)
-    assert code == 2
-    assert "not implemented yet" in err
-
-
 def test_sync_json_summary_on_stdout_and_exit_0(
     capsys: pytest.CaptureFixture[str], make_upstream: MakeUpstream, write_config: MakeConfig
 ) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 from cccatalog.catalog.store import Store
 from cccatalog.config import Config
 from cccatalog.errors import CCCatalogError, LockBusy, StateError
+from cccatalog.gitmirror.bake import check_manifest
 from cccatalog.gitmirror.git import Git
 from cccatalog.gitmirror.mirror import Mirror
 from cccatalog.gitmirror.servable import Servability, mirrored_slugs
@@ -69,7 +70,19 @@ def build_service(config: Config, *, environ: Mapping[str, str], redactor: Redac
         live, store, servability, JobRunner(), {"git": sync_git, "images": sync_catalog}, environ
     )
     backfill(config, store, servability)
+    baked = baked_mismatches(config, store, servability)
+    api.ready_checks.append(lambda _config: "; ".join(baked) if baked else None)
     return Service(api)
+
+
+def baked_mismatches(config: Config, store: Store, servability: Servability) -> list[str]:
+    """Repos still as baked (never synced here) that do not match the bake manifest: logged and
+    reported by /readyz, never served silently as if they were right."""
+    as_baked = [m.slug for m in store.list_mirrors() if m.last_action in (None, "baked")]
+    problems = check_manifest(servability.git, config.git.data_dir, as_baked)
+    for problem in problems:
+        log.error("baked mirror check: %s", problem)
+    return problems
 
 
 def _empty() -> SyncReport:
