@@ -34,8 +34,8 @@ from cccatalog.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CCCatalogError, U
 from cccatalog.gitmirror.bake import bake as bake_mirrors
 from cccatalog.gitmirror.git import Git
 from cccatalog.gitmirror.layout import Layout
-from cccatalog.gitmirror.sync import MirrorSyncer, RepoResult, RepoTask, plan_sync
-from cccatalog.jobs import SyncReport, SyncRequest, check_only, run_locks, run_sync
+from cccatalog.gitmirror.sync import MirrorSyncer, RepoResult, RepoTask
+from cccatalog.jobs import SyncReport, SyncRequest, check_only, reaches_network, run_locks, run_sync
 from cccatalog.logs import LOGGER_NAME, setup_logging
 from cccatalog.oci.auth import RegistryAuth
 from cccatalog.oci.cache import BlobCache
@@ -147,7 +147,7 @@ def sync(
     check_only(cfg, request.only)
     if git_half and not cfg.git.enabled:
         log.warning("git mirroring is disabled (git.enabled is false in %s)", cfg.path)
-    if not cfg.git.runtime_sync and not allow_runtime_sync and _reaches_network(cfg, request):
+    if not cfg.git.runtime_sync and not allow_runtime_sync and reaches_network(cfg, request):
         raise UsageError(
             f"git.runtime_sync is false in {cfg.path}: this host is meant to stay air-gapped. "
             "Pass --allow-runtime-sync to reach the upstreams and registries anyway."
@@ -159,17 +159,6 @@ def sync(
     _render_sync(report, as_json=as_json)
     if report.failed:
         raise typer.Exit(EXIT_FAILED)
-
-
-def _reaches_network(cfg: Config, request: SyncRequest) -> bool:
-    if request.git and cfg.git.enabled and plan_sync(cfg, only=request.only):
-        return True
-    sources = {s.name: s for s in cfg.sources}
-    return request.images and any(
-        sources[cc.source].type == "oci" and cc.image_registry
-        for cc in cfg.codecollections
-        if not request.only or cc.slug in request.only
-    )
 
 
 def _run_with_progress(syncer: MirrorSyncer, tasks: list[RepoTask]) -> list[RepoResult]:

@@ -90,6 +90,19 @@ def run_sync(
     return report
 
 
+def reaches_network(config: Config, request: SyncRequest) -> bool:
+    """Would this sync leave the host? (the air-gap guard, `git.runtime_sync: false`, refuses it).
+    Static sources never do; git mirrors and `oci` registries do."""
+    if request.git and config.git.enabled and plan_sync(config, only=request.only):
+        return True
+    sources = {s.name: s for s in config.sources}
+    return request.images and any(
+        sources[cc.source].type == "oci" and cc.image_registry
+        for cc in config.codecollections
+        if not request.only or cc.slug in request.only
+    )
+
+
 def check_only(config: Config, only: Sequence[str]) -> None:
     """--only must name configured collections (raises UsageError otherwise)."""
     plan_sync(config, only=only, ignore_enabled=True)

@@ -274,7 +274,7 @@ def _admin(
         return ApiResponse(
             200,
             {
-                "status": "reloaded",
+                "status": "ok",
                 "sources": len(config.sources),
                 "codecollections": len(config.codecollections),
             },

@@ -129,6 +129,8 @@ def _admin_post(summary: str, extra: list[dict[str, Any]]) -> dict[str, Any]:
                 "200": _json({"type": "object"}, "Finished (wait=true or reload)"),
                 "202": _json(_ref("Job"), "Started as a background job"),
                 "409": _json(_ref("Error"), "A job of this kind is already running"),
+                "422": _json(_ref("Error"), "Invalid query value, or an invalid config on reload"),
+                "500": _json(_ref("Error"), "The sync failed (wait=true)"),
                 **_ADMIN_ERRORS,
             },
         }

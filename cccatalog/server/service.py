@@ -18,7 +18,15 @@ from cccatalog.gitmirror.bake import check_manifest
 from cccatalog.gitmirror.git import Git
 from cccatalog.gitmirror.mirror import Mirror
 from cccatalog.gitmirror.servable import Servability, mirrored_slugs
-from cccatalog.jobs import SyncReport, SyncRequest, catalog_summary, git_summary, run_lock_path, run_sync
+from cccatalog.jobs import (
+    SyncReport,
+    SyncRequest,
+    catalog_summary,
+    git_summary,
+    reaches_network,
+    run_lock_path,
+    run_sync,
+)
 from cccatalog.redact import Redactor, strip_url_credentials
 from cccatalog.server.admin_jobs import JobRunner
 from cccatalog.server.api import ApiContext
@@ -59,12 +67,12 @@ def build_service(config: Config, *, environ: Mapping[str, str], redactor: Redac
         return git_summary(cfg, report)
 
     def sync_catalog(cfg: Config, allow_runtime_sync: bool) -> dict[str, Any]:
-        if not cfg.git.runtime_sync and not allow_runtime_sync:
+        request = SyncRequest(git=False, images=True)
+        if not cfg.git.runtime_sync and not allow_runtime_sync and reaches_network(cfg, request):
             return catalog_summary(
                 _empty(), skipped="git.runtime_sync is false; pass allow_runtime_sync=true"
             )
-        report = run_sync(cfg, store, SyncRequest(git=False, images=True), redactor=redactor, environ=environ)
-        return catalog_summary(report)
+        return catalog_summary(run_sync(cfg, store, request, redactor=redactor, environ=environ))
 
     api = ApiContext(
         live, store, servability, JobRunner(), {"git": sync_git, "images": sync_catalog}, environ
