@@ -151,3 +151,23 @@ def test_serve_reports_baked_repos_that_do_not_match_the_manifest(
     assert ready.status_code == 503
     assert "beta: its refs differ from the baked manifest" in json.dumps(ready.json())
     assert "alpha" not in json.dumps(ready.json()["problems"])
+
+
+def test_a_baked_directory_holds_only_mirrors_and_the_manifest(
+    make_upstream: MakeUpstream, tmp_path: Path
+) -> None:
+    dest = tmp_path / "baked"
+    assert (
+        run(
+            [
+                "-q",
+                "bake",
+                "-c",
+                str(bake_config(tmp_path, {"alpha": make_upstream("alpha").url})),
+                "--dest",
+                str(dest),
+            ]
+        )
+        == 0
+    )
+    assert sorted(p.name for p in dest.iterdir()) == ["alpha.git", "manifest.json"]

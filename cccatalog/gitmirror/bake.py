@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -79,6 +80,8 @@ def bake(
         return BakeResult(results, None)
     for r in good:
         _readable_by_all(layout.repo(r.slug))
+    # locks and temp dirs belong to a host that syncs; an image only carries the mirrors
+    shutil.rmtree(layout.work_dir, ignore_errors=True)
     return BakeResult(results, write_manifest(dest, [manifest_entry(git, layout, r) for r in good]))
 
 
