@@ -219,7 +219,8 @@ class Store:
             for r in refs
         ]  # fmt: skip
         with self._writing("save image refs in") as conn:
-            conn.execute("UPDATE image_refs SET is_latest = 0 WHERE slug = ?", (slug,))
+            if rows:  # an empty (transient) listing must not take the latest pointer away
+                conn.execute("UPDATE image_refs SET is_latest = 0 WHERE slug = ?", (slug,))
             conn.executemany(_UPSERT_IMAGE_REF, rows)
             deactivated = 0
             if deactivate_missing:

@@ -193,11 +193,12 @@ class RegistryClient:
             if authorization := self._authorization(repo, scope, auth):
                 request_headers["Authorization"] = authorization
             resp = self._follow(method, url, request_headers, kind=kind, host=repo.host)
-            if resp.status_code == 401 and not answered_challenge:
+            if resp.status_code == 401:
                 challenge = parse_challenge(resp.headers.get("WWW-Authenticate", ""))
-                if challenge and self._answer(repo, scope, challenge, auth):
+                if not answered_challenge and challenge and self._answer(repo, scope, challenge, auth):
                     answered_challenge = True
                     continue
+                # still refused after presenting what we have: a credentials problem, said as one
                 raise RegistryError(_unauthorized(repo, auth), status=401)
             if (resp.status_code == 429 or resp.status_code >= 500) and attempt < self.retries:
                 self._sleep(_backoff(attempt, resp.headers.get("Retry-After")))

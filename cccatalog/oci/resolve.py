@@ -67,11 +67,11 @@ def parse_created(value: object) -> datetime | None:
         text = f"{date}.{rest}" if rest[:1].isdigit() else f"{date}{rest}"
     try:
         parsed = datetime.fromisoformat(text)
-    except ValueError:
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        parsed = parsed.astimezone(UTC)
+    except (ValueError, OverflowError):  # 0001-01-01T00:00:00+02:00 falls off the calendar in UTC
         return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    parsed = parsed.astimezone(UTC)
     return parsed if parsed >= EARLIEST_PLAUSIBLE else None
 
 
@@ -115,7 +115,7 @@ def build_info(client: RegistryClient, repo: Repository, tag: CanonicalTag) -> B
             if created := parse_created((doc.get("annotations") or {}).get(ANNOTATION_CREATED)):
                 return Build(tag, digest, created, SOURCE_ANNOTATION)
         return Build(tag, digest, None, SOURCE_UNKNOWN, "no created date in config or annotations")
-    except (CCCatalogError, ValueError) as exc:
+    except (CCCatalogError, ValueError, OverflowError) as exc:  # one bad tag is unknown, not fatal
         return Build(tag, None, None, SOURCE_UNKNOWN, str(exc))
 
 
