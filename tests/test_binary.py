@@ -1,0 +1,273 @@
+"""The single binary: build `bake.spec` once with PyInstaller, then run what it produced.
+
+The binary is used the way an operator uses it: `--version`, a `sync` from a `file://` upstream, `serve`
+answering `/healthz` and a real `git clone`, SIGTERM, and `serve --get`. Its size, build time and
+`--version` start-up time are recorded (never asserted) in `<basetemp>/binary*/metrics.json` and shown
+in the terminal summary; tools/build_binary.sh builds and benchmarks it by hand.
+
+Skipped when PyInstaller is not installed, or with CCCATALOG_SKIP_BINARY=1.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from cccatalog import __version__
+from tests.gitfixtures import GIT_ENV, Upstream, git
+
+if os.environ.get("CCCATALOG_SKIP_BINARY") == "1":
+    pytest.skip("CCCATALOG_SKIP_BINARY=1: the PyInstaller binary is not built", allow_module_level=True)
+
+# Building takes about a minute on two cores; the first test using the binary pays for it.
+pytestmark = pytest.mark.timeout(900)
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEC = ROOT / "bake.spec"
+BUILD_TIMEOUT_SECONDS = 600
+STARTUP_RUNS = 5
+
+
+@dataclass(frozen=True)
+class Binary:
+    path: Path
+    workdir: Path
+    build_seconds: float
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.workdir / "metrics.json"
+
+
+def _build(workdir: Path) -> Binary:
+    env = {k: v for k, v in os.environ.items() if k not in ("CCCATALOG_ONEDIR", "CCCATALOG_RUNTIME_TMPDIR")}
+    env["PYINSTALLER_CONFIG_DIR"] = str(workdir / "pyinstaller-cache")  # no shared cache to race on
+    argv = [
+        sys.executable,
+        "-m",
+        "PyInstaller",
+        "--noconfirm",
+        "--clean",
+        "--log-level",
+        "WARN",
+        "--distpath",
+        str(workdir / "dist"),
+        "--workpath",
+        str(workdir / "build"),
+        str(SPEC),
+    ]
+    started = time.perf_counter()
+    out = subprocess.run(
+        argv, cwd=workdir, env=env, capture_output=True, text=True, timeout=BUILD_TIMEOUT_SECONDS, check=False
+    )
+    seconds = time.perf_counter() - started
+    if out.returncode != 0:
+        pytest.fail(
+            f"pyinstaller bake.spec failed ({out.returncode}):\n{out.stdout[-4000:]}{out.stderr[-4000:]}"
+        )
+    path = workdir / "dist" / "cccatalog"
+    assert path.is_file(), f"no one-file binary at {path}"
+    assert os.access(path, os.X_OK)
+    return Binary(path, workdir, seconds)
+
+
+@pytest.fixture(scope="session")
+def binary(tmp_path_factory: pytest.TempPathFactory) -> Binary:
+    if importlib.util.find_spec("PyInstaller") is None:
+        pytest.skip("PyInstaller is not installed (pip install pyinstaller) - the binary is not built")
+    return _build(tmp_path_factory.mktemp("binary"))
+
+
+def _env(home: Path) -> dict[str, str]:
+    """What an operator's shell would pass: PATH etc., an empty HOME, no git config from the machine."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CCCATALOG_", "CC_CATALOG_"))}
+    return {**env, **GIT_ENV, "HOME": str(home)}
+
+
+def _run(
+    binary: Binary, *args: str, env: dict[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(binary.path), *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+@dataclass(frozen=True)
+class Synced:
+    config: Path
+    data_dir: Path
+    upstream: Upstream
+    env: dict[str, str]
+
+
+@pytest.fixture
+def synced(binary: Binary, tmp_path: Path) -> Synced:
+    """An upstream on disk, a config naming it, and one `sync` by the binary (asserted to succeed)."""
+    upstream = Upstream(tmp_path / "upstreams" / "alpha")
+    data_dir = tmp_path / "mirrors"
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "git:\n"
+        "  enabled: true\n"
+        f"  data_dir: {data_dir}\n"
+        "sources:\n"
+        "  - name: local\n"
+        "    type: static\n"
+        "    codecollections:\n"
+        "      - slug: alpha\n"
+        f"        git_url: {upstream.url}\n"
+    )
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    env = _env(home)
+    out = _run(binary, "sync", "--config", str(config), "--json", env=env)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["ok"] is True
+    assert [(r["slug"], r["action"]) for r in summary["repos"]] == [("alpha", "cloned")]
+    return Synced(config, data_dir, upstream, env)
+
+
+def test_version_and_help(binary: Binary, tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    out = _run(binary, "--version", env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == f"cccatalog {__version__}\n"
+    # --help goes through Typer's Rich renderer, which is imported lazily.
+    out = _run(binary, "serve", "--help", env=env)
+    assert out.returncode == 0, out.stderr
+    assert "Example: cccatalog serve" in out.stdout
+
+
+def test_usage_error_exits_2(binary: Binary, tmp_path: Path) -> None:
+    out = _run(binary, "sync", "--config", str(tmp_path / "missing.yaml"), env=_env(tmp_path))
+    assert out.returncode == 2
+    assert "missing.yaml" in out.stderr
+
+
+def test_sync_publishes_the_mirror(synced: Synced) -> None:
+    mirror = synced.data_dir / "alpha.git"
+    assert mirror.is_dir()
+    assert git("--git-dir", str(mirror), "rev-parse", "refs/heads/main") == synced.upstream.sha("main")
+    assert git("--git-dir", str(mirror), "rev-parse", "v1.0.0^{commit}") == synced.upstream.sha(
+        "v1.0.0^{commit}"
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def _serving(binary: Binary, synced: Synced, logs: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    port = _free_port()
+    argv = [str(binary.path), "serve", "-c", str(synced.config), "--host", "127.0.0.1", "--port", str(port)]
+    with (logs / "serve.out").open("wb") as stdout, (logs / "serve.err").open("wb") as stderr:
+        proc = subprocess.Popen(argv, env=synced.env, stdout=stdout, stderr=stderr, cwd="/")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30  # a one-file binary unpacks itself first
+        while True:
+            assert proc.poll() is None, f"serve exited early: {(logs / 'serve.err').read_text()}"
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, (
+                f"serve never became healthy: {(logs / 'serve.err').read_text()}"
+            )
+            time.sleep(0.1)
+        yield proc, url
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_serve_answers_a_git_clone_and_stops_on_sigterm(
+    binary: Binary, synced: Synced, tmp_path: Path
+) -> None:
+    with _serving(binary, synced, tmp_path) as (proc, url):
+        health = httpx.get(f"{url}/healthz", timeout=5)
+        assert health.json() == {"status": "ok"}
+        clone = tmp_path / "clone"
+        git("clone", "-q", f"{url}/git/alpha.git", str(clone), env={"HOME": synced.env["HOME"]})
+        assert git("rev-parse", "HEAD", cwd=clone) == synced.upstream.sha("main")
+        assert "v1.0.0" in git("tag", "--list", cwd=clone).split()
+        shallow = tmp_path / "shallow"
+        git("clone", "-q", "--depth=2", f"{url}/git/alpha", str(shallow), env={"HOME": synced.env["HOME"]})
+        assert git("rev-parse", "HEAD", cwd=shallow) == synced.upstream.sha("main")
+
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(30)
+        except subprocess.TimeoutExpired:
+            pytest.fail("serve did not exit within 30 s of SIGTERM")
+    assert code == 0, (tmp_path / "serve.err").read_text()
+
+
+def test_serve_get_answers_in_process(binary: Binary, synced: Synced) -> None:
+    out = _run(binary, "serve", "-c", str(synced.config), "--get", "/healthz", env=synced.env)
+    assert out.returncode == 0, out.stderr
+    status, _, body = out.stdout.partition("\n")
+    assert status == "200"
+    assert json.loads(body) == {"status": "ok"}
+
+
+def _wall_times(argv: list[str], env: dict[str, str], runs: int = STARTUP_RUNS) -> list[float]:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        subprocess.run(argv, env=env, capture_output=True, check=True, timeout=60)
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def test_record_size_and_start_time(
+    binary: Binary, tmp_path: Path, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Measured, not asserted: the numbers depend on the machine. Read them in metrics.json."""
+    env = _env(tmp_path)
+    binary_times = _wall_times([str(binary.path), "--version"], env)
+    python_times = _wall_times([sys.executable, "-m", "cccatalog", "--version"], env)
+    metrics: dict[str, Any] = {
+        "version": __version__,
+        "binary": str(binary.path),
+        "size_bytes": binary.path.stat().st_size,
+        "size_mb": round(binary.path.stat().st_size / 1_000_000, 1),
+        "build_seconds": round(binary.build_seconds, 1),
+        "runs": STARTUP_RUNS,
+        "onefile_version_median_ms": round(statistics.median(binary_times) * 1000),
+        "onefile_version_ms": [round(t * 1000) for t in binary_times],
+        "python_m_version_median_ms": round(statistics.median(python_times) * 1000),
+        "python_m_version_ms": [round(t * 1000) for t in python_times],
+    }
+    binary.metrics_file.write_text(json.dumps(metrics, indent=2) + "\n")
+    for key in ("size_mb", "build_seconds", "onefile_version_median_ms", "python_m_version_median_ms"):
+        request.node.user_properties.append((key, metrics[key]))
+    line = (
+        f"binary: {metrics['size_mb']} MB, built in {metrics['build_seconds']} s, --version median "
+        f"{metrics['onefile_version_median_ms']} ms (python -m: {metrics['python_m_version_median_ms']} ms); "
+        f"{binary.metrics_file}"
+    )
+    with capsys.disabled():  # shown with or without -s
+        print(f"\n{line}")
+    assert metrics["size_bytes"] > 0
