@@ -1,0 +1,97 @@
+"""The benchmarks run at their smoke size, so they cannot rot: exit 0 and a JSON result with every row.
+
+Benchmarks are not tests of speed (a loaded CI machine proves nothing); these only prove that each
+script still measures what its README says it measures.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE_SECONDS = 120  # each takes well under 30 s alone; CI machines are shared
+
+
+def run_benchmark(module: str, output: Path) -> dict[str, Any]:
+    argv = [sys.executable, "-m", module, "--size", "smoke", "--output", str(output)]
+    with subprocess.Popen(
+        argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as proc:
+        try:
+            out, _ = proc.communicate(timeout=SMOKE_SECONDS)
+        except subprocess.TimeoutExpired:
+            proc.terminate()  # SIGTERM: the benchmark stops the registries it started
+            out, _ = proc.communicate(timeout=15)
+            pytest.fail(f"{module} ran past {SMOKE_SECONDS}s:\n{out}")
+    assert proc.returncode == 0, out
+    data: dict[str, Any] = json.loads(output.read_text())
+    assert data["size"] == "smoke"
+    assert data["machine"]["nproc"]
+    return data
+
+
+@pytest.mark.timeout(SMOKE_SECONDS + 30)
+def test_maintenance_benchmark_measures_clone_cpu_of_every_kind_of_mirror(tmp_path: Path) -> None:
+    data = run_benchmark("benchmarks.maintenance.bench_maintenance", tmp_path / "maintenance.json")
+    rows = {row["mirror"]: row for row in data["rows"]}
+    assert set(rows) == {
+        "git clone --mirror (fresh)",
+        "git clone --mirror + 2 fetches",
+        "git clone --mirror + 2 fetches + git gc",
+        "cccatalog sync (first + 2 syncs)",
+        "predecessor mirror adopted by cccatalog",
+    }
+    assert rows["git clone --mirror (fresh)"]["cpu_ratio"] == 1.0
+    assert rows["cccatalog sync (first + 2 syncs)"]["stats"]["bitmap"] is True
+    assert all(row["server_cpu_s"] > 0 and row["pack_mib"] > 0 for row in rows.values())
+    assert [t["name"] for t in data["targets"]] == ["server CPU per full clone vs fresh clone --mirror"]
+
+
+@pytest.mark.timeout(SMOKE_SECONDS + 30)
+@pytest.mark.skipif(
+    shutil.which("docker-registry") is None or shutil.which("skopeo") is None,
+    reason="needs docker-registry and skopeo (apt-get install docker-registry skopeo)",
+)
+def test_resolve_benchmark_compares_cccatalog_skopeo_and_predecessor_in_both_modes(tmp_path: Path) -> None:
+    data = run_benchmark("benchmarks.resolve.bench_resolve", tmp_path / "resolve.json")
+    approaches = {
+        "cccatalog CLI, cold cache",
+        "cccatalog CLI, warm cache",
+        "cccatalog library, cold cache",
+        "cccatalog library, warm cache",
+        "what-if: library 16/host, cold cache",
+        "what-if: library 16/host, warm cache",
+        "skopeo loop",
+        "predecessor algorithm",
+    }
+    for mode in ("anonymous", "token"):
+        rows = {row["approach"]: row for row in data["rows"] if row["mode"] == mode}
+        assert set(rows) == approaches
+        assert all(row["seconds"] > 0 and row["requests"] > 0 for row in rows.values())
+        assert rows["skopeo loop"]["vs_skopeo"] == 1.0
+        # warm: one listing and one HEAD per candidate (plus the 401 and token mint in token mode)
+        warm = rows["cccatalog library, warm cache"]["detail"]
+        assert set(warm) <= {"GET tags", "HEAD manifest-head", "GET token"}
+    assert len(data["targets"]) == 6
+
+
+@pytest.mark.timeout(SMOKE_SECONDS + 30)
+def test_sync_benchmark_times_every_contender_in_every_scenario(tmp_path: Path) -> None:
+    data = run_benchmark("benchmarks.sync.bench_sync", tmp_path / "sync.json")
+    cells = {(row["scenario"], row["contender"]) for row in data["rows"]}
+    contenders = {
+        "cccatalog sync -j1",
+        "cccatalog sync -j4",
+        "shell loop of plain git",
+        "xargs -P4 of plain git",
+    }
+    scenarios = {"first clone", "no-op", "2 of 8 changed"}
+    assert cells == {(s, c) for s in scenarios for c in contenders}
+    assert all(row["seconds"] > 0 for row in data["rows"])

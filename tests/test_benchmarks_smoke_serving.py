@@ -1,0 +1,69 @@
+"""The serving benchmark runs at its smoke size, so it cannot rot: exit 0 and a JSON row for every cell.
+
+It proves the script still builds its fixtures, starts all four servers and replays every request
+mix against each; it proves nothing about speed (a shared CI machine cannot). CI installs nginx and
+fcgiwrap with `apt-get install nginx-light fcgiwrap`; without them the test is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "serving" / "bench_serving.py"
+SMOKE_SECONDS = 55  # about 10 s alone
+
+
+def _tool(name: str) -> str | None:
+    return shutil.which(name) or next(
+        (str(p) for d in ("/usr/sbin", "/sbin") if (p := Path(d) / name).exists()), None
+    )
+
+
+@pytest.mark.timeout(SMOKE_SECONDS + 20)
+@pytest.mark.skipif(
+    _tool("nginx") is None or _tool("fcgiwrap") is None,
+    reason="needs nginx and fcgiwrap (apt-get install nginx-light fcgiwrap)",
+)
+def test_serving_benchmark_replays_every_mix_against_every_server(tmp_path: Path) -> None:
+    output = tmp_path / "serving.json"
+    argv = [sys.executable, str(SCRIPT), "--size", "smoke", "--json-out", str(output)]
+    with subprocess.Popen(
+        argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as proc:
+        try:
+            out, _ = proc.communicate(timeout=SMOKE_SECONDS)
+        except subprocess.TimeoutExpired:
+            proc.terminate()  # SIGTERM: the benchmark stops the servers it started
+            out, _ = proc.communicate(timeout=15)
+            pytest.fail(f"bench_serving.py ran past {SMOKE_SECONDS}s:\n{out}")
+    assert proc.returncode == 0, out
+
+    data: dict[str, Any] = json.loads(output.read_text())
+    assert data["size"] == "smoke"
+    assert data["machine"]["nproc"]
+    rows = data["rows"]
+    servers = {"cccatalog", "nginx-fcgiwrap", "git-daemon", "raw-upload-pack"}
+    mixes = {row["mix"] for row in rows}
+    assert {"info-refs", "ls-refs", "full-clone", "incremental-fetch", "depth-1", "filter-blob-none"} <= mixes
+    cells = {(row["server"], row["mix"], row["concurrency"]) for row in rows}
+    assert cells == {(s, m, n) for s in servers for m in mixes for n in (1, 2)}
+    for row in rows:
+        assert row["errors"] == 0, row
+        assert row["requests"] > 0, row
+        assert row["bytes_per_request"] > 0, row
+        assert row["cpu_seconds_per_request"] >= 0, row
+    clones = {row["server"]: row for row in rows if row["mix"] == "full-clone" and row["concurrency"] == 1}
+    # Every server answered the same captured request with the same pack (sideband framing varies a little).
+    sizes = [row["bytes_per_request"] for row in clones.values()]
+    assert max(sizes) < min(sizes) * 1.01, clones
+    assert clones["cccatalog"]["server_peak_rss_mib"] > 0
+    assert len(data["targets"]) == 5
+    assert "## Targets" in out
