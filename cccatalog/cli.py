@@ -47,6 +47,14 @@ from cccatalog.server.api import handle as handle_api
 from cccatalog.server.app import CatalogServer, serve_forever
 from cccatalog.server.service import Scheduler, Service, build_service
 
+try:  # newer typer vendors its own click: its usage errors are not click's classes
+    from typer._click.exceptions import ClickException as _TyperClickException
+except ImportError:  # pragma: no cover - typer that uses click itself
+    _TyperClickException = click.ClickException  # type: ignore[misc,assignment]
+
+_CLICK_ERRORS = (click.ClickException, _TyperClickException)
+_CLICK_EXIT = (click.exceptions.Exit, typer.Exit)
+
 log = logging.getLogger(LOGGER_NAME)
 
 app = typer.Typer(
@@ -517,11 +525,11 @@ def run(argv: Sequence[str] | None = None) -> int:
         result = command.main(
             args=list(argv) if argv is not None else None, prog_name="cccatalog", standalone_mode=False
         )
-    except click.ClickException as exc:
+    except _CLICK_ERRORS as exc:
         exc.show()
-        return exc.exit_code
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
+        return int(exc.exit_code)
+    except _CLICK_EXIT as exc:
+        return int(exc.exit_code)
     except click.Abort:
         return 130
     except CCCatalogError as exc:

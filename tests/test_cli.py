@@ -205,3 +205,13 @@ def test_demo_serves_the_mirrors_and_the_printed_clone_line_works(tmp_path: Path
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
+
+
+@pytest.mark.parametrize("argv", [["sync", "-q"], ["nosuch"], ["sync", "--jobs", "0"]])
+def test_usage_errors_exit_2_with_a_message_and_no_traceback(
+    capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    code, _, err = cli(capsys, *argv)
+    assert code == 2
+    assert "Error:" in err
+    assert "Traceback" not in err
