@@ -78,6 +78,8 @@ class BodyError(Exception):
 class CatalogServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default backlog of 5 makes a burst of 16 clients retry after a second
+    request_queue_size = 128
 
     def __init__(
         self,
