@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import shutil
 import statistics
@@ -35,6 +34,12 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # run as a script as well as with `python -m`
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.machine import machine  # noqa: E402
 
 RESULT = Path(__file__).with_name("results-full.json")
 GIT_ENV = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null", "LC_ALL": "C"}
@@ -401,31 +406,6 @@ def print_report(rows: Sequence[Row]) -> None:
             f"{r.server_max_rss_mib:>8.1f} {r.stats.packs:>5} {r.stats.loose_objects:>6} "
             f"{'yes' if r.stats.bitmap else 'no':>6} {r.stats.refs:>5}"
         )
-
-
-def version(argv: Sequence[str]) -> str:
-    try:
-        out = subprocess.run(list(argv), capture_output=True, text=True, timeout=10, check=False)
-    except OSError:
-        return "missing"
-    text = (out.stdout or out.stderr).strip()
-    return text.splitlines()[0] if text else "?"
-
-
-def machine() -> dict[str, str]:
-    cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace").splitlines()
-    meminfo = Path("/proc/meminfo").read_text(errors="replace").splitlines()
-    cpu = next((ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name")), "?")
-    mem_kb = next((int(ln.split()[1]) for ln in meminfo if ln.startswith("MemTotal:")), 0)
-    return {
-        "nproc": str(os.cpu_count()),
-        "cpu": cpu,
-        "ram": f"{mem_kb / 1024 / 1024:.1f} GiB",
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "git": version(["git", "--version"]),
-        "loadavg_at_end": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-    }
 
 
 @contextmanager

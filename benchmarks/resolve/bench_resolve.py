@@ -22,7 +22,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import random
 import shutil
 import signal
@@ -45,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # run as a script as well as with `python -m`
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.machine import machine  # noqa: E402
 from cccatalog.oci.cache import BlobCache  # noqa: E402
 from cccatalog.oci.client import RegistryClient  # noqa: E402
 from cccatalog.oci.reference import Repository  # noqa: E402
@@ -428,32 +428,6 @@ def print_report(rows: Sequence[Row], found: Sequence[Target]) -> None:
         print(f"{'MET ' if t.met else 'MISS'} {t.name}: {t.value} (target {t.wanted})")
 
 
-def version(argv: Sequence[str]) -> str:
-    try:
-        out = subprocess.run(list(argv), capture_output=True, text=True, timeout=10, check=False)
-    except OSError:
-        return "missing"
-    return (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr).strip() else "?"
-
-
-def machine() -> dict[str, str]:
-    cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace").splitlines()
-    meminfo = Path("/proc/meminfo").read_text(errors="replace").splitlines()
-    cpu = next((ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name")), "?")
-    mem_kb = next((int(ln.split()[1]) for ln in meminfo if ln.startswith("MemTotal:")), 0)
-    return {
-        "nproc": str(os.cpu_count()),
-        "cpu": cpu,
-        "ram": f"{mem_kb / 1024 / 1024:.1f} GiB",
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "git": version(["git", "--version"]),
-        "skopeo": version(["skopeo", "--version"]),
-        "registry": version(["docker-registry", "--version"]),
-        "loadavg_at_end": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-    }
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C, so the registry processes and the token server are stopped.
     signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))
@@ -479,7 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "benchmark": "resolve-latest",
         "size": args.size,
         "parameters": {**asdict(size), "rtt_ms": args.rtt_ms},
-        "machine": machine(),
+        "machine": machine({"skopeo": ["skopeo", "--version"], "registry": ["docker-registry", "--version"]}),
         "rows": [asdict(r) for r in rows],
         "targets": [asdict(t) for t in found],
     }

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # run as a script as well as with `python -m`
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.machine import machine  # noqa: E402
 
 RESULT = Path(__file__).with_name("results-full.json")
 GIT_ENV = {
@@ -284,31 +289,6 @@ def print_report(rows: Sequence[Row]) -> None:
             f"{r.scenario:<16} {r.contender:<30} {r.seconds:>9.3f} {r.runs:>5} "
             f"{r.vs_loop:>9.2f}x {r.vs_parallel_loop:>10.2f}x"
         )
-
-
-def version(argv: Sequence[str]) -> str:
-    try:
-        out = subprocess.run(list(argv), capture_output=True, text=True, timeout=10, check=False)
-    except OSError:
-        return "missing"
-    text = (out.stdout or out.stderr).strip()
-    return text.splitlines()[0] if text else "?"
-
-
-def machine() -> dict[str, str]:
-    cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace").splitlines()
-    meminfo = Path("/proc/meminfo").read_text(errors="replace").splitlines()
-    cpu = next((ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name")), "?")
-    mem_kb = next((int(ln.split()[1]) for ln in meminfo if ln.startswith("MemTotal:")), 0)
-    return {
-        "nproc": str(os.cpu_count()),
-        "cpu": cpu,
-        "ram": f"{mem_kb / 1024 / 1024:.1f} GiB",
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "git": version(["git", "--version"]),
-        "loadavg_at_end": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,1 @@
+"""Reproducible benchmarks: cccatalog against what a user would run instead."""
