@@ -12,7 +12,6 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -27,6 +26,7 @@ from rich.table import Table
 from cccatalog import __version__
 from cccatalog.catalog.images import registry_auth
 from cccatalog.catalog.store import Store
+from cccatalog.catalog.views import rfc3339
 from cccatalog.config import Config, config_path_from_env, load_config
 from cccatalog.credentials import user_registry_credentials
 from cccatalog.demo import build_demo
@@ -511,10 +511,6 @@ def render_resolutions(
     if verbose:
         detail = ", ".join(f"{k}: {v}" for k, v in sorted(requests.items()))
         sys.stderr.write(f"{sum(requests.values())} registry requests ({detail})\n")
-
-
-def rfc3339(value: datetime | None) -> str | None:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if value else None
 
 
 def run(argv: Sequence[str] | None = None) -> int:

@@ -58,10 +58,10 @@ def build_service(config: Config, *, environ: Mapping[str, str], redactor: Redac
 
     def sync_git(cfg: Config, allow_runtime_sync: bool) -> dict[str, Any]:
         if not cfg.git.enabled:
-            return git_summary(cfg, _empty(), skipped="git mirroring is disabled (git.enabled: false)")
+            return git_summary(cfg, SyncReport(), skipped="git mirroring is disabled (git.enabled: false)")
         if not cfg.git.runtime_sync and not allow_runtime_sync:
             return git_summary(
-                cfg, _empty(), skipped="git.runtime_sync is false; pass allow_runtime_sync=true"
+                cfg, SyncReport(), skipped="git.runtime_sync is false; pass allow_runtime_sync=true"
             )
         report = run_sync(cfg, store, SyncRequest(git=True, images=False), redactor=redactor, environ=environ)
         return git_summary(cfg, report)
@@ -70,7 +70,7 @@ def build_service(config: Config, *, environ: Mapping[str, str], redactor: Redac
         request = SyncRequest(git=False, images=True)
         if not cfg.git.runtime_sync and not allow_runtime_sync and reaches_network(cfg, request):
             return catalog_summary(
-                _empty(), skipped="git.runtime_sync is false; pass allow_runtime_sync=true"
+                SyncReport(), skipped="git.runtime_sync is false; pass allow_runtime_sync=true"
             )
         return catalog_summary(run_sync(cfg, store, request, redactor=redactor, environ=environ))
 
@@ -91,10 +91,6 @@ def baked_mismatches(config: Config, store: Store, servability: Servability) -> 
     for problem in problems:
         log.error("baked mirror check: %s", problem)
     return problems
-
-
-def _empty() -> SyncReport:
-    return SyncReport()
 
 
 def backfill(config: Config, store: Store, servability: Servability) -> int:
