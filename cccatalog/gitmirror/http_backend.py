@@ -91,7 +91,9 @@ def cgi_environment(req: CGIRequest, *, project_root: Path, environ: Mapping[str
             "GIT_CONFIG_KEY_2": "http.receivepack",
             "GIT_CONFIG_VALUE_2": "false",  # refused by routing already; refused here again
             "GIT_CONFIG_KEY_3": "http.getanyfile",
-            "GIT_CONFIG_VALUE_3": "false",  # no dumb-protocol file access, whatever the route
+            # No dumb-protocol file access, except HEAD (part of the contract; the router lets no other
+            # file through, and this keeps it so even if it did).
+            "GIT_CONFIG_VALUE_3": "true" if req.path_info.endswith("/HEAD") else "false",
         }
     )
     if req.content_length is not None:
