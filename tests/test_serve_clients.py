@@ -390,6 +390,7 @@ def test_receive_pack_routes_answer_403_without_touching_the_mirror(
 _SERVE_AS = """
 import contextlib, encodings.idna, io, os, pwd, sys
 from cccatalog.cli import run
+import cccatalog.jobs, cccatalog.server.app, cccatalog.server.service
 # Load now, while the interpreter is readable, what the CLI and socket.getfqdn import lazily.
 with contextlib.redirect_stdout(io.StringIO()):
     run(["serve", "--help"])

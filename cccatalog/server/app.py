@@ -21,7 +21,10 @@ from typing import IO, Any
 from urllib.parse import urlsplit
 
 from cccatalog.config import ServeConfig
-from cccatalog.gitmirror.http_backend import CGIRequest, ClientGone, HttpBackend
+from cccatalog.gitmirror.http_backend import CGIRequest, ClientGone, HttpBackend, copy_stream
+from cccatalog.gitmirror.refstate import Fingerprint, advertisement_fingerprint
+from cccatalog.server import zerocopy
+from cccatalog.server.advert_cache import AdvertCache, CachedAnswer, CacheKey, RecordingSink
 from cccatalog.server.api import ApiContext
 from cccatalog.server.api import handle as handle_api
 from cccatalog.server.routing import GitRoute, GitService, Refusal, route_git
@@ -94,6 +97,7 @@ class CatalogServer(ThreadingHTTPServer):
         self.settings = settings
         self.servability = api.servability
         self.backend = backend or HttpBackend()
+        self.adverts = AdvertCache()
         self.slots = threading.BoundedSemaphore(settings.max_concurrent_upload_packs)
         self.reaper = Reaper()
         self._active = 0
@@ -254,26 +258,51 @@ class GitRequestHandler(BaseHTTPRequestHandler):
         if body is not None:
             size = body.seek(0, 2)
             body.seek(0)
+        query = urlsplit(self.path).query
         req = CGIRequest(
             method=self.command,
             path_info=route.path_info,
-            query=urlsplit(self.path).query,
+            query=query,
             content_type=self.headers.get("Content-Type", ""),
             content_length=size,
             content_encoding=self.headers.get("Content-Encoding", ""),
             git_protocol=self.headers.get("Git-Protocol", ""),
             remote_addr=self.client_address[0],
         )
+        project_root = self.server.live.current.git.data_dir
+        sink: _Sink | RecordingSink = _Sink(self)
+        record: tuple[CacheKey, Fingerprint, RecordingSink] | None = None
+        if body is None:  # GET info/refs and HEAD: answers that only change with the refs
+            key = (project_root / f"{route.slug}.git", route.service.value, query, req.git_protocol)
+            fingerprint = advertisement_fingerprint(key[0])
+            if fingerprint is not None:
+                if (cached := self.server.adverts.get(key, fingerprint)) is not None:
+                    return self._send_cached(cached)
+                sink = RecordingSink(sink)
+                record = (key, fingerprint, sink)
         outcome = self.server.backend.run(
             req,
             body,
-            _Sink(self),
-            project_root=self.server.live.current.git.data_dir,
+            sink,
+            project_root=project_root,
             timeout=self.server.settings.request_timeout_seconds,
         )
         if outcome.killed:
             self.close_connection = True
             log.warning("git backend for %s killed: %s", route.path_info, outcome.killed)
+        elif record is not None and outcome.stderr_lines == 0 and (answer := record[2].answer()):
+            self.server.adverts.put(record[0], record[1], answer)
+
+    def _send_cached(self, answer: CachedAnswer) -> None:
+        self._status = answer.status
+        self.send_response(answer.status)
+        for name, value in answer.headers:
+            if name.lower() not in ("content-length", "transfer-encoding"):
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(answer.body)))
+        self.end_headers()
+        self.wfile.write(answer.body)
+        self._sent += len(answer.body)
 
     def _read_body(self, cap: int) -> IO[bytes]:
         """The whole request body, spooled to disk past 1 MiB, before any process starts."""
@@ -350,6 +379,7 @@ class _Sink:
     def __init__(self, handler: GitRequestHandler) -> None:
         self.h = handler
         self.chunked = False
+        self.crlf_owed = False  # a spliced chunk's closing CRLF, sent with what comes next
 
     def start(self, status: int, headers: list[tuple[str, str]]) -> None:
         h = self.h
@@ -368,10 +398,14 @@ class _Sink:
         except OSError as exc:
             raise ClientGone() from exc
 
+    def _owed(self) -> bytes:
+        owed, self.crlf_owed = self.crlf_owed, False
+        return b"\r\n" if owed else b""
+
     def write(self, data: bytes) -> None:
         try:
             if self.chunked:
-                self.h.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                self.h.wfile.write(b"%s%x\r\n%s\r\n" % (self._owed(), len(data), data))
             else:
                 self.h.wfile.write(data)
             self.h.wfile.flush()
@@ -379,10 +413,21 @@ class _Sink:
             raise ClientGone() from exc
         self.h._sent += len(data)
 
+    def stream_from(self, fd: int) -> int:
+        if not zerocopy.HAVE_SPLICE:
+            return copy_stream(fd, self)
+        try:
+            self.h.wfile.flush()
+            sent, self.crlf_owed = zerocopy.stream_pipe(fd, self.h.connection, chunked=self.chunked)
+        except OSError as exc:
+            raise ClientGone() from exc
+        self.h._sent += sent
+        return sent
+
     def finish(self) -> None:
         try:
             if self.chunked:
-                self.h.wfile.write(b"0\r\n\r\n")
+                self.h.wfile.write(b"%s0\r\n\r\n" % self._owed())
             self.h.wfile.flush()
         except OSError as exc:
             raise ClientGone() from exc
