@@ -7,10 +7,12 @@ a sync changes a ref (never a stale one), and a pack that arrives whole.
 
 from __future__ import annotations
 
+import http.client
 import os
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from cccatalog.server import zerocopy
 from cccatalog.server.app import CatalogServer
 from tests.conftest import MakeConfig
 from tests.gitfixtures import Upstream, git
-from tests.robustfixtures import logging_git, raw_request
+from tests.robustfixtures import REAL_GIT, git_wrapper, logging_git, raw_request
 from tests.servefixtures import running_server, synced_config
 
 MakeUpstream = Callable[[str], Upstream]
@@ -120,6 +122,57 @@ def test_info_refs_is_answered_from_memory_until_a_sync_changes_a_ref(
             git("-c", f"protocol.version={version}", "clone", "-q", f"{server.url}/git/alpha.git", str(dest))
             assert git("rev-parse", "HEAD", cwd=dest) == new_head
         assert server.adverts.hits >= 2
+
+
+def test_v2_ls_refs_is_kept_per_request_but_fetches_never_are(
+    mirror: tuple[Upstream, Path],
+    write_config: MakeConfig,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(refstate, "RACY_SECONDS", 0.0)
+    up, _ = mirror
+    wrapper, log = logging_git(tmp_path)
+    config = synced_config(write_config({"alpha": up.url}))
+
+    def posts() -> int:
+        return sum(" | POST | " in line for line in log.read_text().splitlines())
+
+    with running_server(config, backend=HttpBackend(git=str(wrapper))) as server:
+        url = f"{server.url}/git/alpha.git"
+        everything = git("-c", "protocol.version=2", "ls-remote", url)
+        assert posts() == 1
+        assert git("-c", "protocol.version=2", "ls-remote", url) == everything
+        assert posts() == 1, "the same ls-refs started git again"
+        tags = git("-c", "protocol.version=2", "ls-remote", "--tags", url)
+        assert posts() == 2, "an ls-refs with other arguments was answered from another's entry"
+        assert tags != everything
+        assert "refs/heads/" not in tags
+
+        for name in ("one", "two"):
+            git("-c", "protocol.version=2", "clone", "-q", url, str(tmp_path / name))
+        # The first clone runs its ls-refs (other arguments than ls-remote's) and its fetch; the second
+        # finds its ls-refs kept, but its fetch must run git.
+        assert posts() == 2 + 2 + 1
+
+
+def test_a_backend_past_the_request_timeout_is_cut_off_not_ended_cleanly(
+    mirror: tuple[Upstream, Path], write_config: MakeConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(refstate, "RACY_SECONDS", 0.0)
+    up, _ = mirror
+    # Answers in full, then keeps its stdout open: only the request timeout ends it.
+    stalling = git_wrapper(tmp_path, "git-stall", f'"{REAL_GIT}" "$@"; exec sleep 30')
+    config = synced_config(write_config({"alpha": up.url}))
+    with running_server(config, request_timeout_seconds=1, backend=HttpBackend(git=str(stalling))) as server:
+        started = time.monotonic()
+        with pytest.raises(http.client.IncompleteRead):
+            raw_request(server.url, "GET", INFO_REFS)
+        assert time.monotonic() - started < 10
+        assert server.adverts.hits == 0
+        with pytest.raises(http.client.IncompleteRead):
+            raw_request(server.url, "GET", INFO_REFS)  # and it was not kept as if it were whole
+    assert server.adverts.hits == 0
 
 
 def test_get_head_answers_the_default_branch(mirror: tuple[Upstream, Path], write_config: MakeConfig) -> None:

@@ -45,7 +45,8 @@ class ResponseSink(Protocol):
     def start(self, status: int, headers: list[tuple[str, str]]) -> None: ...
     def write(self, data: bytes) -> None: ...  # raises ClientGone
     def stream_from(self, fd: int) -> int: ...  # everything readable from `fd` until EOF; raises ClientGone
-    def finish(self) -> None: ...  # raises ClientGone
+    # The end of a whole answer; `complete` is False when the backend failed after starting it.
+    def finish(self, *, complete: bool = True) -> None: ...  # raises ClientGone
 
 
 def copy_stream(fd: int, sink: ResponseSink) -> int:
@@ -210,7 +211,9 @@ class HttpBackend:
                 sink.write(first)
                 sent += len(first)
             sent += sink.stream_from(stdout)
-            sink.finish()
+            code = proc.wait()  # at EOF the backend is exiting; how it exits decides how the answer ends
+            if not killed:  # a killed backend's answer is cut off: no clean end, the connection closes
+                sink.finish(complete=code == 0)
         except ClientGone:
             kill("client disconnected")
         except _BadCGI as exc:

@@ -1,8 +1,9 @@
-"""Answers to GET git requests (ref advertisements, HEAD), kept while the repository's refs stay the same.
+"""Ref advertisements (GET info/refs, GET HEAD, v2 `ls-refs`), kept while the repository's refs stay the same.
 
-`GET info/refs` is the first request of every clone and fetch and costs two processes
-(`git http-backend`, `git upload-pack`) to print what only changes when a ref changes. The answer the
-backend gave is kept under the repository's stat fingerprint (`gitmirror.refstate`) and the request's
+`GET info/refs` is the first request of every clone and fetch, and a protocol v2 client's `ls-refs`
+the second; each costs two processes (`git http-backend`, `git upload-pack`) to print what only
+changes when a ref changes. The answer the backend gave is kept under the repository's stat
+fingerprint (`gitmirror.refstate`), the request (query, or the digest of an ls-refs body) and its
 `Git-Protocol`; the next identical request whose fingerprint still matches is answered from memory,
 byte for byte the same. Any ref, HEAD or config change (a sync) changes the fingerprint, and an entry
 is never made from a fingerprint that is racy or not trusted. Bounded in bytes, least recently used
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +31,7 @@ class CachedAnswer:
     body: bytes
 
 
-CacheKey = tuple[Path, str, str, str]  # repo, service, query, Git-Protocol
+CacheKey = tuple[Path, str, str, str]  # repo, service, query or request digest, Git-Protocol
 
 
 class AdvertCache:
@@ -69,15 +71,18 @@ class AdvertCache:
 
 
 class RecordingSink:
-    """Passes an answer through to the client while keeping a copy, up to MAX_ENTRY_BYTES."""
+    """Passes an answer through to the client and, once it is whole, hands a copy to `keep`.
 
-    def __init__(self, inner: ResponseSink) -> None:
+    `keep` runs before the answer's last bytes leave, so a client's next request finds it kept.
+    """
+
+    def __init__(self, inner: ResponseSink, keep: Callable[[CachedAnswer], None]) -> None:
         self.inner = inner
+        self.keep = keep
         self.status = 0
         self.headers: list[tuple[str, str]] = []
         self.parts: list[bytes] = []
         self.size = 0
-        self.finished = False
 
     def start(self, status: int, headers: list[tuple[str, str]]) -> None:
         self.status, self.headers = status, list(headers)
@@ -92,12 +97,7 @@ class RecordingSink:
     def stream_from(self, fd: int) -> int:
         return copy_stream(fd, self)  # read through Python: these answers are small, and kept
 
-    def finish(self) -> None:
-        self.inner.finish()
-        self.finished = True
-
-    def answer(self) -> CachedAnswer | None:
-        """What to keep: a complete 200 that fit, else None."""
-        if not self.finished or self.status != 200 or self.size > MAX_ENTRY_BYTES:
-            return None
-        return CachedAnswer(self.status, tuple(self.headers), b"".join(self.parts))
+    def finish(self, *, complete: bool = True) -> None:
+        if complete and self.status == 200 and self.size <= MAX_ENTRY_BYTES:
+            self.keep(CachedAnswer(self.status, tuple(self.headers), b"".join(self.parts)))
+        self.inner.finish(complete=complete)

@@ -7,6 +7,7 @@ answer with chunked encoding on a keep-alive connection, write one access-log li
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import signal
@@ -15,6 +16,7 @@ import tempfile
 import threading
 import time
 from contextlib import suppress
+from functools import partial
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import IO, Any
@@ -22,9 +24,9 @@ from urllib.parse import urlsplit
 
 from cccatalog.config import ServeConfig
 from cccatalog.gitmirror.http_backend import CGIRequest, ClientGone, HttpBackend, copy_stream
-from cccatalog.gitmirror.refstate import Fingerprint, advertisement_fingerprint
+from cccatalog.gitmirror.refstate import advertisement_fingerprint
 from cccatalog.server import zerocopy
-from cccatalog.server.advert_cache import AdvertCache, CachedAnswer, CacheKey, RecordingSink
+from cccatalog.server.advert_cache import AdvertCache, CachedAnswer, RecordingSink
 from cccatalog.server.api import ApiContext
 from cccatalog.server.api import handle as handle_api
 from cccatalog.server.routing import GitRoute, GitService, Refusal, route_git
@@ -271,15 +273,13 @@ class GitRequestHandler(BaseHTTPRequestHandler):
         )
         project_root = self.server.live.current.git.data_dir
         sink: _Sink | RecordingSink = _Sink(self)
-        record: tuple[CacheKey, Fingerprint, RecordingSink] | None = None
-        if body is None:  # GET info/refs and HEAD: answers that only change with the refs
-            key = (project_root / f"{route.slug}.git", route.service.value, query, req.git_protocol)
+        if (request_key := _cacheable(body, req)) is not None:  # answers that only change with the refs
+            key = (project_root / f"{route.slug}.git", route.service.value, request_key, req.git_protocol)
             fingerprint = advertisement_fingerprint(key[0])
             if fingerprint is not None:
                 if (cached := self.server.adverts.get(key, fingerprint)) is not None:
                     return self._send_cached(cached)
-                sink = RecordingSink(sink)
-                record = (key, fingerprint, sink)
+                sink = RecordingSink(sink, partial(self.server.adverts.put, key, fingerprint))
         outcome = self.server.backend.run(
             req,
             body,
@@ -290,8 +290,6 @@ class GitRequestHandler(BaseHTTPRequestHandler):
         if outcome.killed:
             self.close_connection = True
             log.warning("git backend for %s killed: %s", route.path_info, outcome.killed)
-        elif record is not None and outcome.stderr_lines == 0 and (answer := record[2].answer()):
-            self.server.adverts.put(record[0], record[1], answer)
 
     def _send_cached(self, answer: CachedAnswer) -> None:
         self._status = answer.status
@@ -373,6 +371,27 @@ class GitRequestHandler(BaseHTTPRequestHandler):
             self._sent += len(body)
 
 
+_LS_REFS = b"0014command=ls-refs\n"
+_MAX_CACHED_REQUEST = 8 * 1024
+
+
+def _cacheable(body: IO[bytes] | None, req: CGIRequest) -> str | None:
+    """What identifies the request for the advertisement cache, or None when its answer is not kept.
+
+    GET info/refs and HEAD depend on the refs alone; a protocol v2 `ls-refs` on its arguments too
+    (ref prefixes, peel, symrefs), so its body is part of the key. Fetches are never kept.
+    """
+    if body is None:
+        return req.query
+    if req.content_encoding or not req.content_length or req.content_length > _MAX_CACHED_REQUEST:
+        return None
+    data = body.read(_MAX_CACHED_REQUEST + 1)
+    body.seek(0)
+    if not data.startswith(_LS_REFS):
+        return None
+    return hashlib.sha256(data).hexdigest()
+
+
 class _Sink:
     """Writes the backend's answer: chunked on HTTP/1.1 unless the backend gave a Content-Length."""
 
@@ -424,7 +443,7 @@ class _Sink:
         self.h._sent += sent
         return sent
 
-    def finish(self) -> None:
+    def finish(self, *, complete: bool = True) -> None:
         try:
             if self.chunked:
                 self.h.wfile.write(b"%s0\r\n\r\n" % self._owed())
