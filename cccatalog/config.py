@@ -100,6 +100,7 @@ class ServeConfig:
     idle_timeout_seconds: int = 60
     request_timeout_seconds: int = 3600
     shutdown_grace_seconds: int = 30
+    advertisement_cache_mb: int = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -486,6 +487,7 @@ def _serve(r: _Reader) -> ServeConfig:
         idle_timeout_seconds=r.int_("idle_timeout_seconds", d.idle_timeout_seconds, 1, 3600),
         request_timeout_seconds=r.int_("request_timeout_seconds", d.request_timeout_seconds, 10, 86400),
         shutdown_grace_seconds=r.int_("shutdown_grace_seconds", d.shutdown_grace_seconds, 0, 3600),
+        advertisement_cache_mb=r.int_("advertisement_cache_mb", d.advertisement_cache_mb, 0, 4096),
     )
 
 

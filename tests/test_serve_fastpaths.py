@@ -124,6 +124,19 @@ def test_info_refs_is_answered_from_memory_until_a_sync_changes_a_ref(
         assert server.adverts.hits >= 2
 
 
+def test_with_the_cache_off_every_advertisement_runs_git(
+    mirror: tuple[Upstream, Path], write_config: MakeConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(refstate, "RACY_SECONDS", 0.0)
+    up, _ = mirror
+    wrapper, log = logging_git(tmp_path)
+    config = synced_config(write_config({"alpha": up.url}))
+    with running_server(config, advertisement_cache_mb=0, backend=HttpBackend(git=str(wrapper))) as server:
+        bodies = {raw_request(server.url, "GET", INFO_REFS).body for _ in range(3)}
+    assert len(bodies) == 1
+    assert backend_runs(log) == 3
+
+
 def test_v2_ls_refs_is_kept_per_request_but_fetches_never_are(
     mirror: tuple[Upstream, Path],
     write_config: MakeConfig,

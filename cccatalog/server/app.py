@@ -99,7 +99,7 @@ class CatalogServer(ThreadingHTTPServer):
         self.settings = settings
         self.servability = api.servability
         self.backend = backend or HttpBackend()
-        self.adverts = AdvertCache()
+        self.adverts = AdvertCache(settings.advertisement_cache_mb * 1024 * 1024)
         self.slots = threading.BoundedSemaphore(settings.max_concurrent_upload_packs)
         self.reaper = Reaper()
         self._active = 0
@@ -275,7 +275,7 @@ class GitRequestHandler(BaseHTTPRequestHandler):
         sink: _Sink | RecordingSink = _Sink(self)
         if (request_key := _cacheable(body, req)) is not None:  # answers that only change with the refs
             key = (project_root / f"{route.slug}.git", route.service.value, request_key, req.git_protocol)
-            fingerprint = advertisement_fingerprint(key[0])
+            fingerprint = advertisement_fingerprint(key[0]) if self.server.adverts.max_bytes else None
             if fingerprint is not None:
                 if (cached := self.server.adverts.get(key, fingerprint)) is not None:
                     return self._send_cached(cached)
