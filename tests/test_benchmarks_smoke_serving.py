@@ -1,6 +1,6 @@
 """The serving benchmark runs at its smoke size, so it cannot rot: exit 0 and a JSON row for every cell.
 
-It proves the script still builds its fixtures, starts all four servers and replays every request
+It proves the script still builds its fixtures, starts all five servers and replays every request
 mix against each; it proves nothing about speed (a shared CI machine cannot). CI installs nginx and
 fcgiwrap with `apt-get install nginx-light fcgiwrap`; without them the test is skipped.
 """
@@ -50,7 +50,7 @@ def test_serving_benchmark_replays_every_mix_against_every_server(tmp_path: Path
     assert data["size"] == "smoke"
     assert data["machine"]["nproc"]
     rows = data["rows"]
-    servers = {"cccatalog", "nginx-fcgiwrap", "git-daemon", "raw-upload-pack"}
+    servers = {"cccatalog", "cccatalog-nocache", "nginx-fcgiwrap", "git-daemon", "raw-upload-pack"}
     mixes = {row["mix"] for row in rows}
     assert {"info-refs", "ls-refs", "full-clone", "incremental-fetch", "depth-1", "filter-blob-none"} <= mixes
     cells = {(row["server"], row["mix"], row["concurrency"]) for row in rows}
@@ -65,5 +65,13 @@ def test_serving_benchmark_replays_every_mix_against_every_server(tmp_path: Path
     sizes = [row["bytes_per_request"] for row in clones.values()]
     assert max(sizes) < min(sizes) * 1.01, clones
     assert clones["cccatalog"]["server_peak_rss_mib"] > 0
-    assert len(data["targets"]) == 5
+    # The advertisement cache changes how an answer is produced, never its bytes.
+    adverts = {(r["server"], r["mix"]): r["bytes_per_request"] for r in rows if r["concurrency"] == 1}
+    for mix in ("info-refs", "ls-refs"):
+        assert (
+            adverts[("cccatalog", mix)]
+            == adverts[("cccatalog-nocache", mix)]
+            == adverts[("nginx-fcgiwrap", mix)]
+        )
+    assert len(data["targets"]) == 7
     assert "## Targets" in out
