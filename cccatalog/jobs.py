@@ -1,5 +1,9 @@
 """A whole sync run (git half, image half) as one function, for the CLI now and for serve's admin API
-and scheduler later. It decides nothing about output: it returns what happened."""
+and scheduler later. It decides nothing about output: it returns what happened.
+
+The image half (httpx and the registry client) is imported only when a run polls images, so a
+`sync --no-images` does not pay for it at start-up.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +11,19 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cccatalog.catalog.images import ImageSyncer, ImageSyncResult
-from cccatalog.catalog.store import Store
 from cccatalog.config import Config
 from cccatalog.gitmirror.git import Git
 from cccatalog.gitmirror.layout import Layout
 from cccatalog.gitmirror.locks import file_lock
 from cccatalog.gitmirror.sync import MirrorSyncer, RepoResult, RepoTask, SyncOptions, plan_sync
-from cccatalog.oci.cache import BlobCache
 from cccatalog.redact import Redactor
+
+if TYPE_CHECKING:
+    from cccatalog.catalog.images import ImageSyncResult
+    from cccatalog.catalog.store import Store
+    from cccatalog.oci.cache import BlobCache
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +66,8 @@ def run_locks(config: Config, request: SyncRequest) -> Iterator[None]:
 
 def image_cache(config: Config) -> BlobCache:
     """Registry documents are cached beside the state file: both belong to this host, not the image."""
+    from cccatalog.oci.cache import BlobCache
+
     return BlobCache(config.state.path.parent / "oci-cache")
 
 
@@ -85,6 +94,8 @@ def run_sync(
         )
         report.git = run_git(syncer, tasks) if run_git else syncer.run(tasks)
     if request.images:
+        from cccatalog.catalog.images import ImageSyncer
+
         images = ImageSyncer(config, store, cache=image_cache(config), environ=environ, redactor=redactor)
         report.images = images.run(images.plan(request.only), jobs=request.jobs or config.git.parallelism)
     return report

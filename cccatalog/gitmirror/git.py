@@ -7,9 +7,14 @@ GIT_CONFIG_COUNT/GIT_CONFIG_KEY_n/GIT_CONFIG_VALUE_n, never argv (visible in `ps
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
 import os
+import shutil
 import signal
 import subprocess
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +33,7 @@ INHERITED_ENV = (
 )  # fmt: skip
 
 STDERR_TAIL_LINES = 8
+WATCHDOG_IDLE_SECONDS = 10.0  # the timeout thread exits after this long with nothing to watch
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +75,11 @@ class Git:
         self.redactor = redactor
         self.binary = binary
         self._env = base_environment(os.environ if environ is None else environ)
+        # Looked up once in the PATH git will get, not by every spawn walking it entry by entry
+        # (a relative find depends on the cwd of each run: those are still looked up per run).
+        found = binary if os.sep in binary else shutil.which(binary, path=self._env["PATH"])
+        self._executable = found if found and os.path.isabs(found) else None
+        self._watchdog = _Watchdog()
 
     def run(
         self,
@@ -80,12 +91,26 @@ class Git:
         check: bool = True,
         stdin: str | None = None,
     ) -> GitResult:
+        return self.start(args, cwd=cwd, config=config, timeout=timeout, check=check, stdin=stdin).result()
+
+    def start(
+        self,
+        args: Sequence[str],
+        *,
+        cwd: Path | None = None,
+        config: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        check: bool = True,
+        stdin: str | None = None,
+    ) -> GitRun:
+        """Start git and return at once, so it can run beside another; `result()` waits for it."""
         env = dict(self._env)
         env.update(config_env(config or {}))
         argv = [self.binary, *args]
         # A session of its own, so a timeout can kill git's helpers (remote-https, upload-pack) too.
         proc = subprocess.Popen(
             argv,
+            executable=self._executable,
             cwd=cwd,
             env=env,
             stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
@@ -95,27 +120,121 @@ class Git:
             errors="replace",
             start_new_session=True,
         )
-        name = _subcommand(args)
-        try:
-            stdout, stderr = proc.communicate(stdin, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            proc.communicate()
+        return GitRun(
+            argv,
+            proc,
+            redactor=self.redactor,
+            watchdog=self._watchdog,
+            timeout=timeout,
+            check=check,
+            stdin=stdin,
+        )
+
+
+class GitRun:
+    """One started git process. Always call `result()`: it reaps the process (once; then it repeats)."""
+
+    def __init__(
+        self,
+        argv: list[str],
+        proc: subprocess.Popen[str],
+        *,
+        redactor: Redactor,
+        watchdog: _Watchdog,
+        timeout: float | None,
+        check: bool,
+        stdin: str | None,
+    ) -> None:
+        self._argv = argv
+        self._proc = proc
+        self._redactor = redactor
+        self._watchdog = watchdog
+        self._expired = watchdog.watch(proc, timeout)
+        self._timeout = timeout
+        self._check = check
+        self._stdin = stdin
+        self._outcome: tuple[str, str] | None = None
+
+    def result(self) -> GitResult:
+        proc = self._proc
+        if self._outcome is None:
+            # A blocking communicate() and a watchdog, not communicate(timeout=...): with a timeout
+            # CPython polls waitpid with growing sleeps, which costs about 0.6 ms on every git call.
+            try:
+                self._outcome = proc.communicate(self._stdin)
+            finally:
+                self._watchdog.forget(self._expired)
+        stdout, stderr = self._outcome
+        name = _subcommand(self._argv[1:])
+        if self._expired.is_set():
             raise GitError(
-                f"git {name} timed out after {timeout:.0f}s (raise it in the config if need be)",
-                command=self._show(argv),
-            ) from None
-        result = GitResult(proc.returncode, stdout, self.redactor(stderr))
-        if check and result.returncode != 0:
+                f"git {name} timed out after {self._timeout:.0f}s (raise it in the config if need be)",
+                command=self._redactor(" ".join(self._argv)),
+            )
+        result = GitResult(proc.returncode, stdout, self._redactor(stderr))
+        if self._check and result.returncode != 0:
             raise GitError(
                 f"git {name} failed (exit {result.returncode}): {summarize_stderr(result.stderr)}",
-                command=self._show(argv),
+                command=self._redactor(" ".join(self._argv)),
                 stderr=result.stderr,
             )
         return result
 
-    def _show(self, argv: Sequence[str]) -> str:
-        return self.redactor(" ".join(argv))
+
+class _Watchdog:
+    """One thread that kills the process group of every git run past its deadline.
+
+    Shared by all runs of a Git (a thread per run would cost more than the polling it replaces);
+    it exits when idle, so a long-lived server does not keep one per sync it ever ran.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, threading.Event]] = []
+        self._watched: dict[threading.Event, subprocess.Popen[str]] = {}
+        self._ids = itertools.count()
+        self._running = False
+
+    def watch(self, proc: subprocess.Popen[str], timeout: float | None) -> threading.Event:
+        """Kill `proc`'s group if it outlives `timeout`. The event returned is set when that happened;
+        pass it to `forget` once `proc` has ended."""
+        expired = threading.Event()
+        if timeout is None:
+            return expired
+        with self._cond:
+            self._watched[expired] = proc
+            heapq.heappush(self._heap, (time.monotonic() + timeout, next(self._ids), expired))
+            if not self._running:
+                self._running = True
+                threading.Thread(target=self._loop, name="git-timeouts", daemon=True).start()
+            elif self._heap[0][2] is expired:
+                self._cond.notify()  # a new earliest deadline
+        return expired
+
+    def forget(self, expired: threading.Event) -> None:
+        with self._cond:
+            self._watched.pop(expired, None)
+            if len(self._heap) > 64 + 2 * len(self._watched):
+                # finished runs leave their deadlines behind: drop them rather than wait them out
+                self._heap = [entry for entry in self._heap if entry[2] in self._watched]
+                heapq.heapify(self._heap)
+
+    def _loop(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                while self._heap and (self._heap[0][2] not in self._watched or self._heap[0][0] <= now):
+                    _, _, expired = heapq.heappop(self._heap)
+                    proc = self._watched.pop(expired, None)
+                    if proc is not None:
+                        expired.set()
+                        _kill_group(proc)
+                if not self._heap:
+                    if not self._cond.wait(WATCHDOG_IDLE_SECONDS) and not self._heap:
+                        self._running = False
+                        return
+                    continue
+                self._cond.wait(self._heap[0][0] - now)
 
 
 def _subcommand(args: Sequence[str]) -> str:
@@ -127,7 +246,9 @@ def _subcommand(args: Sequence[str]) -> str:
 
 
 def _kill_group(proc: subprocess.Popen[str]) -> None:
-    with contextlib.suppress(ProcessLookupError):
+    if proc.returncode is not None:
+        return  # reaped already: its pid may belong to someone else by now
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
 
 

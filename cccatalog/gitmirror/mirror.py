@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +54,12 @@ class LocalState:
     refs: dict[str, str]
 
 
+# The subset of git's config syntax that `git config` itself writes for plain values. A file with
+# anything else (quotes, escapes, comments after a value, includes, tabs) is read by git instead.
+_CONFIG_SECTION = re.compile(r'\[([A-Za-z0-9-]+)(?: "([^"\\]*)")?\]')
+_CONFIG_ENTRY = re.compile(r"([A-Za-z][A-Za-z0-9-]*) *= *([^\"\\#;\t\r\n]*)")
+
+
 def in_scope(refname: str, scope: RefScope) -> bool:
     return refname.startswith(_SCOPE_PREFIXES[scope])
 
@@ -99,17 +106,28 @@ class Mirror:
         return self.git.run(["-C", str(self.path), *args], timeout=timeout, check=check, config=merged).stdout
 
     def init(self, url: str, scope: RefScope) -> None:
+        """A new, empty mirror repo. Only for a fresh temp dir: its config is written as a whole."""
         self.git.run(["init", "--quiet", "--bare", str(self.path)], timeout=60)
-        self._run("remote", "add", "origin", url)
-        self.configure(url, scope)
+        # One write instead of `remote add` and a `git config` per setting (a dozen processes);
+        # configure() then reads it back through git, which corrects anything git reads differently.
+        wanted = {**MIRROR_CONFIG, "remote.origin.url": url}
+        with (self.path / "config").open("a", encoding="utf-8") as config:
+            config.write(_config_text(wanted, REFSPECS[scope]))
+        self.configure(url, scope, trust_file=False)
 
-    def configure(self, url: str, scope: RefScope) -> None:
-        """Make the repo config match: upstream URL, refspecs, mirror settings. Writes only what differs."""
-        current: dict[str, list[str]] = {}
-        for line in self._run("config", "--local", "--null", "--list").split("\0"):
-            key, _, value = line.partition("\n")
-            if key:
-                current.setdefault(key.lower(), []).append(value)
+    def configure(self, url: str, scope: RefScope, *, trust_file: bool = True) -> None:
+        """Make the repo config match: upstream URL, refspecs, mirror settings. Writes only what differs.
+
+        `trust_file`: read a plain config file directly rather than with `git config --list`
+        (a no-op sync then starts no git process here); anything unusual is still read by git.
+        """
+        current = _read_plain_config(self.path / "config") if trust_file else None
+        if current is None:
+            current = {}
+            for line in self._run("config", "--local", "--null", "--list").split("\0"):
+                key, _, value = line.partition("\n")
+                if key:
+                    current.setdefault(key.lower(), []).append(value)
         wanted = {**MIRROR_CONFIG, "remote.origin.url": url}
         for key, value in wanted.items():
             if current.get(key.lower()) != [value]:
@@ -140,6 +158,48 @@ class Mirror:
         for line in out.splitlines():
             sha, _, name = line.partition(" ")
             refs[name] = sha
+        return self._with_head(refs)
+
+    def inspect(self) -> LocalState | None:
+        """The local state, read by one git process that also proves the mirror complete.
+
+        None unless HEAD names a branch whose commit is present (asked for `%(objecttype)`,
+        for-each-ref fails when a ref's object is missing, and says which are commits): what
+        `is_complete` asks of `HEAD^{commit}`, answered without a `rev-parse` of its own. None is no
+        verdict, only "ask `is_complete`".
+        """
+        return self.start_inspect()()
+
+    def start_inspect(self) -> Callable[[], LocalState | None]:
+        """Start `inspect` and return at once; call what it returns for the answer (always: that
+        reaps git). A sync reads its mirror this way while the upstream answers `ls-remote`."""
+        if not (self.path / "HEAD").is_file() or not (self.path / "objects").is_dir():
+            return lambda: None
+        run = self.git.start(
+            ["-C", str(self.path), "for-each-ref", "--format=%(objectname) %(objecttype) %(refname)"],
+            timeout=120,
+            config=self._base_config,
+        )
+
+        def finish() -> LocalState | None:
+            try:
+                out = run.result().stdout
+            except GitError:
+                return None
+            refs: dict[str, str] = {}
+            commits: set[str] = set()
+            for line in out.splitlines():
+                sha, _, rest = line.partition(" ")
+                kind, _, name = rest.partition(" ")
+                refs[name] = sha
+                if kind == "commit":
+                    commits.add(name)
+            state = self._with_head(refs)
+            return state if state.head is not None and state.head in commits else None
+
+        return finish
+
+    def _with_head(self, refs: dict[str, str]) -> LocalState:
         # HEAD is read from its file rather than with two more git processes: a no-op sync of a
         # mirror costs one for-each-ref here instead of three spawns.
         try:
@@ -164,22 +224,26 @@ class Mirror:
     def set_head(self, ref: str) -> None:
         self._run("symbolic-ref", "HEAD", ref)
 
-    def verify(self, timeout: float) -> str:
-        """HEAD must resolve to a commit and every ref's history must be present. Returns the HEAD commit."""
-        head = self._run("rev-parse", "-q", "--verify", "HEAD^{commit}", check=False).strip()
-        if not head:
+    def verify(self, timeout: float) -> LocalState:
+        """HEAD must resolve to a commit and every ref's history must be present. Returns the state."""
+        state = self.inspect()
+        if state is None:
             raise GitError(
                 "HEAD does not resolve to a commit (empty upstream, or its default branch is missing)"
             )
-        self._run("fsck", "--connectivity-only", "--no-progress", "--no-dangling", timeout=timeout)
-        return head
+        # A fresh clone has no commit-graph or multi-pack-index yet: spare fsck the two processes
+        # it would start to verify them.
+        no_indexes = {"core.commitGraph": "false", "core.multiPackIndex": "false"}
+        fsck = ("fsck", "--connectivity-only", "--no-progress", "--no-dangling")
+        self._run(*fsck, timeout=timeout, config=no_indexes)
+        return state
 
     def optimize(self, timeout: float) -> None:
         """Keep serving cheap after a change: one pack with a bitmap, a commit-graph, dumb-protocol info."""
         self._run("pack-refs", "--all", "--prune", timeout=timeout)
+        # repack also runs update-server-info (unless -n): the refs are packed and final by then
         self._run("repack", "-a", "-d", "-q", "--write-bitmap-index", timeout=timeout)
         self._run("commit-graph", "write", "--reachable", "--no-progress", timeout=timeout)
-        self._run("update-server-info", timeout=timeout)
 
 
 def is_complete(git: Git, path: Path) -> bool:
@@ -194,3 +258,51 @@ def is_complete(git: Git, path: Path) -> bool:
         config={"safe.directory": str(path)},
     )
     return result.returncode == 0 and bool(result.stdout.strip())
+
+
+def _read_plain_config(path: Path) -> dict[str, list[str]] | None:
+    """What `git config --local --null --list` would report for `path`, keys lowercased, when the file
+    uses only the plain syntax `git config` writes for simple values; otherwise None (ask git)."""
+    try:
+        text = path.read_bytes().decode("utf-8")  # not read_text(): it would turn a lone "\r" into "\n"
+    except (OSError, UnicodeDecodeError):
+        return None
+    values: dict[str, list[str]] = {}
+    section: str | None = None
+    for raw in text.split("\n"):
+        line = raw.lstrip(" \t")
+        if not line or line[0] in "#;":
+            continue
+        if match := _CONFIG_SECTION.fullmatch(line.rstrip(" ")):
+            name, sub = match.group(1).lower(), match.group(2)
+            if name in ("include", "includeif"):
+                return None
+            section = name if sub is None else f"{name}.{sub}"
+        elif (match := _CONFIG_ENTRY.fullmatch(line)) and section is not None:
+            key = f"{section}.{match.group(1)}".lower()
+            values.setdefault(key, []).append(match.group(2).rstrip(" "))
+        else:
+            return None
+    return values
+
+
+def _config_text(settings: Mapping[str, str], refspecs: tuple[str, ...]) -> str:
+    """Config file text for `settings` (full key names) and the origin's fetch refspecs, written the
+    way `git config` writes them, so `_read_plain_config` can read them back without git."""
+    sections: dict[str, list[str]] = {}
+    entries = [*settings.items(), *(("remote.origin.fetch", spec) for spec in refspecs)]
+    for key, value in entries:
+        section, _, rest = key.partition(".")
+        sub, _, name = rest.rpartition(".")
+        header = f'[{section} "{sub}"]' if sub else f"[{section}]"
+        sections.setdefault(header, []).append(f"\t{name} = {_config_value(value)}")
+    return "".join(
+        f"{header}\n" + "".join(f"{line}\n" for line in lines) for header, lines in sections.items()
+    )
+
+
+def _config_value(value: str) -> str:
+    if _CONFIG_ENTRY.fullmatch(f"k = {value}") and value == value.strip(" "):
+        return value
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
+    return f'"{escaped}"'

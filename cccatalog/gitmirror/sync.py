@@ -14,7 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
-from pathlib import Path
 
 from cccatalog.catalog.store import Store
 from cccatalog.config import AuthConfig, Config, RefScope
@@ -23,7 +22,7 @@ from cccatalog.errors import CCCatalogError, GitError, LockBusy, UsageError
 from cccatalog.gitmirror.git import Git
 from cccatalog.gitmirror.layout import Layout
 from cccatalog.gitmirror.locks import file_lock
-from cccatalog.gitmirror.mirror import Mirror, fingerprint, in_scope, is_complete
+from cccatalog.gitmirror.mirror import LocalState, Mirror, fingerprint, in_scope, is_complete
 from cccatalog.gitmirror.servable import mirrored_slugs
 from cccatalog.redact import strip_url_credentials
 
@@ -171,12 +170,15 @@ class MirrorSyncer:
         self.layout.remove_stale_temps(task.slug)
         auth = self._auth_config(task.url)
         target = self.layout.repo(task.slug)
-        if target.exists() and is_complete(self.git, target):
+        if target.exists():
             try:
-                return self._update(task, target, auth)
+                result = self._update(task, Mirror(self.git, target), auth)
             except GitError as exc:
                 if not any(sign in exc.stderr.lower() for sign in _CORRUPTION_SIGNS):
                     raise
+            else:
+                if result is not None:
+                    return result
             # the published repo is damaged: build a new one beside it and swap it in
         return self._clone(task, auth, rebuild=target.exists())
 
@@ -192,12 +194,26 @@ class MirrorSyncer:
         origin = url.split("://", 1)[0].lower() + "://" + (host or "") + "/"
         return {f"http.{origin}.extraHeader": f"Authorization: {creds.authorization}"}
 
-    def _update(self, task: RepoTask, path: Path, auth: Mapping[str, str]) -> RepoResult:
+    def _update(self, task: RepoTask, mirror: Mirror, auth: Mapping[str, str]) -> RepoResult | None:
+        """Bring a published mirror up to date; None when it is not complete (rebuild it instead)."""
         scope = self.options.scope
-        mirror = Mirror(self.git, path)
-        mirror.configure(task.url, scope)
-        remote = mirror.ls_remote(auth, scope, self.options.fetch_timeout)
-        local = mirror.local_state(scope)
+        # The mirror's refs are read (and it is proved complete) while the upstream lists its own;
+        # nothing is changed before both answers are in, except a config that differs.
+        inspection = mirror.start_inspect()
+        failure: GitError | None = None
+        try:
+            mirror.configure(task.url, scope)
+            remote = mirror.ls_remote(auth, scope, self.options.fetch_timeout)
+        except GitError as exc:
+            failure = exc
+        finally:
+            local = inspection()
+        if local is None and not is_complete(self.git, mirror.path):
+            return None
+        if failure is not None:
+            raise failure
+        if local is None:
+            local = mirror.local_state(scope)
         new_head = remote.head or local.head
         if not remote.refs:
             raise GitError("the upstream advertises no branches or tags; the mirror was kept as it is")
@@ -212,9 +228,11 @@ class MirrorSyncer:
         if new_head != local.head and new_head:
             mirror.set_head(new_head)
             changed = True
-        if changed or not any((path / "objects" / "pack").glob("*.bitmap")):
+        if changed or not any((mirror.path / "objects" / "pack").glob("*.bitmap")):
             mirror.optimize(self.options.clone_timeout)
-        return self._result(task, mirror, Action.UPDATED if changed else Action.UNCHANGED)
+        # Unchanged refs need no second for-each-ref: optimize() repacks them but moves none.
+        state = mirror.local_state(scope) if changed else local
+        return self._result(task, state, Action.UPDATED if changed else Action.UNCHANGED)
 
     def _clone(self, task: RepoTask, auth: Mapping[str, str], *, rebuild: bool) -> RepoResult:
         scope = self.options.scope
@@ -228,17 +246,16 @@ class MirrorSyncer:
             mirror.fetch(auth, self.options.clone_timeout)
             if remote.head:
                 mirror.set_head(remote.head)
-            mirror.verify(self.options.clone_timeout)
+            state = mirror.verify(self.options.clone_timeout)
             mirror.optimize(self.options.clone_timeout)
-            result = self._result(task, mirror, Action.REBUILT if rebuild else Action.CLONED)
+            result = self._result(task, state, Action.REBUILT if rebuild else Action.CLONED)
             self.layout.publish(tmp, task.slug)
             return result
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
 
-    def _result(self, task: RepoTask, mirror: Mirror, action: Action) -> RepoResult:
-        state = mirror.local_state(self.options.scope)
+    def _result(self, task: RepoTask, state: LocalState, action: Action) -> RepoResult:
         if not state.head_commit:
             raise GitError("HEAD does not resolve to a commit after the sync")
         return RepoResult(
