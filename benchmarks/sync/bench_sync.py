@@ -10,6 +10,8 @@ over, one mirror set per contender, so every contender sees exactly the same ups
 
 Measured: the first clone, a no-op run (nothing changed upstream), and a run after one new commit in
 CHANGED of the upstreams. Each contender's mirrors are checked against the upstreams after every run.
+Where `strace` is installed, one more (untimed) no-op and changed run of each contender counts the
+processes git needs per repo.
 
     python -m benchmarks.sync.bench_sync --size full
 """
@@ -19,6 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -46,6 +50,7 @@ GIT_ENV = {
 }
 EPOCH = 1_735_689_600  # 2025-01-01, so generated repos are byte-identical from run to run
 TIMEOUT = 600
+STRACE = shutil.which("strace")
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,14 @@ SIZES = {
 
 
 @dataclass
+class Processes:
+    scenario: str
+    contender: str
+    total: int  # git processes (and the shells git starts helpers with) in one run over all repos
+    per_repo: float
+
+
+@dataclass
 class Row:
     scenario: str  # first clone, no-op, 10 changed
     contender: str
@@ -76,12 +89,18 @@ def env() -> dict[str, str]:
     return {**os.environ, **GIT_ENV}
 
 
-def run(argv: Sequence[str], *, stdin: str | None = None, cwd: Path | None = None) -> str:
+def run(
+    argv: Sequence[str],
+    *,
+    stdin: str | None = None,
+    cwd: Path | None = None,
+    environ: dict[str, str] | None = None,
+) -> str:
     result = subprocess.run(
         list(argv),
         input=stdin,
         cwd=cwd,
-        env=env(),
+        env=environ or env(),
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
@@ -143,15 +162,29 @@ def main_sha(repo: Path) -> str:
 
 
 def cccatalog_argv() -> list[str]:
-    script = Path(sys.executable).with_name("cccatalog")
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "cccatalog"]
+    return [sys.executable, "-m", "cccatalog"]
+
+
+def cccatalog_env(work: Path) -> dict[str, str]:
+    """This tree's cccatalog (not whatever is installed), with its bytecode cached in `work` as an
+    installed package has it: a run that compiles every module measures the compiler instead."""
+    environ = env()
+    environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), environ.get("PYTHONPATH")]))
+    environ["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
+    return environ
+
+
+def warm_bytecode(work: Path) -> None:
+    modules = "cccatalog.cli, cccatalog.jobs, cccatalog.catalog.store, cccatalog.gitmirror.sync"
+    run([sys.executable, "-c", f"import {modules}"], environ=cccatalog_env(work))
 
 
 @dataclass(frozen=True)
 class Contender:
     name: str
     mirrors: Path  # <mirrors>/<slug>.git
-    sync: Callable[[], None]
+    sync: Callable[[Sequence[str]], None]  # the argument prefixes the command (strace), usually ()
 
 
 def write_config(path: Path, data_dir: Path, upstreams: Sequence[Path]) -> None:
@@ -168,8 +201,9 @@ def cccatalog_contender(work: Path, upstreams: Sequence[Path], jobs: int) -> Con
     config = work / f"config-j{jobs}.yaml"
     write_config(config, data_dir, upstreams)
 
-    def sync() -> None:
-        out = run([*cccatalog_argv(), "sync", "-c", str(config), "-j", str(jobs), "--no-images", "--json"])
+    def sync(wrap: Sequence[str]) -> None:
+        argv = [*cccatalog_argv(), "sync", "-c", str(config), "-j", str(jobs), "--no-images", "--json"]
+        out = run([*wrap, *argv], environ=cccatalog_env(work))
         summary = json.loads(out)
         if not summary["ok"]:
             raise RuntimeError(f"cccatalog sync -j{jobs} failed: {summary['counts']}")
@@ -184,22 +218,22 @@ def loop_contender(work: Path, upstreams: Sequence[Path], *, parallel: bool) -> 
     fetch = "git -C {} fetch --quiet --prune"
     first = True
 
-    def sync() -> None:
+    def sync(wrap: Sequence[str]) -> None:
         nonlocal first
         if first:  # the first clone, the same way: a loop of `git clone --mirror`
             pairs = "".join(f"{u.as_uri()} {mirrors / u.stem}.git\n" for u in upstreams)
             if parallel:
-                run(["bash", "-c", f"xargs -P4 -L1 {clone}"], stdin=pairs)
+                run([*wrap, "bash", "-c", f"xargs -P4 -L1 {clone}"], stdin=pairs)
             else:
                 run(
-                    ["bash", "-c", f"while read -r url dir; do {clone} $url $dir || exit 1; done"],
+                    [*wrap, "bash", "-c", f"while read -r url dir; do {clone} $url $dir || exit 1; done"],
                     stdin=pairs,
                 )
             first = False
         elif parallel:
-            run(["bash", "-c", f"ls -d {mirrors}/*.git | xargs -P4 -I{{}} {fetch}"])
+            run([*wrap, "bash", "-c", f"ls -d {mirrors}/*.git | xargs -P4 -I{{}} {fetch}"])
         else:
-            run(["bash", "-c", f"for r in {mirrors}/*.git; do {fetch.format('$r')} || exit 1; done"])
+            run([*wrap, "bash", "-c", f"for r in {mirrors}/*.git; do {fetch.format('$r')} || exit 1; done"])
 
     name = "xargs -P4 of plain git" if parallel else "shell loop of plain git"
     return Contender(name, mirrors, sync)
@@ -217,7 +251,7 @@ def check(contender: Contender, upstreams: Sequence[Path], expected: dict[str, s
             )
 
 
-def bench(size: Size, work: Path) -> list[Row]:
+def bench(size: Size, work: Path) -> tuple[list[Row], list[Processes]]:
     upstream_dir = work / "upstreams"
     upstreams = [upstream_dir / f"cc{i:02d}" for i in range(size.repos)]
     for i, path in enumerate(upstreams):
@@ -230,10 +264,11 @@ def bench(size: Size, work: Path) -> list[Row]:
         loop_contender(work, upstreams, parallel=True),
     ]
     times: dict[tuple[str, str], list[float]] = {}
+    warm_bytecode(work)
 
     def timed(scenario: str, contender: Contender) -> None:
         started = time.perf_counter()
-        contender.sync()
+        contender.sync(())
         times.setdefault((scenario, contender.name), []).append(time.perf_counter() - started)
         check(contender, upstreams, expected)
 
@@ -252,8 +287,12 @@ def bench(size: Size, work: Path) -> list[Row]:
                 expected[upstream.stem] = commit_upstream(upstream, stamp)
             timed(changed_label, contender)
         for contender in contenders:  # the others caught up on the changes they did not time: untimed
-            contender.sync()
+            contender.sync(())
             check(contender, upstreams, expected)
+
+    processes = (
+        count_processes(contenders, upstreams, expected, size=size, work=work, stamp=stamp) if STRACE else []
+    )
 
     rows = []
     for scenario in ("first clone", "no-op", changed_label):
@@ -272,13 +311,63 @@ def bench(size: Size, work: Path) -> list[Row]:
                     round(parallel / seconds, 2),
                 )
             )
-    return rows
+    return rows, processes
+
+
+def count_processes(
+    contenders: Sequence[Contender],
+    upstreams: Sequence[Path],
+    expected: dict[str, str],
+    *,
+    size: Size,
+    work: Path,
+    stamp: int,
+) -> list[Processes]:
+    """One more changed run (the first `changed` upstreams) and no-op run of every contender under
+    strace, untimed: strace slows every process it follows."""
+    for k, upstream in enumerate(upstreams[: size.changed]):
+        expected[upstream.stem] = commit_upstream(upstream, stamp + 1 + k)
+    trace = work / "trace.txt"
+    strace = [
+        STRACE or "strace",
+        "-f",
+        "-qq",
+        "-z",
+        "-e",
+        "trace=execve",
+        "-e",
+        "signal=none",
+        "-o",
+        str(trace),
+    ]
+    processes = []
+    for scenario in (f"{size.changed} of {size.repos} changed", "no-op"):  # the same changes, then none
+        for contender in contenders:
+            contender.sync(strace)
+            check(contender, upstreams, expected)
+            count = git_processes(trace.read_text(errors="replace"))
+            processes.append(Processes(scenario, contender.name, count, round(count / len(upstreams), 2)))
+    return processes
+
+
+def git_processes(trace: str) -> int:
+    """Processes started for git in an `strace -z -e trace=execve` log: git, its helpers
+    (`/usr/lib/git-core/git-upload-pack` ...) and the shell git runs `git-upload-pack` with."""
+    count = 0
+    for line in trace.splitlines():
+        match = re.search(r'execve\("([^"]*)", \[(.*)', line)
+        if not match:
+            continue
+        name = match.group(1).rsplit("/", 1)[-1]
+        if name.startswith("git") or (name in ("sh", "dash") and '"-c", "git-' in match.group(2)):
+            count += 1
+    return count
 
 
 # --- reporting -----------------------------------------------------------------------------------------
 
 
-def print_report(rows: Sequence[Row]) -> None:
+def print_report(rows: Sequence[Row], processes: Sequence[Processes]) -> None:
     header = (
         f"{'scenario':<16} {'contender':<30} {'seconds':>9} {'runs':>5} {'x vs loop':>10} {'x vs xargs':>11}"
     )
@@ -289,6 +378,10 @@ def print_report(rows: Sequence[Row]) -> None:
             f"{r.scenario:<16} {r.contender:<30} {r.seconds:>9.3f} {r.runs:>5} "
             f"{r.vs_loop:>9.2f}x {r.vs_parallel_loop:>10.2f}x"
         )
+    if processes:
+        print(f"\n{'scenario':<16} {'contender':<30} {'git processes':>14} {'per repo':>9}")
+        for c in processes:
+            print(f"{c.scenario:<16} {c.contender:<30} {c.total:>14} {c.per_repo:>9.2f}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -299,14 +392,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     size = SIZES[args.size]
     output: Path | None = args.output or (RESULT if args.size == "full" else None)
     with tempfile.TemporaryDirectory(prefix="bench-sync-") as tmp:
-        rows = bench(size, Path(tmp))
-    print_report(rows)
+        rows, processes = bench(size, Path(tmp))
+    print_report(rows, processes)
     result = {
         "benchmark": "sync",
         "size": args.size,
         "parameters": asdict(size),
         "machine": machine(),
         "rows": [asdict(r) for r in rows],
+        "processes": [asdict(c) for c in processes],  # empty without strace
     }
     if output is not None:
         output.write_text(json.dumps(result, indent=2) + "\n")
