@@ -162,6 +162,29 @@ def test_manifest_head_without_digest_header_falls_back_to_get() -> None:
     assert c.head_manifest(REPO, "main-aaaaaaa-bbbbbbb") == sha256_digest(doc)
 
 
+def test_manifest_got_by_tag_without_digest_header_is_named_by_its_sha256(tmp_path: Path) -> None:
+    doc = json.dumps({"mediaType": "application/vnd.oci.image.manifest.v1+json", "config": {}}).encode()
+    c, _ = client(lambda request: httpx.Response(200, content=doc), cache=BlobCache(tmp_path))
+
+    found = c.tag_manifest(REPO, "main-aaaaaaa-bbbbbbb")
+
+    assert (found.digest, found.body) == (sha256_digest(doc), doc)
+    assert BlobCache(tmp_path).get(found.digest) == doc
+    assert c.counts == {"GET manifest": 1}
+
+
+def test_manifest_got_by_tag_that_does_not_match_its_digest_header_is_refused(tmp_path: Path) -> None:
+    claimed = sha256_digest(b"another manifest")
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=b"{}", headers={"Docker-Content-Digest": claimed})
+
+    c, _ = client(handler, cache=BlobCache(tmp_path))
+    with pytest.raises(RegistryError, match="does not match its digest"):
+        c.tag_manifest(REPO, "main-aaaaaaa-bbbbbbb")
+    assert not (tmp_path / "sha256").exists()  # neither name holds the content
+
+
 @pytest.mark.parametrize(
     ("header", "scheme", "params"),
     [

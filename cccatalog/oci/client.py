@@ -5,6 +5,8 @@ tag listing with pagination (relative `Link`s, and Artifactory's that drop the r
 manifests and blobs with the full Accept list, verified by digest and cached on disk; retries with
 backoff on 429/5xx honouring `Retry-After`; a per-host concurrency limit; redirects followed by hand
 so `Authorization` never travels to another host. `counts` says how many requests of each kind ran.
+A tag's manifest costs one request either way: a HEAD when the cache already holds where the tag
+pointed last time, else a GET by tag (body and digest at once).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +40,9 @@ INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
 _MAX_REDIRECTS = 5
 _MAX_PAGES = 1000
 _MAX_RETRY_AFTER = 30.0
+# Requests in flight to one registry host. Against a registry 20 ms away, 16 resolve 200 tags 2-3x
+# faster than 4 (benchmarks/resolve); on loopback, where client and registry share the CPU, it is a wash.
+DEFAULT_PER_HOST = 16
 
 
 class RegistryError(CCCatalogError):
@@ -66,7 +71,7 @@ class RegistryClient:
         auth_for: Callable[[str], RegistryAuth | None] | None = None,
         cache: BlobCache | None = None,
         http: httpx.Client | None = None,
-        per_host: int = 4,
+        per_host: int = DEFAULT_PER_HOST,
         retries: int = 4,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -75,13 +80,15 @@ class RegistryClient:
         self.http = http or httpx.Client(
             timeout=httpx.Timeout(30.0, connect=10.0),
             headers={"User-Agent": f"cccatalog/{__version__}"},
-            limits=httpx.Limits(max_keepalive_connections=16),
+            # every request the per-host limit lets through keeps its connection, plus as many again
+            # for where registries redirect blobs to (storage) and their token servers
+            limits=httpx.Limits(max_keepalive_connections=2 * max(1, per_host)),
         )
         self.tokens = TokenCache()
         self.counts: Counter[str] = Counter()
         self.retries = retries
         self._sleep = sleep
-        self._per_host = per_host
+        self._per_host = max(1, per_host)
         self._slots: dict[str, threading.BoundedSemaphore] = {}
         self._basic_hosts: set[str] = set()
         self._lock = threading.Lock()
@@ -128,6 +135,29 @@ class RegistryClient:
             return digest
         return self._get_manifest_uncached(repo, reference).digest  # registries that omit the header
 
+    def tag_manifest(self, repo: Repository, tag: str, *, last_digest: str | None = None) -> Manifest:
+        """The manifest a tag points at now (tags are mutable: asked every run).
+
+        When `last_digest` (where the tag pointed last time) is cached, a HEAD says whether it still
+        does, and a tag that has not moved costs no body. Otherwise a GET by tag brings body and digest
+        in one request, where HEAD then GET would take two.
+        """
+        if last_digest and self.cache is not None and (cached := self.cache.get(last_digest)) is not None:
+            digest = self.head_manifest(repo, tag)
+            if digest == last_digest:
+                return Manifest(digest, _media_type(cached), cached)
+            return self.get_manifest(repo, digest)
+        return self._get_manifest_uncached(repo, tag)
+
+    def last_digests(self, repo: Repository) -> dict[str, str]:
+        """tag -> digest as last seen by any run on this cache: a hint for `tag_manifest`, no more."""
+        return self.cache.tag_digests(_cache_key(repo)) if self.cache is not None else {}
+
+    def remember_digests(self, repo: Repository, digests: Mapping[str, str]) -> None:
+        if self.cache is not None:
+            with suppress(OSError):  # an unwritable cache costs requests next time, not correctness
+                self.cache.put_tag_digests(_cache_key(repo), digests)
+
     def get_manifest(self, repo: Repository, digest: str) -> Manifest:
         """A manifest by digest: from the cache, or fetched, verified and cached."""
         if self.cache is not None and (body := self.cache.get(digest)) is not None:
@@ -165,6 +195,10 @@ class RegistryClient:
             with suppress(DigestMismatch, OSError):  # an unwritable cache costs requests, not correctness
                 self.cache.put(digest, body)
         return body
+
+    def _count(self, kind: str) -> None:
+        with self._lock:  # `+=` on a Counter is not atomic across threads: a lost count misreports
+            self.counts[kind] += 1
 
     def _slot(self, host: str) -> threading.BoundedSemaphore:
         with self._lock:
@@ -212,7 +246,7 @@ class RegistryClient:
         """One request, redirects followed by hand: Authorization never goes to another origin."""
         with self._slot(host):
             for _ in range(_MAX_REDIRECTS + 1):
-                self.counts[f"{method} {kind}"] += 1
+                self._count(f"{method} {kind}")
                 try:
                     resp = self.http.request(method, url, headers=headers)
                 except httpx.HTTPError as exc:
@@ -242,7 +276,7 @@ class RegistryClient:
             params["service"] = service
         headers = {"Authorization": auth.basic.authorization} if auth and auth.basic else {}
         realm = challenge.params["realm"]
-        self.counts["GET token"] += 1
+        self._count("GET token")
         try:
             resp = self.http.get(f"{realm}{'&' if '?' in realm else '?'}{urlencode(params)}", headers=headers)
         except httpx.HTTPError as exc:
@@ -259,6 +293,10 @@ class RegistryClient:
         expires = data.get("expires_in")
         self.tokens.put(repo.host, scope, token, float(expires) if isinstance(expires, int | float) else None)
         return True
+
+
+def _cache_key(repo: Repository) -> str:
+    return f"{repo.host}/{repo.path}"
 
 
 def _media_type(body: bytes) -> str:

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cccatalog.errors import CCCatalogError
-from cccatalog.oci.client import INDEX_TYPES, RegistryClient, RegistryError
+from cccatalog.oci.client import DEFAULT_PER_HOST, INDEX_TYPES, RegistryClient, RegistryError
 from cccatalog.oci.reference import Repository
 from cccatalog.oci.tags import CanonicalTag, group_by_ref
 
@@ -29,6 +29,9 @@ SOURCE_CONFIG = "config.created"
 SOURCE_ANNOTATION = "annotation"
 SOURCE_ONLY = "only candidate"
 SOURCE_UNKNOWN = "unknown"
+
+# Tags resolved at once: as many as RegistryClient lets through to one host by default.
+DEFAULT_WORKERS = DEFAULT_PER_HOST
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,11 +100,15 @@ def _platform_child(index: dict[str, Any]) -> str | None:
     return None
 
 
-def build_info(client: RegistryClient, repo: Repository, tag: CanonicalTag) -> Build:
-    """Digest and build time of one tag: HEAD for the digest, cached documents for the rest."""
+def build_info(
+    client: RegistryClient, repo: Repository, tag: CanonicalTag, *, last_digest: str | None = None
+) -> Build:
+    """Digest and build time of one tag. A tag still where it was last time (`last_digest`) costs a
+    HEAD and cached documents; any other, a GET by tag and whatever documents are not cached yet."""
     try:
-        digest = client.head_manifest(repo, tag.tag)
-        top = client.get_manifest(repo, digest).json()
+        found = client.tag_manifest(repo, tag.tag, last_digest=last_digest)
+        digest = found.digest
+        top = found.json()
         manifest = top
         if top.get("mediaType") in INDEX_TYPES or "manifests" in top:
             child = _platform_child(top)
@@ -125,18 +132,29 @@ def resolve_repository(
     *,
     refs: Iterable[str] | None = None,
     tags: Iterable[str | None] | None = None,
-    workers: int = 8,
+    workers: int = DEFAULT_WORKERS,
 ) -> list[RefResolution]:
     """The newest build of each ref (or only of `refs`). Raises RegistryError if tags cannot be listed."""
     groups = group_by_ref(client.list_tags(repo) if tags is None else tags)
+    listed = {tag.tag for group in groups.values() for tag in group}
     if refs is not None:
         wanted = set(refs)
         groups = {ref: group for ref, group in groups.items() if ref in wanted}
     needs_metadata = [tag for group in groups.values() if len(group) > 1 for tag in group]
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="oci") as pool:
-        infos = dict(
-            zip(needs_metadata, pool.map(lambda t: build_info(client, repo, t), needs_metadata), strict=True)
-        )
+    infos: dict[CanonicalTag, Build] = {}
+    if needs_metadata:
+        last = client.last_digests(repo)
+
+        def info(tag: CanonicalTag) -> Build:
+            return build_info(client, repo, tag, last_digest=last.get(tag.tag))
+
+        with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="oci") as pool:
+            infos = dict(zip(needs_metadata, pool.map(info, needs_metadata), strict=True))
+        # tags no longer listed are forgotten; a tag that failed this time keeps its old hint
+        seen = {tag: digest for tag, digest in last.items() if tag in listed}
+        seen.update((t.tag, b.digest) for t, b in infos.items() if b.digest)
+        if seen != last:
+            client.remember_digests(repo, seen)
     resolutions = []
     for ref, group in groups.items():
         if len(group) == 1:
