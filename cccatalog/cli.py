@@ -2,6 +2,9 @@
 
 Every CCCatalogError is turned into one red line and its exit code here (0 ok, 1 something failed,
 2 usage or config); a traceback is shown only with -vv.
+
+Each command imports what it needs when it runs: `resolve-latest` and `--help` do not pay for the
+server, git and SQLite modules (nor `sync` for the registry client's), which is most of start-up.
 """
 
 from __future__ import annotations
@@ -11,41 +14,26 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Annotated, Any
 
 import click
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from cccatalog import __version__
-from cccatalog.catalog.images import registry_auth
-from cccatalog.catalog.store import Store
-from cccatalog.catalog.views import rfc3339
-from cccatalog.config import Config, config_path_from_env, load_config
-from cccatalog.credentials import user_registry_credentials
-from cccatalog.demo import build_demo
 from cccatalog.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CCCatalogError, UsageError
-from cccatalog.gitmirror.bake import bake as bake_mirrors
-from cccatalog.gitmirror.git import Git
-from cccatalog.gitmirror.layout import Layout
-from cccatalog.gitmirror.sync import MirrorSyncer, RepoResult, RepoTask
-from cccatalog.jobs import SyncReport, SyncRequest, check_only, reaches_network, run_locks, run_sync
 from cccatalog.logs import LOGGER_NAME, setup_logging
-from cccatalog.oci.auth import RegistryAuth
-from cccatalog.oci.cache import BlobCache
-from cccatalog.oci.client import RegistryClient
-from cccatalog.oci.reference import Repository, parse_reference
-from cccatalog.oci.resolve import Build, RefResolution, resolve_repository
 from cccatalog.redact import Redactor
-from cccatalog.server.api import handle as handle_api
-from cccatalog.server.app import CatalogServer, serve_forever
-from cccatalog.server.service import Scheduler, Service, build_service
+
+if TYPE_CHECKING:
+    from cccatalog.config import Config
+    from cccatalog.gitmirror.sync import MirrorSyncer, RepoResult, RepoTask
+    from cccatalog.jobs import SyncReport
+    from cccatalog.oci.auth import RegistryAuth
+    from cccatalog.oci.reference import Repository
+    from cccatalog.oci.resolve import Build, RefResolution
+    from cccatalog.server.app import CatalogServer
+    from cccatalog.server.service import Service
 
 try:  # newer typer vendors its own click: its usage errors are not click's classes
     from typer._click.exceptions import ClickException as _TyperClickException
@@ -118,6 +106,8 @@ def _root(
 
 
 def _load(config: Path | None) -> Config:
+    from cccatalog.config import config_path_from_env, load_config
+
     cfg = load_config(config_path_from_env(config, os.environ))
     for warning in cfg.warnings:
         log.warning("%s: %s", cfg.path, warning)
@@ -150,6 +140,9 @@ def sync(
     ] = True,
 ) -> None:
     """Bring every git mirror up to date and record the newest image build of every ref."""
+    from cccatalog.catalog.store import Store
+    from cccatalog.jobs import SyncRequest, check_only, reaches_network, run_locks, run_sync
+
     cfg = _load(config)
     request = SyncRequest(git=git_half, images=images, only=tuple(only or ()), jobs=jobs, no_wait=no_wait)
     check_only(cfg, request.only)
@@ -178,6 +171,9 @@ def _run_with_progress(syncer: MirrorSyncer, tasks: list[RepoTask]) -> list[Repo
 
     if _state.verbosity < 0 or not sys.stderr.isatty() or not tasks:
         return syncer.run(tasks, on_done=narrate)
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     progress = Progress(
         TextColumn("[bold]sync"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         TextColumn("{task.description}"), console=Console(stderr=True), transient=True,
@@ -231,6 +227,10 @@ def _render_sync(report: SyncReport, *, as_json: bool) -> None:
         return
     if _state.verbosity < 0:
         return
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
     console = Console(file=sys.stdout, soft_wrap=False)
     if report.git:
         table = Table(title="git mirrors", title_justify="left")
@@ -269,6 +269,15 @@ def demo(
     ] = True,
 ) -> None:
     """Create local upstream CodeCollections, mirror them with sync, serve them, print a clone line."""
+    from cccatalog.catalog.store import Store
+    from cccatalog.config import load_config
+    from cccatalog.demo import build_demo
+    from cccatalog.gitmirror.git import Git
+    from cccatalog.gitmirror.layout import Layout
+    from cccatalog.jobs import SyncRequest, run_sync
+    from cccatalog.server.app import serve_forever
+    from cccatalog.server.service import build_service
+
     root = directory.resolve()
     git = Git(redactor=_state.redactor)
     port = _free_port("127.0.0.1", port)
@@ -309,6 +318,10 @@ def _free_port(host: str, wanted: int) -> int:
 
 
 def _bind(service: Service, host: str, port: int, *, fallback: bool = False) -> CatalogServer:
+    from dataclasses import replace
+
+    from cccatalog.server.app import CatalogServer
+
     settings = replace(service.api.config.serve, host=host, port=port)
     try:
         return CatalogServer((host, port), service.api, settings)
@@ -340,6 +353,9 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the mirrors over read-only git smart HTTP, plus the catalog, status and admin JSON API."""
+    from cccatalog.server.app import serve_forever
+    from cccatalog.server.service import Scheduler, build_service
+
     cfg = _load(config)
     service = build_service(cfg, environ=os.environ, redactor=_state.redactor)
     try:
@@ -368,6 +384,10 @@ def serve(
 
 
 def _print_get(service: Service, target: str) -> int:
+    from urllib.parse import urlsplit
+
+    from cccatalog.server.api import handle as handle_api
+
     parts = urlsplit(target if target.startswith("/") else "/" + target)
     token = os.environ.get("CCCATALOG_ADMIN_TOKEN") or os.environ.get("CC_CATALOG_ADMIN_TOKEN")
     answer = handle_api(service.api, "GET", parts.path, parts.query, f"Bearer {token}" if token else None)
@@ -391,6 +411,10 @@ def bake(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
 ) -> None:
     """Mirror every CodeCollection with a git_url into DEST and write DEST/manifest.json (image builds)."""
+    from cccatalog.gitmirror.bake import bake as bake_mirrors
+    from cccatalog.gitmirror.git import Git
+    from cccatalog.jobs import SyncReport
+
     cfg = _load(config)
     dest = dest.resolve()
     result = bake_mirrors(
@@ -425,6 +449,10 @@ def resolve_latest(
     config: ConfigOpt = None,
 ) -> None:
     """Which image tag is really the newest build of a ref, and why (built_at and where it came from)."""
+    from cccatalog.oci.cache import BlobCache
+    from cccatalog.oci.client import RegistryClient
+    from cccatalog.oci.resolve import resolve_repository
+
     repo, auth_for, default_ref = _resolve_target(target, config, plain_http=plain_http)
     wanted = None if all_refs else [ref or default_ref]
     cache = BlobCache(_user_cache_dir() / "oci")
@@ -443,6 +471,11 @@ def _resolve_target(
 ) -> tuple[Repository, Callable[[str], RegistryAuth | None], str]:
     """A slug from the config (its registry, source auth, default ref) or an image reference (the
     user's Docker/Podman logins)."""
+    from cccatalog.config import config_path_from_env
+    from cccatalog.credentials import user_registry_credentials
+    from cccatalog.oci.auth import RegistryAuth
+    from cccatalog.oci.reference import parse_reference
+
     path = config_path_from_env(config, os.environ)
     if "/" not in target and (config is not None or path.exists()):
         cfg = _load(config)
@@ -450,6 +483,8 @@ def _resolve_target(
         source = cfg.source(cc.source) if cc else None
         if cc is None or source is None or not cc.image_registry:
             raise UsageError(f"{target}: not a CodeCollection with an image_registry in {cfg.path}")
+        from cccatalog.catalog.images import registry_auth
+
         repo, _ = parse_reference(cc.image_registry, allow_plain_http=plain_http or source.plain_http)
 
         def source_auth(host: str) -> RegistryAuth | None:
@@ -478,6 +513,8 @@ def _user_cache_dir() -> Path:
 def render_resolutions(
     name: str, resolutions: Sequence[RefResolution], requests: dict[str, int], *, as_json: bool, verbose: bool
 ) -> None:
+    from cccatalog.catalog.views import rfc3339
+
     def build(b: Build) -> dict[str, Any]:
         return {
             "tag": b.tag.tag,
@@ -500,6 +537,9 @@ def render_resolutions(
         }
         sys.stdout.write(json.dumps(payload, indent=2) + "\n")
         return
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table(title=name, title_justify="left")
     for column in ("ref", "newest tag", "built_at", "source", "digest", "candidates"):
         table.add_column(column, overflow="fold")
@@ -537,6 +577,9 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 def _print_error(exc: CCCatalogError) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
     message = _state.redactor(str(exc))
     Console(stderr=True, highlight=False, soft_wrap=True).print(f"[red]error:[/] {escape(message)}")
     if _state.verbosity > 1:

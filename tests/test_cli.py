@@ -38,6 +38,31 @@ def test_python_dash_m_runs_the_same_cli() -> None:
     assert out.stdout.strip() == f"cccatalog {__version__}"
 
 
+HEAVY_MODULES = (
+    "httpx",
+    "sqlite3",
+    "cccatalog.server.app",
+    "cccatalog.gitmirror.git",
+    "cccatalog.oci.client",
+)
+
+
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["--version"], ["resolve-latest", "--help"], ["sync", "--help"]]
+)
+def test_help_and_version_load_no_command_modules(argv: list[str]) -> None:
+    """Start-up is most of a short command's time: each command imports its modules when it runs."""
+    probe = (
+        "import sys\n"
+        "from cccatalog.cli import run\n"
+        f"code = run({argv!r})\n"
+        f"print('loaded:', [m for m in {HEAVY_MODULES!r} if m in sys.modules], code)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1] == "loaded: [] 0"
+
+
 @pytest.mark.parametrize("command", ["sync", "bake", "resolve-latest", "serve", "demo"])
 def test_every_command_has_help_with_an_example(capsys: pytest.CaptureFixture[str], command: str) -> None:
     code, out, _ = cli(capsys, command, "--help")
