@@ -9,6 +9,10 @@ REFS refs x TAGS tags with shuffled `created` dates, the newest build of every r
 - the predecessor's algorithm, re-implemented: no token cache (every call is answered 401, a token is
   minted and the call repeated), a GET manifest and a GET config blob per tag, one after another.
 
+Beside them, reference rows that are not ways to answer the question: the library with the old defaults
+(4 requests per host, 8 workers), and the floor: a bare Python start-up, `import httpx` with one client,
+and a bare httpx script making the same requests as cccatalog cold and warm (no cache, no logic).
+
 Wall times are measured straight against the registry. Requests are counted in a separate pass through a
 counting loopback proxy (plus the token server's own log), so the proxy never slows the timed runs.
 Every approach must agree on the newest tag of every ref, or the benchmark fails.
@@ -46,9 +50,9 @@ if str(ROOT) not in sys.path:  # run as a script as well as with `python -m`
 
 from benchmarks.machine import machine  # noqa: E402
 from cccatalog.oci.cache import BlobCache  # noqa: E402
-from cccatalog.oci.client import RegistryClient  # noqa: E402
+from cccatalog.oci.client import DEFAULT_PER_HOST, MANIFEST_ACCEPT, RegistryClient  # noqa: E402
 from cccatalog.oci.reference import Repository  # noqa: E402
-from cccatalog.oci.resolve import parse_created, resolve_repository  # noqa: E402
+from cccatalog.oci.resolve import DEFAULT_WORKERS, parse_created, resolve_repository  # noqa: E402
 from cccatalog.oci.tags import group_by_ref  # noqa: E402
 from tests.registry import (  # noqa: E402
     LyingProxy,
@@ -60,7 +64,8 @@ from tests.registry import (  # noqa: E402
 )
 
 REPO = "bench/codecollection"
-WIDE = "what-if: library 16/host"
+WIDE = "what-if: library 16/host"  # the defaults now: a second measurement of the library rows
+OLD = "library, old defaults 4/host"
 REF_NAMES = (
     "main", "develop", "v1.2.0", "v1.3.0-rc1", "pr-42", "pr-108",
     "fix-login", "feature-oci-index", "release-2024", "renovate-deps",
@@ -138,9 +143,11 @@ def cccatalog_argv() -> list[str]:
 
 
 def clean_env(home: Path, cache: Path) -> dict[str, str]:
-    """No logins of the user, a cache directory of our choosing."""
+    """No logins of the user, a cache directory of our choosing, and this checkout's code first on the
+    path (an installed entry point may point at another copy)."""
     env = {k: v for k, v in os.environ.items() if k not in ("REGISTRY_AUTH_FILE", "DOCKER_CONFIG")}
     env.update(HOME=str(home), XDG_CACHE_HOME=str(cache), XDG_RUNTIME_DIR=str(home / "run"))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))
     return env
 
 
@@ -171,10 +178,11 @@ class CLIRunner:
 class LibraryRunner:
     """`resolve_repository` with a fresh `RegistryClient` on a disk cache; `counts` from the client.
 
-    `per_host` and `workers` are the library's own knobs: the what-if rows run them wider than the
-    defaults (4 requests at once per host) to show what a higher default would buy."""
+    `per_host` and `workers` are the library's own knobs (the old defaults were 4 and 8)."""
 
-    def __init__(self, cache: Path, *, per_host: int = 4, workers: int = 8) -> None:
+    def __init__(
+        self, cache: Path, *, per_host: int = DEFAULT_PER_HOST, workers: int = DEFAULT_WORKERS
+    ) -> None:
         self.cache = cache
         self.per_host, self.workers = per_host, workers
         self.counts: dict[str, int] = {}
@@ -255,6 +263,71 @@ class Predecessor:
         return response
 
 
+# --- the floor: what any Python client pays, without cccatalog ------------------------------------------
+
+# The same requests as cccatalog makes, from a bare httpx script: the listing (with one token mint when
+# challenged), then per candidate a HEAD (warm) or a GET manifest by tag and a GET config blob (cold),
+# FLOOR_WORKERS at once. Prints how many requests it made. Nothing is cached, verified or answered.
+FLOOR_CLIENT = r"""
+import re, sys
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+import httpx
+host, repo, phase, workers, accept = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+base, canonical = f"http://{host}/v2/{repo}", re.compile(r"(.+)-[0-9a-f]{7,40}-[0-9a-f]{7,40}")
+with httpx.Client(limits=httpx.Limits(max_keepalive_connections=workers)) as http:
+    listing, sent = http.get(f"{base}/tags/list?n=1000"), 1
+    if listing.status_code == 401:
+        params = dict(re.findall(r'(\w+)="([^"]*)"', listing.headers["WWW-Authenticate"]))
+        query = {k: params[k] for k in ("service", "scope") if k in params}
+        token = http.get(params["realm"], params=query).json()["token"]
+        http.headers["Authorization"] = f"Bearer {token}"
+        listing, sent = http.get(f"{base}/tags/list?n=1000"), sent + 2
+    tags = [m for t in listing.json()["tags"] if (m := canonical.fullmatch(t))]
+    refs = Counter(m[1] for m in tags)
+    candidates = [m[0] for m in tags if refs[m[1]] > 1]
+
+    def warm(tag):
+        http.head(f"{base}/manifests/{tag}", headers={"Accept": accept}).raise_for_status()
+        return 1
+
+    def cold(tag):
+        manifest = http.get(f"{base}/manifests/{tag}", headers={"Accept": accept})
+        manifest.raise_for_status()
+        http.get(f"{base}/blobs/{manifest.json()['config']['digest']}").raise_for_status()
+        return 2
+
+    with ThreadPoolExecutor(workers) as pool:
+        sent += sum(pool.map(warm if phase == "warm" else cold, candidates))
+print(sent)
+"""
+FLOOR_WORKERS = 16  # as many as cccatalog's defaults
+FLOOR_STARTUP = {
+    "floor: python start-up": "pass",
+    "floor: python + import httpx + one Client": "import httpx; httpx.Client()",
+}
+
+
+class FloorRunner:
+    """A bare Python process: `code` alone, or the bare httpx client in `phase` (cold or warm)."""
+
+    def __init__(self, *, phase: str | None = None, code: str | None = None) -> None:
+        self.phase, self.code = phase, code
+        self.last_requests = 0
+
+    def __call__(self, host: str) -> Newest:
+        args = [self.code or "pass"] if self.phase is None else [FLOOR_CLIENT, host, REPO, self.phase]
+        if self.phase is not None:
+            args += [str(FLOOR_WORKERS), MANIFEST_ACCEPT]
+        result = subprocess.run(
+            [sys.executable, "-c", *args], capture_output=True, text=True, timeout=120, check=False
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"floor client failed: {result.stderr[-2000:]}")
+        self.last_requests = int(result.stdout) if self.phase is not None else 0
+        return {}
+
+
 # --- measuring -----------------------------------------------------------------------------------------
 
 
@@ -274,20 +347,27 @@ def timed(approach: Approach, host: str, expected: Newest, name: str) -> float:
     started = time.perf_counter()
     answer = approach(host)
     seconds = time.perf_counter() - started
+    if isinstance(approach, FloorRunner):
+        return seconds  # answers nothing: only its request count is checked
     if answer != expected:
         wrong = sorted(ref for ref in expected if answer.get(ref) != expected[ref])
         raise RuntimeError(f"{name} picked the wrong newest tag for {wrong}")
     return seconds
 
 
-def proxied_requests(registry: RunningRegistry, approach: Approach, expected: Newest, name: str) -> int:
-    """How many requests `approach` makes: registry requests through a counting proxy, plus token mints."""
-    with LyingProxy(registry.url, lambda _path: None) as proxy:
-        if registry.token_server is not None:
-            registry.token_server.clear()
-        timed(approach, proxy.host, expected, name)
-        tokens = len(registry.token_server.requests) if registry.token_server is not None else 0
-        return len(proxy.requests) + tokens
+def proxied_requests(
+    proxy: LyingProxy, registry: RunningRegistry, approach: Approach, expected: Newest, name: str
+) -> int:
+    """How many requests `approach` makes: registry requests through a counting proxy, plus token mints.
+
+    One proxy serves the whole counting pass: cccatalog remembers tags per registry host[:port], so a
+    warm run through a new proxy (a new port) would look like a first visit."""
+    before = len(proxy.requests)
+    if registry.token_server is not None:
+        registry.token_server.clear()
+    timed(approach, proxy.host, expected, name)
+    tokens = len(registry.token_server.requests) if registry.token_server is not None else 0
+    return len(proxy.requests) - before + tokens
 
 
 @contextmanager
@@ -299,7 +379,10 @@ def scratch(parent: Path, name: str) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def bench_mode(mode: Mode, size: Size, work: Path, rtt: float) -> list[Row]:
+Measured = tuple[list[Row], list[Row]]  # the approaches, and the reference rows
+
+
+def bench_mode(mode: Mode, size: Size, work: Path, rtt: float) -> Measured:
     tags = plan_tags(size)
     expected = expected_newest(tags)
     registry = start_registry(work / f"registry-{mode}", mode)
@@ -313,8 +396,8 @@ def bench_mode(mode: Mode, size: Size, work: Path, rtt: float) -> list[Row]:
         registry.stop()
 
 
-def measure(registry: RunningRegistry, host: str, size: Size, expected: Newest, work: Path) -> list[Row]:
-    """Time every approach against `host` (the registry, or a delaying proxy in front of it)."""
+def measure(registry: RunningRegistry, host: str, size: Size, expected: Newest, work: Path) -> Measured:
+    """Time every approach and reference against `host` (the registry, or a delaying proxy to it)."""
     mode = registry.mode
     times: dict[str, list[float]] = {}
     home = work / f"home-{mode}"
@@ -334,13 +417,24 @@ def measure(registry: RunningRegistry, host: str, size: Size, expected: Newest, 
             record(f"{WIDE}, warm cache", LibraryRunner(wide_cache, per_host=16, workers=16))
         record("skopeo loop", skopeo_loop)
         record("predecessor algorithm", Predecessor())
+        with scratch(work, "old") as old_cache:
+            record(f"{OLD}, cold cache", LibraryRunner(old_cache, per_host=4, workers=8))
+            record(f"{OLD}, warm cache", LibraryRunner(old_cache, per_host=4, workers=8))
+        for name, code in FLOOR_STARTUP.items():
+            record(name, FloorRunner(code=code))
+        for phase in ("cold", "warm"):
+            record(f"floor: bare httpx, {phase} requests", FloorRunner(phase=phase))
 
     counts: dict[str, int] = {}
     details: dict[str, dict[str, int]] = {}
-    with scratch(work, "cli") as cli_cache, scratch(work, "lib") as lib_cache:
+    with (
+        LyingProxy(registry.url, lambda _path: None) as proxy,
+        scratch(work, "cli") as cli_cache,
+        scratch(work, "lib") as lib_cache,
+    ):
         cli = CLIRunner(home, cli_cache)
         for name in ("cccatalog CLI, cold cache", "cccatalog CLI, warm cache"):
-            counts[name] = proxied_requests(registry, cli, expected, name)
+            counts[name] = proxied_requests(proxy, registry, cli, expected, name)
             if cli.last_requests != counts[name]:
                 raise RuntimeError(
                     f"{name}: reported {cli.last_requests} requests, the proxy saw {counts[name]}"
@@ -348,17 +442,29 @@ def measure(registry: RunningRegistry, host: str, size: Size, expected: Newest, 
         for prefix, library in (
             ("cccatalog library", LibraryRunner(lib_cache)),
             (WIDE, LibraryRunner(lib_cache / "wide", per_host=16, workers=16)),
+            (OLD, LibraryRunner(lib_cache / "old", per_host=4, workers=8)),
         ):
             for name in (f"{prefix}, cold cache", f"{prefix}, warm cache"):
-                counts[name] = proxied_requests(registry, library, expected, name)
+                counts[name] = proxied_requests(proxy, registry, library, expected, name)
                 details[name] = library.counts
                 if sum(library.counts.values()) != counts[name]:
                     raise RuntimeError(f"{name}: client.counts {library.counts} disagree with the proxy")
-    counts["skopeo loop"] = proxied_requests(registry, skopeo_loop, expected, "skopeo loop")
-    counts["predecessor algorithm"] = proxied_requests(registry, Predecessor(), expected, "predecessor")
+        counts["skopeo loop"] = proxied_requests(proxy, registry, skopeo_loop, expected, "skopeo loop")
+        counts["predecessor algorithm"] = proxied_requests(
+            proxy, registry, Predecessor(), expected, "predecessor"
+        )
+        for name in FLOOR_STARTUP:
+            counts[name] = 0
+        for phase in ("cold", "warm"):
+            name, floor = f"floor: bare httpx, {phase} requests", FloorRunner(phase=phase)
+            counts[name] = proxied_requests(proxy, registry, floor, expected, name)
+            if floor.last_requests != counts[name]:
+                raise RuntimeError(
+                    f"{name}: made {floor.last_requests} requests, the proxy saw {counts[name]}"
+                )
 
     medians = {name: statistics.median(values) for name, values in times.items()}
-    rows = [
+    every = [
         Row(
             mode=mode,
             approach=name,
@@ -370,7 +476,8 @@ def measure(registry: RunningRegistry, host: str, size: Size, expected: Newest, 
         )
         for name, seconds in medians.items()
     ]
-    return rows
+    references = {f"{OLD}, cold cache", f"{OLD}, warm cache", *(n for n in medians if n.startswith("floor"))}
+    return [r for r in every if r.approach not in references], [r for r in every if r.approach in references]
 
 
 # --- reporting -----------------------------------------------------------------------------------------
@@ -412,18 +519,19 @@ def targets(rows: Sequence[Row], size: Size) -> list[Target]:
     return found
 
 
-def print_report(rows: Sequence[Row], found: Sequence[Target]) -> None:
-    header = (
-        f"{'mode':<10} {'approach':<36} {'seconds':>9} {'requests':>9} {'x vs skopeo':>12} {'x vs pred.':>11}"
-    )
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        print(
-            f"{r.mode:<10} {r.approach:<36} {r.seconds:>9.3f} {r.requests:>9} "
-            f"{r.vs_skopeo:>11.2f}x {r.vs_predecessor:>10.2f}x"
+def print_report(rows: Sequence[Row], references: Sequence[Row], found: Sequence[Target]) -> None:
+    for title, table in (("approach", rows), ("reference (not an answer)", references)):
+        header = (
+            f"{'mode':<10} {title:<44} {'seconds':>9} {'requests':>9} {'x vs skopeo':>12} {'x vs pred.':>11}"
         )
-    print()
+        print(header)
+        print("-" * len(header))
+        for r in table:
+            print(
+                f"{r.mode:<10} {r.approach:<44} {r.seconds:>9.3f} {r.requests:>9} "
+                f"{r.vs_skopeo:>11.2f}x {r.vs_predecessor:>10.2f}x"
+            )
+        print()
     for t in found:
         print(f"{'MET ' if t.met else 'MISS'} {t.name}: {t.value} (target {t.wanted})")
 
@@ -445,16 +553,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     size = SIZES[args.size]
     default = RESULT.with_name(f"results-full-rtt{args.rtt_ms:g}ms.json") if args.rtt_ms else RESULT
     output: Path | None = args.output or (default if args.size == "full" else None)
+    rows: list[Row] = []
+    references: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="bench-resolve-") as tmp:
-        rows = [row for mode in MODES for row in bench_mode(mode, size, Path(tmp), args.rtt_ms / 1000)]
+        for mode in MODES:
+            measured, referenced = bench_mode(mode, size, Path(tmp), args.rtt_ms / 1000)
+            rows += measured
+            references += referenced
     found = targets(rows, size)
-    print_report(rows, found)
+    print_report(rows, references, found)
     result = {
         "benchmark": "resolve-latest",
         "size": args.size,
         "parameters": {**asdict(size), "rtt_ms": args.rtt_ms},
         "machine": machine({"skopeo": ["skopeo", "--version"], "registry": ["docker-registry", "--version"]}),
         "rows": [asdict(r) for r in rows],
+        "references": [asdict(r) for r in references],
         "targets": [asdict(t) for t in found],
     }
     if output is not None:
