@@ -1299,7 +1299,7 @@ def report(rows: Sequence[Row], targets: Sequence[Target], size: Size) -> str:
     for mix in mixes:
         by = {s: _find(rows, s, mix, 1) for s in names}
         mbs = [f"{r.mb_per_s:.1f} / {r.p50_ms:.1f}" if (r := by[s]) else "-" for s in names]
-        c, ng, raw = by["cccatalog"], by["nginx-fcgiwrap"], by["raw-upload-pack"]
+        c, ng, raw = by.get("cccatalog"), by.get("nginx-fcgiwrap"), by.get("raw-upload-pack")
         body.append([
             mix, *mbs,
             _fmt_ratio(_ratio(c.p50_ms, ng.p50_ms) if c and ng else None),
