@@ -1,5 +1,5 @@
 """The serving fast paths: advertisements answered from memory while the refs stay put, `GET HEAD`, and
-packs spliced to the socket in chunks a client can parse.
+packs relayed to the socket in chunks a client can parse.
 
 Each test checks what a client would see: the same bytes as git's own answer, a fresh answer the moment
 a sync changes a ref (never a stale one), and a pack that arrives whole.
@@ -21,7 +21,7 @@ import pytest
 from cccatalog.gitmirror import refstate
 from cccatalog.gitmirror.http_backend import HttpBackend
 from cccatalog.gitmirror.refstate import advertisement_fingerprint
-from cccatalog.server import zerocopy
+from cccatalog.server import relay
 from cccatalog.server.app import CatalogServer
 from tests.conftest import MakeConfig
 from tests.gitfixtures import Upstream, git
@@ -199,7 +199,7 @@ def test_get_head_answers_the_default_branch(mirror: tuple[Upstream, Path], writ
     assert config_file.status == 404, "HEAD working must not open other files"
 
 
-# --- packs spliced to the socket -----------------------------------------------------------------
+# --- packs relayed to the socket -----------------------------------------------------------------
 
 
 def parse_chunked(data: bytes) -> bytes:
@@ -221,8 +221,7 @@ def receive_all(sock: socket.socket, into: list[bytes]) -> None:
         into.append(data)
 
 
-@pytest.mark.skipif(not zerocopy.HAVE_SPLICE, reason="splice(2) is Linux-only")
-def test_a_spliced_stream_arrives_whole_in_well_formed_chunks(tmp_path: Path) -> None:
+def test_a_relayed_stream_arrives_whole_in_well_formed_chunks(tmp_path: Path) -> None:
     payload = os.urandom(5 * 1024 * 1024 + 12345)
     source = tmp_path / "payload"
     source.write_bytes(payload)
@@ -238,7 +237,7 @@ def test_a_spliced_stream_arrives_whole_in_well_formed_chunks(tmp_path: Path) ->
     reader = threading.Thread(target=receive_all, args=(client_side, received))
     reader.start()
 
-    sent, owed = zerocopy.stream_pipe(writer.stdout.fileno(), server_side, chunked=True)
+    sent, owed = relay.stream_pipe(writer.stdout.fileno(), server_side, chunked=True)
     server_side.sendall(b"\r\n0\r\n\r\n" if owed else b"0\r\n\r\n")
     server_side.close()
     reader.join(10)
@@ -248,15 +247,14 @@ def test_a_spliced_stream_arrives_whole_in_well_formed_chunks(tmp_path: Path) ->
     assert parse_chunked(b"".join(received)) == payload
 
 
-@pytest.mark.skipif(not zerocopy.HAVE_SPLICE, reason="splice(2) is Linux-only")
 def test_a_reader_that_stops_reading_is_given_up_on(tmp_path: Path) -> None:
     writer = subprocess.Popen(["head", "-c", str(64 * 1024 * 1024), "/dev/zero"], stdout=subprocess.PIPE)
     assert writer.stdout is not None
     server_side, client_side = socket.socketpair()
     server_side.settimeout(0.5)
     try:
-        with pytest.raises(TimeoutError):  # the header send or the splice: both wait at most the timeout
-            zerocopy.stream_pipe(writer.stdout.fileno(), server_side, chunked=True)
+        with pytest.raises(TimeoutError):  # every send waits at most the socket timeout
+            relay.stream_pipe(writer.stdout.fileno(), server_side, chunked=True)
     finally:
         writer.kill()
         writer.wait()

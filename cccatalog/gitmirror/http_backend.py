@@ -3,10 +3,10 @@
 The CGI environment is built from an explicit list, never copied from os.environ (a REMOTE_USER in
 the server's environment once let an anonymous push through). The backend is the dashed
 `git-http-backend` from `git --exec-path`, run directly as nginx+fcgiwrap would, not through the `git`
-wrapper (one process fewer per request). Its stdout goes to the client through the sink's
-`stream_from` (zero-copy `splice` on Linux) and stderr is drained on its own thread, so neither a huge
-pack nor a chatty backend holds memory or stalls the request; the backend's process group is killed
-when the client goes away or the request times out.
+wrapper (one process fewer per request). Its stdout, a 1 MiB pipe, goes to the client through the
+sink's `stream_from` in large chunks, and stderr is drained on its own thread, so neither a huge pack
+nor a chatty backend holds memory or stalls the request; the backend's process group is killed when
+the client goes away or the request times out.
 """
 
 from __future__ import annotations

@@ -23,9 +23,9 @@ from typing import IO, Any
 from urllib.parse import urlsplit
 
 from cccatalog.config import ServeConfig
-from cccatalog.gitmirror.http_backend import CGIRequest, ClientGone, HttpBackend, copy_stream
+from cccatalog.gitmirror.http_backend import CGIRequest, ClientGone, HttpBackend
 from cccatalog.gitmirror.refstate import advertisement_fingerprint
-from cccatalog.server import zerocopy
+from cccatalog.server import relay
 from cccatalog.server.advert_cache import AdvertCache, CachedAnswer, RecordingSink
 from cccatalog.server.api import ApiContext
 from cccatalog.server.api import handle as handle_api
@@ -398,7 +398,7 @@ class _Sink:
     def __init__(self, handler: GitRequestHandler) -> None:
         self.h = handler
         self.chunked = False
-        self.crlf_owed = False  # a spliced chunk's closing CRLF, sent with what comes next
+        self.crlf_owed = False  # a relayed chunk's closing CRLF, sent with what comes next
 
     def start(self, status: int, headers: list[tuple[str, str]]) -> None:
         h = self.h
@@ -433,11 +433,9 @@ class _Sink:
         self.h._sent += len(data)
 
     def stream_from(self, fd: int) -> int:
-        if not zerocopy.HAVE_SPLICE:
-            return copy_stream(fd, self)
         try:
             self.h.wfile.flush()
-            sent, self.crlf_owed = zerocopy.stream_pipe(fd, self.h.connection, chunked=self.chunked)
+            sent, self.crlf_owed = relay.stream_pipe(fd, self.h.connection, chunked=self.chunked)
         except OSError as exc:
             raise ClientGone() from exc
         self.h._sent += sent
