@@ -433,13 +433,18 @@ class _Sink:
         self.h._sent += len(data)
 
     def stream_from(self, fd: int) -> int:
+        progress = relay.Progress(crlf_owed=self.crlf_owed)
         try:
             self.h.wfile.flush()
-            sent, self.crlf_owed = relay.stream_pipe(fd, self.h.connection, chunked=self.chunked)
+            relay.stream_pipe(fd, self.h.connection, chunked=self.chunked, progress=progress)
         except OSError as exc:
             raise ClientGone() from exc
-        self.h._sent += sent
-        return sent
+        finally:
+            self.h._sent += (
+                progress.sent
+            )  # the access log counts what left, even when the client did not stay
+            self.crlf_owed = progress.crlf_owed
+        return progress.sent
 
     def finish(self, *, complete: bool = True) -> None:
         try:

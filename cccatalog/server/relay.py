@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 _MAX_BATCH = 1024 * 1024  # what one chunk may carry: the pipe's size
 _BULK_AFTER = 1024 * 1024  # bytes of one answer after which it is treated as a stream
@@ -81,40 +82,45 @@ def pending(fd: int, *, bulk: bool = False) -> int:
     return count
 
 
-def stream_pipe(pipe: int, sock: socket.socket, *, chunked: bool) -> tuple[int, bool]:
+@dataclass
+class Progress:
+    """How far a relay got: payload bytes sent, and whether a chunk's closing CRLF is still owed (the
+    caller sends it before the last chunk). Kept up to date, so it is right when the client leaves."""
+
+    sent: int = 0
+    crlf_owed: bool = False
+
+
+def stream_pipe(pipe: int, sock: socket.socket, *, chunked: bool, progress: Progress) -> None:
     """Relay `pipe` to `sock` until EOF, in HTTP chunks when `chunked`.
 
-    Returns (payload bytes, whether a chunk's closing CRLF is still owed: the caller adds it before the
-    last chunk). Raises OSError when the client goes away, TimeoutError when it stops reading for
-    longer than the socket's timeout.
+    Raises OSError when the client goes away, TimeoutError when it stops reading for longer than the
+    socket's timeout.
     """
-    sent, owed = 0, False
     reader = io.FileIO(pipe, closefd=False)
     # Small answers (advertisements, negotiation) are read as they come; past _BULK_AFTER, the
     # stream borrows a pooled buffer.
     while count := min(pending(pipe), _MAX_BATCH):
         data = os.read(pipe, count)
         if not data:
-            return sent, owed
-        owed = _send(sock, data, chunked=chunked, owed=owed)
-        sent += len(data)
-        if sent >= _BULK_AFTER:
+            return
+        _send(sock, data, chunked=chunked, progress=progress)
+        if progress.sent >= _BULK_AFTER:
             break
     else:
-        return sent, owed
+        return
     with _POOL.buffer() as buffer:
         while count := min(pending(pipe, bulk=True), _MAX_BATCH):
             got = reader.readinto(buffer[:count]) or 0
             if not got:
                 break
-            owed = _send(sock, buffer[:got], chunked=chunked, owed=owed)
-            sent += got
-    return sent, owed
+            _send(sock, buffer[:got], chunked=chunked, progress=progress)
 
 
-def _send(sock: socket.socket, data: bytes | memoryview, *, chunked: bool, owed: bool) -> bool:
-    """One chunk (its header first, with the previous chunk's CRLF); returns whether a CRLF is owed."""
+def _send(sock: socket.socket, data: bytes | memoryview, *, chunked: bool, progress: Progress) -> None:
+    """One chunk: its header first, carrying the previous chunk's CRLF."""
     if chunked:
-        sock.sendall(b"%s%x\r\n" % (b"\r\n" if owed else b"", len(data)), _MSG_MORE)
+        sock.sendall(b"%s%x\r\n" % (b"\r\n" if progress.crlf_owed else b"", len(data)), _MSG_MORE)
+        progress.crlf_owed = True
     sock.sendall(data)
-    return chunked
+    progress.sent += len(data)
