@@ -6,20 +6,15 @@ GIT_CONFIG_COUNT/GIT_CONFIG_KEY_n/GIT_CONFIG_VALUE_n, never argv (visible in `ps
 
 from __future__ import annotations
 
-import contextlib
-import heapq
-import itertools
 import os
 import shutil
-import signal
 import subprocess
-import threading
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from cccatalog.errors import GitError
+from cccatalog.gitmirror.deadlines import Watchdog
 from cccatalog.redact import Redactor
 
 # What git may inherit from the caller's environment: proxies, CA bundles, ssh setup. Everything
@@ -33,7 +28,6 @@ INHERITED_ENV = (
 )  # fmt: skip
 
 STDERR_TAIL_LINES = 8
-WATCHDOG_IDLE_SECONDS = 10.0  # the timeout thread exits after this long with nothing to watch
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +73,7 @@ class Git:
         # (a relative find depends on the cwd of each run: those are still looked up per run).
         found = binary if os.sep in binary else shutil.which(binary, path=self._env["PATH"])
         self._executable = found if found and os.path.isabs(found) else None
-        self._watchdog = _Watchdog()
+        self._watchdog = Watchdog()
 
     def run(
         self,
@@ -140,7 +134,7 @@ class GitRun:
         proc: subprocess.Popen[str],
         *,
         redactor: Redactor,
-        watchdog: _Watchdog,
+        watchdog: Watchdog,
         timeout: float | None,
         check: bool,
         stdin: str | None,
@@ -181,75 +175,12 @@ class GitRun:
         return result
 
 
-class _Watchdog:
-    """One thread that kills the process group of every git run past its deadline.
-
-    Shared by all runs of a Git (a thread per run would cost more than the polling it replaces);
-    it exits when idle, so a long-lived server does not keep one per sync it ever ran.
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._heap: list[tuple[float, int, threading.Event]] = []
-        self._watched: dict[threading.Event, subprocess.Popen[str]] = {}
-        self._ids = itertools.count()
-        self._running = False
-
-    def watch(self, proc: subprocess.Popen[str], timeout: float | None) -> threading.Event:
-        """Kill `proc`'s group if it outlives `timeout`. The event returned is set when that happened;
-        pass it to `forget` once `proc` has ended."""
-        expired = threading.Event()
-        if timeout is None:
-            return expired
-        with self._cond:
-            self._watched[expired] = proc
-            heapq.heappush(self._heap, (time.monotonic() + timeout, next(self._ids), expired))
-            if not self._running:
-                self._running = True
-                threading.Thread(target=self._loop, name="git-timeouts", daemon=True).start()
-            elif self._heap[0][2] is expired:
-                self._cond.notify()  # a new earliest deadline
-        return expired
-
-    def forget(self, expired: threading.Event) -> None:
-        with self._cond:
-            self._watched.pop(expired, None)
-            if len(self._heap) > 64 + 2 * len(self._watched):
-                # finished runs leave their deadlines behind: drop them rather than wait them out
-                self._heap = [entry for entry in self._heap if entry[2] in self._watched]
-                heapq.heapify(self._heap)
-
-    def _loop(self) -> None:
-        with self._cond:
-            while True:
-                now = time.monotonic()
-                while self._heap and (self._heap[0][2] not in self._watched or self._heap[0][0] <= now):
-                    _, _, expired = heapq.heappop(self._heap)
-                    proc = self._watched.pop(expired, None)
-                    if proc is not None:
-                        expired.set()
-                        _kill_group(proc)
-                if not self._heap:
-                    if not self._cond.wait(WATCHDOG_IDLE_SECONDS) and not self._heap:
-                        self._running = False
-                        return
-                    continue
-                self._cond.wait(self._heap[0][0] - now)
-
-
 def _subcommand(args: Sequence[str]) -> str:
     """The git command name in argv, past global options like `-C <dir>`."""
     rest = list(args)
     while rest and rest[0].startswith("-"):
         rest = rest[2:] if rest[0] in ("-C", "-c", "--git-dir") else rest[1:]
     return rest[0] if rest else "git"
-
-
-def _kill_group(proc: subprocess.Popen[str]) -> None:
-    if proc.returncode is not None:
-        return  # reaped already: its pid may belong to someone else by now
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def summarize_stderr(stderr: str) -> str:

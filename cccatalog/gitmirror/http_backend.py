@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
 
+from cccatalog.gitmirror.deadlines import Watchdog
+
 log = logging.getLogger("cccatalog.http_backend")
 
 CHUNK = 64 * 1024
@@ -146,6 +148,7 @@ class HttpBackend:
         self._command: list[str] | None = None if git is None else [git, "http-backend"]
         self._live: set[int] = set()
         self._live_lock = threading.Lock()
+        self._deadlines = Watchdog()
 
     @property
     def command(self) -> list[str]:
@@ -198,9 +201,7 @@ class HttpBackend:
             threads.append(threading.Thread(target=_feed_stdin, args=(proc, body), daemon=True))
         for t in threads:
             t.start()
-        watchdog = threading.Timer(timeout, kill, args=(f"request took longer than {timeout:.0f}s",))
-        watchdog.daemon = True
-        watchdog.start()
+        expired = self._deadlines.watch(proc, timeout)
         status, sent = 502, 0
         stdout = proc.stdout.fileno()  # read raw: the buffered reader is never used, so holds nothing
         _grow_pipe(stdout)
@@ -212,7 +213,7 @@ class HttpBackend:
                 sent += len(first)
             sent += sink.stream_from(stdout)
             code = proc.wait()  # at EOF the backend is exiting; how it exits decides how the answer ends
-            if not killed:  # a killed backend's answer is cut off: no clean end, the connection closes
+            if not killed and not expired.is_set():  # a killed backend's answer is cut off: no clean end
                 sink.finish(complete=code == 0)
         except ClientGone:
             kill("client disconnected")
@@ -222,14 +223,16 @@ class HttpBackend:
             sink.write(b"bad gateway: the git backend failed\n")
             sink.finish()
         finally:
-            watchdog.cancel()
             if proc.poll() is None and killed == []:
                 proc.stdout.close()  # nothing more to read: a backend still writing gets SIGPIPE
             proc.wait()
+            self._deadlines.forget(expired)
             with self._live_lock:
                 self._live.discard(proc.pid)
             for t in threads:
                 t.join(timeout=5)
+        if expired.is_set():
+            killed.insert(0, f"request took longer than {timeout:.0f}s")
         return BackendOutcome(status, sent, stderr_count[0], killed[0] if killed else None)
 
 
