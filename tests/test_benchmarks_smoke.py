@@ -6,35 +6,19 @@ script still measures what its README says it measures.
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests import benchsmoke
+
 SMOKE_SECONDS = 120  # each takes well under 30 s alone; CI machines are shared
 
 
 def run_benchmark(module: str, output: Path) -> dict[str, Any]:
-    argv = [sys.executable, "-m", module, "--size", "smoke", "--output", str(output)]
-    with subprocess.Popen(
-        argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    ) as proc:
-        try:
-            out, _ = proc.communicate(timeout=SMOKE_SECONDS)
-        except subprocess.TimeoutExpired:
-            proc.terminate()  # SIGTERM: the benchmark stops the registries it started
-            out, _ = proc.communicate(timeout=15)
-            pytest.fail(f"{module} ran past {SMOKE_SECONDS}s:\n{out}")
-    assert proc.returncode == 0, out
-    data: dict[str, Any] = json.loads(output.read_text())
-    assert data["size"] == "smoke"
-    assert data["machine"]["nproc"]
-    return data
+    return benchsmoke.run_benchmark(module, output, seconds=SMOKE_SECONDS)[0]
 
 
 @pytest.mark.timeout(SMOKE_SECONDS + 30)

@@ -7,14 +7,12 @@ fcgiwrap with `apt-get install nginx-light fcgiwrap`; without them the test is s
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
+
+from tests.benchsmoke import run_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "serving" / "bench_serving.py"
@@ -33,22 +31,7 @@ def _tool(name: str) -> str | None:
     reason="needs nginx and fcgiwrap (apt-get install nginx-light fcgiwrap)",
 )
 def test_serving_benchmark_replays_every_mix_against_every_server(tmp_path: Path) -> None:
-    output = tmp_path / "serving.json"
-    argv = [sys.executable, str(SCRIPT), "--size", "smoke", "--json-out", str(output)]
-    with subprocess.Popen(
-        argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    ) as proc:
-        try:
-            out, _ = proc.communicate(timeout=SMOKE_SECONDS)
-        except subprocess.TimeoutExpired:
-            proc.terminate()  # SIGTERM: the benchmark stops the servers it started
-            out, _ = proc.communicate(timeout=15)
-            pytest.fail(f"bench_serving.py ran past {SMOKE_SECONDS}s:\n{out}")
-    assert proc.returncode == 0, out
-
-    data: dict[str, Any] = json.loads(output.read_text())
-    assert data["size"] == "smoke"
-    assert data["machine"]["nproc"]
+    data, out = run_benchmark(str(SCRIPT), tmp_path / "serving.json", seconds=SMOKE_SECONDS)
     rows = data["rows"]
     servers = {"cccatalog", "cccatalog-nocache", "nginx-fcgiwrap", "git-daemon", "raw-upload-pack"}
     mixes = {row["mix"] for row in rows}

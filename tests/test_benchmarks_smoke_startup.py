@@ -2,34 +2,20 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.benchsmoke import run_benchmark
 
 
 @pytest.mark.timeout(180)
 def test_startup_benchmark_times_help_and_version_against_the_interpreter_floors(tmp_path: Path) -> None:
-    output = tmp_path / "startup.json"
-    argv = [sys.executable, "-m", "benchmarks.startup.bench_startup", "--size", "smoke", "--output"]
-    proc = subprocess.run(
-        [*argv, str(output)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=150,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    data = json.loads(output.read_text())
+    data, out = run_benchmark("benchmarks.startup.bench_startup", tmp_path / "startup.json", seconds=150)
     rows = {(row["contender"], row["command"]): row for row in data["rows"]}
     assert ("python -m cccatalog", "--help") in rows
     assert ("python -m cccatalog", "--version") in rows
     assert rows[("python -m cccatalog", "--help")]["vs_python_m"] == 1.0
     assert any("interpreter floor" in name for name, _ in rows)
     assert all(row["median_ms"] > 0 and row["runs"] == data["runs"] for row in rows.values())
-    assert "| python -m cccatalog | `--help` |" in proc.stdout
+    assert "| python -m cccatalog | `--help` |" in out
