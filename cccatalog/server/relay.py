@@ -67,13 +67,12 @@ def buffered(fd: int) -> int:
     return int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, _FOUR_ZERO_BYTES), sys.byteorder)
 
 
-def pending(fd: int, *, bulk: bool = False) -> int:
-    """Bytes waiting in the pipe `fd`, after blocking until there are some or the writer is gone (0).
+def pending(fd: int, poller: select.poll, *, bulk: bool = False) -> int:
+    """Bytes waiting in the pipe `fd` (registered with `poller`), after blocking until there are some
+    or the writer is gone (0).
 
     In `bulk` mode a small amount is given a moment to grow (see the module docstring).
     """
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
     events = poller.poll()[0][1]
     count = buffered(fd)
     if bulk and count < _COALESCE_BELOW and not events & select.POLLHUP:
@@ -98,9 +97,11 @@ def stream_pipe(pipe: int, sock: socket.socket, *, chunked: bool, progress: Prog
     socket's timeout.
     """
     reader = io.FileIO(pipe, closefd=False)
+    poller = select.poll()  # one per stream, not per batch
+    poller.register(pipe, select.POLLIN)
     # Small answers (advertisements, negotiation) are read as they come; past _BULK_AFTER, the
     # stream borrows a pooled buffer.
-    while count := min(pending(pipe), _MAX_BATCH):
+    while count := min(pending(pipe, poller), _MAX_BATCH):
         data = os.read(pipe, count)
         if not data:
             return
@@ -110,7 +111,7 @@ def stream_pipe(pipe: int, sock: socket.socket, *, chunked: bool, progress: Prog
     else:
         return
     with _POOL.buffer() as buffer:
-        while count := min(pending(pipe, bulk=True), _MAX_BATCH):
+        while count := min(pending(pipe, poller, bulk=True), _MAX_BATCH):
             got = reader.readinto(buffer[:count]) or 0
             if not got:
                 break
