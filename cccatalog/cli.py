@@ -17,7 +17,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-import click
 import typer
 
 from cccatalog import __version__
@@ -34,14 +33,6 @@ if TYPE_CHECKING:
     from cccatalog.oci.resolve import Build, RefResolution
     from cccatalog.server.app import CatalogServer
     from cccatalog.server.service import Service
-
-try:  # newer typer vendors its own click: its usage errors are not click's classes
-    from typer._click.exceptions import ClickException as _TyperClickException
-except ImportError:  # pragma: no cover - typer that uses click itself
-    _TyperClickException = click.ClickException  # type: ignore[misc,assignment]
-
-_CLICK_ERRORS = (click.ClickException, _TyperClickException)
-_CLICK_EXIT = (click.exceptions.Exit, typer.Exit)
 
 log = logging.getLogger(LOGGER_NAME)
 
@@ -561,12 +552,14 @@ def run(argv: Sequence[str] | None = None) -> int:
         result = command.main(
             args=list(argv) if argv is not None else None, prog_name="cccatalog", standalone_mode=False
         )
-    except _CLICK_ERRORS as exc:
-        exc.show()
+    except typer.TyperException as exc:
+        show = getattr(exc, "show", None)
+        if show is not None:
+            show()
         return int(exc.exit_code)
-    except _CLICK_EXIT as exc:
+    except typer.Exit as exc:
         return int(exc.exit_code)
-    except click.Abort:
+    except typer.Abort:
         return 130
     except CCCatalogError as exc:
         _print_error(exc)
