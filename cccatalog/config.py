@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from cccatalog import envvars
 from cccatalog.errors import ConfigError
 
 RefScope = Literal["branches-and-tags", "all"]
@@ -87,6 +88,8 @@ class SchedulerConfig:
 @dataclass(frozen=True, slots=True)
 class StateConfig:
     path: Path
+    # Where the path came from, as a user would change it: named in messages about the file.
+    setting: str = "state.path"
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +125,18 @@ class Config:
 
     def source(self, name: str) -> Source | None:
         return next((s for s in self.sources if s.name == name), None)
+
+    def polled_collections(self, only: Sequence[str] = ()) -> list[CodeCollection]:
+        """Collections whose image builds a sync records: an image_registry on an oci source, or a
+        static_path on a static source (narrowed to `only` when given)."""
+        chosen = []
+        for cc in self.codecollections:
+            source = self.source(cc.source)
+            if (only and cc.slug not in only) or source is None:
+                continue
+            if (source.type == "oci" and cc.image_registry) or (source.type == "static" and cc.static_path):
+                chosen.append(cc)
+        return chosen
 
 
 # --- loading -----------------------------------------------------------------------------------------
@@ -184,10 +199,8 @@ def config_path_from_env(explicit: Path | None, environ: Mapping[str, str]) -> P
     """`explicit`, else $CCCATALOG_CONFIG, else $CC_CATALOG_CONFIG_FILE, else ./config.yaml."""
     if explicit is not None:
         return explicit
-    for name in ("CCCATALOG_CONFIG", "CC_CATALOG_CONFIG_FILE"):
-        if value := environ.get(name):
-            return Path(value)
-    return Path("config.yaml")
+    value = envvars.first(environ, envvars.CONFIG)
+    return Path(value) if value else Path("config.yaml")
 
 
 def load_config(path: Path | None = None, *, environ: Mapping[str, str] | None = None) -> Config:
@@ -207,6 +220,9 @@ def load_config(path: Path | None = None, *, environ: Mapping[str, str] | None =
         data = yaml.load(raw, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise ConfigError(str(path), [_yaml_problem(exc)]) from None
+    except RecursionError:
+        # PyYAML composes nested nodes recursively; no config is nested more than a few levels.
+        raise ConfigError(str(path), ["nested too deeply to be a config file"]) from None
     return parse_config(data, path=path, environ=env)
 
 
@@ -418,11 +434,8 @@ def _collection(r: _Reader, source: str, slugs: dict[str, str]) -> CodeCollectio
     if git_url is not None and (problem := _git_url_problem(git_url)):
         r.problem("git_url", problem)
     registry = r.str_("image_registry", None)
-    if registry is not None and "://" in registry:
-        shown = _quote(_redact_url(registry))
-        r.problem(
-            "image_registry", f"expected host/path without a scheme, like ghcr.io/org/repo; got {shown}"
-        )
+    if registry is not None and (problem := _registry_problem(registry)):
+        r.problem("image_registry", problem)
     return CodeCollection(
         slug=slug,
         source=source,
@@ -496,16 +509,18 @@ def _state(r: _Reader, data_dir: Path, environ: Mapping[str, str]) -> StateConfi
     r.check_keys(("path",))
     from_yaml = r.path_("path", None)
     if value := environ.get("CCCATALOG_STATE_FILE"):
-        return StateConfig(Path.cwd() / value)
+        return StateConfig(Path.cwd() / value, "CCCATALOG_STATE_FILE")
     if db_url := environ.get("CC_CATALOG_DB_URL"):
         if (sqlite_path := _sqlite_path(db_url)) is not None:
-            return StateConfig(Path.cwd() / sqlite_path)
+            return StateConfig(Path.cwd() / sqlite_path, "CC_CATALOG_DB_URL")
         # Never echo the URL: it may carry a database password.
         r.ctx.warnings.append(
             "CC_CATALOG_DB_URL: ignored — only sqlite:///<path> URLs can be used; "
             "set CCCATALOG_STATE_FILE or state.path instead"
         )
-    return StateConfig(from_yaml or data_dir / ".cccatalog" / "state.sqlite3")
+    if from_yaml is not None:
+        return StateConfig(from_yaml)
+    return StateConfig(data_dir / ".cccatalog" / "state.sqlite3", "git.data_dir (the state file is under it)")
 
 
 def _sqlite_path(url: str) -> str | None:
@@ -515,6 +530,36 @@ def _sqlite_path(url: str) -> str | None:
     if not sep or not (scheme == "sqlite" or scheme.startswith("sqlite+")) or path in ("", ":memory:"):
         return None
     return path
+
+
+# One component of a repository path in distribution's grammar (lowercase, . _ - between runs).
+REPOSITORY_COMPONENT_RE = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
+
+
+def split_registry_host(reference: str) -> tuple[str | None, str]:
+    """`ghcr.io/org/x` -> ("ghcr.io", "org/x"); `org/x` -> (None, "org/x") (Docker Hub). The first
+    component is a host when it has a dot or a port, or is localhost, as docker and distribution read it."""
+    first, sep, rest = reference.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        return first, rest
+    return None, reference
+
+
+def _registry_problem(value: str) -> str | None:
+    shown = _quote(_redact_url(value))
+    if "://" in value:
+        return f"expected host/path without a scheme, like ghcr.io/org/repo; got {shown}"
+    host, path = split_registry_host(value)
+    components = path.split("/")
+    if all(REPOSITORY_COMPONENT_RE.fullmatch(c) for c in components):
+        return None
+    if all(REPOSITORY_COMPONENT_RE.fullmatch(c) for c in path.lower().split("/")):
+        lowered = f"{host}/{path.lower()}" if host else path.lower()
+        return f"{shown}: registries only have lowercase repository paths; write {_quote(lowered)}"
+    return (
+        f"expected host/path like ghcr.io/org/repo (lowercase letters, digits and . _ - between "
+        f"slashes after the host); got {shown}"
+    )
 
 
 def _git_url_problem(url: str) -> str | None:

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cccatalog.config import Config
+from cccatalog.errors import UsageError
 from cccatalog.gitmirror.git import Git
 from cccatalog.gitmirror.layout import Layout
 from cccatalog.gitmirror.locks import file_lock
 from cccatalog.gitmirror.sync import MirrorSyncer, RepoResult, RepoTask, SyncOptions, plan_sync
+from cccatalog.paths import require_writable_dir
 from cccatalog.redact import Redactor
 
 if TYPE_CHECKING:
@@ -39,10 +41,24 @@ class SyncRequest:
 class SyncReport:
     git: list[RepoResult] = field(default_factory=list)
     images: list[ImageSyncResult] = field(default_factory=list)
+    # Said once for the whole run (e.g. credentials that are not set): shown on stderr and in --json.
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def failed(self) -> bool:
         return any(r.failed for r in self.git) or any(r.failed for r in self.images)
+
+    def to_json(self) -> dict[str, object]:
+        counts: dict[str, int] = {}
+        for r in self.git:
+            counts[r.action.value] = counts.get(r.action.value, 0) + 1
+        return {
+            "ok": not self.failed,
+            "counts": counts,
+            "repos": [r.to_json() for r in self.git],
+            "images": [r.to_json() for r in self.images],
+            "warnings": list(self.warnings),
+        }
 
 
 def run_lock_path(config: Config, half: str) -> Path:
@@ -98,6 +114,69 @@ def run_sync(
 
         images = ImageSyncer(config, store, cache=image_cache(config), environ=environ, redactor=redactor)
         report.images = images.run(images.plan(request.only), jobs=request.jobs or config.git.parallelism)
+    return report
+
+
+def nothing_to_sync(config: Config, request: SyncRequest) -> str | None:
+    """Why this sync would do nothing at all, or None. Such a run writes nothing (no state, no locks)."""
+    git = request.git and config.git.enabled and plan_sync(config, only=request.only)
+    if git or (request.images and config.polled_collections(request.only)):
+        return None
+    reasons = []
+    if request.git:
+        reasons.append(
+            "no CodeCollection has a git_url to mirror" if config.git.enabled else "git.enabled is false"
+        )
+    if request.images:
+        reasons.append(
+            "no CodeCollection has an image_registry (oci source) or a static_path (static source)"
+        )
+    return f"nothing to sync in {config.path}: " + "; ".join(reasons)
+
+
+def credential_warnings(config: Config, environ: Mapping[str, str]) -> list[str]:
+    """git.auth names variables that are unset or empty: the mirrors are fetched anonymously, which
+    works for public upstreams and fails with "the upstream wants credentials" for private ones."""
+    auth = config.git.auth
+    named = [("token_env", auth.token_env), ("user_env", auth.user_env), ("pass_env", auth.pass_env),
+             ("dockerconfigjson_env", auth.dockerconfigjson_env)]  # fmt: skip
+    return [
+        f"git.auth.{key}: environment variable {name} is not set or empty; fetching anonymously"
+        for key, name in named
+        if name and not environ.get(name)
+    ]
+
+
+def perform_sync(
+    config: Config,
+    request: SyncRequest,
+    *,
+    allow_runtime_sync: bool,
+    redactor: Redactor,
+    environ: Mapping[str, str],
+    run_git: Callable[[MirrorSyncer, list[RepoTask]], list[RepoResult]] | None = None,
+) -> SyncReport:
+    """`cccatalog sync`: refuse what cannot be done before anything is written, then run under the state
+    file and the run locks. Usage problems raise UsageError (exit 2) with the disk untouched."""
+    from cccatalog.catalog.store import Store
+
+    check_only(config, request.only)
+    if not config.git.runtime_sync and not allow_runtime_sync and reaches_network(config, request):
+        raise UsageError(
+            f"git.runtime_sync is false in {config.path}: this host is meant to stay air-gapped. "
+            "Pass --allow-runtime-sync to reach the upstreams and registries anyway."
+        )
+    if reason := nothing_to_sync(config, request):
+        return SyncReport(warnings=[reason])
+    git_half = request.git and config.git.enabled and bool(plan_sync(config, only=request.only))
+    if git_half:
+        require_writable_dir(config.git.data_dir, setting="git.data_dir")
+    require_writable_dir(config.state.path.parent, setting=config.state.setting)
+    warnings = credential_warnings(config, environ) if git_half else []
+    # The state file first: a corrupt or newer one is refused before any lock file is made.
+    with Store.open(config.state.path) as store, run_locks(config, request):
+        report = run_sync(config, store, request, redactor=redactor, environ=environ, run_git=run_git)
+    report.warnings[:0] = warnings
     return report
 
 

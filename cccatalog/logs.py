@@ -47,3 +47,10 @@ def setup_logging(verbosity: int, redactor: Redactor) -> logging.Logger:
     logger.setLevel(level)
     logger.propagate = False
     return logger
+
+
+def announce_server_logs(verbosity: int) -> None:
+    """A server says what it serves and logs each request (at info), unless told to be quiet."""
+    if verbosity >= 0:
+        for name in ("cccatalog.access", "cccatalog.serve"):
+            logging.getLogger(name).setLevel(logging.INFO)

@@ -47,6 +47,19 @@ class ImageSyncResult:
     def failed(self) -> bool:
         return self.error is not None
 
+    def to_json(self) -> dict[str, object]:
+        return {
+            "slug": self.slug,
+            "source": self.source,
+            "refs": self.refs,
+            "deactivated": self.deactivated,
+            "latest_tag": self.latest_tag,
+            "stable_tag": self.stable_tag,
+            "duration_s": self.duration_s,
+            "error": self.error,
+            "note": self.note,
+        }
+
 
 def registry_auth(source: Source, host: str, environ: Mapping[str, str]) -> RegistryAuth | None:
     """A source's auth block as registry credentials: token_env is a static bearer token (JFrog access
@@ -144,15 +157,8 @@ class ImageSyncer:
         return RegistryClient(auth_for=auth_for, cache=self.cache)
 
     def plan(self, only: Sequence[str] = ()) -> list[CodeCollection]:
-        """Collections with something to poll: an image_registry on an oci source, or a static_path."""
-        chosen = []
-        for cc in self.config.codecollections:
-            source = self.config.source(cc.source)
-            if (only and cc.slug not in only) or source is None:
-                continue
-            if (source.type == "oci" and cc.image_registry) or (source.type == "static" and cc.static_path):
-                chosen.append(cc)
-        return chosen
+        """Collections with something to poll (`Config.polled_collections`)."""
+        return self.config.polled_collections(only)
 
     def run(self, collections: Sequence[CodeCollection], *, jobs: int = 4) -> list[ImageSyncResult]:
         clients: dict[str, RegistryClient] = {}

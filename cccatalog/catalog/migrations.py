@@ -46,6 +46,29 @@ def check_not_newer(conn: sqlite3.Connection) -> int:
     return found
 
 
+# Tables of the predecessor (cc-catalog-svc) that mark its database: such a file is adopted, not refused.
+PREDECESSOR_TABLES = frozenset({"codecollections", "image_refs"})
+
+
+def check_is_state_file(conn: sqlite3.Connection) -> None:
+    """Refuse (read-only check) a database that is neither new, nor cccatalog's, nor the predecessor's:
+    migrating it would add tables to some other program's file."""
+    if user_version(conn) != 0:
+        return
+    tables = {
+        row[0]
+        for row in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        )
+    }
+    if tables and not tables >= PREDECESSOR_TABLES:
+        shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+        raise StateError(
+            f"{database_path(conn)} is not a cccatalog state file (it holds other tables: {shown}); "
+            "it was left untouched: point state.path at a new file"
+        )
+
+
 def migrate(conn: sqlite3.Connection) -> int:
     """Apply pending migrations; return the schema version now in the file.
 

@@ -17,7 +17,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cccatalog.catalog.migrations import check_not_newer, migrate, user_version
+from cccatalog.catalog.migrations import (
+    MIGRATIONS,
+    check_is_state_file,
+    check_not_newer,
+    migrate,
+    user_version,
+)
 from cccatalog.catalog.models import CollectionRecord, ImageRefRecord, ImageSyncStatus, MirrorStatus
 from cccatalog.config import CodeCollection
 from cccatalog.errors import StateError
@@ -83,6 +89,47 @@ def from_db_time(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value).astimezone(UTC)
 
 
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_USER_VERSION_OFFSET = 60  # the header field behind PRAGMA user_version (sqlite.org/fileformat.html)
+
+
+def state_file_version(path: Path) -> int | None:
+    """The schema version of the state file at `path`, read without writing anything (not even the
+    -wal/-shm files a connection creates); None when there is no file yet.
+
+    Raises StateError when the file is not a cccatalog state file or was written by a newer cccatalog.
+    While a server has the file open, recent changes may sit in its -wal file: then the file is read
+    through a read-only connection, which uses the sidecar files that already exist.
+    """
+    try:
+        with path.open("rb") as f:
+            header = f.read(100)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StateError(f"cannot read state file {path}: {exc.strerror or exc}") from None
+    if len(header) == 0:
+        return 0  # an empty file is what SQLite itself makes of a new database
+    if len(header) < 100 or not header.startswith(_SQLITE_MAGIC):
+        raise StateError(f"{path} is not a cccatalog state file (not an SQLite database)")
+    version = int.from_bytes(header[_USER_VERSION_OFFSET : _USER_VERSION_OFFSET + 4], "big")
+    if Path(f"{path}-wal").exists() and Path(f"{path}-shm").exists():
+        try:
+            conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=5)
+            try:
+                version = user_version(conn)
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            raise _state_error(path, "read", exc) from None
+    if version > len(MIGRATIONS):
+        raise StateError(
+            f"state file {path} was written by a newer cccatalog (schema version {version}; "
+            f"this cccatalog knows up to {len(MIGRATIONS)})"
+        )
+    return version
+
+
 class Store:
     """An open state file. Safe to share across threads; several processes may open the same file."""
 
@@ -114,10 +161,45 @@ class Store:
             conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000):d}")
             # Before anything writes: a newer cccatalog's file must stay byte-for-byte untouched.
             check_not_newer(conn)
+            check_is_state_file(conn)
             _enable_wal(conn, deadline=time.monotonic() + busy_timeout_s)
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
             migrate(conn)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise _state_error(path, "open", exc) from None
+        except BaseException:
+            conn.close()
+            raise
+        return cls(conn, path)
+
+    @classmethod
+    def open_readonly(cls, path: Path, *, busy_timeout_s: float = 5.0) -> Store:
+        """Open an existing, current state file for reading only: nothing is created or migrated.
+
+        For one-off readers beside a running server (`serve --get`). Raises StateError when the file is
+        missing, unreadable, not a state file, or of another schema version than this cccatalog's.
+        """
+        if not path.is_file():
+            raise StateError(f"state file {path} does not exist yet (a sync or serve creates it)")
+        try:
+            conn = sqlite3.connect(
+                f"{path.absolute().as_uri()}?mode=ro",
+                uri=True,
+                timeout=busy_timeout_s,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        except sqlite3.Error as exc:
+            raise _state_error(path, "open", exc) from None
+        try:
+            found = check_not_newer(conn)
+            if found != len(MIGRATIONS):
+                raise StateError(
+                    f"state file {path} has schema version {found}, not {len(MIGRATIONS)}: "
+                    "the next sync or serve migrates it"
+                )
         except sqlite3.Error as exc:
             conn.close()
             raise _state_error(path, "open", exc) from None

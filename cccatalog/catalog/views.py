@@ -8,19 +8,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from cccatalog.catalog.models import ImageRefRecord, MirrorStatus
 from cccatalog.config import CodeCollection, Config
 from cccatalog.oci.tags import stable_ref
 from cccatalog.redact import strip_url_credentials
+from cccatalog.timestamps import rfc3339
 
 Servable = Callable[[str], bool]
-
-
-def rfc3339(value: datetime | None) -> str | None:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if value else None
 
 
 def public_url(config: Config, slug: str) -> str | None:

@@ -25,6 +25,7 @@ from cccatalog.gitmirror.git import Git
 from cccatalog.gitmirror.layout import Layout
 from cccatalog.gitmirror.mirror import Mirror, fingerprint
 from cccatalog.gitmirror.sync import MirrorSyncer, RepoResult, SyncOptions, plan_sync
+from cccatalog.paths import require_writable_dir
 
 MANIFEST = "manifest.json"
 _TOKEN_FROM_FILE = "CCCATALOG_BAKE_TOKEN"  # noqa: S105 - the NAME of a variable, not a secret
@@ -70,11 +71,15 @@ def bake(
     token_file: Path | None,
     jobs: int | None,
 ) -> BakeResult:
+    tasks = plan_sync(config, ignore_enabled=True)
+    if not tasks:
+        raise UsageError(f"nothing to bake: no CodeCollection in {config.path} has a git_url")
+    require_writable_dir(dest, setting="--dest")
     auth, env = bake_environment(config, environ, token_file)
     options = replace(SyncOptions.from_config(config, jobs=jobs), auth=auth)
     layout = Layout(dest)
     syncer = MirrorSyncer(git=git, layout=layout, options=options, environ=env)
-    results = syncer.run(plan_sync(config, ignore_enabled=True))
+    results = syncer.run(tasks)
     good = [r for r in results if not r.failed]
     if not good or len(good) != len(results):
         return BakeResult(results, None)

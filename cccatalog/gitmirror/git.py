@@ -6,9 +6,11 @@ GIT_CONFIG_COUNT/GIT_CONFIG_KEY_n/GIT_CONFIG_VALUE_n, never argv (visible in `ps
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,8 @@ INHERITED_ENV = (
 )  # fmt: skip
 
 STDERR_TAIL_LINES = 8
+
+log = logging.getLogger("cccatalog.git")
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +152,7 @@ class GitRun:
         self._check = check
         self._stdin = stdin
         self._outcome: tuple[str, str] | None = None
+        self._started = time.monotonic()
 
     def result(self) -> GitResult:
         proc = self._proc
@@ -160,6 +165,11 @@ class GitRun:
                 self._watchdog.forget(self._expired)
         stdout, stderr = self._outcome
         name = _subcommand(self._argv[1:])
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "%s -> exit %s (%.0f ms)", self._redactor(" ".join(self._argv)), proc.returncode,
+                (time.monotonic() - self._started) * 1000,
+            )  # fmt: skip
         if self._expired.is_set():
             raise GitError(
                 f"git {name} timed out after {self._timeout:.0f}s (raise it in the config if need be)",

@@ -92,6 +92,17 @@ class RepoResult:
     def failed(self) -> bool:
         return self.action is Action.FAILED
 
+    def to_json(self) -> dict[str, object]:
+        return {
+            "slug": self.slug,
+            "action": self.action.value,
+            "upstream_url": self.upstream_url,
+            "head_commit": self.head_commit,
+            "default_branch": self.default_branch,
+            "duration_s": self.duration_s,
+            "error": self.error,
+        }
+
 
 def plan_sync(config: Config, *, only: Sequence[str] = (), ignore_enabled: bool = False) -> list[RepoTask]:
     """The repos a sync covers: CodeCollections with a git_url, narrowed by git.codecollections and `only`.
@@ -182,12 +193,31 @@ class MirrorSyncer:
             # the published repo is damaged: build a new one beside it and swap it in
         return self._clone(task, auth, rebuild=target.exists())
 
+    def probe(self, task: RepoTask) -> int:
+        """Ask the upstream for its refs, as a sync would (same credentials, scope and timeouts), without
+        touching any mirror. Returns how many branches and tags it advertises; raises GitError."""
+        from cccatalog.gitmirror.mirror import FETCH_CONFIG, parse_ls_remote
+
+        scope = self.options.scope
+        patterns = ["HEAD", "refs/heads/*", "refs/tags/*"] if scope == "branches-and-tags" else []
+        out = self.git.run(
+            ["ls-remote", "--symref", task.url, *patterns],
+            timeout=self.options.fetch_timeout,
+            config={**FETCH_CONFIG, **self._auth_config(task.url)},
+        ).stdout
+        return len(parse_ls_remote(out, scope).refs)
+
     def _auth_config(self, url: str) -> dict[str, str]:
         """The Authorization header for this upstream, scoped to its origin so redirects elsewhere lack it."""
         if not url.lower().startswith(("https://", "http://")):
             return {}
+        auth = self.options.auth
+        named = (auth.token_env, auth.user_env, auth.pass_env, auth.dockerconfigjson_env)
+        if any(name and not self.environ.get(name) for name in named):
+            # credentials not set: fetched anonymously (the run warns once: jobs.credential_warnings)
+            return {}
         host = url_host(url)
-        creds = resolve(self.options.auth, key="git.auth", host=host, environ=self.environ)
+        creds = resolve(auth, key="git.auth", host=host, environ=self.environ)
         if creds is None:
             return {}
         self.git.redactor.add(*creds.secrets)

@@ -12,6 +12,7 @@ pointed last time, else a GET by tag (body and digest at once).
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections import Counter
@@ -36,6 +37,8 @@ DOCKER_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 # Without the full list distribution answers with schema1, or a misleading 404 for an index.
 MANIFEST_ACCEPT = ", ".join((OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_V2))
 INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
+
+log = logging.getLogger("cccatalog.oci")
 
 _MAX_REDIRECTS = 5
 _MAX_PAGES = 1000
@@ -247,10 +250,18 @@ class RegistryClient:
         with self._slot(host):
             for _ in range(_MAX_REDIRECTS + 1):
                 self._count(f"{method} {kind}")
+                started = time.monotonic()
                 try:
                     resp = self.http.request(method, url, headers=headers)
                 except httpx.HTTPError as exc:
                     raise RegistryError(f"{_origin(url)}: {type(exc).__name__}: {exc}") from None
+                log.debug(
+                    "%s %s -> %d (%.0f ms)",
+                    method,
+                    url,
+                    resp.status_code,
+                    (time.monotonic() - started) * 1000,
+                )
                 if resp.status_code not in (301, 302, 303, 307, 308) or "Location" not in resp.headers:
                     return resp
                 target = urljoin(url, resp.headers["Location"])

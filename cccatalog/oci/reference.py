@@ -6,12 +6,11 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
+from cccatalog.config import REPOSITORY_COMPONENT_RE, split_registry_host
 from cccatalog.errors import UsageError
 
 DOCKER_HUB = "registry-1.docker.io"
 _DOCKER_HUB_ALIASES = ("docker.io", "index.docker.io", "registry-1.docker.io")
-# distribution's grammar for a repository path component
-_COMPONENT_RE = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
 _TAG_RE = re.compile(r"[\w][\w.-]{0,127}")
 
 
@@ -22,6 +21,7 @@ class Repository:
     host: str  # host[:port], lowercase
     path: str  # e.g. runwhen-contrib/rw-cli-codecollection, library/alpine
     plain_http: bool = False
+    given: str = ""  # as the user wrote it (no scheme, tag or digest): what messages show
 
     @property
     def base_url(self) -> str:
@@ -29,7 +29,9 @@ class Repository:
 
     @property
     def name(self) -> str:
-        """How a user writes it: `ghcr.io/org/x` (Docker Hub shown as docker.io)."""
+        """How the user wrote it, else `ghcr.io/org/x` (Docker Hub shown as docker.io)."""
+        if self.given:
+            return self.given
         host = "docker.io" if self.host == DOCKER_HUB else self.host
         return f"{host}/{self.path}"
 
@@ -64,17 +66,16 @@ def parse_reference(text: str, *, allow_plain_http: bool = False) -> tuple[Repos
         ref, tag = ref.rsplit(":", 1)
         if not _TAG_RE.fullmatch(tag):
             raise UsageError(f"{text}: {tag!r} is not a valid tag")
-    first, sep, rest = ref.partition("/")
-    if sep and ("." in first or ":" in first or first == "localhost"):
-        host, path = first.lower(), rest
-    else:
-        host, path = DOCKER_HUB, ref
+    given = ref
+    given_host, path = split_registry_host(ref)
+    host = given_host.lower() if given_host else DOCKER_HUB
     if host in _DOCKER_HUB_ALIASES:
         host = DOCKER_HUB
         if "/" not in path:
             path = f"library/{path}"
-    if not path or not all(_COMPONENT_RE.fullmatch(c) for c in path.split("/")):
+    if not path or not all(REPOSITORY_COMPONENT_RE.fullmatch(c) for c in path.split("/")):
         raise UsageError(
-            f"{text}: {path!r} is not a valid repository path (lowercase, [a-z0-9._-] per component)"
+            f"{text!r} is not a valid image repository: expected [host[:port]/]path with lowercase "
+            "letters, digits and . _ - between slashes, like ghcr.io/org/repo"
         )
-    return Repository(host, path, plain_http=is_loopback(host) or allow_plain_http), tag
+    return Repository(host, path, plain_http=is_loopback(host) or allow_plain_http, given=given), tag

@@ -20,6 +20,7 @@ from cccatalog.errors import CCCatalogError
 from cccatalog.oci.client import DEFAULT_PER_HOST, INDEX_TYPES, RegistryClient, RegistryError
 from cccatalog.oci.reference import Repository
 from cccatalog.oci.tags import CanonicalTag, group_by_ref
+from cccatalog.timestamps import rfc3339
 
 EARLIEST_PLAUSIBLE = datetime(1980, 1, 1, tzinfo=UTC)
 _MIN = datetime.min.replace(tzinfo=UTC)
@@ -48,12 +49,30 @@ class Build:
     def rank(self) -> tuple[datetime, str]:
         return (self.built_at or _MIN, self.tag.tag)
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "tag": self.tag.tag,
+            "digest": self.digest,
+            "built_at": rfc3339(self.built_at),
+            "built_at_source": self.source,
+            "commit": self.tag.commit,
+            "rt_revision": self.tag.rt_revision,
+            "error": self.error,
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class RefResolution:
     ref: str
     newest: Build
     candidates: tuple[Build, ...] = field(default=())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ref": self.ref,
+            "newest": self.newest.to_json(),
+            "candidates": [c.to_json() for c in self.candidates],
+        }
 
 
 def parse_created(value: object) -> datetime | None:

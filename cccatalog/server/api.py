@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
+from cccatalog import envvars
 from cccatalog.catalog import views
 from cccatalog.catalog.store import Store
 from cccatalog.config import CodeCollection, Config
@@ -22,6 +23,7 @@ from cccatalog.gitmirror.servable import Servability, mirrored_slugs
 from cccatalog.jobs import run_lock_path
 from cccatalog.server.admin_jobs import Job, JobRunner
 from cccatalog.server.live_config import LiveConfig
+from cccatalog.timestamps import rfc3339
 
 CATALOG = "/api/v1/catalog/codecollections"
 GIT_REPOS = "/api/v1/git/repos"
@@ -220,7 +222,7 @@ def _git_repos(ctx: ApiContext, rest: str) -> ApiResponse:
 
 
 def admin_token(environ: Mapping[str, str]) -> str | None:
-    return environ.get("CCCATALOG_ADMIN_TOKEN") or environ.get("CC_CATALOG_ADMIN_TOKEN") or None
+    return envvars.first(environ, envvars.ADMIN_TOKEN)
 
 
 def _authorize(ctx: ApiContext, authorization: str | None) -> None:
@@ -241,8 +243,8 @@ def _job_body(job: Job) -> dict[str, Any]:
         "job_id": job.id,
         "kind": job.kind,
         "state": job.state,
-        "started_at": views.rfc3339(job.started_at),
-        "finished_at": views.rfc3339(job.finished_at),
+        "started_at": rfc3339(job.started_at),
+        "finished_at": rfc3339(job.finished_at),
         "result": job.result,
         "error": job.error,
         "url": f"{ADMIN}jobs/{job.id}",

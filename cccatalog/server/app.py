@@ -93,7 +93,9 @@ class CatalogServer(ThreadingHTTPServer):
         settings: ServeConfig,
         *,
         backend: HttpBackend | None = None,
+        sock: socket.socket | None = None,
     ) -> None:
+        """Serve on `address`, or on `sock` when given: a socket bound already (`listen_socket`)."""
         self.api = api
         self.live = api.live
         self.settings = settings
@@ -104,12 +106,25 @@ class CatalogServer(ThreadingHTTPServer):
         self.reaper = Reaper()
         self._active = 0
         self._active_cond = threading.Condition()
-        super().__init__(address, GitRequestHandler)
+        if sock is None:
+            super().__init__(address, GitRequestHandler)
+            return
+        self.address_family = sock.family
+        super().__init__(address, GitRequestHandler, bind_and_activate=False)
+        self.socket.close()
+        self.socket = sock
+        self.server_address = sock.getsockname()
+        self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
+        try:
+            self.server_activate()
+        except BaseException:
+            self.server_close()
+            raise
 
     @property
     def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host!s}:{port}"
+        host, port = str(self.server_address[0]), self.server_address[1]
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     def handle_error(self, request: object, client_address: object) -> None:
         """A client that vanished is routine; anything else is logged with its traceback."""

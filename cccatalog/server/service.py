@@ -9,6 +9,7 @@ import random
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from cccatalog.catalog.store import Store
@@ -46,13 +47,22 @@ class Service:
         self.api.store.close()
 
 
-def build_service(config: Config, *, environ: Mapping[str, str], redactor: Redactor) -> Service:
+def build_service(
+    config: Config, *, environ: Mapping[str, str], redactor: Redactor, readonly: bool = False
+) -> Service:
+    """Everything a server needs besides its socket. `readonly`: for a one-off reader beside a running
+    server (`serve --get`): the state file is only read, and nothing is written anywhere."""
     live = LiveConfig(config, environ=environ)
     try:
-        store = Store.open(config.state.path)
+        store = Store.open_readonly(config.state.path) if readonly else Store.open(config.state.path)
     except StateError as exc:
         # Git serving does not need the state; refusing to start would take every clone down with it.
-        log.error("%s; serving with an in-memory state until this is fixed (catalog refs start empty)", exc)
+        if not readonly:
+            log.error(
+                "%s; serving with an in-memory state until this is fixed (catalog refs start empty)", exc
+            )
+        else:
+            log.info("%s; answering from an empty in-memory state", exc)
         store = Store.memory()
     servability = Servability(Git(redactor=redactor))
 
@@ -77,10 +87,67 @@ def build_service(config: Config, *, environ: Mapping[str, str], redactor: Redac
     api = ApiContext(
         live, store, servability, JobRunner(), {"git": sync_git, "images": sync_catalog}, environ
     )
-    backfill(config, store, servability)
+    if not readonly or store.path == Path(":memory:"):
+        backfill(config, store, servability)
     baked = baked_mismatches(config, store, servability)
     api.ready_checks.append(lambda _config: "; ".join(baked) if baked else None)
     return Service(api)
+
+
+def run_server(
+    config: Config,
+    *,
+    host: str,
+    port: int,
+    environ: Mapping[str, str],
+    redactor: Redactor,
+    git_sync_minutes: int | None = None,
+    catalog_poll_minutes: int | None = None,
+) -> None:
+    """`cccatalog serve`: bind first (a taken port writes nothing), then open the state, start the
+    scheduler when asked for, and serve until SIGTERM/SIGINT."""
+    from cccatalog.server.app import CatalogServer, serve_forever
+    from cccatalog.server.sockets import listen_socket
+
+    sock = listen_socket(host, port)
+    try:
+        service = build_service(config, environ=environ, redactor=redactor)
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        server = CatalogServer((host, port), service.api, config.serve, sock=sock)
+        service.scheduler = Scheduler(
+            service.api,
+            git_minutes=git_sync_minutes or config.scheduler.git_sync_minutes,
+            catalog_minutes=catalog_poll_minutes or config.scheduler.catalog_poll_minutes,
+        )
+        log.info("serving %s (git under %s/)", server.url, config.git.mount_path)
+        serve_forever(server)
+    finally:
+        service.close()
+
+
+def get_once(
+    config: Config, target: str, *, environ: Mapping[str, str], redactor: Redactor
+) -> tuple[int, object]:
+    """Answer one API request in-process (`serve --get`, a container health check) without writing
+    anything: the state file is only read, and a missing one answers from an empty state."""
+    from urllib.parse import urlsplit
+
+    from cccatalog import envvars
+    from cccatalog.server.api import handle
+
+    parts = urlsplit(target if target.startswith("/") else "/" + target)
+    token = envvars.first(environ, envvars.ADMIN_TOKEN)
+    service = build_service(config, environ=environ, redactor=redactor, readonly=True)
+    try:
+        answer = handle(service.api, "GET", parts.path, parts.query, f"Bearer {token}" if token else None)
+    finally:
+        service.close()
+    if answer is None:
+        return 404, {"detail": "Not Found"}
+    return answer.status, answer.body
 
 
 def baked_mismatches(config: Config, store: Store, servability: Servability) -> list[str]:

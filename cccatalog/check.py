@@ -1,0 +1,224 @@
+"""`cccatalog check`: is this config ready to run here? Every answer is found without changing anything.
+
+Checked: the config itself (and its warnings), the environment variables it names (set, non-empty,
+Docker configs readable and covering their hosts), the state file (readable, a cccatalog state file,
+its schema version) and the data directory (a directory this user can write), each mirror on disk,
+each `static_path` file; with `network`, whether each upstream answers `ls-remote` and each registry
+lists tags, with the configured credentials. Nothing is created: no state file, no directory, no lock,
+no cache entry.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from cccatalog.catalog.store import state_file_version
+from cccatalog.config import AuthConfig, Config
+from cccatalog.credentials import docker_config_lookup, url_host
+from cccatalog.errors import CCCatalogError
+from cccatalog.gitmirror.git import Git
+from cccatalog.gitmirror.layout import Layout
+from cccatalog.gitmirror.mirror import is_complete
+from cccatalog.gitmirror.servable import mirrored_slugs
+from cccatalog.gitmirror.sync import MirrorSyncer, SyncOptions, plan_sync
+from cccatalog.paths import writable_dir_problem
+from cccatalog.redact import Redactor
+
+
+class Status(StrEnum):
+    OK = "ok"
+    WARN = "warn"
+    FAIL = "fail"
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    subject: str  # what was checked: a key path, a slug, a file
+    status: Status
+    detail: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"subject": self.subject, "status": self.status.value, "detail": self.detail}
+
+
+@dataclass(slots=True)
+class CheckReport:
+    config: Path
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return any(c.status is Status.FAIL for c in self.checks)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "config": str(self.config),
+            "ok": not self.failed,
+            "checks": [c.to_json() for c in self.checks],
+        }
+
+
+def check(
+    config: Config, *, environ: Mapping[str, str], redactor: Redactor, network: bool = False
+) -> CheckReport:
+    report = CheckReport(config.path)
+    add = report.checks.append
+    mirrored = sorted(mirrored_slugs(config))
+    collections = len(config.codecollections)
+    add(Check("config", Status.OK, f"{len(config.sources)} sources, {collections} CodeCollections, "
+              f"{len(mirrored)} mirrored"))  # fmt: skip
+    for warning in config.warnings:
+        add(Check("config", Status.WARN, warning))
+    report.checks.extend(_credentials(config, environ))
+    report.checks.extend(_directories(config))
+    git = Git(redactor=redactor, environ=environ)
+    layout = Layout(config.git.data_dir)
+    for slug in mirrored:
+        repo = layout.repo(slug)
+        if is_complete(git, repo):
+            add(Check(f"mirror {slug}", Status.OK, f"complete at {repo}"))
+        else:
+            state = "incomplete" if repo.exists() else "not cloned yet"
+            add(Check(f"mirror {slug}", Status.WARN, f"{state} ({repo}): a sync makes it"))
+    for cc in config.codecollections:
+        if cc.static_path is not None:
+            add(_static_file(cc.slug, cc.static_path))
+    if network:
+        report.checks.extend(_network(config, git, environ, redactor))
+    return report
+
+
+def _credentials(config: Config, environ: Mapping[str, str]) -> Iterator[Check]:
+    blocks: list[tuple[str, AuthConfig, list[str]]] = []
+    if mirrored_slugs(config):
+        hosts = [h for cc in config.codecollections if cc.git_url and (h := _http_host(cc.git_url))]
+        blocks.append(("git.auth", config.git.auth, hosts))
+    for i, source in enumerate(config.sources):
+        hosts = [url_host(cc.image_registry) or "" for cc in source.codecollections if cc.image_registry]
+        blocks.append((f"sources[{i}].auth", source.auth, hosts))
+    for key, auth, hosts in blocks:
+        for name, var in (
+            ("token_env", auth.token_env),
+            ("user_env", auth.user_env),
+            ("pass_env", auth.pass_env),
+            ("dockerconfigjson_env", auth.dockerconfigjson_env),
+        ):
+            if var is None:
+                continue
+            value = environ.get(var, "")
+            if not value:
+                yield Check(f"{key}.{name}", Status.FAIL, f"environment variable {var} is not set or empty")
+                continue
+            if name != "dockerconfigjson_env":
+                yield Check(f"{key}.{name}", Status.OK, f"{var} is set")
+                continue
+            yield from _docker_config(f"{key}.{name}", var, value, hosts)
+
+
+def _docker_config(subject: str, var: str, value: str, hosts: list[str]) -> Iterator[Check]:
+    missing = []
+    for host in sorted(set(hosts)):
+        try:
+            if docker_config_lookup(value, host, origin=f"{subject} ({var})") is None:
+                missing.append(host)
+        except CCCatalogError as exc:
+            yield Check(subject, Status.FAIL, str(exc))
+            return
+    if missing:
+        yield Check(subject, Status.WARN, f"{var} has no credentials for {', '.join(missing)}")
+    else:
+        yield Check(subject, Status.OK, f"{var} is a Docker config covering every host")
+
+
+def _directories(config: Config) -> Iterator[Check]:
+    if mirrored_slugs(config):
+        problem = writable_dir_problem(config.git.data_dir)
+        where = config.git.data_dir
+        if problem:
+            yield Check("git.data_dir", Status.FAIL, problem)
+        else:
+            shown = "exists" if where.is_dir() else "will be created"
+            yield Check("git.data_dir", Status.OK, f"{where} {shown} and is writable")
+    state = config.state.path
+    try:
+        version = state_file_version(state)
+    except CCCatalogError as exc:
+        yield Check("state.path", Status.FAIL, str(exc))
+        return
+    problem = writable_dir_problem(state.parent)
+    if problem:
+        yield Check("state.path", Status.FAIL, f"the state file's directory: {problem}")
+    elif version is None:
+        yield Check("state.path", Status.OK, f"{state} will be created by the first sync or serve")
+    else:
+        from cccatalog.catalog.migrations import MIGRATIONS
+
+        note = "current" if version == len(MIGRATIONS) else "the next sync or serve migrates it"
+        yield Check("state.path", Status.OK, f"{state}: schema version {version} ({note})")
+
+
+def _static_file(slug: str, path: Path) -> Check:
+    subject = f"static_path {slug}"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        return Check(subject, Status.FAIL, f"{path}: {exc.strerror or type(exc).__name__}")
+    except (ValueError, UnicodeDecodeError) as exc:
+        return Check(subject, Status.FAIL, f"{path}: not valid JSON ({type(exc).__name__})")
+    refs = data.get("refs") if isinstance(data, dict) else None
+    if not isinstance(refs, list):
+        return Check(subject, Status.FAIL, f"{path}: expected an object with a 'refs' list")
+    return Check(subject, Status.OK, f"{path}: {len(refs)} builds listed")
+
+
+def _network(config: Config, git: Git, environ: Mapping[str, str], redactor: Redactor) -> Iterator[Check]:
+    tasks = plan_sync(config)
+    if tasks and not config.git.runtime_sync:
+        yield Check("upstreams", Status.WARN, "git.runtime_sync is false: upstreams were not contacted")
+    elif tasks:
+        syncer = MirrorSyncer(
+            git=git,
+            layout=Layout(config.git.data_dir),
+            options=SyncOptions.from_config(config),
+            environ=environ,
+        )
+        for task in tasks:
+            try:
+                count = syncer.probe(task)
+            except CCCatalogError as exc:
+                yield Check(f"upstream {task.slug}", Status.FAIL, redactor(str(exc)))
+            else:
+                yield Check(f"upstream {task.slug}", Status.OK, f"{task.display_url} answers: {count} refs")
+    yield from _registries(config, environ, redactor)
+
+
+def _registries(config: Config, environ: Mapping[str, str], redactor: Redactor) -> Iterator[Check]:
+    from cccatalog.oci.client import RegistryClient
+    from cccatalog.oci.reference import parse_reference
+    from cccatalog.oci.tags import group_by_ref
+    from cccatalog.oci.targets import source_auth
+
+    for source in config.sources:
+        if source.type != "oci" or not any(cc.image_registry for cc in source.codecollections):
+            continue
+        with RegistryClient(auth_for=source_auth(source, environ, redactor), cache=None) as client:
+            for cc in source.codecollections:
+                if not cc.image_registry:
+                    continue
+                subject = f"registry {cc.slug}"
+                try:
+                    repo, _ = parse_reference(cc.image_registry, allow_plain_http=source.plain_http)
+                    tags = client.list_tags(repo)
+                except CCCatalogError as exc:
+                    yield Check(subject, Status.FAIL, redactor(str(exc)))
+                    continue
+                builds = f"{len(tags)} tags, builds of {len(group_by_ref(tags))} refs"
+                yield Check(subject, Status.OK, f"{cc.image_registry}: {builds}")
+
+
+def _http_host(url: str) -> str | None:
+    return url_host(url) if url.lower().startswith(("https://", "http://")) else None
