@@ -98,14 +98,17 @@ def test_bake_fails_with_the_reason_per_repo_and_writes_no_manifest(
     assert not (dest / "manifest.json").exists()
 
 
-def test_bake_with_nothing_to_mirror_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bake_with_nothing_to_mirror_is_a_usage_error_that_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "config.yaml"
     path.write_text(
         "sources:\n  - name: s\n    type: oci\n    codecollections:\n"
         "      - slug: a\n        image_registry: ghcr.io/x/a\n"
     )
-    assert run(["bake", "-c", str(path), "--dest", str(tmp_path / "d")]) == 1
+    assert run(["bake", "-c", str(path), "--dest", str(tmp_path / "d")]) == 2
     assert "nothing to bake" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
 
 
 def test_serve_reports_baked_repos_that_do_not_match_the_manifest(

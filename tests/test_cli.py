@@ -232,11 +232,220 @@ def test_demo_serves_the_mirrors_and_the_printed_clone_line_works(tmp_path: Path
         assert proc.wait(timeout=15) == 0
 
 
-@pytest.mark.parametrize("argv", [["sync", "-q"], ["nosuch"], ["sync", "--jobs", "0"]])
+@pytest.mark.parametrize("argv", [["sync", "--bogus"], ["nosuch"], ["sync", "--jobs", "0"]])
 def test_usage_errors_exit_2_with_a_message_and_no_traceback(
     capsys: pytest.CaptureFixture[str], argv: list[str]
 ) -> None:
     code, _, err = cli(capsys, *argv)
     assert code == 2
-    assert "Error:" in err
+    assert err.startswith("error: "), err
     assert "Traceback" not in err
+
+
+def _start_demo(directory: Path) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cccatalog", "demo", "--dir", str(directory), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.strip().startswith("git clone http://127.0.0.1:"):
+            return proc, line.split()[-1]
+    proc.kill()
+    raise AssertionError(proc.stderr.read() if proc.stderr else "the demo printed no clone line")
+
+
+def test_demo_once_clones_through_the_server_then_exits_0(tmp_path: Path) -> None:
+    """The README's first command in the form CI runs: it serves, clones once with git, and stops."""
+    out = subprocess.run(
+        [sys.executable, "-m", "cccatalog", "demo", "--once", "--dir", str(tmp_path / "demo"), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    clone_line = next(
+        line.strip() for line in out.stdout.splitlines() if line.strip().startswith("git clone ")
+    )
+    assert clone_line.startswith("git clone http://127.0.0.1:")
+    assert "the demo works" in out.stdout
+    # the server is gone with the command: the URL no longer answers
+    gone = subprocess.run(["git", "ls-remote", clone_line.split()[-1]], capture_output=True, check=False)
+    assert gone.returncode != 0
+
+
+def test_a_second_demo_in_the_same_directory_is_refused_and_the_first_keeps_serving(tmp_path: Path) -> None:
+    import signal
+
+    directory = tmp_path / "demo"
+    first, url = _start_demo(directory)
+    try:
+        config_before = (directory / "config.yaml").read_bytes()
+        second = subprocess.run(
+            [sys.executable, "-m", "cccatalog", "demo", "--dir", str(directory), "--port", "0"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert second.returncode == 2, second.stderr
+        assert second.stderr.startswith("error: --dir")
+        assert "another `cccatalog demo` is running" in second.stderr
+        assert (directory / "config.yaml").read_bytes() == config_before
+        git("ls-remote", url)  # the first demo still answers at its own port
+    finally:
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=15) == 0
+
+
+def _static_config(tmp_path: Path, *, slug: str = "cc", tag_ref: str = "main") -> Path:
+    """A config with one static collection whose newest build has a long tag."""
+    (tmp_path / "refs.json").write_text(
+        json.dumps(
+            {
+                "refs": [
+                    {
+                        "ref": tag_ref,
+                        "image_tag": f"{tag_ref}-1234567-89abcde",
+                        "built_at": "2026-01-02T03:04:05Z",
+                    }
+                ]
+            }
+        )
+    )
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "git:\n  data_dir: mirrors\nsources:\n  - name: s\n    type: static\n    codecollections:\n"
+        f"      - slug: {slug}\n        static_path: refs.json\n        default_ref: {tag_ref}\n"
+    )
+    return path
+
+
+def test_tables_never_fold_an_identifier_when_stdout_is_not_a_terminal(tmp_path: Path) -> None:
+    slug = "a-codecollection-with-a-name-long-enough-to-fill-most-of-a-terminal-line"
+    ref = "feature-a-branch-name-that-is-itself-quite-long"
+    config = _static_config(tmp_path, slug=slug, tag_ref=ref)
+    out = subprocess.run(
+        [sys.executable, "-m", "cccatalog", "sync", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    row = next(line for line in out.stdout.splitlines() if slug in line)
+    assert f"{ref}-1234567-89abcde" in row  # slug and tag whole, on one line
+
+
+def test_global_flags_work_after_the_command(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    config = _static_config(tmp_path)
+    code, out, err = cli(capsys, "sync", "-c", str(config), "-q")
+    assert (code, out, err) == (0, "", "")
+    code, out, err = cli(capsys, "sync", "-c", str(config), "--json", "-v")
+    assert code == 0
+    assert json.loads(out)["ok"] is True
+    assert "cc: images: 1 refs, latest main-1234567-89abcde" in err
+
+
+def test_a_global_flag_given_as_an_option_value_stays_a_value(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    config = _static_config(tmp_path)
+    code, _, err = cli(capsys, "sync", "-c", str(config), "--only", "-q")
+    assert code == 2
+    assert err.startswith("error: --only -q: no CodeCollection with that slug")
+
+
+def test_help_shows_defaults_environment_variables_and_examples_unfolded(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, _ = cli(capsys, "serve", "--help")
+    assert code == 0
+    for text in ("[serve.port]", "[serve.host]", "CCCATALOG_PORT", "CC_CATALOG_PORT", "CCCATALOG_CONFIG"):
+        assert text in out
+    assert "Example: cccatalog serve --config config.yaml --host 0.0.0.0 --port 8080" in out
+    code, out, _ = cli(capsys, "resolve-latest", "--help")
+    assert "Example: cccatalog resolve-latest ghcr.io/runwhen-contrib/rw-cli-codecollection --ref main" in out
+    assert "IMAGE|SLUG" in out
+    assert "{target}" not in out
+    code, out, _ = cli(capsys, "--help")
+    assert "-v, --verbose" in out
+    assert "INTEGER" not in out.upper().replace("INTEGRITY", "")
+
+
+def test_serve_get_answers_without_creating_anything(tmp_path: Path) -> None:
+    config = _static_config(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for path, status in (("/healthz", "200"), ("/api/v1/catalog/codecollections", "200")):
+        out = subprocess.run(
+            [sys.executable, "-m", "cccatalog", "serve", "-c", str(config), "--get", path],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.splitlines()[0] == status
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_serve_get_reads_the_state_a_sync_wrote(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    import hashlib
+
+    config = _static_config(tmp_path)
+    assert cli(capsys, "sync", "-c", str(config))[0] == 0
+    state = tmp_path / "mirrors" / ".cccatalog" / "state.sqlite3"
+    digest = hashlib.sha256(state.read_bytes()).hexdigest()
+    code, out, _ = cli(capsys, "serve", "-c", str(config), "--get", "/api/v1/catalog/codecollections")
+    assert code == 0
+    body = json.loads(out.split("\n", 1)[1])
+    assert body[0]["latest_image_tag"] == "main-1234567-89abcde"
+    assert hashlib.sha256(state.read_bytes()).hexdigest() == digest
+
+
+def test_very_verbose_logs_every_git_command_without_secrets(
+    capsys: pytest.CaptureFixture[str], make_upstream: MakeUpstream, write_config: MakeConfig
+) -> None:
+    path = write_config({"alpha": make_upstream("alpha").url})
+    code, _, err = cli(capsys, "-vv", "sync", "-c", str(path), "--no-images")
+    assert code == 0
+    assert "ls-remote --symref origin" in err
+    assert "repack -a -d" in err
+
+
+def test_check_reports_a_ready_config_and_changes_nothing(
+    capsys: pytest.CaptureFixture[str], make_upstream: MakeUpstream, write_config: MakeConfig, tmp_path: Path
+) -> None:
+    path = write_config({"alpha": make_upstream("alpha").url})
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    code, out, err = cli(capsys, "check", "-c", str(path), "--json", "--network")
+    assert code == 0, err
+    report = json.loads(out)
+    checks = {c["subject"]: c for c in report["checks"]}
+    assert report["ok"] is True
+    assert checks["git.data_dir"]["status"] == "ok"
+    assert "will be created" in checks["git.data_dir"]["detail"]
+    assert "will be created" in checks["state.path"]["detail"]
+    assert checks["mirror alpha"]["status"] == "warn"
+    assert checks["upstream alpha"]["status"] == "ok"
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
+    # after a sync the same check finds the mirror and the state file
+    assert cli(capsys, "sync", "-c", str(path))[0] == 0
+    code, out, _ = cli(capsys, "check", "-c", str(path), "--json")
+    checks = {c["subject"]: c for c in json.loads(out)["checks"]}
+    assert checks["mirror alpha"]["status"] == "ok"
+    assert "schema version" in checks["state.path"]["detail"]
+
+
+def test_check_network_names_an_upstream_that_does_not_answer(
+    capsys: pytest.CaptureFixture[str], write_config: MakeConfig, tmp_path: Path
+) -> None:
+    path = write_config({"gone": (tmp_path / "no-such-repo").as_uri()})
+    code, out, err = cli(capsys, "check", "-c", str(path), "--network")
+    assert code == 1
+    assert err.startswith("error: 1 check failed")
+    assert "upstream gone:" in err
+    assert "fail" in out

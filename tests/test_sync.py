@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from cccatalog.catalog.store import Store
+from cccatalog.cli import run as cli_run
 from cccatalog.config import Config, load_config
 from cccatalog.gitmirror.git import Git
 from cccatalog.gitmirror.layout import Layout
@@ -398,18 +400,31 @@ def test_wrong_token_fails_with_a_redacted_error(
     assert TOKEN not in status.last_error
 
 
-def test_missing_token_variable_fails_the_repo_naming_the_variable(
-    make_upstream: MakeUpstream, write_config: MakeConfig, tmp_path: Path
+def test_an_unset_token_variable_syncs_anonymously_and_says_so(
+    make_upstream: MakeUpstream, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with http_upstream(tmp_path) as server:
-        config = load_config(
-            write_config(
-                {"alpha": server.repo_url("alpha")}, git_extra="  auth:\n    token_env: UNSET_TOKEN_VAR\n"
-            )
+    """A public upstream still syncs when the token's variable is missing, but never silently: the
+    variable is named on stderr and in the JSON summary."""
+    make_upstream("alpha")
+    config = tmp_path / "config.yaml"
+    with http_upstream(tmp_path / "upstreams") as server:
+        config.write_text(
+            "git:\n  enabled: true\n  data_dir: mirrors\n  auth:\n    token_env: UNSET_TOKEN_VAR\n"
+            f"sources:\n  - name: s\n    type: static\n    codecollections:\n"
+            f"      - slug: alpha\n        git_url: {server.repo_url('alpha')}\n"
         )
-        result = one(run_sync(config, environ={"PATH": os.environ["PATH"]}))
-    assert result.action is Action.FAILED
-    assert "git.auth.token_env: environment variable UNSET_TOKEN_VAR is not set" in (result.error or "")
+        code = cli_run(["sync", "-c", str(config), "--json"])
+        assert server.seen_authorization
+        assert not any(server.seen_authorization)
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["repos"][0]["action"] == "cloned"
+    warning = (
+        "git.auth.token_env: environment variable UNSET_TOKEN_VAR is not set or empty; fetching anonymously"
+    )
+    assert summary["warnings"] == [warning]
+    assert warning in err
 
 
 @pytest.mark.parametrize("form", ["user_pass", "dockerconfig_path", "dockerconfig_inline"])

@@ -1,0 +1,194 @@
+"""What the commands print: tables and JSON on stdout, progress and failures on stderr.
+
+Built on the result objects' own `to_json()`. Identifiers a user copies (slugs, tags, digests,
+commits, URLs) are never folded or cut: when stdout is not a terminal the tables take the width they
+need, and on a terminal those columns overflow rather than wrap. Failures are always said on stderr,
+also under `--quiet` and `--json`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, TextIO
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from cccatalog.logs import LOGGER_NAME
+
+if TYPE_CHECKING:
+    from cccatalog.check import CheckReport
+    from cccatalog.gitmirror.sync import MirrorSyncer, RepoResult, RepoTask
+    from cccatalog.jobs import SyncReport
+    from cccatalog.oci.resolve import RefResolution
+
+log = logging.getLogger(LOGGER_NAME)
+
+_UNBOUNDED = 100_000  # width of a console that is not a terminal: nothing wraps
+
+
+def console(stream: TextIO | None = None) -> Console:
+    stream = stream or sys.stdout
+    width = None if stream.isatty() else _UNBOUNDED
+    return Console(file=stream, soft_wrap=False, width=width, highlight=False)
+
+
+def _table(title: str | None, columns: Sequence[str], identifiers: Sequence[str]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        if column in identifiers:
+            table.add_column(column, no_wrap=True, overflow="ignore")
+        else:
+            table.add_column(column, overflow="fold")
+    return table
+
+
+def write_json(payload: object, stream: TextIO | None = None) -> None:
+    (stream or sys.stdout).write(json.dumps(payload, indent=2) + "\n")
+
+
+# --- sync ----------------------------------------------------------------------------------------
+
+
+def sync_report(report: SyncReport, *, as_json: bool, quiet: bool) -> None:
+    for warning in report.warnings:
+        log.warning("%s", warning)
+    for image in report.images:  # git results are narrated as each repo ends
+        if image.failed:
+            log.error("%s: images: %s", image.slug, image.error)
+        else:
+            log.info("%s: images: %d refs, latest %s", image.slug, image.refs, image.latest_tag or "none")
+    if as_json:
+        write_json(report.to_json())
+        return
+    if quiet:
+        return
+    out = console()
+    if report.git:
+        table = _table("git mirrors", ("slug", "action", "head", "duration", "error"), ("slug", "head"))
+        styles = {"failed": "red", "skipped": "yellow", "unchanged": "dim"}
+        for r in report.git:
+            style = styles.get(r.action.value, "green")
+            table.add_row(
+                r.slug, f"[{style}]{r.action.value}[/]", (r.head_commit or "")[:12], f"{r.duration_s:.1f}s",
+                escape(r.error or ""),
+            )  # fmt: skip
+        out.print(table)
+    if report.images:
+        columns = ("slug", "refs", "inactive", "latest", "stable", "error")
+        table = _table("images", columns, ("slug", "latest", "stable"))
+        for i in report.images:
+            problem = f"[red]{escape(i.error)}[/]" if i.error else escape(i.note or "")
+            table.add_row(
+                i.slug, str(i.refs), str(i.deactivated), i.latest_tag or "", i.stable_tag or "", problem
+            )
+        out.print(table)
+
+
+def narrate(result: RepoResult) -> None:
+    if result.failed:
+        log.error("%s: %s", result.slug, result.error)
+    else:
+        log.info("%s: %s %s", result.slug, result.action, result.head_commit or "")
+
+
+def sync_progress(*, quiet: bool) -> Callable[[MirrorSyncer, list[RepoTask]], list[RepoResult]]:
+    """Runs the git half: a progress bar on a terminal, one narrated line per repo otherwise."""
+
+    def run(syncer: MirrorSyncer, tasks: list[RepoTask]) -> list[RepoResult]:
+        if quiet or not sys.stderr.isatty() or not tasks:
+            return syncer.run(tasks, on_done=narrate)
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        progress = Progress(
+            TextColumn("[bold]sync"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("{task.description}"), console=Console(stderr=True), transient=True,
+        )  # fmt: skip
+        with progress:
+            bar = progress.add_task("", total=len(tasks))
+
+            def done(result: RepoResult) -> None:
+                narrate(result)
+                progress.update(bar, advance=1, description=f"{result.slug} {result.action}")
+
+            return syncer.run(tasks, on_done=done)
+
+    return run
+
+
+# --- resolve-latest ------------------------------------------------------------------------------
+
+
+def resolutions(
+    name: str,
+    found: Sequence[RefResolution],
+    requests: dict[str, int],
+    *,
+    as_json: bool,
+    verbose: bool,
+) -> None:
+    if as_json:
+        refs = [r.to_json() for r in found]
+        write_json({"repository": name, "refs": refs, "requests": sum(requests.values())})
+        return
+    columns = ("ref", "newest tag", "built_at", "source", "digest", "candidates")
+    table = _table(name, columns, ("ref", "newest tag", "built_at", "digest"))
+    for r in found:
+        n = r.newest.to_json()
+        table.add_row(
+            r.ref, n["tag"], n["built_at"] or "unknown", n["built_at_source"], n["digest"] or "",
+            str(len(r.candidates)),
+        )  # fmt: skip
+    console().print(table)
+    if verbose:
+        detail = ", ".join(f"{k}: {v}" for k, v in sorted(requests.items()))
+        sys.stderr.write(f"{sum(requests.values())} registry requests ({detail})\n")
+
+
+# --- check ---------------------------------------------------------------------------------------
+
+
+def check_report(report: CheckReport, *, as_json: bool) -> None:
+    if as_json:
+        write_json(report.to_json())
+        return
+    table = _table(f"check {report.config}", ("status", "subject", "detail"), ("subject",))
+    styles = {"ok": "green", "warn": "yellow", "fail": "red"}
+    for c in report.checks:
+        table.add_row(f"[{styles[c.status.value]}]{c.status.value}[/]", c.subject, escape(c.detail))
+    console().print(table)
+    failed = [c for c in report.checks if c.status.value == "fail"]
+    warned = sum(c.status.value == "warn" for c in report.checks)
+    verdict = f"{len(failed)} failed, {warned} warnings" if failed or warned else "everything checked is ready"
+    sys.stdout.write(f"{verdict}\n")
+
+
+def check_failures(report: CheckReport) -> None:
+    """What failed, on stderr: one `error:` line, then one line per failed check."""
+    failed = [c for c in report.checks if c.status.value == "fail"]
+    if failed:
+        noun = "check" if len(failed) == 1 else "checks"
+        error(f"{len(failed)} {noun} failed", details=[f"  {c.subject}: {c.detail}" for c in failed])
+
+
+# --- errors --------------------------------------------------------------------------------------
+
+
+def error(message: str, *, details: Sequence[str] = (), stream: TextIO | None = None) -> None:
+    """`error: <message>` first, then any detail lines (usage, hints, a traceback)."""
+    stream = stream or sys.stderr
+    color = stream.isatty()
+    head = "\x1b[31merror:\x1b[0m" if color else "error:"
+    stream.write(f"{head} {message}\n")
+    for line in details:
+        stream.write(line if line.endswith("\n") else line + "\n")
+
+
+def say(line: str) -> None:
+    """A line for the person at the terminal, on stdout at once (a server may run next)."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
