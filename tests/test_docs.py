@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,15 +16,27 @@ ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 
 
-def test_readme_opens_with_install_and_test_commands() -> None:
-    blocks = re.findall(r"```sh\n(.*?)```", README, flags=re.S)
-    assert blocks[0].strip() == "pip install . && cccatalog demo"
-    assert blocks[1].strip() == "pip install -e '.[test]' && python -m pytest"
+README_COMMANDS = re.findall(r"```sh\n(.*?)```", README, flags=re.S)[:2]
 
 
-def test_ci_runs_the_readme_test_command() -> None:
-    test_command = re.findall(r"```sh\n(.*?)```", README, flags=re.S)[1].strip()
-    assert test_command in (ROOT / ".ci" / "run").read_text()
+def test_readme_opens_with_install_and_test_commands_in_a_new_virtualenv() -> None:
+    first, second = (block.strip() for block in README_COMMANDS)
+    assert first.startswith("python3 -m venv .venv && . .venv/bin/activate && pip install . && ")
+    assert first.endswith("cccatalog demo")
+    assert second.startswith("python3 -m venv .venv && . .venv/bin/activate && tools/install-test-deps && ")
+    assert second.endswith("pip install -e '.[test]' && python -m pytest")
+
+
+def test_ci_runs_exactly_the_readme_commands() -> None:
+    """CI reads the commands out of the README rather than keeping a copy that could drift."""
+    printed = subprocess.run(
+        [sys.executable, str(ROOT / ".ci" / "readme_commands.py")], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert printed == [block.strip() for block in README_COMMANDS]
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "readme_commands.py" in ci
+    assert "${readme[0]} --once" in ci
+    assert '${readme[1]}"' in ci
 
 
 def test_every_command_is_in_the_readme() -> None:
