@@ -132,18 +132,14 @@ def sync(
 ) -> None:
     """Bring every git mirror up to date and record the newest image build of every ref."""
     from cccatalog.catalog.store import Store
-    from cccatalog.jobs import SyncRequest, check_only, reaches_network, run_locks, run_sync
+    from cccatalog.jobs import SyncRequest, check_air_gap, check_only, run_locks, run_sync
 
     cfg = _load(config)
     request = SyncRequest(git=git_half, images=images, only=tuple(only or ()), jobs=jobs, no_wait=no_wait)
     check_only(cfg, request.only)
     if git_half and not cfg.git.enabled:
         log.warning("git mirroring is disabled (git.enabled is false in %s)", cfg.path)
-    if not cfg.git.runtime_sync and not allow_runtime_sync and reaches_network(cfg, request):
-        raise UsageError(
-            f"git.runtime_sync is false in {cfg.path}: this host is meant to stay air-gapped. "
-            "Pass --allow-runtime-sync to reach the upstreams and registries anyway."
-        )
+    request = check_air_gap(cfg, request, allow=allow_runtime_sync)
     with run_locks(cfg, request), Store.open(cfg.state.path) as store:
         report = run_sync(
             cfg, store, request, redactor=_state.redactor, environ=os.environ, run_git=_run_with_progress
@@ -345,7 +341,7 @@ def serve(
 ) -> None:
     """Serve the mirrors over read-only git smart HTTP, plus the catalog, status and admin JSON API."""
     from cccatalog.server.app import serve_forever
-    from cccatalog.server.service import Scheduler, build_service
+    from cccatalog.server.service import build_service
 
     cfg = _load(config)
     service = build_service(cfg, environ=os.environ, redactor=_state.redactor)
@@ -358,11 +354,7 @@ def serve(
             port if port is not None else int(env_port) if env_port and env_port.isdigit() else cfg.serve.port
         )
         server = _bind(service, host, port)
-        service.scheduler = Scheduler(
-            service.api,
-            git_minutes=git_sync_minutes or cfg.scheduler.git_sync_minutes,
-            catalog_minutes=catalog_poll_minutes or cfg.scheduler.catalog_poll_minutes,
-        )
+        service.start_scheduler(git_minutes=git_sync_minutes, catalog_minutes=catalog_poll_minutes)
         if _state.verbosity >= 0:
             for name in ("cccatalog.access", "cccatalog.serve"):
                 logging.getLogger(name).setLevel(logging.INFO)

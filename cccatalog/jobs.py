@@ -1,5 +1,10 @@
-"""A whole sync run (git half, image half) as one function, for the CLI now and for serve's admin API
-and scheduler later. It decides nothing about output: it returns what happened.
+"""A whole sync run (git half, image half) as one function, for the CLI, serve's admin API and its
+scheduler. It decides nothing about output: it returns what happened.
+
+The air-gap guards: `git.runtime_sync: false` holds back git fetches (the predecessor's meaning, and
+only that), `images.runtime_sync: false` holds back registry and upstream-catalog polls. `static`
+sources are files and are never held back. The CLI refuses a run a guard would hold back (exit 2, with
+the way out); the admin API and the scheduler run what the guards allow and report what was held back.
 
 The image half (httpx and the registry client) is imported only when a run polls images, so a
 `sync --no-images` does not pay for it at start-up.
@@ -9,15 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cccatalog.config import Config
+from cccatalog.errors import UsageError
 from cccatalog.gitmirror.git import Git
 from cccatalog.gitmirror.layout import Layout
 from cccatalog.gitmirror.locks import file_lock
-from cccatalog.gitmirror.sync import MirrorSyncer, RepoResult, RepoTask, SyncOptions, plan_sync
+from cccatalog.gitmirror.sync import Action, MirrorSyncer, RepoResult, RepoTask, SyncOptions, plan_sync
 from cccatalog.redact import Redactor
 
 if TYPE_CHECKING:
@@ -33,12 +39,16 @@ class SyncRequest:
     only: tuple[str, ...] = ()
     jobs: int | None = None
     no_wait: bool = False
+    # past the air-gap guards (--allow-runtime-sync, ?allow_runtime_sync=true)
+    allow_runtime_sync: bool = False
 
 
 @dataclass(slots=True)
 class SyncReport:
     git: list[RepoResult] = field(default_factory=list)
     images: list[ImageSyncResult] = field(default_factory=list)
+    # collections whose registry or upstream catalog images.runtime_sync kept this run from polling
+    images_held_back: list[str] = field(default_factory=list)
 
     @property
     def failed(self) -> bool:
@@ -97,21 +107,65 @@ def run_sync(
         from cccatalog.catalog.images import ImageSyncer
 
         images = ImageSyncer(config, store, cache=image_cache(config), environ=environ, redactor=redactor)
-        report.images = images.run(images.plan(request.only), jobs=request.jobs or config.git.parallelism)
+        report.images_held_back = [] if images_allowed(config, request) else held_images(config, request)
+        chosen = [cc for cc in images.plan(request.only) if cc.slug not in report.images_held_back]
+        report.images = images.run(chosen, jobs=request.jobs or config.git.parallelism)
     return report
 
 
-def reaches_network(config: Config, request: SyncRequest) -> bool:
-    """Would this sync leave the host? (the air-gap guard, `git.runtime_sync: false`, refuses it).
-    Static sources never do; git mirrors and `oci` registries do."""
-    if request.git and config.git.enabled and plan_sync(config, only=request.only):
-        return True
-    sources = {s.name: s for s in config.sources}
-    return request.images and any(
-        sources[cc.source].type == "oci" and cc.image_registry
-        for cc in config.codecollections
-        if not request.only or cc.slug in request.only
-    )
+def git_allowed(config: Config, request: SyncRequest) -> bool:
+    return config.git.runtime_sync or request.allow_runtime_sync
+
+
+def images_allowed(config: Config, request: SyncRequest) -> bool:
+    return config.images.runtime_sync or request.allow_runtime_sync
+
+
+def held_git(config: Config, request: SyncRequest) -> list[str]:
+    """Repos the git half would fetch that git.runtime_sync keeps this request from fetching."""
+    if not request.git or not config.git.enabled or git_allowed(config, request):
+        return []
+    return [task.slug for task in plan_sync(config, only=request.only)]
+
+
+def held_images(config: Config, request: SyncRequest) -> list[str]:
+    """Collections the image half would poll over the network (a registry, another catalog) that
+    images.runtime_sync keeps this request from polling. `static` sources are never held back."""
+    if not request.images or images_allowed(config, request):
+        return []
+    held = []
+    for cc in config.codecollections:
+        source = config.source(cc.source)
+        if source is None or (request.only and cc.slug not in request.only):
+            continue
+        if (source.type == "oci" and cc.image_registry) or (
+            source.type == "upstream" and source.upstream_for(cc)
+        ):
+            held.append(cc.slug)
+    return held
+
+
+def check_air_gap(config: Config, request: SyncRequest, *, allow: bool) -> SyncRequest:
+    """The request as the CLI runs it: refused (UsageError, exit 2) when an air-gap guard would hold
+    back part of it, saying how to run what is allowed; with `allow`, marked as past the guards."""
+    request = replace(request, allow_runtime_sync=allow)
+    problems = []
+    if held_git(config, request):
+        problems.append(
+            "git.runtime_sync is false: this host must not fetch from git upstreams "
+            "(--no-git refreshes only the image catalog)"
+        )
+    if held := held_images(config, request):
+        named = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
+        problems.append(
+            "images.runtime_sync is false: this host must not poll registries or other catalogs, "
+            f"and {len(held)} collection(s) would be ({named}); --no-images or --only narrow the run"
+        )
+    if problems:
+        raise UsageError(
+            f"{config.path}: {'; '.join(problems)}. Pass --allow-runtime-sync to reach them anyway."
+        )
+    return request
 
 
 def check_only(config: Config, only: Sequence[str]) -> None:
@@ -119,16 +173,22 @@ def check_only(config: Config, only: Sequence[str]) -> None:
     plan_sync(config, only=only, ignore_enabled=True)
 
 
-_CHANGED = ("cloned", "rebuilt", "updated")
+_CHANGED = (Action.CLONED, Action.REBUILT, Action.UPDATED)
+_SYNCED = (*_CHANGED, Action.UNCHANGED)
 
 
 def git_summary(config: Config, report: SyncReport, *, skipped: str | None = None) -> dict[str, object]:
-    """The predecessor's sync-git answer: {enabled, runtime_sync, repos_processed, repos_updated, errors}."""
+    """The predecessor's sync-git answer: {enabled, runtime_sync, repos_processed, repos_updated, errors}.
+
+    `repos_updated` keeps the predecessor's meaning, repos synced successfully (a no-op fetch counts);
+    `repos_changed` counts those whose refs changed (cloned, rebuilt or updated).
+    """
     summary: dict[str, object] = {
         "enabled": config.git.enabled,
         "runtime_sync": config.git.runtime_sync,
         "repos_processed": len(report.git),
-        "repos_updated": sum(r.action.value in _CHANGED for r in report.git),
+        "repos_updated": sum(r.action in _SYNCED for r in report.git),
+        "repos_changed": sum(r.action in _CHANGED for r in report.git),
         "errors": [{"slug": r.slug, "error": r.error} for r in report.git if r.failed],
         "repos": [
             {
@@ -146,13 +206,21 @@ def git_summary(config: Config, report: SyncReport, *, skipped: str | None = Non
 
 
 def catalog_summary(report: SyncReport, *, skipped: str | None = None) -> dict[str, object]:
-    """The predecessor's sync-catalog answer: collections processed, refs upserted and deactivated, errors."""
+    """The predecessor's sync-catalog answer: collections polled successfully, refs upserted and
+    deactivated, and one `{source, slug, error}` per collection that failed."""
     summary: dict[str, object] = {
-        "collections_processed": len(report.images),
+        "collections_processed": sum(not r.failed for r in report.images),
         "refs_upserted": sum(r.refs for r in report.images),
         "refs_deactivated": sum(r.deactivated for r in report.images),
-        "errors": [{"slug": r.slug, "error": r.error} for r in report.images if r.failed],
+        "errors": [{"source": r.source, "slug": r.slug, "error": r.error} for r in report.images if r.failed],
     }
+    if report.images_held_back and not skipped:
+        skipped = (
+            f"images.runtime_sync is false: {len(report.images_held_back)} collection(s) on a registry "
+            "or another catalog were not polled; pass allow_runtime_sync=true"
+        )
     if skipped:
         summary["skipped"] = skipped
+    if report.images_held_back:
+        summary["held_back"] = list(report.images_held_back)
     return summary
