@@ -354,10 +354,10 @@ def serve(
             port if port is not None else int(env_port) if env_port and env_port.isdigit() else cfg.serve.port
         )
         server = _bind(service, host, port)
-        service.start_scheduler(git_minutes=git_sync_minutes, catalog_minutes=catalog_poll_minutes)
         if _state.verbosity >= 0:
             for name in ("cccatalog.access", "cccatalog.serve"):
                 logging.getLogger(name).setLevel(logging.INFO)
+        service.start_scheduler(git_minutes=git_sync_minutes, catalog_minutes=catalog_poll_minutes)
         logging.getLogger("cccatalog.serve").info(
             "serving %s (git under %s/)", server.url, cfg.git.mount_path
         )
