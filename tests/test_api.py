@@ -216,6 +216,7 @@ def test_entries_have_the_predecessor_fields_and_utc_z_timestamps(client: httpx.
     assert alpha["stable_image_tag"] == STABLE_TAG  # the static file names it
     assert alpha["image_registry"] == "registry.example.com/runwhen/alpha"
     assert entries["beta"]["visibility"] == "hidden"
+    assert entries["beta"]["name"] == "beta"  # no name in the config: the slug, as the predecessor
     assert entries["gamma"]["latest_image_tag"] is None
     assert entries["gamma"]["last_synced"] is None
     detail = get_json(client, f"{CATALOG}/alpha")
@@ -705,8 +706,46 @@ def test_the_predecessors_token_variable_works_in_a_real_process_and_ours_wins(
 
 def test_reload_config_answers_the_predecessors_counts(client: httpx.Client) -> None:
     body = client.post(f"{ADMIN}/reload-config", headers=bearer()).json()
-    assert {"status", "sources", "codecollections"} <= set(body)
-    assert (body["sources"], body["codecollections"]) == (1, 4)
+    assert set(body) == {"status", "sources", "destinations", "codecollections"}
+    # destinations is a count, as the predecessor's; images are never mirrored to one here
+    assert (body["sources"], body["destinations"], body["codecollections"]) == (1, 0, 4)
+
+
+def test_a_collection_a_reload_adds_shows_the_head_of_its_mirror_on_disk(
+    site: Site, client: httpx.Client, make_upstream: MakeUpstream, tmp_path: Path
+) -> None:
+    """Its mirror was made under another config (or baked): its status is read from disk, as at
+    start-up, instead of head_commit null."""
+    zeta = make_upstream("zeta")
+    (tmp_path / "other").mkdir()
+    other = write_catalog_config(
+        tmp_path / "other" / "config.yaml",
+        [Collection("zeta", zeta.url)],
+        git={"data_dir": str(site.data_dir)},
+        state_path="other-state.db",
+    )
+    assert run(["-q", "sync", "-c", str(other)]) == 0
+    assert (site.data_dir / "zeta.git").is_dir()
+    assert "unknown git repo" in get_json(client, f"{REPOS}/zeta", 404)["detail"]
+
+    collections = [Collection(slug, site.upstreams[slug].url) for slug in ("alpha", "beta", "gamma")]
+    write_catalog_config(site.path, [*collections, Collection("zeta", zeta.url)])
+    assert client.post(f"{ADMIN}/reload-config", headers=bearer()).status_code == 200
+    repo = get_json(client, f"{REPOS}/zeta")
+    assert (repo["present"], repo["head_commit"], repo["default_branch"]) == (True, zeta.sha("main"), "main")
+    assert get_json(client, f"{REPOS}/alpha")["head_commit"] == site.upstreams["alpha"].sha("main")
+
+
+def test_sync_catalog_counts_only_collections_polled_and_names_the_source_of_each_error(
+    site: Site, client: httpx.Client
+) -> None:
+    (site.path.parent / "static" / "alpha.json").write_text("{not json")
+    result = client.post(f"{ADMIN}/sync-catalog?wait=true", headers=bearer()).json()
+    assert result["collections_processed"] == 2  # beta and delta; alpha failed
+    [error] = result["errors"]
+    assert (error["source"], error["slug"]) == ("offline", "alpha")
+    assert "invalid JSON" in error["error"]
+    assert get_json(client, f"{CATALOG}/alpha")["latest_image_tag"] == LATEST_TAG  # kept
 
 
 def test_reload_config_status_is_ok_like_the_predecessors(client: httpx.Client) -> None:
