@@ -15,8 +15,10 @@ import pytest
 import yaml
 
 from cccatalog.catalog.store import Store
+from cccatalog.catalog.upstream import UpstreamError
+from cccatalog.catalog.upstream import rows as upstream_rows
 from cccatalog.cli import run
-from cccatalog.config import load_config
+from cccatalog.config import CodeCollection, load_config
 from tests.apifixtures import ADMIN_TOKEN, Collection, bearer, build, image_tag, write_catalog_config
 from tests.servefixtures import running_server, serve_process
 from tests.upstreamfixtures import catalog_gate
@@ -263,3 +265,39 @@ def test_upstream_polls_run_on_an_air_gapped_site_and_stop_at_the_image_guard(
     assert "images.runtime_sync is false" in held["skipped"]
     assert (allowed["collections_processed"], allowed["refs_upserted"]) == (1, 6)
     assert "held_back" not in allowed
+
+
+# --- the rows, from answers a real catalog does not give ----------------------------------------
+
+
+def upstream_row(ref: str, **fields: object) -> dict[str, object]:
+    return {"ref": ref, "image_tag": f"{ref.replace('/', '-')}-aaaaaaa-1111111", **fields}
+
+
+def test_an_older_catalog_without_flags_gets_them_derived_as_for_a_registry() -> None:
+    cc = CodeCollection(slug="alpha", source="up", default_ref="main", image_registry="r.example.com/a")
+    rows = {
+        r.ref: r
+        for r in upstream_rows(cc, [upstream_row(ref) for ref in ("main", "v1.0.0", "v1.1.0-rc1")], shown="u")
+    }
+    assert {ref: (r.is_latest, r.is_stable, r.is_prerelease, r.ref_type) for ref, r in rows.items()} == {
+        "main": (True, False, True, "branch"),
+        "v1.0.0": (False, True, False, "tag"),
+        "v1.1.0-rc1": (False, False, True, "tag"),
+    }
+    assert rows["main"].image_registry == "r.example.com/a"
+
+
+def test_inactive_rows_of_the_upstream_are_not_republished_as_active() -> None:
+    cc = CodeCollection(slug="alpha", source="up")
+    payload = [upstream_row("main", is_latest=True), upstream_row("gone", is_active=False)]
+    assert [r.ref for r in upstream_rows(cc, payload, shown="u")] == ["main"]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [{"refs": []}, [{"ref": "main"}], [{"image_tag": "x"}], ["main"], [{"ref": 1, "image_tag": "x"}]],
+)
+def test_an_answer_that_is_not_a_refs_list_fails_the_collection(payload: object) -> None:
+    with pytest.raises(UpstreamError, match="upstream catalog u: "):
+        upstream_rows(CodeCollection(slug="alpha", source="up"), payload, shown="u")
