@@ -158,8 +158,8 @@ def check_air_gap(config: Config, request: SyncRequest, *, allow: bool) -> SyncR
     if held := held_images(config, request):
         named = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
         problems.append(
-            "images.runtime_sync is false: this host must not poll registries or other catalogs, "
-            f"and {len(held)} collection(s) would be ({named}); --no-images or --only narrow the run"
+            "images.runtime_sync is false: this host must not poll registries or other catalogs "
+            f"({named} would be polled); --no-images or --only narrow the run"
         )
     if problems:
         raise UsageError(
