@@ -20,7 +20,9 @@ def main() -> int:
             failed.append(f"{name}: {type(exc).__name__}: {exc}")
     for line in failed:
         sys.stderr.write(line + "\n")
-    sys.stdout.write(f"imported {len(names) - len(failed)} of {len(names)} modules from {cccatalog.__file__}\n")
+    sys.stdout.write(
+        f"imported {len(names) - len(failed)} of {len(names)} modules from {cccatalog.__file__}\n"
+    )
     return 1 if failed else 0
 
 

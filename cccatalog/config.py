@@ -25,6 +25,11 @@ RefScope = Literal["branches-and-tags", "all"]
 Visibility = Literal["public", "hidden"]
 SourceType = Literal["oci", "static", "upstream"]
 
+# The predecessor's default: baked mirrors live outside /data, so a volume on /data cannot hide them.
+DEFAULT_DATA_DIR = Path("/opt/cc-catalog/git")
+# Seconds an upstream catalog has to answer (`options.timeout`), the predecessor's default.
+_UPSTREAM_TIMEOUT = 15.0
+
 
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
@@ -50,6 +55,12 @@ class CodeCollection:
     default_ref: str = "main"
     visibility: Visibility = "public"
     static_path: Path | None = None
+    upstream_url: str | None = None
+
+    @property
+    def display_name(self) -> str:
+        """The name clients see: the configured one, else the slug (as the predecessor did)."""
+        return self.name or self.slug
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,12 +71,17 @@ class Source:
     codecollections: tuple[CodeCollection, ...] = ()
     upstream_url: str | None = None
     plain_http: bool = False
+    timeout_seconds: float = _UPSTREAM_TIMEOUT
+
+    def upstream_for(self, cc: CodeCollection) -> str | None:
+        """The catalog an `upstream` source reads `cc` from: the collection's own URL wins."""
+        return cc.upstream_url or self.upstream_url
 
 
 @dataclass(frozen=True, slots=True)
 class GitConfig:
     enabled: bool = False
-    data_dir: Path = Path("/data/git")
+    data_dir: Path = DEFAULT_DATA_DIR
     mount_path: str = "/git"
     public_base_url: str | None = None
     runtime_sync: bool = True
@@ -81,8 +97,18 @@ class GitConfig:
 
 @dataclass(frozen=True, slots=True)
 class SchedulerConfig:
-    catalog_poll_minutes: int | None = None
-    git_sync_minutes: int | None = None
+    """Intervals of the syncs `serve` runs itself (the predecessor's defaults); 0 turns one off."""
+
+    catalog_poll_minutes: int = 5
+    git_sync_minutes: int = 60
+
+
+@dataclass(frozen=True, slots=True)
+class ImagesConfig:
+    """`images.runtime_sync: false` is the air-gap guard of the image half, as `git.runtime_sync` is
+    of the git half: no registry and no other catalog is polled. `static` files are still read."""
+
+    runtime_sync: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +139,7 @@ class Config:
     scheduler: SchedulerConfig
     state: StateConfig
     serve: ServeConfig = field(default_factory=ServeConfig)
+    images: ImagesConfig = field(default_factory=ImagesConfig)
     sources: tuple[Source, ...] = ()
     warnings: tuple[str, ...] = ()
 
@@ -127,14 +154,19 @@ class Config:
         return next((s for s in self.sources if s.name == name), None)
 
     def polled_collections(self, only: Sequence[str] = ()) -> list[CodeCollection]:
-        """Collections whose image builds a sync records: an image_registry on an oci source, or a
-        static_path on a static source (narrowed to `only` when given)."""
+        """Collections whose image builds a sync records: an image_registry on an oci source, a
+        static_path on a static source, an upstream catalog URL on an upstream source (narrowed to
+        `only` when given)."""
         chosen = []
         for cc in self.codecollections:
             source = self.source(cc.source)
             if (only and cc.slug not in only) or source is None:
                 continue
-            if (source.type == "oci" and cc.image_registry) or (source.type == "static" and cc.static_path):
+            if (
+                (source.type == "oci" and cc.image_registry)
+                or (source.type == "static" and cc.static_path)
+                or (source.type == "upstream" and source.upstream_for(cc))
+            ):
                 chosen.append(cc)
         return chosen
 
@@ -153,7 +185,7 @@ _SCP_RE = re.compile(r"[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:\S+")
 _MOUNT_RE = re.compile(r"(/[A-Za-z0-9_~-][A-Za-z0-9._~-]*)+/?")
 _GIT_SCHEMES = ("https", "http", "ssh", "git", "file")
 
-_TOP_KEYS = ("git", "scheduler", "serve", "sources", "state")
+_TOP_KEYS = ("git", "images", "scheduler", "serve", "sources", "state")
 _LEGACY_TOP = {
     "destinations": "image mirroring to other registries is not part of cccatalog",
     "storage": "cccatalog keeps its state in one SQLite file (see state.path)",
@@ -167,7 +199,10 @@ _GIT_KEYS = (
     *("clone_timeout_seconds", "fetch_timeout_seconds", "refs", "parallelism", "lock_timeout_seconds"),
 )
 _AUTH_KEYS = ("token_env", "user_env", "pass_env", "dockerconfigjson_env")
-_CC_KEYS = ("slug", "name", "git_url", "image_registry", "default_ref", "visibility", "static_path")
+_CC_KEYS = (
+    *("slug", "name", "git_url", "image_registry", "default_ref", "visibility", "static_path"),
+    "upstream_url",
+)
 
 _T = TypeVar("_T")
 
@@ -244,6 +279,7 @@ def parse_config(data: object, *, path: Path, environ: Mapping[str, str] | None 
     git = _git(top.child("git"), slugs)
     state = _state(top.child("state"), git.data_dir, environ or {})
     serve = _serve(top.child("serve"))
+    images = _images(top.child("images"))
     if ctx.problems:
         raise ConfigError(str(path), ctx.problems)
     return Config(
@@ -252,6 +288,7 @@ def parse_config(data: object, *, path: Path, environ: Mapping[str, str] | None 
         scheduler=scheduler,
         state=state,
         serve=serve,
+        images=images,
         sources=sources,
         warnings=tuple(ctx.warnings),
     )
@@ -338,6 +375,12 @@ class _Reader:
         ok = isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
         return cast("int | _T", self._value(name, default, ok, f"an integer from {lo} to {hi}"))
 
+    def number(self, name: str, default: _T, lo: float, hi: float) -> float | _T:
+        value = self.data.get(name)
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and lo <= value <= hi
+        found = self._value(name, default, ok, f"a number of seconds from {lo:g} to {hi:g}")
+        return cast("float | _T", float(found) if isinstance(found, int | float) else found)
+
     def choice(self, name: str, default: _T, choices: Sequence[str], *, required: bool = False) -> str | _T:
         ok = self.data.get(name) in choices
         expected = ", ".join(map(repr, choices[:-1])) + f" or {choices[-1]!r}"
@@ -350,9 +393,10 @@ class _Reader:
 
 def _scheduler(r: _Reader) -> SchedulerConfig:
     r.check_keys(("catalog_poll_minutes", "git_sync_minutes"), _LEGACY_SCHEDULER)
+    d = SchedulerConfig()
     return SchedulerConfig(
-        catalog_poll_minutes=r.int_("catalog_poll_minutes", None, 1, 1440),
-        git_sync_minutes=r.int_("git_sync_minutes", None, 1, 1440),
+        catalog_poll_minutes=r.int_("catalog_poll_minutes", d.catalog_poll_minutes, 0, 1440),
+        git_sync_minutes=r.int_("git_sync_minutes", d.git_sync_minutes, 0, 1440),
     )
 
 
@@ -398,21 +442,27 @@ def _source(r: _Reader, names: dict[str, str], slugs: dict[str, str]) -> Source:
     if name:
         _first_or_duplicate(r, "name", name, names, "source name")
     type_ = r.choice("type", "oci", ("oci", "static", "upstream"), required=True)
-    if type_ == "upstream":
-        r.warn("type", "cccatalog does not poll other catalogs; this source's collections get no image refs")
     auth = _auth(r.child("auth"))
     options = r.child("options")
-    options.check_keys(("upstream_url", "plain_http"))
-    upstream_url = options.str_("upstream_url", None)
-    if upstream_url is not None:
-        hint = f"credentials belong in environment variables named by {r.key('auth')}"
-        if problem := _url_problem(upstream_url, ("https", "http"), hint):
-            options.problem("upstream_url", problem)
-        upstream_url = upstream_url.rstrip("/")
+    options.check_keys(("upstream_url", "plain_http", "timeout"))
+    upstream_url = _catalog_url(options, "upstream_url", r.key("auth"))
+    timeout = options.number("timeout", _UPSTREAM_TIMEOUT, 1, 3600)
+    for key, used_by in (("upstream_url", "upstream"), ("timeout", "upstream"), ("plain_http", "oci")):
+        if key in options.data and type_ != used_by:
+            options.warn(key, f"ignored — only {used_by} sources use it")
     collections = []
     for where, item in r.items("codecollections"):
-        if (cc := _Reader.of(r.ctx, where, item)) is not None:
-            collections.append(_collection(cc, name, slugs))
+        if (reader := _Reader.of(r.ctx, where, item)) is None:
+            continue
+        cc = _collection(reader, name, slugs, r.key("auth"))
+        collections.append(cc)
+        if type_ == "upstream" and not (cc.upstream_url or upstream_url):
+            reader.warn(
+                "upstream_url",
+                f"not set here nor in {options.key('upstream_url')}; this collection gets no image refs",
+            )
+        elif type_ != "upstream" and cc.upstream_url:
+            reader.warn("upstream_url", "ignored — only upstream sources use it")
     return Source(
         name=name,
         type=cast(SourceType, type_),
@@ -420,10 +470,22 @@ def _source(r: _Reader, names: dict[str, str], slugs: dict[str, str]) -> Source:
         codecollections=tuple(collections),
         upstream_url=upstream_url,
         plain_http=options.bool_("plain_http", False),
+        timeout_seconds=timeout,
     )
 
 
-def _collection(r: _Reader, source: str, slugs: dict[str, str]) -> CodeCollection:
+def _catalog_url(r: _Reader, name: str, auth_key: str) -> str | None:
+    """Another catalog's base URL (http or https, no credentials), without a trailing slash."""
+    url = r.str_(name, None)
+    if url is None:
+        return None
+    hint = f"credentials belong in environment variables named by {auth_key}"
+    if problem := _url_problem(url, ("https", "http"), hint):
+        r.problem(name, problem)
+    return url.rstrip("/")
+
+
+def _collection(r: _Reader, source: str, slugs: dict[str, str], auth_key: str) -> CodeCollection:
     r.check_keys(_CC_KEYS)
     slug = r.str_("slug", "", required=True).strip()
     if slug:
@@ -445,6 +507,7 @@ def _collection(r: _Reader, source: str, slugs: dict[str, str]) -> CodeCollectio
         default_ref=r.str_("default_ref", "main"),
         visibility=cast(Visibility, r.choice("visibility", "public", ("public", "hidden"))),
         static_path=r.path_("static_path", None),
+        upstream_url=_catalog_url(r, "upstream_url", auth_key),
     )
 
 
@@ -461,19 +524,23 @@ def _git(r: _Reader, slugs: Mapping[str, str]) -> GitConfig:
     allow: list[str] = []
     for where, item in r.items("codecollections"):
         slug = item.strip() if isinstance(item, str) else None
-        if slug is None or not is_valid_slug(slug):
-            r.ctx.problems.append(f"{where}: {_describe(item)} is not a valid slug ({SLUG_RULE})")
+        if not slug:
+            r.ctx.problems.append(f"{where}: expected a slug, got {_describe(item)}")
         elif slug not in slugs:
+            # The predecessor warned and went on: such an entry can only ever match nothing.
             close = difflib.get_close_matches(slug, list(slugs), n=1)
             hint = f"; did you mean {close[0]}?" if close else ""
-            r.ctx.problems.append(
-                f"{where}: {_quote(slug)} is not a slug of any configured CodeCollection{hint}"
+            r.ctx.warnings.append(
+                f"{where}: {_quote(slug)} is not a slug of any configured CodeCollection; "
+                f"nothing is mirrored for it{hint}"
             )
+            if slug not in allow:
+                allow.append(slug)
         elif slug not in allow:
             allow.append(slug)
     return GitConfig(
         enabled=r.bool_("enabled", False),
-        data_dir=r.path_("data_dir", Path("/data/git")),
+        data_dir=r.path_("data_dir", DEFAULT_DATA_DIR),
         mount_path=mount_path.rstrip("/") or "/git",
         public_base_url=base_url,
         runtime_sync=r.bool_("runtime_sync", True),
@@ -485,6 +552,11 @@ def _git(r: _Reader, slugs: Mapping[str, str]) -> GitConfig:
         parallelism=r.int_("parallelism", 4, 1, 64),
         lock_timeout_seconds=r.int_("lock_timeout_seconds", 600, 0, 86400),
     )
+
+
+def _images(r: _Reader) -> ImagesConfig:
+    r.check_keys(("runtime_sync",))
+    return ImagesConfig(runtime_sync=r.bool_("runtime_sync", True))
 
 
 def _serve(r: _Reader) -> ServeConfig:

@@ -1,5 +1,10 @@
-"""A whole sync run (git half, image half) as one function, for the CLI now and for serve's admin API
-and scheduler later. It decides nothing about output: it returns what happened.
+"""A whole sync run (git half, image half) as one function, for the CLI, serve's admin API and its
+scheduler. It decides nothing about output: it returns what happened.
+
+The air-gap guards: `git.runtime_sync: false` holds back git fetches (the predecessor's meaning, and
+only that), `images.runtime_sync: false` holds back registry and upstream-catalog polls. `static`
+sources are files and are never held back. The CLI refuses a run a guard would hold back (exit 2, with
+the way out); the admin API and the scheduler run what the guards allow and report what was held back.
 
 The image half (httpx and the registry client) is imported only when a run polls images, so a
 `sync --no-images` does not pay for it at start-up.
@@ -9,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,7 +23,7 @@ from cccatalog.errors import UsageError
 from cccatalog.gitmirror.git import Git
 from cccatalog.gitmirror.layout import Layout
 from cccatalog.gitmirror.locks import file_lock
-from cccatalog.gitmirror.sync import MirrorSyncer, RepoResult, RepoTask, SyncOptions, plan_sync
+from cccatalog.gitmirror.sync import Action, MirrorSyncer, RepoResult, RepoTask, SyncOptions, plan_sync
 from cccatalog.paths import require_writable_dir
 from cccatalog.redact import Redactor
 
@@ -35,6 +40,8 @@ class SyncRequest:
     only: tuple[str, ...] = ()
     jobs: int | None = None
     no_wait: bool = False
+    # past the air-gap guards (--allow-runtime-sync, ?allow_runtime_sync=true)
+    allow_runtime_sync: bool = False
 
 
 @dataclass(slots=True)
@@ -43,6 +50,8 @@ class SyncReport:
     images: list[ImageSyncResult] = field(default_factory=list)
     # Said once for the whole run (e.g. credentials that are not set): shown on stderr and in --json.
     warnings: list[str] = field(default_factory=list)
+    # collections whose registry or upstream catalog images.runtime_sync kept this run from polling
+    images_held_back: list[str] = field(default_factory=list)
 
     @property
     def failed(self) -> bool:
@@ -58,6 +67,7 @@ class SyncReport:
             "repos": [r.to_json() for r in self.git],
             "images": [r.to_json() for r in self.images],
             "warnings": list(self.warnings),
+            "images_held_back": list(self.images_held_back),
         }
 
 
@@ -113,8 +123,65 @@ def run_sync(
         from cccatalog.catalog.images import ImageSyncer
 
         images = ImageSyncer(config, store, cache=image_cache(config), environ=environ, redactor=redactor)
-        report.images = images.run(images.plan(request.only), jobs=request.jobs or config.git.parallelism)
+        report.images_held_back = [] if images_allowed(config, request) else held_images(config, request)
+        chosen = [cc for cc in images.plan(request.only) if cc.slug not in report.images_held_back]
+        report.images = images.run(chosen, jobs=request.jobs or config.git.parallelism)
     return report
+
+
+def git_allowed(config: Config, request: SyncRequest) -> bool:
+    return config.git.runtime_sync or request.allow_runtime_sync
+
+
+def images_allowed(config: Config, request: SyncRequest) -> bool:
+    return config.images.runtime_sync or request.allow_runtime_sync
+
+
+def held_git(config: Config, request: SyncRequest) -> list[str]:
+    """Repos the git half would fetch that git.runtime_sync keeps this request from fetching."""
+    if not request.git or not config.git.enabled or git_allowed(config, request):
+        return []
+    return [task.slug for task in plan_sync(config, only=request.only)]
+
+
+def held_images(config: Config, request: SyncRequest) -> list[str]:
+    """Collections the image half would poll over the network (a registry, another catalog) that
+    images.runtime_sync keeps this request from polling. `static` sources are never held back."""
+    if not request.images or images_allowed(config, request):
+        return []
+    held = []
+    for cc in config.codecollections:
+        source = config.source(cc.source)
+        if source is None or (request.only and cc.slug not in request.only):
+            continue
+        if (source.type == "oci" and cc.image_registry) or (
+            source.type == "upstream" and source.upstream_for(cc)
+        ):
+            held.append(cc.slug)
+    return held
+
+
+def check_air_gap(config: Config, request: SyncRequest, *, allow: bool) -> SyncRequest:
+    """The request as the CLI runs it: refused (UsageError, exit 2) when an air-gap guard would hold
+    back part of it, saying how to run what is allowed; with `allow`, marked as past the guards."""
+    request = replace(request, allow_runtime_sync=allow)
+    problems = []
+    if held_git(config, request):
+        problems.append(
+            "git.runtime_sync is false: this host must not fetch from git upstreams "
+            "(--no-git refreshes only the image catalog)"
+        )
+    if held := held_images(config, request):
+        named = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
+        problems.append(
+            "images.runtime_sync is false: this host must not poll registries or other catalogs "
+            f"({named} would be polled); --no-images or --only narrow the run"
+        )
+    if problems:
+        raise UsageError(
+            f"{config.path}: {'; '.join(problems)}. Pass --allow-runtime-sync to reach them anyway."
+        )
+    return request
 
 
 def nothing_to_sync(config: Config, request: SyncRequest) -> str | None:
@@ -161,11 +228,7 @@ def perform_sync(
     from cccatalog.catalog.store import Store
 
     check_only(config, request.only)
-    if not config.git.runtime_sync and not allow_runtime_sync and reaches_network(config, request):
-        raise UsageError(
-            f"git.runtime_sync is false in {config.path}: this host is meant to stay air-gapped. "
-            "Pass --allow-runtime-sync to reach the upstreams and registries anyway."
-        )
+    request = check_air_gap(config, request, allow=allow_runtime_sync)
     if reason := nothing_to_sync(config, request):
         return SyncReport(warnings=[reason])
     git_half = request.git and config.git.enabled and bool(plan_sync(config, only=request.only))
@@ -173,6 +236,8 @@ def perform_sync(
         require_writable_dir(config.git.data_dir, setting="git.data_dir")
     require_writable_dir(config.state.path.parent, setting=config.state.setting)
     warnings = credential_warnings(config, environ) if git_half else []
+    if request.git and not config.git.enabled and any(cc.git_url for cc in config.codecollections):
+        warnings.append(f"git mirroring is disabled (git.enabled is false in {config.path})")
     # The state file first: a corrupt or newer one is refused before any lock file is made.
     with Store.open(config.state.path) as store, run_locks(config, request):
         report = run_sync(config, store, request, redactor=redactor, environ=environ, run_git=run_git)
@@ -180,34 +245,27 @@ def perform_sync(
     return report
 
 
-def reaches_network(config: Config, request: SyncRequest) -> bool:
-    """Would this sync leave the host? (the air-gap guard, `git.runtime_sync: false`, refuses it).
-    Static sources never do; git mirrors and `oci` registries do."""
-    if request.git and config.git.enabled and plan_sync(config, only=request.only):
-        return True
-    sources = {s.name: s for s in config.sources}
-    return request.images and any(
-        sources[cc.source].type == "oci" and cc.image_registry
-        for cc in config.codecollections
-        if not request.only or cc.slug in request.only
-    )
-
-
 def check_only(config: Config, only: Sequence[str]) -> None:
     """--only must name configured collections (raises UsageError otherwise)."""
     plan_sync(config, only=only, ignore_enabled=True)
 
 
-_CHANGED = ("cloned", "rebuilt", "updated")
+_CHANGED = (Action.CLONED, Action.REBUILT, Action.UPDATED)
+_SYNCED = (*_CHANGED, Action.UNCHANGED)
 
 
 def git_summary(config: Config, report: SyncReport, *, skipped: str | None = None) -> dict[str, object]:
-    """The predecessor's sync-git answer: {enabled, runtime_sync, repos_processed, repos_updated, errors}."""
+    """The predecessor's sync-git answer: {enabled, runtime_sync, repos_processed, repos_updated, errors}.
+
+    `repos_updated` keeps the predecessor's meaning, repos synced successfully (a no-op fetch counts);
+    `repos_changed` counts those whose refs changed (cloned, rebuilt or updated).
+    """
     summary: dict[str, object] = {
         "enabled": config.git.enabled,
         "runtime_sync": config.git.runtime_sync,
         "repos_processed": len(report.git),
-        "repos_updated": sum(r.action.value in _CHANGED for r in report.git),
+        "repos_updated": sum(r.action in _SYNCED for r in report.git),
+        "repos_changed": sum(r.action in _CHANGED for r in report.git),
         "errors": [{"slug": r.slug, "error": r.error} for r in report.git if r.failed],
         "repos": [
             {
@@ -225,13 +283,21 @@ def git_summary(config: Config, report: SyncReport, *, skipped: str | None = Non
 
 
 def catalog_summary(report: SyncReport, *, skipped: str | None = None) -> dict[str, object]:
-    """The predecessor's sync-catalog answer: collections processed, refs upserted and deactivated, errors."""
+    """The predecessor's sync-catalog answer: collections polled successfully, refs upserted and
+    deactivated, and one `{source, slug, error}` per collection that failed."""
     summary: dict[str, object] = {
-        "collections_processed": len(report.images),
+        "collections_processed": sum(not r.failed for r in report.images),
         "refs_upserted": sum(r.refs for r in report.images),
         "refs_deactivated": sum(r.deactivated for r in report.images),
-        "errors": [{"slug": r.slug, "error": r.error} for r in report.images if r.failed],
+        "errors": [{"source": r.source, "slug": r.slug, "error": r.error} for r in report.images if r.failed],
     }
+    if report.images_held_back and not skipped:
+        skipped = (
+            f"images.runtime_sync is false: {len(report.images_held_back)} collection(s) on a registry "
+            "or another catalog were not polled; pass allow_runtime_sync=true"
+        )
     if skipped:
         summary["skipped"] = skipped
+    if report.images_held_back:
+        summary["held_back"] = list(report.images_held_back)
     return summary

@@ -1,9 +1,16 @@
-"""Logging setup: narration to stderr (Rich on a terminal, plain otherwise), every record redacted."""
+"""Logging setup: narration to stderr (Rich on a terminal, plain otherwise), every record redacted.
+
+The level comes from -v/-q; without them, from `CCCATALOG_LOG_LEVEL` or the predecessor's
+`CC_CATALOG_LOG_LEVEL` (DEBUG, INFO, WARNING, ERROR, CRITICAL), which then also bounds what `serve`
+prints (its access log is INFO); else warnings and errors only, plus `serve`'s access log.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from collections.abc import Mapping
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -29,9 +36,30 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-def setup_logging(verbosity: int, redactor: Redactor) -> logging.Logger:
-    """verbosity: -1 quiet (errors only), 0 warnings, 1 info, 2+ debug."""
+LOG_LEVEL_VARS = ("CCCATALOG_LOG_LEVEL", "CC_CATALOG_LOG_LEVEL")
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def level_from_env(environ: Mapping[str, str]) -> tuple[int | None, str | None]:
+    """(the level the environment asks for or None, a problem to report or None)."""
+    for name in LOG_LEVEL_VARS:
+        value = environ.get(name, "").strip()
+        if not value:
+            continue
+        if value.upper() in _LEVELS:
+            return logging.getLevelName(value.upper()), None
+        return None, f"{name}={value!r} is not a log level ({', '.join(_LEVELS)}); using the default"
+    return None, None
+
+
+def setup_logging(
+    verbosity: int, redactor: Redactor, *, environ: Mapping[str, str] | None = None
+) -> logging.Logger:
+    """verbosity: -1 quiet (errors only), 0 warnings (or the environment's level), 1 info, 2+ debug."""
     level = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
+    from_env, problem = level_from_env(os.environ if environ is None else environ)
+    if verbosity != 0:
+        from_env = None
     logger = logging.getLogger(LOGGER_NAME)
     for old in list(logger.handlers):
         logger.removeHandler(old)
@@ -43,9 +71,15 @@ def setup_logging(verbosity: int, redactor: Redactor) -> logging.Logger:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     handler.addFilter(RedactingFilter(redactor))
+    if from_env is not None:
+        # The handler's level bounds loggers that set their own (serve's access log), too.
+        level = from_env
+        handler.setLevel(level)
     logger.addHandler(handler)
     logger.setLevel(level)
     logger.propagate = False
+    if problem:
+        logger.warning("%s", problem)
     return logger
 
 

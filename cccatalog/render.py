@@ -163,7 +163,9 @@ def check_report(report: CheckReport, *, as_json: bool) -> None:
     console().print(table)
     failed = [c for c in report.checks if c.status.value == "fail"]
     warned = sum(c.status.value == "warn" for c in report.checks)
-    verdict = f"{len(failed)} failed, {warned} warnings" if failed or warned else "everything checked is ready"
+    verdict = (
+        f"{len(failed)} failed, {warned} warnings" if failed or warned else "everything checked is ready"
+    )
     sys.stdout.write(f"{verdict}\n")
 
 

@@ -23,10 +23,11 @@ RFC3339_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 def build(
     ref: str, commit: str, *, built_at: str | None = None, digest: str | None = None
 ) -> dict[str, object]:
-    """One entry of a static_path JSON file: a build of `ref` at `commit` (7+ hex digits)."""
+    """One entry of a static_path JSON file: a build of `ref` at `commit` (7+ hex digits); refs
+    like v1.2.0 are tags, as a build system writing the file would say."""
     return {
         "ref": ref,
-        "ref_type": "branch",
+        "ref_type": "tag" if re.match(r"v\d", ref) else "branch",
         "commit": commit,
         "rt_revision": RT_REVISION,
         "image_tag": image_tag(ref, commit),
@@ -49,6 +50,7 @@ class Collection:
     visibility: str = "public"
     name: str | None = None
     extra: Mapping[str, object] = field(default_factory=dict)
+    stable_ref: str | None = None  # what the static file names as stable
 
     def registry(self) -> str:
         return f"registry.example.com/runwhen/{self.slug}"
@@ -58,10 +60,13 @@ def static_file(config_path: Path, slug: str) -> Path:
     return config_path.parent / "static" / f"{slug}.json"
 
 
-def write_builds(config_path: Path, slug: str, builds: Sequence[Mapping[str, object]]) -> None:
+def write_builds(
+    config_path: Path, slug: str, builds: Sequence[Mapping[str, object]], *, stable_ref: str | None = None
+) -> None:
     path = static_file(config_path, slug)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"default_ref": "main", "refs": list(builds)}))
+    names = {"default_ref": "main"} | ({"stable_ref": stable_ref} if stable_ref else {})
+    path.write_text(json.dumps({**names, "refs": list(builds)}))
 
 
 def write_catalog_config(
@@ -80,7 +85,7 @@ def write_catalog_config(
         if cc.git_url:
             entry["git_url"] = cc.git_url
         if cc.builds is not None:
-            write_builds(path, cc.slug, cc.builds)
+            write_builds(path, cc.slug, cc.builds, stable_ref=cc.stable_ref)
             entry["static_path"] = str(static_file(path, cc.slug).relative_to(path.parent))
             entry["image_registry"] = cc.registry()
         entry.update(cc.extra)

@@ -68,6 +68,10 @@ RESOLVE_FIELDS = {
     "image_digest",
     "commit_hash",
     "rt_revision",
+    # the predecessor's image-mirroring fields: null, since images are not mirrored to destinations
+    "destination",
+    "target_image_ref",
+    "target_digest",
 }
 REPO_FIELDS = {
     "slug", "upstream_url", "public_url", "present", "head_commit", "last_synced", "last_sync_error",
@@ -110,13 +114,15 @@ def make_site(tmp_path: Path, make_upstream: MakeUpstream, *, git: dict[str, obj
     upstreams = {slug: make_upstream(slug) for slug in ("alpha", "beta", "gamma")}
     collections = [
         Collection("gamma", upstreams["gamma"].url),
-        Collection("alpha", upstreams["alpha"].url, ALPHA_BUILDS, name="Alpha CodeCollection"),
+        Collection(
+            "alpha", upstreams["alpha"].url, ALPHA_BUILDS, name="Alpha CodeCollection", stable_ref="v1.2.0"
+        ),
         Collection("delta", None, [build("main", "1234567")]),
         Collection("beta", upstreams["beta"].url, [build("main", "7654321")], visibility="hidden"),
     ]
     path = write_catalog_config(tmp_path / "config.yaml", collections, git=git)
     assert run(["-q", "sync", "-c", str(path), "--allow-runtime-sync"]) == 0
-    write_builds(path, "alpha", [b for b in ALPHA_BUILDS if b["ref"] != "dev"])
+    write_builds(path, "alpha", [b for b in ALPHA_BUILDS if b["ref"] != "dev"], stable_ref="v1.2.0")
     assert run(["-q", "sync", "-c", str(path), "--no-git"]) == 0
     return Site(path, load_config(path), upstreams)
 
@@ -207,9 +213,10 @@ def test_entries_have_the_predecessor_fields_and_utc_z_timestamps(client: httpx.
     assert alpha["name"] == "Alpha CodeCollection"
     assert alpha["visibility"] == "public"
     assert alpha["latest_image_tag"] == LATEST_TAG
-    assert alpha["stable_image_tag"] == STABLE_TAG  # v1.2.0-rc1 is newer but a pre-release
+    assert alpha["stable_image_tag"] == STABLE_TAG  # the static file names it
     assert alpha["image_registry"] == "registry.example.com/runwhen/alpha"
     assert entries["beta"]["visibility"] == "hidden"
+    assert entries["beta"]["name"] == "beta"  # no name in the config: the slug, as the predecessor
     assert entries["gamma"]["latest_image_tag"] is None
     assert entries["gamma"]["last_synced"] is None
     detail = get_json(client, f"{CATALOG}/alpha")
@@ -253,6 +260,15 @@ def test_refs_hide_inactive_ones_unless_asked(client: httpx.Client) -> None:
     assert everything["dev"]["image_tag"] == image_tag("dev", "fffffff")
 
 
+def test_an_inactive_ref_is_still_answered_with_is_active_false(client: httpx.Client) -> None:
+    """As the predecessor: the build of `dev` is gone from the source, its row is kept and shown."""
+    body = get_json(client, f"{CATALOG}/alpha/refs/dev")
+    assert set(body) == IMAGE_REF_FIELDS | IMAGE_REF_EXTRA
+    assert (body["ref"], body["image_tag"], body["is_active"]) == ("dev", image_tag("dev", "fffffff"), False)
+    assert body["is_latest"] is False
+    assert "dev" not in [r["ref"] for r in get_json(client, f"{CATALOG}/alpha")["refs"]]
+
+
 @pytest.mark.parametrize("ref", ["feature/login", "feature%2Flogin", "feature%2flogin"])
 def test_a_ref_containing_a_slash_is_found_raw_or_percent_encoded(client: httpx.Client, ref: str) -> None:
     url = httpx.URL(f"{str(client.base_url).rstrip('/')}{CATALOG}/alpha/refs/{ref}")
@@ -287,7 +303,22 @@ def test_resolve_answers_pointers_and_refs(
         "image_digest": DIGEST if requested == "feature/login" else None,
         "commit_hash": commit,
         "rt_revision": "1111111",
+        "destination": None,
+        "target_image_ref": None,
+        "target_digest": None,
     }
+
+
+def test_resolve_with_a_destination_answers_the_source_image_and_no_target(client: httpx.Client) -> None:
+    """The predecessor's answer for a destination it had not mirrored to yet: clients fall back to
+    the source image."""
+    body = get_json(client, f"{CATALOG}/alpha/resolve?pointer=latest&destination=acme-jfrog")
+    assert (body["image_tag"], body["image_registry"]) == (LATEST_TAG, "registry.example.com/runwhen/alpha")
+    assert (body["destination"], body["target_image_ref"], body["target_digest"]) == (
+        "acme-jfrog",
+        None,
+        None,
+    )
 
 
 def test_resolve_works_for_hidden_collections(client: httpx.Client) -> None:
@@ -314,7 +345,6 @@ def test_resolve_rejects_an_unknown_pointer_with_422(client: httpx.Client) -> No
         f"{CATALOG}/nope/refs/main",
         f"{CATALOG}/nope/resolve?pointer=latest",
         f"{CATALOG}/alpha/refs/nope",
-        f"{CATALOG}/alpha/refs/dev",  # inactive: no image to hand out
         f"{CATALOG}/alpha/resolve?ref=nope",
         f"{CATALOG}/alpha/resolve?ref=dev",
         f"{CATALOG}/gamma/resolve?pointer=latest",  # no images at all
@@ -676,8 +706,46 @@ def test_the_predecessors_token_variable_works_in_a_real_process_and_ours_wins(
 
 def test_reload_config_answers_the_predecessors_counts(client: httpx.Client) -> None:
     body = client.post(f"{ADMIN}/reload-config", headers=bearer()).json()
-    assert {"status", "sources", "codecollections"} <= set(body)
-    assert (body["sources"], body["codecollections"]) == (1, 4)
+    assert set(body) == {"status", "sources", "destinations", "codecollections"}
+    # destinations is a count, as the predecessor's; images are never mirrored to one here
+    assert (body["sources"], body["destinations"], body["codecollections"]) == (1, 0, 4)
+
+
+def test_a_collection_a_reload_adds_shows_the_head_of_its_mirror_on_disk(
+    site: Site, client: httpx.Client, make_upstream: MakeUpstream, tmp_path: Path
+) -> None:
+    """Its mirror was made under another config (or baked): its status is read from disk, as at
+    start-up, instead of head_commit null."""
+    zeta = make_upstream("zeta")
+    (tmp_path / "other").mkdir()
+    other = write_catalog_config(
+        tmp_path / "other" / "config.yaml",
+        [Collection("zeta", zeta.url)],
+        git={"data_dir": str(site.data_dir)},
+        state_path="other-state.db",
+    )
+    assert run(["-q", "sync", "-c", str(other)]) == 0
+    assert (site.data_dir / "zeta.git").is_dir()
+    assert "unknown git repo" in get_json(client, f"{REPOS}/zeta", 404)["detail"]
+
+    collections = [Collection(slug, site.upstreams[slug].url) for slug in ("alpha", "beta", "gamma")]
+    write_catalog_config(site.path, [*collections, Collection("zeta", zeta.url)])
+    assert client.post(f"{ADMIN}/reload-config", headers=bearer()).status_code == 200
+    repo = get_json(client, f"{REPOS}/zeta")
+    assert (repo["present"], repo["head_commit"], repo["default_branch"]) == (True, zeta.sha("main"), "main")
+    assert get_json(client, f"{REPOS}/alpha")["head_commit"] == site.upstreams["alpha"].sha("main")
+
+
+def test_sync_catalog_counts_only_collections_polled_and_names_the_source_of_each_error(
+    site: Site, client: httpx.Client
+) -> None:
+    (site.path.parent / "static" / "alpha.json").write_text("{not json")
+    result = client.post(f"{ADMIN}/sync-catalog?wait=true", headers=bearer()).json()
+    assert result["collections_processed"] == 2  # beta and delta; alpha failed
+    [error] = result["errors"]
+    assert (error["source"], error["slug"]) == ("offline", "alpha")
+    assert "invalid JSON" in error["error"]
+    assert get_json(client, f"{CATALOG}/alpha")["latest_image_tag"] == LATEST_TAG  # kept
 
 
 def test_reload_config_status_is_ok_like_the_predecessors(client: httpx.Client) -> None:
@@ -707,7 +775,9 @@ def test_sync_git_runs_as_a_background_job(site: Site, client: httpx.Client) -> 
     result = job["result"]
     assert set(result) >= GIT_SUMMARY
     assert (result["enabled"], result["runtime_sync"]) == (True, True)
-    assert (result["repos_processed"], result["repos_updated"], result["errors"]) == (3, 1, [])
+    # repos_updated keeps the predecessor's meaning (synced successfully), repos_changed is new
+    assert (result["repos_processed"], result["repos_updated"], result["repos_changed"]) == (3, 3, 1)
+    assert result["errors"] == []
     assert "skipped" not in result
     assert get_json(client, f"{REPOS}/alpha")["head_commit"] == new_head
 
@@ -718,12 +788,26 @@ def test_sync_git_wait_answers_the_summary_synchronously(site: Site, client: htt
     assert response.status_code == 200, response.text
     result = response.json()
     assert set(result) >= GIT_SUMMARY
-    assert (result["repos_processed"], result["repos_updated"], result["errors"]) == (3, 1, [])
+    assert (result["repos_processed"], result["repos_updated"], result["repos_changed"]) == (3, 3, 1)
+    assert result["errors"] == []
     assert get_json(client, f"{REPOS}/beta")["head_commit"] == new_head
 
 
+def test_sync_git_of_unchanged_repos_counts_them_updated_as_the_predecessor_did(
+    site: Site, client: httpx.Client
+) -> None:
+    result = client.post(f"{ADMIN}/sync-git?wait=true", headers=bearer()).json()
+    assert (result["repos_processed"], result["repos_updated"], result["repos_changed"]) == (3, 3, 0)
+    assert [r["action"] for r in result["repos"]] == ["unchanged"] * 3
+
+
 def test_sync_catalog_as_a_job_and_with_wait(site: Site, client: httpx.Client) -> None:
-    write_builds(site.path, "alpha", [b for b in ALPHA_BUILDS if b["ref"] not in ("dev", "feature/login")])
+    write_builds(
+        site.path,
+        "alpha",
+        [b for b in ALPHA_BUILDS if b["ref"] not in ("dev", "feature/login")],
+        stable_ref="v1.2.0",
+    )
     response = client.post(f"{ADMIN}/sync-catalog", headers=bearer())
     assert response.status_code == 202, response.text
     assert response.headers["location"] == f"{ADMIN}/jobs/{response.json()['job_id']}"
@@ -734,7 +818,7 @@ def test_sync_catalog_as_a_job_and_with_wait(site: Site, client: httpx.Client) -
     assert {k: job["result"][k] for k in CATALOG_SUMMARY} == {
         "collections_processed": 3, "refs_upserted": 6, "refs_deactivated": 1, "errors": [],
     }  # fmt: skip
-    assert get_json(client, f"{CATALOG}/alpha/refs/feature%2Flogin", 404)
+    assert get_json(client, f"{CATALOG}/alpha/refs/feature%2Flogin")["is_active"] is False
     waited = client.post(f"{ADMIN}/sync-catalog?wait=true", headers=bearer())
     assert waited.status_code == 200, waited.text
     assert {k: waited.json()[k] for k in CATALOG_SUMMARY} == {
@@ -841,7 +925,7 @@ def test_runtime_sync_false_skips_git_unless_explicitly_allowed(
         response = client.post(f"{ADMIN}/sync-git?wait=true&allow_runtime_sync=true", headers=bearer())
         allowed = response.json()
         assert "skipped" not in allowed
-        assert (allowed["repos_processed"], allowed["repos_updated"], allowed["errors"]) == (3, 1, [])
+        assert (allowed["repos_processed"], allowed["repos_changed"], allowed["errors"]) == (3, 1, [])
         assert get_json(client, f"{REPOS}/alpha")["head_commit"] == new_head
 
 
@@ -849,7 +933,12 @@ def test_sync_catalog_of_static_sources_is_not_held_by_the_git_air_gap_guard(
     tmp_path: Path, make_upstream: MakeUpstream, admin_env: None
 ) -> None:
     site = make_site(tmp_path, make_upstream, git={"runtime_sync": False})
-    write_builds(site.path, "alpha", [b for b in ALPHA_BUILDS if b["ref"] not in ("dev", "feature/login")])
+    write_builds(
+        site.path,
+        "alpha",
+        [b for b in ALPHA_BUILDS if b["ref"] not in ("dev", "feature/login")],
+        stable_ref="v1.2.0",
+    )
     with api(site.config) as client:
         result = client.post(f"{ADMIN}/sync-catalog?wait=true", headers=bearer()).json()
         assert "skipped" not in result

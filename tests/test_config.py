@@ -172,7 +172,7 @@ def test_predecessor_mirroring_keys_load_with_one_warning_each(tmp_path: Path) -
     )
 
     assert config.scheduler.catalog_poll_minutes == 10
-    assert config.scheduler.git_sync_minutes is None
+    assert config.scheduler.git_sync_minutes == 60  # the predecessor's default
     assert config.sources[0].auth.user_env == "JFROG_USER"
     assert config.sources[0].auth.pass_env == "JFROG_PASS"
     assert [w.split(":")[0] for w in config.warnings] == [
@@ -212,7 +212,7 @@ def test_every_problem_in_the_file_is_reported_at_once_with_its_key_path(tmp_pat
 
     assert sorted(problems) == sorted(
         [
-            "soruces: unknown key (expected one of: git, scheduler, serve, sources, state); "
+            "soruces: unknown key (expected one of: git, images, scheduler, serve, sources, state); "
             "did you mean sources?",
             "sources[0].type: expected 'oci', 'static' or 'upstream', got 'ocii'",
             f"sources[0].codecollections[0].slug: 'Bad Slug!' is not a valid slug ({SLUG_RULE})",
@@ -242,16 +242,17 @@ def test_config_error_names_the_file_and_lists_one_problem_per_line(tmp_path: Pa
     [
         (
             "soruces: []\n",
-            "soruces: unknown key (expected one of: git, scheduler, serve, sources, state); "
+            "soruces: unknown key (expected one of: git, images, scheduler, serve, sources, state); "
             "did you mean sources?",
         ),
-        ("zzz: 1\n", "zzz: unknown key (expected one of: git, scheduler, serve, sources, state)"),
+        ("zzz: 1\n", "zzz: unknown key (expected one of: git, images, scheduler, serve, sources, state)"),
         ("git: {enabeld: true}\n", "git.enabeld: unknown key (expected one of: "),
         ("git: {auth: {tokn_env: X}}\n", "git.auth.tokn_env: unknown key (expected one of: "),
         ("state: {paht: x}\n", "state.paht: unknown key (expected one of: path); did you mean path?"),
         (
             "sources: [{name: s, type: oci, options: {plain-http: true}}]\n",
-            "sources[0].options.plain-http: unknown key (expected one of: plain_http, upstream_url); "
+            "sources[0].options.plain-http: unknown key "
+            "(expected one of: plain_http, timeout, upstream_url); "
             "did you mean plain_http?",
         ),
         (
@@ -302,13 +303,27 @@ def test_unknown_keys_are_refused_with_a_suggestion_when_one_is_close(
             "git.public_base_url: 'ftp://h/git' has an unsupported scheme (expected https://, http://)",
         ),
         (
-            "scheduler: {git_sync_minutes: 0}",
-            "scheduler.git_sync_minutes: expected an integer from 1 to 1440, got 0",
+            "scheduler: {git_sync_minutes: -1}",
+            "scheduler.git_sync_minutes: expected an integer from 0 to 1440, got -1",
         ),
         (
             "scheduler: {catalog_poll_minutes: 1441}",
-            "scheduler.catalog_poll_minutes: expected an integer from 1 to 1440, got 1441",
+            "scheduler.catalog_poll_minutes: expected an integer from 0 to 1440, got 1441",
         ),
+        (
+            "sources: [{name: s, type: upstream, options: {timeout: 0}}]",
+            "sources[0].options.timeout: expected a number of seconds from 1 to 3600, got 0",
+        ),
+        (
+            "sources: [{name: s, type: upstream, options: {timeout: '15'}}]",
+            "sources[0].options.timeout: expected a number of seconds from 1 to 3600, got '15'",
+        ),
+        (
+            "sources: [{name: s, type: upstream, codecollections: [{slug: a, upstream_url: 'ftp://h'}]}]",
+            "sources[0].codecollections[0].upstream_url: 'ftp://h' has an unsupported scheme",
+        ),
+        ("images: {runtime_sync: 'no'}", "images.runtime_sync: expected true or false, got 'no'"),
+        ("images: {enabled: false}", "images.enabled: unknown key (expected one of: runtime_sync)"),
         ("scheduler: 5", "scheduler: expected a mapping, got 5"),
         ("state: {path: 3}", "state.path: expected a non-empty string, got 3"),
         ("sources: {name: a}", "sources: expected a list, got a mapping"),
@@ -411,14 +426,17 @@ def test_duplicate_source_names_are_refused(tmp_path: Path) -> None:
     assert problems == ["sources[1].name: duplicate source name 's' (first defined at sources[0].name)"]
 
 
-def test_upstream_source_loads_with_a_warning_and_its_options(tmp_path: Path) -> None:
+def test_upstream_source_loads_with_its_options_and_the_collection_url_wins(tmp_path: Path) -> None:
     config = load(
         tmp_path,
         """\
         sources:
           - name: other-catalog
             type: upstream
-            options: {upstream_url: "https://catalog.example.com/", plain_http: true}
+            options: {upstream_url: "https://catalog.example.com/", timeout: 2.5}
+            codecollections:
+              - slug: a
+              - {slug: b, upstream_url: "http://site-b.example.com:8080/"}
           - name: local
             type: oci
             options:
@@ -426,32 +444,74 @@ def test_upstream_source_loads_with_a_warning_and_its_options(tmp_path: Path) ->
     )
 
     upstream, local = config.sources
-    assert (upstream.type, upstream.upstream_url, upstream.plain_http) == (
+    assert (upstream.type, upstream.upstream_url, upstream.timeout_seconds) == (
         "upstream",
         "https://catalog.example.com",
-        True,
+        2.5,
     )
-    assert (local.upstream_url, local.plain_http) == (None, False)
+    a, b = upstream.codecollections
+    assert upstream.upstream_for(a) == "https://catalog.example.com"
+    assert upstream.upstream_for(b) == "http://site-b.example.com:8080"
+    assert (local.upstream_url, local.plain_http, local.timeout_seconds) == (None, False, 15.0)
+    assert config.warnings == ()
+
+
+def test_upstream_collection_without_any_upstream_url_loads_with_a_warning(tmp_path: Path) -> None:
+    config = load(tmp_path, "sources: [{name: up, type: upstream, codecollections: [{slug: a}]}]\n")
     assert config.warnings == (
-        "sources[0].type: cccatalog does not poll other catalogs; "
-        "this source's collections get no image refs",
+        "sources[0].codecollections[0].upstream_url: not set here nor in sources[0].options.upstream_url; "
+        "this collection gets no image refs",
     )
 
 
-def test_git_codecollections_must_name_configured_slugs(tmp_path: Path) -> None:
+def test_options_a_source_type_does_not_use_load_with_a_warning(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        """\
+        sources:
+          - name: registry
+            type: oci
+            options: {timeout: 30, plain_http: true}
+            codecollections: [{slug: a, image_registry: registry.example.com/a, upstream_url: "https://c"}]
+          - name: files
+            type: static
+            options: {upstream_url: "https://c", plain_http: true}
+        """,
+    )
+    assert config.sources[0].plain_http is True
+    assert config.warnings == (
+        "sources[0].options.timeout: ignored — only upstream sources use it",
+        "sources[0].codecollections[0].upstream_url: ignored — only upstream sources use it",
+        "sources[1].options.upstream_url: ignored — only upstream sources use it",
+        "sources[1].options.plain_http: ignored — only oci sources use it",
+    )
+
+
+def test_git_codecollections_naming_no_configured_slug_loads_with_a_warning(tmp_path: Path) -> None:
     text = ONE_SOURCE + "git:\n  codecollections: [a, b, ' a', Bad!]\n"
-    assert problems_of(tmp_path, text) == [
-        "git.codecollections[1]: 'b' is not a slug of any configured CodeCollection",
-        f"git.codecollections[3]: 'Bad!' is not a valid slug ({SLUG_RULE})",
+    config = load(tmp_path, text)
+    assert config.warnings == (
+        "git.codecollections[1]: 'b' is not a slug of any configured CodeCollection; "
+        "nothing is mirrored for it",
+        "git.codecollections[3]: 'Bad!' is not a slug of any configured CodeCollection; "
+        "nothing is mirrored for it",
+    )
+    assert config.git.codecollections == ("a", "b", "Bad!")
+
+
+def test_git_codecollections_entries_that_are_not_strings_are_refused(tmp_path: Path) -> None:
+    assert problems_of(tmp_path, ONE_SOURCE + "git:\n  codecollections: [{slug: a}, '']\n") == [
+        "git.codecollections[0]: expected a slug, got a mapping",
+        "git.codecollections[1]: expected a slug, got ''",
     ]
 
 
 def test_git_codecollections_suggests_a_configured_slug_for_a_typo(tmp_path: Path) -> None:
     text = BAKE_CONFIG.replace("codecollections: []", "codecollections: [rw-cli-codecolection]")
-    assert problems_of(tmp_path, text) == [
+    assert load(tmp_path, text).warnings[-1] == (
         "git.codecollections[0]: 'rw-cli-codecolection' is not a slug of any configured CodeCollection; "
-        "did you mean rw-cli-codecollection?"
-    ]
+        "nothing is mirrored for it; did you mean rw-cli-codecollection?"
+    )
 
 
 def test_git_codecollections_allow_list_is_kept_in_order_without_duplicates(tmp_path: Path) -> None:
@@ -646,11 +706,12 @@ def test_empty_file_means_all_defaults_and_no_sources(tmp_path: Path, text: str)
     assert config.git == GitConfig()
     assert (config.git.enabled, config.git.data_dir, config.git.mount_path) == (
         False,
-        Path("/data/git"),
+        Path("/opt/cc-catalog/git"),  # the predecessor's default, where baked mirrors live
         "/git",
     )
-    assert config.scheduler == SchedulerConfig()
-    assert config.state.path == Path("/data/git/.cccatalog/state.sqlite3")
+    assert config.scheduler == SchedulerConfig(catalog_poll_minutes=5, git_sync_minutes=60)
+    assert config.images.runtime_sync is True
+    assert config.state.path == Path("/opt/cc-catalog/git/.cccatalog/state.sqlite3")
     assert config.warnings == ()
 
 
@@ -777,7 +838,7 @@ def test_unusable_db_url_is_ignored_with_a_warning_that_hides_its_value(tmp_path
     assert warning.startswith("CC_CATALOG_DB_URL: ignored — ")
     assert "Sup3rS3cret" not in warning
     assert "postgresql" not in warning
-    assert config.state.path == Path("/data/git/.cccatalog/state.sqlite3")
+    assert config.state.path == Path("/opt/cc-catalog/git/.cccatalog/state.sqlite3")
 
 
 # --- robustness ---------------------------------------------------------------------------------------
@@ -799,7 +860,15 @@ FULL: dict[str, Any] = {
         "lock_timeout_seconds": 10,
     },
     "state": {"path": "s.db"},
+    "images": {"runtime_sync": False},
     "sources": [
+        {
+            "name": "up",
+            "type": "upstream",
+            "auth": {"token_env": "UPSTREAM_TOKEN"},
+            "options": {"upstream_url": "https://catalog.example.com", "timeout": 15},
+            "codecollections": [{"slug": "b", "upstream_url": "https://other.example.com"}],
+        },
         {
             "name": "s",
             "type": "static",
@@ -816,7 +885,7 @@ FULL: dict[str, Any] = {
                     "static_path": "a.json",
                 }
             ],
-        }
+        },
     ],
 }
 

@@ -59,7 +59,7 @@ def test_every_command_is_in_the_readme() -> None:
         "sources[].codecollections[].visibility", "sources[].codecollections[].static_path",
         "serve.host", "serve.port", "serve.max_concurrent_upload_packs", "serve.max_request_body_mb",
         "serve.idle_timeout_seconds", "serve.request_timeout_seconds", "serve.shutdown_grace_seconds",
-        "serve.advertisement_cache_mb",
+        "serve.advertisement_cache_mb", "images.runtime_sync", "sources[].codecollections[].upstream_url",
     ],
 )  # fmt: skip
 def test_every_config_key_is_documented(key: str) -> None:
@@ -71,3 +71,27 @@ def test_example_configs_load(example: Path) -> None:
     config = load_config(example, environ={})
     assert config.codecollections
     assert config.warnings == ()
+
+
+def test_the_migration_guide_is_linked_and_names_each_difference_the_predecessors_users_meet() -> None:
+    guide = (ROOT / "docs" / "migrating.md").read_text()
+    assert "(docs/migrating.md)" in README
+    for topic in (
+        "refs/pull/*",
+        "wait=true",
+        "`Z`",
+        '{"detail"',
+        "Unknown keys are refused",
+        "CC_CATALOG_DB_URL",
+        "CC_CATALOG_DISABLE_SCHEDULER",
+        "CC_CATALOG_LOG_LEVEL",
+        "images.runtime_sync",
+        "`/opt/cc-catalog/git`",
+        "target_image_ref",
+        "repos_changed",
+        "is_prerelease",
+        "stable_ref",
+    ):
+        assert topic in guide, topic
+    for bug in range(1, 13):
+        assert f"bug {bug})" in guide or f"bug {bug}:" in guide or f"bug {bug} " in guide, bug

@@ -22,7 +22,9 @@ from cccatalog.config import CodeCollection
 from cccatalog.errors import StateError
 
 PROCESSES = 12
-SCHEMA_TABLES = ["collections", "git_mirrors", "image_refs", "image_syncs"]
+SCHEMA_TABLES = [
+    "cccatalog_collections", "cccatalog_git_mirrors", "cccatalog_image_refs", "cccatalog_image_syncs"
+]  # fmt: skip
 T0 = datetime(2026, 11, 25, 21, 0, 0, 123456, tzinfo=UTC)
 
 
@@ -310,7 +312,7 @@ def test_times_round_trip_as_aware_utc_with_microseconds(tmp_path: Path) -> None
     assert status.last_attempt_at is not None
     assert status.last_attempt_at.tzinfo == UTC
     conn = _raw(path)
-    assert conn.execute("SELECT last_attempt_at FROM git_mirrors").fetchone() == (
+    assert conn.execute("SELECT last_attempt_at FROM cccatalog_git_mirrors").fetchone() == (
         "2026-11-25T21:00:00.123456Z",
     )
     conn.close()

@@ -7,6 +7,12 @@ and every migration runs exactly once, in the same transaction as its version bu
 
 Migrations must use `conn.execute`, one statement at a time: `executescript` commits the open
 transaction first, which would break the all-or-nothing upgrade.
+
+A database of the predecessor (cc-catalog-svc: no user_version, its own `codecollections` and
+`image_refs` tables) is adopted instead: the first migration would collide with its `image_refs`, so
+the current schema is built by replaying every migration on an empty in-memory database and creating
+the result beside the predecessor's tables (all of cccatalog's names carry the `cccatalog_` prefix
+since migration 3), and the predecessor's rows are carried over — in the same transaction, once.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 
+from cccatalog.catalog import adoption
 from cccatalog.errors import StateError
 
 Migration = Callable[[sqlite3.Connection], None]
@@ -80,15 +87,35 @@ def migrate(conn: sqlite3.Connection) -> int:
     try:
         # Another process may have migrated between our first look and taking the lock.
         current = check_not_newer(conn)
-        for number in range(current + 1, len(MIGRATIONS) + 1):
-            MIGRATIONS[number - 1](conn)
-            conn.execute(f"PRAGMA user_version = {number:d}")
+        if current == 0 and (found := adoption.detect(conn)) is not None:
+            for statement in current_schema():
+                conn.execute(statement)
+            adoption.carry(conn, found)
+            conn.execute(f"PRAGMA user_version = {len(MIGRATIONS):d}")
+        else:
+            for number in range(current + 1, len(MIGRATIONS) + 1):
+                MIGRATIONS[number - 1](conn)
+                conn.execute(f"PRAGMA user_version = {number:d}")
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
     return len(MIGRATIONS)
+
+
+def current_schema() -> list[str]:
+    """The CREATE statements of the latest schema, as the migrations leave it in an empty database:
+    tables first, then what depends on them (indexes)."""
+    scratch = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        migrate(scratch)
+        rows = scratch.execute(
+            "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY type <> 'table', rowid"
+        ).fetchall()
+    finally:
+        scratch.close()
+    return [sql for (sql,) in rows]
 
 
 @migration
@@ -159,3 +186,18 @@ def m002_image_sync_status(conn: sqlite3.Connection) -> None:
         )
         """
     )
+
+
+@migration
+def m003_prefix_tables(conn: sqlite3.Connection) -> None:
+    # The predecessor's database has its own `image_refs`; with a prefix on every name, cccatalog's
+    # tables live beside its tables in one file, and a rollback to the predecessor finds its own intact.
+    for table in ("collections", "git_mirrors", "image_refs", "image_syncs"):
+        conn.execute(f"ALTER TABLE {table} RENAME TO cccatalog_{table}")
+
+
+@migration
+def m004_image_ref_stable_flag(conn: sqlite3.Connection) -> None:
+    # The row `stable` points at is decided when refs are written: a static file names it
+    # (stable_ref), the predecessor's rows carry it, and is_prerelease depends on it.
+    conn.execute("ALTER TABLE cccatalog_image_refs ADD COLUMN is_stable INTEGER NOT NULL DEFAULT 0")

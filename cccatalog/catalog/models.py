@@ -1,9 +1,21 @@
-"""Plain records that cross the state boundary: what the Store returns and accepts."""
+"""Plain records that cross the state boundary: what the Store returns and accepts, and the one text
+form times are stored in."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+
+
+def to_db_time(value: datetime) -> str:
+    """Aware datetime -> `2026-11-25T21:00:00.123456Z` (fixed width, so text order is time order)."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("naive datetime given to the state store; pass a timezone-aware one")
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def from_db_time(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value).astimezone(UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +66,9 @@ class ImageRefRecord:
     is_prerelease: bool
     is_active: bool = True
     synced_at: datetime | None = None
+    # the row `stable` points at, decided when the refs are written (rows written before this flag
+    # existed have it false everywhere, and stable is then derived when read)
+    is_stable: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,17 +24,24 @@ from cccatalog.catalog.migrations import (
     migrate,
     user_version,
 )
-from cccatalog.catalog.models import CollectionRecord, ImageRefRecord, ImageSyncStatus, MirrorStatus
+from cccatalog.catalog.models import (
+    CollectionRecord,
+    ImageRefRecord,
+    ImageSyncStatus,
+    MirrorStatus,
+    from_db_time,
+    to_db_time,
+)
 from cccatalog.config import CodeCollection
 from cccatalog.errors import StateError
 
 # Values always travel as `?` parameters, never inside the SQL text.
 _SELECT_MIRRORS = (
     "SELECT slug, upstream_url, head_commit, default_branch, refs_fingerprint, last_action, "
-    "last_attempt_at, last_success_at, last_error FROM git_mirrors"
+    "last_attempt_at, last_success_at, last_error FROM cccatalog_git_mirrors"
 )
 _UPSERT_MIRROR_SUCCESS = """
-    INSERT INTO git_mirrors (slug, upstream_url, head_commit, default_branch, refs_fingerprint,
+    INSERT INTO cccatalog_git_mirrors (slug, upstream_url, head_commit, default_branch, refs_fingerprint,
         last_action, last_attempt_at, last_success_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (slug) DO UPDATE SET upstream_url = excluded.upstream_url,
         head_commit = excluded.head_commit, default_branch = excluded.default_branch,
@@ -43,7 +50,7 @@ _UPSERT_MIRROR_SUCCESS = """
         last_error = NULL
 """
 _UPSERT_MIRROR_FAILURE = """
-    INSERT INTO git_mirrors (slug, upstream_url, last_action, last_attempt_at, last_error)
+    INSERT INTO cccatalog_git_mirrors (slug, upstream_url, last_action, last_attempt_at, last_error)
         VALUES (?, ?, ?, ?, ?)
     ON CONFLICT (slug) DO UPDATE SET upstream_url = excluded.upstream_url,
         last_action = excluded.last_action, last_attempt_at = excluded.last_attempt_at,
@@ -51,10 +58,10 @@ _UPSERT_MIRROR_FAILURE = """
 """
 _SELECT_COLLECTIONS = (
     "SELECT slug, source, name, git_url, image_registry, default_ref, visibility, updated_at "
-    "FROM collections ORDER BY slug"
+    "FROM cccatalog_collections ORDER BY slug"
 )
 _UPSERT_COLLECTION = """
-    INSERT INTO collections (slug, source, name, git_url, image_registry, default_ref, visibility,
+    INSERT INTO cccatalog_collections (slug, source, name, git_url, image_registry, default_ref, visibility,
         updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (slug) DO UPDATE SET source = excluded.source, name = excluded.name,
         git_url = excluded.git_url, image_registry = excluded.image_registry,
@@ -63,30 +70,21 @@ _UPSERT_COLLECTION = """
 """
 _IMAGE_COLUMNS = (
     "slug, ref, ref_type, image_registry, image_tag, image_digest, commit_hash, rt_revision, "
-    "image_built_at, built_at_source, is_latest, is_prerelease, is_active, synced_at"
+    "image_built_at, built_at_source, is_latest, is_prerelease, is_active, synced_at, is_stable"
 )
 _UPSERT_IMAGE_REF = """
-    INSERT INTO image_refs (slug, ref, ref_type, image_registry, image_tag, image_digest, commit_hash,
-        rt_revision, image_built_at, built_at_source, is_latest, is_prerelease, is_active, synced_at)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?)
+    INSERT INTO cccatalog_image_refs (slug, ref, ref_type, image_registry, image_tag, image_digest,
+        commit_hash, rt_revision, image_built_at, built_at_source, is_latest, is_prerelease, is_active,
+        synced_at, is_stable)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)
     ON CONFLICT (slug, ref) DO UPDATE SET ref_type = excluded.ref_type,
         image_registry = excluded.image_registry, image_tag = excluded.image_tag,
         image_digest = excluded.image_digest, commit_hash = excluded.commit_hash,
         rt_revision = excluded.rt_revision, image_built_at = excluded.image_built_at,
         built_at_source = excluded.built_at_source, is_latest = excluded.is_latest,
-        is_prerelease = excluded.is_prerelease, is_active = 1, synced_at = excluded.synced_at
+        is_prerelease = excluded.is_prerelease, is_active = 1, synced_at = excluded.synced_at,
+        is_stable = excluded.is_stable
 """
-
-
-def to_db_time(value: datetime) -> str:
-    """Aware datetime -> `2026-11-25T21:00:00.123456Z` (fixed width, so text order is time order)."""
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError("naive datetime given to the state store; pass a timezone-aware one")
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def from_db_time(value: str | None) -> datetime | None:
-    return None if value is None else datetime.fromisoformat(value).astimezone(UTC)
 
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -166,40 +164,6 @@ class Store:
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
             migrate(conn)
-        except sqlite3.Error as exc:
-            conn.close()
-            raise _state_error(path, "open", exc) from None
-        except BaseException:
-            conn.close()
-            raise
-        return cls(conn, path)
-
-    @classmethod
-    def open_readonly(cls, path: Path, *, busy_timeout_s: float = 5.0) -> Store:
-        """Open an existing, current state file for reading only: nothing is created or migrated.
-
-        For one-off readers beside a running server (`serve --get`). Raises StateError when the file is
-        missing, unreadable, not a state file, or of another schema version than this cccatalog's.
-        """
-        if not path.is_file():
-            raise StateError(f"state file {path} does not exist yet (a sync or serve creates it)")
-        try:
-            conn = sqlite3.connect(
-                f"{path.absolute().as_uri()}?mode=ro",
-                uri=True,
-                timeout=busy_timeout_s,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-        except sqlite3.Error as exc:
-            raise _state_error(path, "open", exc) from None
-        try:
-            found = check_not_newer(conn)
-            if found != len(MIGRATIONS):
-                raise StateError(
-                    f"state file {path} has schema version {found}, not {len(MIGRATIONS)}: "
-                    "the next sync or serve migrates it"
-                )
         except sqlite3.Error as exc:
             conn.close()
             raise _state_error(path, "open", exc) from None
@@ -297,25 +261,28 @@ class Store:
         rows = [
             (slug, r.ref, r.ref_type, r.image_registry, r.image_tag, r.image_digest, r.commit_hash,
              r.rt_revision, to_db_time(r.image_built_at) if r.image_built_at else None, r.built_at_source,
-             int(r.is_latest), int(r.is_prerelease), when)
+             int(r.is_latest), int(r.is_prerelease), when, int(r.is_stable))
             for r in refs
         ]  # fmt: skip
         with self._writing("save image refs in") as conn:
-            if rows:  # an empty (transient) listing must not take the latest pointer away
-                conn.execute("UPDATE image_refs SET is_latest = 0 WHERE slug = ?", (slug,))
+            if rows:  # an empty (transient) listing must not take the pointers away
+                conn.execute(
+                    "UPDATE cccatalog_image_refs SET is_latest = 0, is_stable = 0 WHERE slug = ?", (slug,)
+                )
             conn.executemany(_UPSERT_IMAGE_REF, rows)
             deactivated = 0
             if deactivate_missing:
                 kept = [row[1] for row in rows]
                 marks = ",".join("?" * len(kept)) or "NULL"
                 cur = conn.execute(
-                    f"UPDATE image_refs SET is_active = 0, is_latest = 0 "  # noqa: S608 - only ? marks
+                    f"UPDATE cccatalog_image_refs SET is_active = 0, is_latest = 0, is_stable = 0 "  # noqa: S608
                     f"WHERE slug = ? AND is_active = 1 AND ref NOT IN ({marks})",
                     (slug, *kept),
                 )
                 deactivated = cur.rowcount
             conn.execute(
-                "INSERT INTO image_syncs (slug, attempted_at, succeeded_at, error) VALUES (?, ?, ?, NULL) "
+                "INSERT INTO cccatalog_image_syncs (slug, attempted_at, succeeded_at, error) "
+                "VALUES (?, ?, ?, NULL) "
                 "ON CONFLICT (slug) DO UPDATE SET attempted_at = excluded.attempted_at, "
                 "succeeded_at = excluded.succeeded_at, error = NULL",
                 (slug, when, when),
@@ -326,7 +293,7 @@ class Store:
         """A poll that failed as a whole: the refs stay as they were; `error` must be redacted."""
         with self._writing("record an image poll failure in") as conn:
             conn.execute(
-                "INSERT INTO image_syncs (slug, attempted_at, error) VALUES (?, ?, ?) "
+                "INSERT INTO cccatalog_image_syncs (slug, attempted_at, error) VALUES (?, ?, ?) "
                 "ON CONFLICT (slug) DO UPDATE SET attempted_at = excluded.attempted_at, "
                 "error = excluded.error",
                 (slug, to_db_time(attempted_at), error),
@@ -337,7 +304,7 @@ class Store:
         where = "slug = ?" if include_inactive else "slug = ? AND is_active = 1"
         with self._reading("read image refs from") as conn:
             rows = conn.execute(
-                f"SELECT {_IMAGE_COLUMNS} FROM image_refs WHERE {where} ORDER BY ref",  # noqa: S608
+                f"SELECT {_IMAGE_COLUMNS} FROM cccatalog_image_refs WHERE {where} ORDER BY ref",  # noqa: S608
                 (slug,),
             ).fetchall()
         return [_image_ref(row) for row in rows]
@@ -345,18 +312,24 @@ class Store:
     def get_image_sync(self, slug: str) -> ImageSyncStatus | None:
         with self._reading("read image poll status from") as conn:
             row = conn.execute(
-                "SELECT slug, attempted_at, succeeded_at, error FROM image_syncs WHERE slug = ?", (slug,)
+                "SELECT slug, attempted_at, succeeded_at, error FROM cccatalog_image_syncs WHERE slug = ?",
+                (slug,),
             ).fetchone()
         if row is None:
             return None
         return ImageSyncStatus(row[0], from_db_time(row[1]), from_db_time(row[2]), row[3])
 
     def backfill_mirror(self, slug: str, *, upstream_url: str, head_commit: str, default_branch: str) -> bool:
-        """Record a mirror found on disk (baked) unless the state already knows it. True if recorded."""
+        """Record the head of a mirror found on disk (baked, or synced under another config) unless
+        the state already knows one; the rest of a known row (its errors, its times) stays. True if
+        recorded."""
         with self._writing("record a baked mirror in") as conn:
             cur = conn.execute(
-                "INSERT OR IGNORE INTO git_mirrors (slug, upstream_url, head_commit, default_branch, "
-                "last_action) VALUES (?, ?, ?, ?, 'baked')",
+                "INSERT INTO cccatalog_git_mirrors (slug, upstream_url, head_commit, default_branch, "
+                "last_action) VALUES (?, ?, ?, ?, 'baked') "
+                "ON CONFLICT (slug) DO UPDATE SET head_commit = excluded.head_commit, "
+                "default_branch = excluded.default_branch "
+                "WHERE cccatalog_git_mirrors.head_commit IS NULL",
                 (slug, upstream_url, head_commit, default_branch),
             )
             return cur.rowcount == 1
@@ -444,8 +417,9 @@ def _image_ref(row: tuple[Any, ...]) -> ImageRefRecord:
         pre,
         active,
         synced,
+        stable,
     ) = row
     return ImageRefRecord(
         slug, ref, ref_type, registry, tag, digest, commit, rt, from_db_time(built_at), source,
-        bool(latest), bool(pre), bool(active), from_db_time(synced),
+        bool(latest), bool(pre), bool(active), from_db_time(synced), bool(stable),
     )  # fmt: skip

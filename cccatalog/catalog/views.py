@@ -34,10 +34,14 @@ def git_url(config: Config, cc: CodeCollection, servable: Servable) -> str | Non
 
 
 def pointers(refs: Sequence[ImageRefRecord]) -> tuple[ImageRefRecord | None, ImageRefRecord | None]:
-    """(latest, stable) among active refs with an image. Stable is the highest release semver ref and,
-    as in the predecessor, falls back to latest when there is none."""
+    """(latest, stable) among active refs with an image. Stable is the row flagged when the refs were
+    written; rows written before that flag existed have none, and then stable is the highest release
+    semver ref, falling back to latest as the predecessor did."""
     with_image = [r for r in refs if r.is_active and r.image_tag]
     latest = next((r for r in with_image if r.is_latest), None)
+    flagged = next((r for r in with_image if r.is_stable), None)
+    if flagged is not None:
+        return latest, flagged
     stable_name = stable_ref(r.ref for r in with_image)
     stable = next((r for r in with_image if r.ref == stable_name), None) if stable_name else latest
     return latest, stable
@@ -69,7 +73,7 @@ def catalog_entry(
     shown = latest or stable
     return {
         "slug": cc.slug,
-        "name": cc.name,
+        "name": cc.display_name,
         "git_url": git_url(config, cc, servable),
         "visibility": cc.visibility,
         "latest_image_tag": latest.image_tag if latest else None,
@@ -79,7 +83,12 @@ def catalog_entry(
     }
 
 
-def resolve_payload(cc: CodeCollection, requested: str, r: ImageRefRecord) -> dict[str, Any]:
+def resolve_payload(
+    cc: CodeCollection, requested: str, r: ImageRefRecord, *, destination: str | None = None
+) -> dict[str, Any]:
+    """The predecessor's resolve answer. Its `destination`, `target_image_ref` and `target_digest`
+    described images mirrored to another registry, which cccatalog does not do: the destination asked
+    for is echoed and the targets are null, which tells its clients to use the source image."""
     return {
         "slug": cc.slug,
         "requested": requested,
@@ -88,6 +97,9 @@ def resolve_payload(cc: CodeCollection, requested: str, r: ImageRefRecord) -> di
         "image_digest": r.image_digest,
         "commit_hash": r.commit_hash,
         "rt_revision": r.rt_revision,
+        "destination": destination,
+        "target_image_ref": None,
+        "target_digest": None,
     }
 
 

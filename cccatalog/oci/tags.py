@@ -80,6 +80,13 @@ def is_prerelease(ref: str) -> bool:
     return key is not None and key[3] == 0
 
 
+def catalog_prerelease(ref: str, ref_type: str, *, is_stable: bool) -> bool:
+    """The catalog's `is_prerelease`: the predecessor's rule (every row that is neither the stable
+    one nor a release tag, so branch builds are pre-releases), plus release candidates, which the
+    predecessor counted as releases."""
+    return not (is_stable or ref_type == "tag") or is_prerelease(ref)
+
+
 def stable_ref(refs: Iterable[str]) -> str | None:
     """The highest release (not pre-release) semver ref, or None when there is none."""
     releases = [(key, ref) for ref in refs if (key := parse_semver(ref)) is not None and key[3] == 1]

@@ -174,7 +174,9 @@ def _catalog(ctx: ApiContext, rest: str, params: Mapping[str, str]) -> ApiRespon
         return ApiResponse(200, [views.image_ref(r) for r in refs if r.image_tag])
     if sub.startswith("refs/"):
         ref = unquote(sub[len("refs/") :])  # refs may contain '/', raw or percent-encoded
-        row = next((r for r in ctx.store.list_image_refs(cc.slug) if r.ref == ref and r.image_tag), None)
+        # an inactive ref (its build is gone from the registry) is still answered, is_active false
+        refs = ctx.store.list_image_refs(cc.slug, include_inactive=True)
+        row = next((r for r in refs if r.ref == ref and r.image_tag), None)
         if row is None:
             raise HttpError(404, f"no image for {cc.slug}@{ref}")
         return ApiResponse(200, views.image_ref(row))
@@ -199,7 +201,8 @@ def _resolve(ctx: ApiContext, cc: CodeCollection, params: Mapping[str, str]) -> 
     requested = pointer or ref or ""
     if selected is None:
         raise HttpError(404, f"could not resolve {requested!r} for {cc.slug}")
-    return ApiResponse(200, views.resolve_payload(cc, requested, selected))
+    destination = params.get("destination") or None
+    return ApiResponse(200, views.resolve_payload(cc, requested, selected, destination=destination))
 
 
 def _git_repos(ctx: ApiContext, rest: str) -> ApiResponse:
@@ -278,6 +281,8 @@ def _admin(
             {
                 "status": "ok",
                 "sources": len(config.sources),
+                # a count, as the predecessor's: image mirroring to destinations is not done here
+                "destinations": 0,
                 "codecollections": len(config.codecollections),
             },
         )

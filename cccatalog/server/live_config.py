@@ -1,7 +1,8 @@
 """The config a running server uses *now*: reloaded on SIGHUP and when the file changes on disk.
 
 A reload that fails validation keeps the previous config and logs every problem; a server never
-drops to a half-valid config.
+drops to a half-valid config. Whoever must follow the config (the start-up backfill of mirrors found
+on disk) registers in `listeners` and is called with each config that took effect.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from cccatalog.config import Config, load_config
@@ -34,6 +35,7 @@ class LiveConfig:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.generation = 0
+        self.listeners: list[Callable[[Config], None]] = []
 
     @property
     def current(self) -> Config:
@@ -54,6 +56,11 @@ class LiveConfig:
         for warning in config.warnings:
             log.warning("%s: %s", path, warning)
         log.info("config reloaded from %s (%d CodeCollections)", path, len(config.codecollections))
+        for listener in self.listeners:
+            try:
+                listener(config)
+            except Exception:  # the new config is in effect; a follower's failure must not undo that
+                log.exception("after reloading %s", path)
         return True
 
     def watch(self, interval: float = 2.0) -> threading.Thread:

@@ -83,6 +83,50 @@ _SCHEMAS: dict[str, Any] = {
             "image_digest": _S,
             "commit_hash": _S,
             "rt_revision": _S,
+            "destination": {**_S, "description": "The destination asked for; images are not mirrored"},
+            "target_image_ref": {**_S, "description": "Always null: image mirroring is not done"},
+            "target_digest": {**_S, "description": "Always null: image mirroring is not done"},
+        },
+    },
+    "GitSummary": {
+        "type": "object",
+        "required": ["enabled", "runtime_sync", "repos_processed", "repos_updated", "errors"],
+        "properties": {
+            "enabled": {"type": "boolean"},
+            "runtime_sync": {"type": "boolean"},
+            "repos_processed": {"type": "integer"},
+            "repos_updated": {"type": "integer", "description": "Repos synced successfully"},
+            "repos_changed": {"type": "integer", "description": "Repos whose refs changed"},
+            "errors": {"type": "array", "items": _ref("SyncError")},
+            "skipped": {"type": "string"},
+            "repos": {"type": "array", "items": {"type": "object"}},
+        },
+    },
+    "CatalogSummary": {
+        "type": "object",
+        "required": ["collections_processed", "refs_upserted", "refs_deactivated", "errors"],
+        "properties": {
+            "collections_processed": {"type": "integer", "description": "Collections polled successfully"},
+            "refs_upserted": {"type": "integer"},
+            "refs_deactivated": {"type": "integer"},
+            "errors": {"type": "array", "items": _ref("SyncError")},
+            "skipped": {"type": "string"},
+            "held_back": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+    "SyncError": {
+        "type": "object",
+        "required": ["slug", "error"],
+        "properties": {"source": {"type": "string"}, "slug": {"type": "string"}, "error": {"type": "string"}},
+    },
+    "Reloaded": {
+        "type": "object",
+        "required": ["status", "sources", "destinations", "codecollections"],
+        "properties": {
+            "status": {"type": "string", "enum": ["ok"]},
+            "sources": {"type": "integer"},
+            "destinations": {"type": "integer", "description": "Always 0: image mirroring is not done"},
+            "codecollections": {"type": "integer"},
         },
     },
     "GitRepo": {
@@ -119,14 +163,14 @@ _SCHEMAS: dict[str, Any] = {
 }
 
 
-def _admin_post(summary: str, extra: list[dict[str, Any]]) -> dict[str, Any]:
+def _admin_post(summary: str, extra: list[dict[str, Any]], result: str) -> dict[str, Any]:
     return {
         "post": {
             "summary": summary,
             "security": [{"bearer": []}],
             "parameters": extra,
             "responses": {
-                "200": _json({"type": "object"}, "Finished (wait=true or reload)"),
+                "200": _json(_ref(result), "Finished (wait=true or reload)"),
                 "202": _json(_ref("Job"), "Started as a background job"),
                 "409": _json(_ref("Error"), "A job of this kind is already running"),
                 "422": _json(_ref("Error"), "Invalid query value, or an invalid config on reload"),
@@ -194,7 +238,7 @@ PATHS: dict[str, Any] = {
     },
     "/api/v1/catalog/codecollections/{slug}/refs/{ref}": {
         "get": {
-            "summary": "One ref (refs containing '/' work, raw or percent-encoded)",
+            "summary": "One ref, inactive ones too (refs containing '/' work, raw or percent-encoded)",
             "parameters": [
                 _SLUG,
                 {"name": "ref", "in": "path", "required": True, "schema": {"type": "string"}},
@@ -209,6 +253,7 @@ PATHS: dict[str, Any] = {
                 _SLUG,
                 _query("pointer", {"type": "string", "enum": ["latest", "stable"]}, "A named pointer."),
                 _query("ref", {"type": "string"}, "A ref name (branch or tag)."),
+                _query("destination", {"type": "string"}, "Echoed back; images are not mirrored."),
             ],
             "responses": {"200": _json(_ref("Resolved")), "400": _ERROR, "404": _ERROR, "422": _ERROR},
         }
@@ -226,9 +271,13 @@ PATHS: dict[str, Any] = {
             "responses": {"200": _json(_ref("GitRepo")), "404": _ERROR},
         }
     },
-    "/api/v1/admin/sync-git": _admin_post("Sync the git mirrors", [_ALLOW, _WAIT]),
-    "/api/v1/admin/sync-catalog": _admin_post("Poll the image registries", [_ALLOW, _WAIT]),
-    "/api/v1/admin/reload-config": _admin_post("Reload the config file", []),
+    "/api/v1/admin/sync-git": _admin_post("Sync the git mirrors", [_ALLOW, _WAIT], "GitSummary"),
+    "/api/v1/admin/sync-catalog": _admin_post(
+        "Poll the image sources (registries, static files, upstream catalogs)",
+        [_ALLOW, _WAIT],
+        "CatalogSummary",
+    ),
+    "/api/v1/admin/reload-config": _admin_post("Reload the config file", [], "Reloaded"),
     "/api/v1/admin/jobs/{job_id}": {
         "get": {
             "summary": "A sync job's state and summary",

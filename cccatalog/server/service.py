@@ -1,5 +1,14 @@
-"""Everything `serve` runs besides the socket: the state, the servable rule, admin jobs, the optional
-scheduler, and the start-up backfill of mirrors baked without a state file."""
+"""Everything `serve` runs besides the socket: the state, the servable rule, admin jobs, the scheduler,
+and the backfill of mirrors found on disk without a state row (baked ones, at start-up and after
+each config reload).
+
+The scheduler is on by default, as in the predecessor: an image poll every 5 minutes and a git sync
+every 60, each first run at start-up. `scheduler.*: 0` turns one off, `CC_CATALOG_DISABLE_SCHEDULER`
+(or `CCCATALOG_DISABLE_SCHEDULER`) set to 1/true/yes/on turns both off, `serve --git-sync-minutes` and
+`--catalog-poll-minutes` override either. The air-gap guards hold: with `git.runtime_sync: false` the
+git runs are skipped (no git egress ever), with `images.runtime_sync: false` the image runs read only
+`static` sources.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +17,7 @@ import logging
 import random
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 from cccatalog.catalog.store import Store
@@ -24,7 +32,7 @@ from cccatalog.jobs import (
     SyncRequest,
     catalog_summary,
     git_summary,
-    reaches_network,
+    held_git,
     run_lock_path,
     run_sync,
 )
@@ -36,10 +44,30 @@ from cccatalog.server.live_config import LiveConfig
 log = logging.getLogger("cccatalog.serve")
 
 
+DISABLE_SCHEDULER_VARS = ("CCCATALOG_DISABLE_SCHEDULER", "CC_CATALOG_DISABLE_SCHEDULER")
+_TRUE = ("1", "true", "yes", "on")
+GIT_GUARD = "git.runtime_sync is false (the air-gap guard)"
+
+
 @dataclass
 class Service:
     api: ApiContext
     scheduler: Scheduler | None = None
+    environ: Mapping[str, str] = field(default_factory=dict)
+
+    def start_scheduler(
+        self, *, git_minutes: int | None = None, catalog_minutes: int | None = None, unit: float = 60.0
+    ) -> Scheduler | None:
+        """Start the scheduler `serve` runs (None when it is off); the arguments are the command
+        line's overrides. `unit` is the length of a minute in seconds."""
+        git, catalog, why_off = scheduler_intervals(
+            self.api.config, self.environ, git_minutes=git_minutes, catalog_minutes=catalog_minutes
+        )
+        if why_off:
+            log.info("scheduler off: %s", why_off)
+            return None
+        self.scheduler = Scheduler(self.api, git_minutes=git, catalog_minutes=catalog, unit=unit)
+        return self.scheduler
 
     def close(self) -> None:
         if self.scheduler:
@@ -47,51 +75,72 @@ class Service:
         self.api.store.close()
 
 
+def scheduler_intervals(
+    config: Config,
+    environ: Mapping[str, str],
+    *,
+    git_minutes: int | None = None,
+    catalog_minutes: int | None = None,
+) -> tuple[int, int, str | None]:
+    """(git minutes, image minutes, why the scheduler is off or None); 0 is off. The command line
+    wins over the environment, which wins over the config file and its defaults."""
+    disabled = next((v for v in DISABLE_SCHEDULER_VARS if environ.get(v, "").strip().lower() in _TRUE), None)
+    git = config.scheduler.git_sync_minutes if git_minutes is None else git_minutes
+    catalog = config.scheduler.catalog_poll_minutes if catalog_minutes is None else catalog_minutes
+    if disabled:
+        git = 0 if git_minutes is None else git
+        catalog = 0 if catalog_minutes is None else catalog
+    if git or catalog:
+        return git, catalog, None
+    why = f"{disabled} is set" if disabled else "scheduler.git_sync_minutes and catalog_poll_minutes are 0"
+    return 0, 0, why
+
+
 def build_service(
-    config: Config, *, environ: Mapping[str, str], redactor: Redactor, readonly: bool = False
+    config: Config, *, environ: Mapping[str, str], redactor: Redactor, create_state: bool = True
 ) -> Service:
-    """Everything a server needs besides its socket. `readonly`: for a one-off reader beside a running
-    server (`serve --get`): the state file is only read, and nothing is written anywhere."""
+    """Everything a server needs besides its socket. `create_state=False` is for a one-off reader
+    (`serve --get`, a container health check): a missing state file is not created, and the answers
+    come from an empty in-memory state instead; an existing one is used as `serve` uses it."""
     live = LiveConfig(config, environ=environ)
-    try:
-        store = Store.open_readonly(config.state.path) if readonly else Store.open(config.state.path)
-    except StateError as exc:
-        # Git serving does not need the state; refusing to start would take every clone down with it.
-        if not readonly:
-            log.error(
-                "%s; serving with an in-memory state until this is fixed (catalog refs start empty)", exc
-            )
-        else:
-            log.info("%s; answering from an empty in-memory state", exc)
+    if not create_state and not config.state.path.exists():
+        log.info("no state file at %s yet; answering from an empty state", config.state.path)
         store = Store.memory()
+    else:
+        try:
+            store = Store.open(config.state.path)
+        except StateError as exc:
+            # Git serving does not need the state; refusing to start would take every clone down.
+            log.error("%s; serving with an in-memory state until this is fixed (catalog starts empty)", exc)
+            store = Store.memory()
     servability = Servability(Git(redactor=redactor))
 
     def sync_git(cfg: Config, allow_runtime_sync: bool) -> dict[str, Any]:
         if not cfg.git.enabled:
             return git_summary(cfg, SyncReport(), skipped="git mirroring is disabled (git.enabled: false)")
-        if not cfg.git.runtime_sync and not allow_runtime_sync:
-            return git_summary(
-                cfg, SyncReport(), skipped="git.runtime_sync is false; pass allow_runtime_sync=true"
-            )
-        report = run_sync(cfg, store, SyncRequest(git=True, images=False), redactor=redactor, environ=environ)
-        return git_summary(cfg, report)
+        request = SyncRequest(git=True, images=False, allow_runtime_sync=allow_runtime_sync)
+        if held_git(cfg, request):
+            return git_summary(cfg, SyncReport(), skipped=f"{GIT_GUARD}; pass allow_runtime_sync=true")
+        return git_summary(cfg, run_sync(cfg, store, request, redactor=redactor, environ=environ))
 
     def sync_catalog(cfg: Config, allow_runtime_sync: bool) -> dict[str, Any]:
-        request = SyncRequest(git=False, images=True)
-        if not cfg.git.runtime_sync and not allow_runtime_sync and reaches_network(cfg, request):
-            return catalog_summary(
-                SyncReport(), skipped="git.runtime_sync is false; pass allow_runtime_sync=true"
-            )
+        # images.runtime_sync holds back registries and other catalogs; static sources always run
+        request = SyncRequest(git=False, images=True, allow_runtime_sync=allow_runtime_sync)
         return catalog_summary(run_sync(cfg, store, request, redactor=redactor, environ=environ))
 
     api = ApiContext(
         live, store, servability, JobRunner(), {"git": sync_git, "images": sync_catalog}, environ
     )
-    if not readonly or store.path == Path(":memory:"):
-        backfill(config, store, servability)
+    backfill(config, store, servability)
+    # a collection a reload adds may have its mirror on disk already: its status must say so
+    live.listeners.append(functools.partial(_backfill_after_reload, store=store, servability=servability))
     baked = baked_mismatches(config, store, servability)
     api.ready_checks.append(lambda _config: "; ".join(baked) if baked else None)
-    return Service(api)
+    return Service(api, environ=environ)
+
+
+def _backfill_after_reload(config: Config, *, store: Store, servability: Servability) -> None:
+    backfill(config, store, servability)
 
 
 def run_server(
@@ -117,11 +166,7 @@ def run_server(
         raise
     try:
         server = CatalogServer((host, port), service.api, config.serve, sock=sock)
-        service.scheduler = Scheduler(
-            service.api,
-            git_minutes=git_sync_minutes or config.scheduler.git_sync_minutes,
-            catalog_minutes=catalog_poll_minutes or config.scheduler.catalog_poll_minutes,
-        )
+        service.start_scheduler(git_minutes=git_sync_minutes, catalog_minutes=catalog_poll_minutes)
         log.info("serving %s (git under %s/)", server.url, config.git.mount_path)
         serve_forever(server)
     finally:
@@ -131,8 +176,8 @@ def run_server(
 def get_once(
     config: Config, target: str, *, environ: Mapping[str, str], redactor: Redactor
 ) -> tuple[int, object]:
-    """Answer one API request in-process (`serve --get`, a container health check) without writing
-    anything: the state file is only read, and a missing one answers from an empty state."""
+    """Answer one API request in-process (`serve --get`, a container health check). A missing state
+    file is not created: the answer then comes from an empty state."""
     from urllib.parse import urlsplit
 
     from cccatalog import envvars
@@ -140,7 +185,7 @@ def get_once(
 
     parts = urlsplit(target if target.startswith("/") else "/" + target)
     token = envvars.first(environ, envvars.ADMIN_TOKEN)
-    service = build_service(config, environ=environ, redactor=redactor, readonly=True)
+    service = build_service(config, environ=environ, redactor=redactor, create_state=False)
     try:
         answer = handle(service.api, "GET", parts.path, parts.query, f"Bearer {token}" if token else None)
     finally:
@@ -161,9 +206,10 @@ def baked_mismatches(config: Config, store: Store, servability: Servability) -> 
 
 
 def backfill(config: Config, store: Store, servability: Servability) -> int:
-    """Mirrors baked into an image arrive without a state file: read their heads from disk, so the
-    status API is right before any sync has run. Known mirrors are left alone."""
-    known = {m.slug for m in store.list_mirrors()}
+    """Mirrors baked into an image arrive without a state file, and a reload may add a collection
+    whose mirror is already on disk: read their heads from disk, so the status API is right before any
+    sync has run. Mirrors whose head the state knows are left alone."""
+    known = {m.slug for m in store.list_mirrors() if m.head_commit}
     count = 0
     for slug in sorted(mirrored_slugs(config) - known):
         repo = config.git.data_dir / f"{slug}.git"
@@ -176,44 +222,63 @@ def backfill(config: Config, store: Store, servability: Servability) -> int:
             continue
         cc = config.collection(slug)
         upstream = strip_url_credentials(cc.git_url) if cc and cc.git_url else ""
-        store.backfill_mirror(
+        count += store.backfill_mirror(
             slug,
             upstream_url=upstream,
             head_commit=state.head_commit or "",
             default_branch=(state.head or "").removeprefix("refs/heads/"),
         )
-        count += 1
     if count:
         log.info("read %d baked mirrors from %s", count, config.git.data_dir)
     return count
 
 
 class Scheduler:
-    """Runs the git and image syncs every N minutes (jittered ±10 %) when the config asks for it.
-    Never overlaps a cron `sync` or an admin job: a run whose lock is taken is skipped."""
+    """Runs the git and image syncs every N minutes (jittered ±10 %), each first at start-up.
 
-    def __init__(self, api: ApiContext, *, git_minutes: int | None, catalog_minutes: int | None) -> None:
+    Never overlaps a cron `sync`, an admin job or another replica: a run whose lock is taken is
+    skipped. Never passes the air-gap guards. `unit` is the length of a minute in seconds.
+    """
+
+    def __init__(
+        self, api: ApiContext, *, git_minutes: int, catalog_minutes: int, unit: float = 60.0
+    ) -> None:
         self.api = api
         self._stop = threading.Event()
+        self.threads: list[threading.Thread] = []
         for kind, minutes in (("git", git_minutes), ("images", catalog_minutes)):
-            if minutes:
-                threading.Thread(
-                    target=self._loop, args=(kind, minutes), name=f"every-{kind}", daemon=True
-                ).start()
+            if minutes > 0:
+                thread = threading.Thread(
+                    target=self._loop, args=(kind, minutes * unit), name=f"every-{kind}", daemon=True
+                )
+                thread.start()
+                self.threads.append(thread)
+        log.info("scheduler on: git sync every %s min, image poll every %s min", git_minutes, catalog_minutes)
 
-    def _loop(self, kind: str, minutes: int) -> None:
+    def _loop(self, kind: str, seconds: float) -> None:
+        delay = 0.0  # the first run at start-up, as the predecessor did
+        while not self._stop.wait(delay):
+            self.run_once(kind)
+            delay = seconds * random.uniform(0.9, 1.1)  # noqa: S311 - jitter, not crypto
+
+    def run_once(self, kind: str) -> None:
+        """Start one scheduled run of `kind` (git, images) unless something holds it back."""
         action = "sync-git" if kind == "git" else "sync-catalog"
-        while not self._stop.wait(minutes * 60 * random.uniform(0.9, 1.1)):  # noqa: S311 - jitter, not crypto
-            config = self.api.config
-            work = functools.partial(
-                self.api.sync[kind], config, False
-            )  # False: never past the air-gap guard
-            try:
-                job = self.api.jobs.start(action, run_lock_path(config, kind), work)
-            except LockBusy as exc:
-                log.info("scheduled %s skipped: %s", action, exc)
-                continue
-            log.info("scheduled %s started (job %s)", action, job.id)
+        config = self.api.config
+        if kind == "git":
+            if not config.git.enabled:
+                return
+            if held_git(config, SyncRequest(git=True, images=False)):
+                log.info("scheduled %s skipped: %s", action, GIT_GUARD)
+                return
+        # False: a scheduled run never passes the air-gap guards
+        work = functools.partial(self.api.sync[kind], config, False)
+        try:
+            job = self.api.jobs.start(action, run_lock_path(config, kind), work)
+        except LockBusy as exc:
+            log.info("scheduled %s skipped: %s", action, exc)
+            return
+        log.info("scheduled %s started (job %s)", action, job.id)
 
     def stop(self) -> None:
         self._stop.set()
