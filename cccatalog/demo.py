@@ -202,7 +202,7 @@ def _write_refs(path: Path, repo: Path, git: Git) -> None:
         return git.run(["-C", str(repo), "rev-parse", "--short=7", rev], timeout=30).stdout.strip()
 
     runtime = "6e4bc81"
-    tags = git.run(["-C", str(repo), "tag", "--list", "v*"], timeout=30).stdout.split()
+    tags = git.run(["-C", str(repo), "tag", "--list", "--sort=v:refname", "v*"], timeout=30).stdout.split()
     refs = [
         {"ref": "main", "image_tag": f"main-{sha('main~1')}-{runtime}", "built_at": "2026-01-05T10:00:00Z"},
         {"ref": "main", "image_tag": f"main-{sha('main')}-{runtime}", "built_at": "2026-01-06T10:00:00Z"},
@@ -211,7 +211,9 @@ def _write_refs(path: Path, repo: Path, git: Git) -> None:
         for i, tag in enumerate(tags)
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"default_ref": "main", "refs": refs}, indent=2) + "\n", encoding="utf-8")
+    # A static file names its stable ref, as the predecessor's format does: the newest release tag.
+    document = {"default_ref": "main", "stable_ref": tags[-1] if tags else "main", "refs": refs}
+    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
 
 
 def _make_upstream(repo: Path, cc: DemoCollection, git: Git) -> None:
