@@ -334,8 +334,9 @@ def test_http_1_0_clients_are_served_and_closed(site: Site) -> None:
 def test_the_body_rate_rule_passes_a_slow_honest_link_and_cuts_a_trickle() -> None:
     """The rule itself on a simulated clock: idle timeout 60 s, 10 s windows, a 64 MiB cap."""
     reaper = Reaper(interval=3600)  # its thread stays asleep: this test sweeps by hand
+    pairs = [socket.socketpair() for _ in range(4)]
+    honest, trickle, silent, stalled = (pair[0] for pair in pairs)
     try:
-        honest, trickle, silent, stalled = (socket.socketpair()[0] for _ in range(4))
         ceiling = 60 + 64 * 1024 * 1024 / 65536
         meters = {
             sock: reaper.arm_body(sock, first_byte=60, window=10, ceiling=ceiling, now=0.0)
@@ -355,6 +356,9 @@ def test_the_body_rate_rule_passes_a_slow_honest_link_and_cuts_a_trickle() -> No
                 reaper.disarm(honest)  # the body is whole
     finally:
         reaper.stop()
+        for pair in pairs:
+            for sock in pair:
+                sock.close()
     assert honest not in cut_at
     assert cut_at[trickle] <= 60, "a trickle must not outlive the idle timeout"
     assert cut_at[silent] == 60
@@ -563,6 +567,9 @@ ODD_INPUT: dict[str, tuple[bytes, int]] = {
     "odd-query": (request("GET", "/api/v1/catalog/codecollections?%zz=%%%&=&&visibility=%ff"), 422),
     "latin1-header-value": (b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-A: \xff\xfe\x80\r\n\r\n", 200),
     "huge-header": (request("GET", "/healthz", "X-Big: " + "a" * 70_000), 431),
+    # a long run of inner whitespace: read in linear time (a backtracking pattern took 30 s here)
+    "spaces-inside-a-value": (request("GET", "/healthz", "X-Spaces: a" + " \t" * 30_000 + "b"), 200),
+    "spaces-then-nul": (b"GET /healthz HTTP/1.1\r\nX-S: a" + b" " * 60_000 + b"\0\r\n\r\n", 400),
     "many-headers": (request("GET", "/healthz", *[f"X-{i}: {i}" for i in range(101)]), 431),
     "request-line-64k": (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", 414),
     "authority-form": (request("CONNECT", "catalog:443"), 501),

@@ -34,8 +34,9 @@ READ_SIZE = 64 * 1024
 
 _TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/([0-9])\.([0-9])\r?\n")
-# field-value: anything but NUL, CR and LF (RFC 9110 §5.5); obs-text is kept as ISO-8859-1.
-_FIELD_LINE = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([^\x00\r\n]*?)[ \t]*\r?\n")
+# field-value: anything but NUL, CR and LF (RFC 9110 §5.5); obs-text is kept as ISO-8859-1. OWS is
+# stripped afterwards: a lazy value before `[ \t]*` backtracks quadratically over a run of spaces.
+_FIELD_LINE = re.compile(rb"(" + _TOKEN + rb"):([^\x00\r\n]*)\r?\n")
 _CONTENT_LENGTH = re.compile(rb"[ \t]?([0-9]{1,18})\r?\n")
 _CHUNKED = re.compile(rb"[ \t]?chunked\r?\n", re.IGNORECASE)
 # chunk-ext is `*( BWS ";" BWS name [ BWS "=" BWS value ] )`: skipped, so only its bytes are checked
@@ -124,7 +125,8 @@ def read_fields(rfile: BodyReader) -> list[Field]:
         if len(fields) == MAX_FIELDS:
             raise FramingError(431, f"more than {MAX_FIELDS} header lines")
         name = match.group(1)
-        fields.append(Field(name.decode("ascii"), match.group(2).decode("iso-8859-1"), line[len(name) + 1 :]))
+        value = match.group(2).strip(b" \t").decode("iso-8859-1")
+        fields.append(Field(name.decode("ascii"), value, line[len(name) + 1 :]))
 
 
 def body_framing(fields: list[Field], *, minor: int) -> Framing:
