@@ -2,7 +2,8 @@
 (`serve --get`), used by the HTTP adapter for every `/api/...`, `/healthz` and `/readyz` request.
 
 The predecessor's contract: catalog, git status and admin endpoints with the same paths, fields,
-status codes and `{"detail": ...}` errors.
+status codes and `{"detail": ...}` errors. Wrong admin tokens are rate-limited per client
+(`auth_limit`): past the limit, 429 + Retry-After before any token is compared.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from cccatalog.errors import CCCatalogError, LockBusy
 from cccatalog.gitmirror.servable import Servability, mirrored_slugs
 from cccatalog.jobs import run_lock_path
 from cccatalog.server.admin_jobs import Job, JobRunner
+from cccatalog.server.auth_limit import FailureLimiter
 from cccatalog.server.live_config import LiveConfig
 from cccatalog.timestamps import rfc3339
 
@@ -53,6 +55,7 @@ class ApiContext:
     sync: Mapping[str, Callable[[Config, bool], dict[str, Any]]]
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     ready_checks: list[Callable[[Config], str | None]] = field(default_factory=list)
+    admin_failures: FailureLimiter = field(default_factory=FailureLimiter)
 
     @property
     def config(self) -> Config:
@@ -63,14 +66,14 @@ class ApiContext:
 
 
 def handle(
-    ctx: ApiContext, method: str, path: str, query: str, authorization: str | None
+    ctx: ApiContext, method: str, path: str, query: str, authorization: str | None, *, client: str = ""
 ) -> ApiResponse | None:
-    """Answer an API request, or None when `path` is not an API path."""
+    """Answer an API request, or None when `path` is not an API path. `client`: the peer's address."""
     try:
         if path in ("/healthz", "/readyz"):
             return _health(ctx, path) if method in ("GET", "HEAD") else _method_not_allowed()
         if path.startswith(ADMIN):
-            return _admin(ctx, method, path[len(ADMIN) :], _params(query), authorization)
+            return _admin(ctx, method, path[len(ADMIN) :], _params(query), authorization, client=client)
         if not path.startswith(("/api/v1/catalog/", "/api/v1/git/", "/api/openapi.json")) and path not in (
             CATALOG,
             GIT_REPOS,
@@ -228,16 +231,21 @@ def admin_token(environ: Mapping[str, str]) -> str | None:
     return envvars.first(environ, envvars.ADMIN_TOKEN)
 
 
-def _authorize(ctx: ApiContext, authorization: str | None) -> None:
+def _authorize(ctx: ApiContext, authorization: str | None, client: str) -> None:
     token = admin_token(ctx.environ)
     if token is None:
         raise HttpError(503, "admin endpoints are disabled: set CCCATALOG_ADMIN_TOKEN to enable them")
+    if (wait := ctx.admin_failures.retry_after(client)) is not None:
+        raise HttpError(
+            429, "too many wrong admin tokens from this address; retry later", (("Retry-After", str(wait)),)
+        )
     scheme, _, given = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not given:
         raise HttpError(
             401, "missing bearer token", (("WWW-Authenticate", 'Bearer realm="cccatalog-admin"'),)
         )
     if not hmac.compare_digest(given.strip().encode(), token.encode()):
+        ctx.admin_failures.failed(client)
         raise HttpError(403, "invalid admin token")
 
 
@@ -255,12 +263,18 @@ def _job_body(job: Job) -> dict[str, Any]:
 
 
 def _admin(
-    ctx: ApiContext, method: str, action: str, params: Mapping[str, str], authorization: str | None
+    ctx: ApiContext,
+    method: str,
+    action: str,
+    params: Mapping[str, str],
+    authorization: str | None,
+    *,
+    client: str,
 ) -> ApiResponse:
     if action.startswith("jobs/"):
         if method not in ("GET", "HEAD"):
             return _method_not_allowed()
-        _authorize(ctx, authorization)
+        _authorize(ctx, authorization, client)
         job = ctx.jobs.get(action[len("jobs/") :])
         if job is None:
             raise HttpError(404, "unknown job")
@@ -269,7 +283,7 @@ def _admin(
         raise HttpError(404, "Not Found")
     if method != "POST":
         return _method_not_allowed()
-    _authorize(ctx, authorization)
+    _authorize(ctx, authorization, client)
     if action == "reload-config":
         if not ctx.live.reload():
             raise HttpError(

@@ -1,8 +1,11 @@
 """`cccatalog serve`: a ThreadingHTTPServer adapter over the pure git router and the CGI bridge.
 
-Per request: route (refusals happen here, before any process), read the body into a spool (size cap,
-chunked decoding), take an admission slot (503 + Retry-After when full), run the backend, stream the
-answer with chunked encoding on a keep-alive connection, write one access-log line.
+Per request: read the head strictly (`framing`: anything ambiguous is a 400 and a close), route
+(refusals happen here, before any process), read the body into a spool (size cap, chunked decoding,
+a minimum rate), answer from the advertisement cache when it can, else take an admission slot (503 +
+Retry-After when full), run the backend, stream the answer with chunked encoding on a keep-alive
+connection, write one access-log line with the query values masked (`logsafe`). An error escaping a
+handler is logged once and answered 500, or the connection is closed when the answer had started.
 """
 
 from __future__ import annotations
@@ -15,69 +18,36 @@ import socket
 import tempfile
 import threading
 import time
+import traceback
 from contextlib import suppress
 from functools import partial
 from http import HTTPStatus
+from http.client import HTTPMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import IO, Any
-from urllib.parse import urlsplit
 
 from cccatalog.config import ServeConfig
 from cccatalog.gitmirror.http_backend import CGIRequest, ClientGone, HttpBackend
 from cccatalog.gitmirror.refstate import advertisement_fingerprint
-from cccatalog.server import relay
+from cccatalog.redact import Redactor
+from cccatalog.server import framing, relay
 from cccatalog.server.advert_cache import AdvertCache, CachedAnswer, RecordingSink
-from cccatalog.server.api import ApiContext
+from cccatalog.server.api import ApiContext, admin_token
 from cccatalog.server.api import handle as handle_api
+from cccatalog.server.framing import FramingError
+from cccatalog.server.logsafe import loggable_target
+from cccatalog.server.reaper import Reaper, body_window
 from cccatalog.server.routing import GitRoute, GitService, Refusal, route_git
 
 log = logging.getLogger("cccatalog.serve")
 access_log = logging.getLogger("cccatalog.access")
 
 _SPOOL_IN_MEMORY = 1024 * 1024
-
-
-class Reaper:
-    """Cuts off connections that take too long to send a request, however they trickle it.
-
-    A socket timeout bounds each read, not the whole request: a client sending one byte every few
-    seconds would hold a worker forever. One thread checks deadlines a few times a second and shuts
-    down the sockets past theirs; the blocked read then returns EOF.
-    """
-
-    def __init__(self, interval: float = 0.25) -> None:
-        self._items: dict[int, tuple[float, socket.socket]] = {}
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._interval = interval
-        threading.Thread(target=self._loop, name="reaper", daemon=True).start()
-
-    def arm(self, sock: socket.socket, seconds: float) -> None:
-        with self._lock:
-            self._items[id(sock)] = (time.monotonic() + seconds, sock)
-
-    def disarm(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._items.pop(id(sock), None)
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self._interval):
-            now = time.monotonic()
-            with self._lock:
-                late = [key for key, (deadline, _) in self._items.items() if deadline <= now]
-                socks = [self._items.pop(key)[1] for key in late]
-            for sock in socks:
-                with suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-
-
-class BodyError(Exception):
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
+_LINGER_SECONDS = 2.0
+_LINGER_BYTES = 1024 * 1024
+# git http-backend reads `service` alone; anything else a client adds is neither passed on nor a new
+# advertisement cache key (varying it would otherwise fill the cache with copies of one answer).
+_BACKEND_QUERY = {GitService.INFO_REFS: "service=git-upload-pack"}
 
 
 class CatalogServer(ThreadingHTTPServer):
@@ -104,6 +74,9 @@ class CatalogServer(ThreadingHTTPServer):
         self.adverts = AdvertCache(settings.advertisement_cache_mb * 1024 * 1024)
         self.slots = threading.BoundedSemaphore(settings.max_concurrent_upload_packs)
         self.reaper = Reaper()
+        # tracebacks are logged redacted even when no logging filter is installed (tests, embedding)
+        token = admin_token(api.environ)
+        self.redactor = Redactor([token] if token else [])
         self._active = 0
         self._active_cond = threading.Condition()
         if sock is None:
@@ -140,6 +113,25 @@ class CatalogServer(ThreadingHTTPServer):
         super().server_close()
         self.reaper.stop()
 
+    def shutdown_request(self, request: Any) -> None:
+        """End a connection with a lingering close: send FIN, then read what is in flight for a moment.
+
+        Closing a socket with unread input makes the kernel send a reset, which can destroy an answer
+        still on its way (a 400, 413 or 403 refusing a body that was not read): the client would see
+        "connection reset" instead of the reason. Bounded: `_LINGER_BYTES` or `_LINGER_SECONDS`.
+        """
+        with suppress(OSError):
+            request.shutdown(socket.SHUT_WR)
+            request.settimeout(_LINGER_SECONDS)
+            deadline = time.monotonic() + _LINGER_SECONDS
+            drained = 0
+            while drained < _LINGER_BYTES and time.monotonic() < deadline:
+                data = request.recv(65536)
+                if not data:
+                    break
+                drained += len(data)
+        self.close_request(request)
+
     def track(self, delta: int) -> None:
         with self._active_cond:
             self._active += delta
@@ -161,6 +153,12 @@ class GitRequestHandler(BaseHTTPRequestHandler):
     wbufsize = 64 * 1024
     server: CatalogServer
     server_version = "cccatalog"
+    # Set for every request by parse_request before anything reads them.
+    body_plan: framing.Framing = framing.NO_BODY
+    route_path = ""
+    query = ""
+    raw_requestline = b""
+    _answered = False
 
     def setup(self) -> None:
         self.connection = self.request
@@ -178,13 +176,57 @@ class GitRequestHandler(BaseHTTPRequestHandler):
         finally:
             self.server.reaper.disarm(self.connection)
 
+    def parse_request(self) -> bool:
+        """The request line and header section, read strictly (see `framing`), before any routing.
+
+        Replaces http.server's lenient parser: it answers a request line without a version in
+        HTTP/0.9 style (a body with no status line), and lets a header line with a space before its
+        colon end the header section silently, leaving its Content-Length unseen.
+        """
+        self.command = None  # type: ignore[assignment]  # http.server's convention before a request
+        # Answers to a refused request line go out with a status line and headers, never 0.9-style.
+        self.request_version = "HTTP/1.0"
+        self.close_connection = True
+        self._answered = False
+        self.body_plan = framing.NO_BODY
+        raw = self.raw_requestline
+        self.requestline = raw.decode("iso-8859-1").rstrip("\r\n")
+        if not raw.strip():
+            return False  # an empty line where a request should be: close, as http.server does
+        try:
+            line = framing.parse_request_line(raw)
+            self.command, self.path = line.method, line.target
+            self.request_version = f"HTTP/1.{line.minor}"
+            fields = framing.read_fields(self.rfile)
+            self.body_plan = framing.body_framing(fields, minor=line.minor)
+            if self.path.startswith("//"):  # gh-87389: a `//host` path is a redirect target elsewhere
+                self.path = "/" + self.path.lstrip("/")
+            self.route_path, self.query = framing.split_target(self.path)
+        except FramingError as exc:
+            self.send_error(exc.status, exc.reason)
+            return False
+        headers = HTTPMessage()
+        for field in fields:
+            headers[field.name] = field.value
+        self.headers = headers
+        connection = {token.strip().lower() for token in headers.get("Connection", "").split(",")}
+        self.close_connection = line.minor == 0 or "close" in connection
+        if "keep-alive" in connection and "close" not in connection:
+            self.close_connection = False
+        return True
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        self._answered = True
+        super().send_response(code, message)
+
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """Errors http.server raises itself (bad request line, unknown method) answer JSON too."""
         self._status, self._sent = 0, 0
         self.close_connection = True
         with suppress(OSError):
             self._json(code, {"detail": message or HTTPStatus(code).phrase})
-        access_log.info('%s "%s" %s %d -', self.client_address[0], self.requestline[:200], code, self._sent)
+        line = loggable_target(self.requestline[:200])
+        access_log.info('%s "%s" %s %d -', self.client_address[0], line, code, self._sent)
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.client_address[0], *args)
@@ -216,27 +258,46 @@ class GitRequestHandler(BaseHTTPRequestHandler):
             self._dispatch()
         except (ConnectionError, TimeoutError, OSError) as exc:
             self.close_connection = True
-            log.debug("connection error on %s: %s", self.path, exc)
+            log.debug("connection error on %s: %s", loggable_target(self.path), exc)
+        except Exception as exc:  # the one place a handler's bug becomes a 500
+            self._internal_error(exc)
         finally:
             self.server.track(-1)
             access_log.info(
                 '%s "%s %s" %s %d %.3fs',
-                self.client_address[0], self.command, self.path, self._status or "-", self._sent,
-                time.monotonic() - started,
+                self.client_address[0], self.command, loggable_target(self.path), self._status or "-",
+                self._sent, time.monotonic() - started,
             )  # fmt: skip
 
+    def _internal_error(self, exc: Exception) -> None:
+        """Logged once, redacted, without locals; a 500 if the answer has not started, else a close."""
+        self.close_connection = True
+        text = "".join(traceback.format_exception(exc)).rstrip()
+        log.error(
+            "internal error answering %s %s:\n%s",
+            self.command, loggable_target(self.path), self.server.redactor(text),
+        )  # fmt: skip
+        if not self._answered:
+            with suppress(OSError):
+                self._json(500, {"detail": "internal server error; the server log has the details"})
+
     def _dispatch(self) -> None:
-        parts = urlsplit(self.path)
-        path = parts.path
+        path = self.route_path
         answer = handle_api(
-            self.server.api, self.command, path, parts.query, self.headers.get("Authorization")
+            self.server.api,
+            self.command,
+            path,
+            self.query,
+            self.headers.get("Authorization"),
+            client=self.client_address[0],
         )
         if answer is not None:
             self._discard_body()
             return self._json(answer.status, answer.body, list(answer.headers))
         config = self.server.live.current
-        route = route_git(self.command, path, parts.query, config.git.mount_path)
+        route = route_git(self.command, path, self.query, config.git.mount_path)
         if route is None:
+            self._discard_body()
             return self._json(404, {"detail": "Not Found"})
         if isinstance(route, Refusal):
             self._discard_body()
@@ -252,10 +313,16 @@ class GitRequestHandler(BaseHTTPRequestHandler):
         if route.service is GitService.UPLOAD_PACK:
             try:
                 body = self._read_body(cap)
-            except BodyError as exc:
+            except FramingError as exc:
                 self.close_connection = True
-                return self._json(exc.status, {"detail": str(exc)})
+                return self._json(exc.status, {"detail": exc.reason})
+        else:
+            self._discard_body()
         try:
+            req = self._cgi_request(route, body)
+            sink = self._answer_from_cache(route, req, body)
+            if sink is None:
+                return  # answered from memory: no slot, no process
             if not self.server.slots.acquire(blocking=False):
                 return self._json(
                     503,
@@ -263,43 +330,53 @@ class GitRequestHandler(BaseHTTPRequestHandler):
                     headers=[("Retry-After", "2")],
                 )
             try:
-                self._run_backend(route, body)
+                self._run_backend(route, req, body, sink)
             finally:
                 self.server.slots.release()
         finally:
             if body is not None:
                 body.close()
 
-    def _run_backend(self, route: GitRoute, body: IO[bytes] | None) -> None:
+    def _cgi_request(self, route: GitRoute, body: IO[bytes] | None) -> CGIRequest:
         size = None
         if body is not None:
             size = body.seek(0, 2)
             body.seek(0)
-        query = urlsplit(self.path).query
-        req = CGIRequest(
+        return CGIRequest(
             method=self.command,
             path_info=route.path_info,
-            query=query,
+            query=_BACKEND_QUERY.get(route.service, ""),
             content_type=self.headers.get("Content-Type", ""),
             content_length=size,
             content_encoding=self.headers.get("Content-Encoding", ""),
             git_protocol=self.headers.get("Git-Protocol", ""),
             remote_addr=self.client_address[0],
         )
-        project_root = self.server.live.current.git.data_dir
+
+    def _answer_from_cache(
+        self, route: GitRoute, req: CGIRequest, body: IO[bytes] | None
+    ) -> _Sink | RecordingSink | None:
+        """None when the answer came from the advertisement cache; else the sink the backend writes to."""
         sink: _Sink | RecordingSink = _Sink(self)
         if (request_key := _cacheable(body, req)) is not None:  # answers that only change with the refs
-            key = (project_root / f"{route.slug}.git", route.service.value, request_key, req.git_protocol)
-            fingerprint = advertisement_fingerprint(key[0]) if self.server.adverts.max_bytes else None
+            repo = self.server.live.current.git.data_dir / f"{route.slug}.git"
+            key = (repo, route.service.value, request_key, req.git_protocol)
+            fingerprint = advertisement_fingerprint(repo) if self.server.adverts.max_bytes else None
             if fingerprint is not None:
                 if (cached := self.server.adverts.get(key, fingerprint)) is not None:
-                    return self._send_cached(cached)
+                    self._send_cached(cached)
+                    return None
                 sink = RecordingSink(sink, partial(self.server.adverts.put, key, fingerprint))
+        return sink
+
+    def _run_backend(
+        self, route: GitRoute, req: CGIRequest, body: IO[bytes] | None, sink: _Sink | RecordingSink
+    ) -> None:
         outcome = self.server.backend.run(
             req,
             body,
             sink,
-            project_root=project_root,
+            project_root=self.server.live.current.git.data_dir,
             timeout=self.server.settings.request_timeout_seconds,
         )
         if outcome.killed:
@@ -313,32 +390,40 @@ class GitRequestHandler(BaseHTTPRequestHandler):
             if name.lower() not in ("content-length", "transfer-encoding"):
                 self.send_header(name, value)
         self.send_header("Content-Length", str(len(answer.body)))
+        self._connection_header()
         self.end_headers()
         self.wfile.write(answer.body)
         self._sent += len(answer.body)
 
     def _read_body(self, cap: int) -> IO[bytes]:
         """The whole request body, spooled to disk past 1 MiB, before any process starts."""
+        plan = self.body_plan
+        if not plan.has_body:
+            raise FramingError(411, "a Content-Length or chunked body is required")
+        if not plan.chunked and plan.length > cap:
+            raise FramingError(413, f"request body over the {cap // (1024 * 1024)} MiB limit")
+        if self.headers.get("Expect", "").lower() == "100-continue" and self.request_version != "HTTP/1.0":
+            # sent only now that the body is wanted: a refused request gets its refusal instead
+            self.send_response_only(100)
+            self.end_headers()
+            self.wfile.flush()
+        idle = self.server.settings.idle_timeout_seconds
+        # The first byte within the idle timeout, then a minimum rate; and the whole body within the
+        # idle timeout plus a second per 64 KiB it may carry, however fast it trickles.
+        meter = self.server.reaper.arm_body(
+            self.connection, first_byte=idle, window=body_window(idle), ceiling=idle + cap / 65536
+        )
         spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY)  # noqa: SIM115 - caller closes
-        # The whole body gets the idle timeout plus a second per 64 KiB it may carry: slow links pass,
-        # a trickle does not.
-        self.server.reaper.arm(self.connection, self.server.settings.idle_timeout_seconds + cap / 65536)
         try:
-            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                self._read_chunked(spool, cap)
+            if plan.chunked:
+                framing.read_chunked(self.rfile, spool, cap, meter)
             else:
-                length = self.headers.get("Content-Length")
-                if length is None or not length.isdigit():
-                    raise BodyError(411, "a Content-Length or chunked body is required")
-                remaining = int(length)
-                if remaining > cap:
-                    raise BodyError(413, f"request body over the {cap // (1024 * 1024)} MiB limit")
-                while remaining:
-                    data = self.rfile.read(min(remaining, 65536))
-                    if not data:
-                        raise BodyError(400, "request body ended early")
-                    spool.write(data)
-                    remaining -= len(data)
+                framing.read_length(self.rfile, plan.length, spool, meter)
+        except FramingError as exc:
+            spool.close()
+            if meter.cut:
+                raise FramingError(408, "request body too slow") from exc
+            raise
         except BaseException:
             spool.close()
             raise
@@ -346,30 +431,14 @@ class GitRequestHandler(BaseHTTPRequestHandler):
             self.server.reaper.disarm(self.connection)
         return spool
 
-    def _read_chunked(self, spool: IO[bytes], cap: int) -> None:
-        total = 0
-        while True:
-            line = self.rfile.readline(1024)
-            try:
-                size = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                raise BodyError(400, "malformed chunked body") from None
-            if size == 0:
-                break
-            total += size
-            if total > cap:
-                raise BodyError(413, f"request body over the {cap // (1024 * 1024)} MiB limit")
-            data = self.rfile.read(size)
-            if len(data) != size or self.rfile.read(2) != b"\r\n":
-                raise BodyError(400, "malformed chunked body")
-            spool.write(data)
-        while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
-            pass  # trailers
-
     def _discard_body(self) -> None:
-        # A refused request's body is not read: close instead of reusing the connection.
-        if self.headers.get("Content-Length", "0") != "0" or "Transfer-Encoding" in self.headers:
+        # A body that is not read is not skipped either: close instead of reusing the connection.
+        if self.body_plan.has_body:
             self.close_connection = True
+
+    def _connection_header(self) -> None:
+        if self.close_connection:
+            self.send_header("Connection", "close")
 
     def _json(self, status: int, payload: object, headers: list[tuple[str, str]] | None = None) -> None:
         body = json.dumps(payload).encode()
@@ -380,6 +449,7 @@ class GitRequestHandler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-cache")
         for name, value in headers or []:
             self.send_header(name, value)
+        self._connection_header()
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
@@ -428,6 +498,7 @@ class _Sink:
                 h.send_header(name, value)
             if self.chunked:
                 h.send_header("Transfer-Encoding", "chunked")
+            h._connection_header()
             h.end_headers()
         except OSError as exc:
             raise ClientGone() from exc
