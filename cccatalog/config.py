@@ -130,6 +130,15 @@ class ServeConfig:
     request_timeout_seconds: int = 3600
     shutdown_grace_seconds: int = 30
     advertisement_cache_mb: int = 32
+    # A fleet's burst waits instead of failing (git clients do not retry a 503): room for two bursts
+    # of 64 runners, each queued request holding only a thread and its (small) request body.
+    max_queued_upload_packs: int = 128
+    # 128 uncached shallow fetches drain in about 25 s on two cores; past a minute, say so.
+    max_queue_wait_seconds: int = 60
+    # Fits the example deployment's 1 GiB /data volume beside the state file, and keeps dozens of
+    # distinct fleet answers (a shallow fetch of a CodeCollection is ~6 MB).
+    pack_cache_mb: int = 256
+    pack_cache_dir: Path | None = None  # None: `pack-cache` beside the state file
 
 
 @dataclass(frozen=True, slots=True)
@@ -573,6 +582,10 @@ def _serve(r: _Reader) -> ServeConfig:
         request_timeout_seconds=r.int_("request_timeout_seconds", d.request_timeout_seconds, 10, 86400),
         shutdown_grace_seconds=r.int_("shutdown_grace_seconds", d.shutdown_grace_seconds, 0, 3600),
         advertisement_cache_mb=r.int_("advertisement_cache_mb", d.advertisement_cache_mb, 0, 4096),
+        max_queued_upload_packs=r.int_("max_queued_upload_packs", d.max_queued_upload_packs, 0, 65536),
+        max_queue_wait_seconds=r.int_("max_queue_wait_seconds", d.max_queue_wait_seconds, 1, 3600),
+        pack_cache_mb=r.int_("pack_cache_mb", d.pack_cache_mb, 0, 1024 * 1024),
+        pack_cache_dir=r.path_("pack_cache_dir", d.pack_cache_dir),
     )
 
 

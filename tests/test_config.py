@@ -323,6 +323,19 @@ def test_unknown_keys_are_refused_with_a_suggestion_when_one_is_close(
             "sources[0].codecollections[0].upstream_url: 'ftp://h' has an unsupported scheme",
         ),
         ("images: {runtime_sync: 'no'}", "images.runtime_sync: expected true or false, got 'no'"),
+        (
+            "serve: {max_queued_upload_packs: -1}",
+            "serve.max_queued_upload_packs: expected an integer from 0 to 65536, got -1",
+        ),
+        (
+            "serve: {max_queue_wait_seconds: 0}",
+            "serve.max_queue_wait_seconds: expected an integer from 1 to 3600, got 0",
+        ),
+        (
+            "serve: {pack_cache_mb: '1G'}",
+            "serve.pack_cache_mb: expected an integer from 0 to 1048576, got '1G'",
+        ),
+        ("serve: {pack_cache_dir: ''}", "serve.pack_cache_dir: expected a non-empty string, got ''"),
         ("images: {enabled: false}", "images.enabled: unknown key (expected one of: runtime_sync)"),
         ("scheduler: 5", "scheduler: expected a mapping, got 5"),
         ("state: {path: 3}", "state.path: expected a non-empty string, got 3"),
@@ -715,6 +728,24 @@ def test_empty_file_means_all_defaults_and_no_sources(tmp_path: Path, text: str)
     assert config.warnings == ()
 
 
+def test_serve_queues_beyond_its_slots_and_keeps_a_pack_cache_beside_the_state_by_default(
+    tmp_path: Path,
+) -> None:
+    serve = load(tmp_path, "").serve
+    assert (serve.max_concurrent_upload_packs, serve.max_queued_upload_packs) == (8, 128)
+    assert serve.max_queue_wait_seconds == 60
+    assert serve.pack_cache_mb == 256
+    assert serve.pack_cache_dir is None  # serve puts it in `pack-cache` beside the state file
+
+    tuned = load(
+        tmp_path,
+        "serve: {max_queued_upload_packs: 0, max_queue_wait_seconds: 5, pack_cache_mb: 0,"
+        " pack_cache_dir: cache}\n",
+    ).serve
+    assert (tuned.max_queued_upload_packs, tuned.max_queue_wait_seconds, tuned.pack_cache_mb) == (0, 5, 0)
+    assert tuned.pack_cache_dir == tmp_path / "cache"
+
+
 def test_bare_blocks_mean_defaults_and_empty_lists(tmp_path: Path) -> None:
     config = load(
         tmp_path,
@@ -861,6 +892,13 @@ FULL: dict[str, Any] = {
     },
     "state": {"path": "s.db"},
     "images": {"runtime_sync": False},
+    "serve": {
+        "max_concurrent_upload_packs": 8,
+        "max_queued_upload_packs": 128,
+        "max_queue_wait_seconds": 60,
+        "pack_cache_mb": 256,
+        "pack_cache_dir": "pack-cache",
+    },
     "sources": [
         {
             "name": "up",

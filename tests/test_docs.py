@@ -59,7 +59,9 @@ def test_every_command_is_in_the_readme() -> None:
         "sources[].codecollections[].visibility", "sources[].codecollections[].static_path",
         "serve.host", "serve.port", "serve.max_concurrent_upload_packs", "serve.max_request_body_mb",
         "serve.idle_timeout_seconds", "serve.request_timeout_seconds", "serve.shutdown_grace_seconds",
-        "serve.advertisement_cache_mb", "images.runtime_sync", "sources[].codecollections[].upstream_url",
+        "serve.advertisement_cache_mb", "serve.max_queued_upload_packs", "serve.max_queue_wait_seconds",
+        "serve.pack_cache_mb", "serve.pack_cache_dir", "images.runtime_sync",
+        "sources[].codecollections[].upstream_url",
     ],
 )  # fmt: skip
 def test_every_config_key_is_documented(key: str) -> None:

@@ -507,7 +507,13 @@ def test_a_cached_advertisement_answers_while_a_slow_reader_holds_the_only_slot(
     body = upload_request(big_head)
     fetch = request("POST", "/git/big.git/git-upload-pack", CT, f"Content-Length: {len(body)}", body=body)
 
-    with running_server(config, max_concurrent_upload_packs=1) as server:
+    # No pack cache (a slow reader then holds its slot to the end) and no queue (beyond the slot, 503)
+    settings: dict[str, object] = {
+        "max_concurrent_upload_packs": 1,
+        "max_queued_upload_packs": 0,
+        "pack_cache_mb": 0,
+    }
+    with running_server(config, backend=None, **settings) as server:
         warm = exchange(server.url, request("GET", INFO))  # kept in the advertisement cache
         with socket.socket() as slow:
             slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a reader on a thin link

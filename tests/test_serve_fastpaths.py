@@ -137,7 +137,7 @@ def test_with_the_cache_off_every_advertisement_runs_git(
     assert backend_runs(log) == 3
 
 
-def test_v2_ls_refs_is_kept_per_request_but_fetches_never_are(
+def test_v2_ls_refs_is_kept_in_memory_per_request_but_fetches_are_not(
     mirror: tuple[Upstream, Path],
     write_config: MakeConfig,
     tmp_path: Path,
@@ -151,7 +151,8 @@ def test_v2_ls_refs_is_kept_per_request_but_fetches_never_are(
     def posts() -> int:
         return sum(" | POST | " in line for line in log.read_text().splitlines())
 
-    with running_server(config, backend=HttpBackend(git=str(wrapper))) as server:
+    # the pack cache off: what is kept in memory alone (tests/test_pack_cache.py covers the disk)
+    with running_server(config, pack_cache_mb=0, backend=HttpBackend(git=str(wrapper))) as server:
         url = f"{server.url}/git/alpha.git"
         everything = git("-c", "protocol.version=2", "ls-remote", url)
         assert posts() == 1

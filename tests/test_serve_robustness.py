@@ -172,7 +172,7 @@ def test_a_backend_flooding_stderr_does_not_stall_a_clone(
     assert git("rev-parse", "HEAD", cwd=tmp_path / "clone") == up.sha("main")
 
 
-def test_beyond_the_concurrency_cap_git_requests_get_503_with_retry_after(
+def test_with_no_queue_git_requests_beyond_the_concurrency_cap_get_503_with_retry_after(
     make_upstream: MakeUpstream, write_config: MakeConfig, tmp_path: Path
 ) -> None:
     up = make_upstream("alpha")
@@ -183,7 +183,10 @@ def test_beyond_the_concurrency_cap_git_requests_get_503_with_retry_after(
     )
     first: list[Reply] = []
 
-    with running_server(config, max_concurrent_upload_packs=1, backend=HttpBackend(git=str(slow))) as server:
+    backend = HttpBackend(git=str(slow))
+    with running_server(
+        config, max_concurrent_upload_packs=1, max_queued_upload_packs=0, backend=backend
+    ) as server:
         holder = threading.Thread(target=lambda: first.append(info_refs(server.url, "alpha.git")))
         holder.start()
         assert wait_until(started.exists, 10), "the first request never reached the backend"

@@ -2,10 +2,12 @@
 
 Per request: read the head strictly (`framing`: anything ambiguous is a 400 and a close), route
 (refusals happen here, before any process), read the body into a spool (size cap, chunked decoding,
-a minimum rate), answer from the advertisement cache when it can, else take an admission slot (503 +
-Retry-After when full), run the backend, stream the answer with chunked encoding on a keep-alive
-connection, write one access-log line with the query values masked (`logsafe`). An error escaping a
-handler is logged once and answered 500, or the connection is closed when the answer had started.
+a minimum rate), answer from the advertisement cache when it can, answer a pack request through the
+pack cache when it is on (`pack_send`), else take an admission slot (`admission`: a fair, bounded
+queue; 503 + Retry-After when it is full or the wait runs out), run the backend, stream the answer
+with chunked encoding on a keep-alive connection, write one access-log line with the query values
+masked (`logsafe`). An error escaping a handler is logged once and answered 500, or the connection is
+closed when the answer had started.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from functools import partial
 from http import HTTPStatus
 from http.client import HTTPMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import IO, Any
 
 from cccatalog.config import ServeConfig
@@ -31,11 +34,14 @@ from cccatalog.gitmirror.http_backend import CGIRequest, ClientGone, HttpBackend
 from cccatalog.gitmirror.refstate import advertisement_fingerprint
 from cccatalog.redact import Redactor
 from cccatalog.server import framing, relay
+from cccatalog.server.admission import Admission, ClientLeft, Refused, client_gone
 from cccatalog.server.advert_cache import AdvertCache, CachedAnswer, RecordingSink
 from cccatalog.server.api import ApiContext, admin_token
 from cccatalog.server.api import handle as handle_api
 from cccatalog.server.framing import FramingError
 from cccatalog.server.logsafe import loggable_target
+from cccatalog.server.pack_cache import PackCache
+from cccatalog.server.pack_send import answer_upload_pack
 from cccatalog.server.reaper import Reaper, body_window
 from cccatalog.server.routing import GitRoute, GitService, Refusal, route_git
 
@@ -72,7 +78,12 @@ class CatalogServer(ThreadingHTTPServer):
         self.servability = api.servability
         self.backend = backend or HttpBackend()
         self.adverts = AdvertCache(settings.advertisement_cache_mb * 1024 * 1024)
-        self.slots = threading.BoundedSemaphore(settings.max_concurrent_upload_packs)
+        self.admission = Admission(
+            settings.max_concurrent_upload_packs,
+            max_queued=settings.max_queued_upload_packs,
+            max_wait=settings.max_queue_wait_seconds,
+        )
+        self.packs = open_pack_cache(settings, api.config.state.path)
         self.reaper = Reaper()
         # tracebacks are logged redacted even when no logging filter is installed (tests, embedding)
         token = admin_token(api.environ)
@@ -323,16 +334,27 @@ class GitRequestHandler(BaseHTTPRequestHandler):
             sink = self._answer_from_cache(route, req, body)
             if sink is None:
                 return  # answered from memory: no slot, no process
-            if not self.server.slots.acquire(blocking=False):
-                return self._json(
-                    503,
-                    {"detail": "too many git requests at once; retry shortly"},
-                    headers=[("Retry-After", "2")],
-                )
+            if (
+                body is not None
+                and isinstance(sink, _Sink)  # an ls-refs being recorded for memory is not for the disk
+                and self.server.packs is not None
+                and answer_upload_pack(self, route, req, body)
+            ):
+                body = None  # the pack cache answered, and owns the body: its writer may still feed git
+                return
             try:
+                slot = self.server.admission.acquire(
+                    self.client_address[0], gone=partial(client_gone, self.connection)
+                )
+            except Refused as exc:
+                return self._json(
+                    503, {"detail": exc.reason}, headers=[("Retry-After", str(exc.retry_after))]
+                )
+            except ClientLeft:
+                self.close_connection = True
+                return
+            with slot:
                 self._run_backend(route, req, body, sink)
-            finally:
-                self.server.slots.release()
         finally:
             if body is not None:
                 body.close()
@@ -539,6 +561,20 @@ class _Sink:
             self.h.wfile.flush()
         except OSError as exc:
             raise ClientGone() from exc
+
+
+def open_pack_cache(settings: ServeConfig, state_path: Path) -> PackCache | None:
+    """The pack cache `settings` ask for, or None: off, or its directory cannot be written (logged)."""
+    if not settings.pack_cache_mb:
+        return None
+    directory = settings.pack_cache_dir or state_path.parent / "pack-cache"
+    try:
+        return PackCache(directory, settings.pack_cache_mb * 1024 * 1024)
+    except OSError as exc:
+        log.warning(
+            "pack cache off: cannot use %s (%s); set serve.pack_cache_dir to a writable path", directory, exc
+        )
+        return None
 
 
 def serve_forever(server: CatalogServer) -> None:

@@ -1,0 +1,201 @@
+"""Answering `POST git-upload-pack` through the pack cache: from a finished entry with `sendfile`, or by
+following an answer while it is written.
+
+The request thread never runs git here. The first request for a key starts a writer thread that
+waits for an admission slot, runs `git http-backend` into the cache file at full speed and frees the
+slot the moment git exits; every request for that key — the first included — is a reader that sends
+the file to its client at the client's pace, so a slow reader holds no git process and no slot. A
+reader waiting for the first bytes notices its client leaving (`admission.client_gone`); when every
+reader of an answer has left, the writer stops git. An answer still growing goes out in chunks, each a
+`sendfile` of what the writer has added; a whole one with a Content-Length and one `sendfile`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import socket
+import threading
+from typing import IO, TYPE_CHECKING
+
+from cccatalog.gitmirror.http_backend import BackendOutcome, CGIRequest, ResponseSink
+from cccatalog.gitmirror.refstate import advertisement_fingerprint
+from cccatalog.server.admission import client_gone
+from cccatalog.server.pack_cache import Entry, Finished, Reader, State, entry_name
+from cccatalog.server.routing import GitRoute
+
+if TYPE_CHECKING:
+    from cccatalog.server.app import GitRequestHandler
+
+log = logging.getLogger("cccatalog.serve")
+
+_WAIT_SECONDS = 0.25  # how often a waiting reader checks that its client is still there
+_MSG_MORE = getattr(socket, "MSG_MORE", 0)  # Linux: a chunk header waits for its data
+_HOP_BY_HOP = ("content-length", "transfer-encoding", "connection")
+
+
+def answer_upload_pack(handler: GitRequestHandler, route: GitRoute, req: CGIRequest, body: IO[bytes]) -> bool:
+    """True when the pack cache answered the request; it then owns (and closes) `body`.
+
+    False when this request is not for the cache — its repository's fingerprint is racy or not
+    trusted, its answer was too big to keep last time, or the cache directory cannot be written —
+    and the caller runs git as it would without a cache.
+    """
+    server = handler.server
+    cache = server.packs
+    assert cache is not None
+    repo = server.live.current.git.data_dir / f"{route.slug}.git"
+    fingerprint = advertisement_fingerprint(repo)
+    if fingerprint is None:
+        return False
+    name = entry_name(repo, fingerprint, req.git_protocol, req.content_encoding, body)
+    if cache.is_oversize(name):
+        return False
+    try:
+        found = cache.open(name)
+    except OSError as exc:
+        log.warning("pack cache: cannot write under %s, answering without it: %s", cache.directory, exc)
+        return False
+    if isinstance(found, Finished):
+        body.close()
+        try:
+            _send_finished(handler, found)
+        finally:
+            os.close(found.fd)
+        return True
+    if found.leader:
+        _start_writer(handler, found, route, req, body)
+    else:
+        body.close()
+    try:
+        _follow(handler, found)
+    finally:
+        found.close()
+    return True
+
+
+def _start_writer(
+    handler: GitRequestHandler, reader: Reader, route: GitRoute, req: CGIRequest, body: IO[bytes]
+) -> None:
+    server = handler.server
+    cache = server.packs
+    assert cache is not None
+    data_dir = server.live.current.git.data_dir
+    timeout = server.settings.request_timeout_seconds
+
+    def run(sink: ResponseSink) -> BackendOutcome:
+        return server.backend.run(req, body, sink, project_root=data_dir, timeout=timeout)
+
+    def write() -> None:
+        try:
+            cache.produce(
+                reader.entry,
+                admission=server.admission,
+                client=req.remote_addr,
+                run=run,
+                what=route.path_info,
+            )
+        finally:
+            body.close()
+
+    threading.Thread(target=write, name="pack-writer", daemon=True).start()
+
+
+def _send_finished(handler: GitRequestHandler, found: Finished) -> None:
+    _send_head(handler, found.status, found.headers, length=found.body_length)
+    _sendfile(handler, found.fd, found.body_start, found.body_length)
+
+
+def _follow(handler: GitRequestHandler, reader: Reader) -> None:
+    entry = reader.entry
+    sock = handler.connection
+    if not _wait(entry, sock, -1):
+        handler.close_connection = True
+        return
+    if entry.state is State.REFUSED and entry.refusal is not None:
+        refusal = entry.refusal
+        return handler._json(503, {"detail": refusal.reason}, [("Retry-After", str(refusal.retry_after))])
+    if not entry.status:  # the backend could not be run at all
+        return handler._json(502, {"detail": "the git backend failed; the server log has the details"})
+    whole = entry.state is State.ENDED
+    chunked = _send_head(
+        handler, entry.status, entry.headers, length=entry.end - entry.body_start if whole else None
+    )
+    pos = entry.body_start
+    owed = b""  # a chunk's closing CRLF, sent with the next chunk header
+    while True:
+        if not _wait(entry, sock, pos):
+            handler.close_connection = True
+            return
+        end, state = entry.end, entry.state
+        if end > pos:
+            if chunked:
+                sock.sendall(b"%s%x\r\n" % (owed, end - pos), _MSG_MORE)
+                owed = b"\r\n"
+            _sendfile(handler, reader.fd, pos, end - pos)
+            pos = end
+            continue
+        break
+    if state is State.ENDED:
+        if chunked:
+            sock.sendall(owed + b"0\r\n\r\n")
+    else:  # cut off: the client must see a broken answer, never a short one that looks whole
+        handler.close_connection = True
+
+
+def _wait(entry: Entry, sock: socket.socket, pos: int) -> bool:
+    """Wait for the head (`pos` -1), or for body bytes past `pos` or the end of the answer; False
+    when the client left meanwhile."""
+    with entry.cond:
+        while entry.state is State.PENDING or (entry.state is State.STREAMING and entry.end <= pos):
+            if not entry.cond.wait(_WAIT_SECONDS) and client_gone(sock):
+                return False
+    return True
+
+
+def _send_head(
+    handler: GitRequestHandler, status: int, headers: list[tuple[str, str]], *, length: int | None
+) -> bool:
+    """Status line and headers; returns whether the body goes in chunks."""
+    handler._status = status
+    chunked = length is None and handler.request_version == "HTTP/1.1"
+    if length is None and not chunked:
+        handler.close_connection = True  # HTTP/1.0 and no length: the end of the body is the close
+    handler.send_response(status)
+    for name, value in headers:
+        if name.lower() not in _HOP_BY_HOP:
+            handler.send_header(name, value)
+    if length is not None:
+        handler.send_header("Content-Length", str(length))
+    elif chunked:
+        handler.send_header("Transfer-Encoding", "chunked")
+    handler._connection_header()
+    handler.end_headers()
+    handler.wfile.flush()
+    return chunked
+
+
+def _sendfile(handler: GitRequestHandler, fd: int, offset: int, count: int) -> None:
+    """`count` bytes of `fd` from `offset` to the client by `sendfile(2)`: no copy through Python.
+
+    The socket has a timeout, so it is non-blocking underneath: a full send buffer is waited out for
+    at most that long (a client that stopped reading gets TimeoutError, as with any other send).
+    """
+    sock = handler.connection
+    out = sock.fileno()
+    timeout = sock.gettimeout()
+    end = offset + count
+    while offset < end:
+        try:
+            sent = os.sendfile(out, fd, offset, end - offset)
+        except BlockingIOError:
+            poller = select.poll()
+            poller.register(out, select.POLLOUT)
+            if not poller.poll(None if timeout is None else int(timeout * 1000)):
+                raise TimeoutError("the client stopped reading") from None
+            continue
+        if not sent:
+            raise ConnectionError("the cache file ended early")
+        offset += sent
+        handler._sent += sent
