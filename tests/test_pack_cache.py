@@ -217,6 +217,44 @@ def test_the_cache_stays_within_its_bound_and_does_not_keep_an_answer_past_half_
     assert packs.disk_bytes() <= bound
 
 
+def test_slow_readers_holding_deleted_answers_make_new_answers_bypass_the_cache(
+    make_upstream: MakeUpstream, write_config: MakeConfig, tmp_path: Path
+) -> None:
+    up = make_upstream("alpha")
+    small = [up.commit(f"small {i}", branch=f"small{i}") for i in range(2)]
+    big = add_random_blobs(up, megabytes=8, files=2)  # never kept in a 1 MiB cache, and more than a
+    config = synced_config(write_config({"alpha": up.url}))  # socket's buffers hold
+    body = want_request(big)
+    request = (
+        "POST /git/alpha.git/git-upload-pack HTTP/1.1\r\nHost: t\r\n"
+        "Content-Type: application/x-git-upload-pack-request\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+    with running_server(config, pack_cache_mb=1) as server:
+        assert server.packs is not None
+        packs = server.packs
+        with socket.socket() as slow:
+            slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            slow.settimeout(30)
+            slow.connect(address(server.url))
+            slow.sendall(request)
+            assert slow.recv(4096).startswith(b"HTTP/1.1 200")
+            assert wait_until(lambda: writers_done(server), 30)  # written, deleted, still being read
+            bypassed = upload_pack(server.url, "alpha.git", want_request(small[0]))
+            counts = (packs.made, packs.bypassed)
+        # the slow reader is gone: its file is gone from the disk, and the cache takes answers again
+        again = want_request(small[1])
+
+        def cached_again() -> bool:
+            return complete(upload_pack(server.url, "alpha.git", again)) and packs.made == 2
+
+        assert wait_until(cached_again, 10)
+
+    assert complete(bypassed)
+    assert counts == (1, 1)
+
+
 def test_an_answer_from_a_backend_that_failed_is_never_kept(
     make_upstream: MakeUpstream, write_config: MakeConfig, tmp_path: Path
 ) -> None:

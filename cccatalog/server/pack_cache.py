@@ -21,7 +21,9 @@ progress. Two processes sharing the directory share finished entries (the rename
 answers in progress. The bound (`serve.pack_cache_mb`) covers finished entries and answers being
 written, least recently used (file mtime, touched on use) out first; an answer past half the bound is
 not kept — it finishes for the clients already reading it, its file is deleted when they are done, and
-later identical requests bypass the cache.
+later identical requests bypass the cache. A file deleted while readers still send it (evicted, or
+never kept) stays on disk until the last of them is done: while such files hold more than the bound,
+new answers bypass the cache (`Overfull`), so slow readers cannot fill the disk with them.
 """
 
 from __future__ import annotations
@@ -60,6 +62,9 @@ _MAX_HEAD = 64 * 1024
 _BLOCK = 4096  # what the smallest entry costs on disk
 _BATCH = 1024 * 1024
 _NOTIFY_EVERY = 256 * 1024  # followers are woken per this much data, or when the pipe runs dry
+# Past the first MiB (a pack, not an advertisement), a pipe holding little is given this long to fill:
+# fewer, larger reads and wake-ups, as in `relay` (whose docstring has the measurements).
+_COALESCE_SECONDS = 0.0005
 _POLL_MS = 250  # how often a writer with nothing to read checks that someone still wants its answer
 _TOUCH_AFTER = 60.0  # seconds: an entry's mtime (its LRU clock) is refreshed at most this often
 _REMEMBERED_OVERSIZE = 4096
@@ -75,6 +80,20 @@ def entry_name(
     body.seek(0)
     material = [_FORMAT, str(repo), fingerprint, git_protocol, content_encoding, digest.hexdigest()]
     return hashlib.sha256(json.dumps(material).encode()).hexdigest()
+
+
+class Overfull(Exception):
+    """Readers hold more deleted cache files open than the bound: answer this request without the cache."""
+
+
+@dataclass(slots=True)
+class _Held:
+    """A cache file requests of this process have open: how many, its size, and whether the cache still
+    counts it (listed in `entries/`, or being written to be kept)."""
+
+    readers: int
+    size: int
+    counted: bool = True
 
 
 class State(Enum):
@@ -93,6 +112,7 @@ class Entry:
         self.name = name
         self.fd = fd
         self.path = path
+        self.ino = os.fstat(fd).st_ino
         self.cond = threading.Condition()
         self.state = State.PENDING
         self.status = 0
@@ -128,9 +148,11 @@ class Reader:
 
 @dataclass(frozen=True, slots=True)
 class Finished:
-    """A whole entry opened for sending: the caller closes `fd`."""
+    """A whole entry opened for sending: given back with `PackCache.release`."""
 
     fd: int
+    ino: int
+    size: int
     status: int
     headers: list[tuple[str, str]]
     body_start: int
@@ -153,10 +175,12 @@ class PackCache:
         self._oversize: OrderedDict[str, None] = OrderedDict()
         self._finished_bytes = 0
         self._inflight_bytes = 0
+        self._held: dict[int, _Held] = {}  # by inode
         self.hits = 0  # answered from a finished entry
         self.joined = 0  # joined an answer being written
         self.made = 0  # answers git made for the cache
         self.evicted = 0
+        self.bypassed = 0  # requests answered without the cache because deleted files were held
         self.make_room()
 
     # --- finding and joining ---------------------------------------------------------------------
@@ -167,17 +191,24 @@ class PackCache:
 
     def open(self, name: str) -> Finished | Reader:
         """A finished entry, or a reader of the answer being written (a new one if there is none, whose
-        `leader` starts the writer). Raises OSError when the directory cannot be written.
+        `leader` starts the writer). Raises OSError when the directory cannot be written, `Overfull`
+        when a new answer would take disk the bound no longer has.
         """
         with self._lock:
             entry = self._inflight.get(name)
             if entry is not None and not entry.cancelled:
                 entry.readers += 1
+                self._held[entry.ino].readers += 1
                 self.joined += 1
                 return Reader(entry, os.dup(entry.fd), False, self)
             if (finished := self._open_finished(name)) is not None:
+                held = self._held.setdefault(finished.ino, _Held(0, finished.size))
+                held.readers += 1
                 self.hits += 1
                 return finished
+            if sum(h.size for h in self._held.values() if not h.counted) >= self.max_bytes:
+                self.bypassed += 1
+                raise Overfull()
             path = self.tmp / f"{name}.{secrets.token_hex(6)}"
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
             try:
@@ -189,6 +220,7 @@ class PackCache:
                 raise
             entry = Entry(name, fd, path)
             entry.readers = 1
+            self._held[entry.ino] = _Held(1, 0)
             self._inflight[name] = entry
             self.made += 1
             return Reader(entry, reader_fd, True, self)
@@ -208,8 +240,23 @@ class PackCache:
             return None
         return found
 
+    def release(self, finished: Finished) -> None:
+        """A request is done sending a finished entry."""
+        with suppress(OSError):
+            os.close(finished.fd)
+        with self._lock:
+            self._unhold(finished.ino)
+
+    def _unhold(self, ino: int) -> None:
+        held = self._held.get(ino)
+        if held is not None:
+            held.readers -= 1
+            if held.readers <= 0:
+                del self._held[ino]
+
     def _detach(self, entry: Entry) -> None:
         with self._lock:
+            self._unhold(entry.ino)
             entry.readers -= 1
             if entry.readers or entry.state in (State.ENDED, State.CUT, State.FAILED, State.REFUSED):
                 return
@@ -231,6 +278,7 @@ class PackCache:
         """Write `entry`: wait for a slot (while someone still reads), run the backend into the file,
         free the slot the moment git exits, then publish the entry or delete it."""
         sink = _EntrySink(self, entry)
+        published = False
         try:
             try:
                 slot = admission.acquire(client, gone=lambda: entry.cancelled)
@@ -250,11 +298,12 @@ class PackCache:
             entry._set(State.ENDED)
             if sink.complete and not outcome.killed and entry.status == 200 and entry.keep:
                 self._publish(entry)
+                published = True
         except Exception:
             log.exception("pack cache: writing the answer for %s failed", what)
             entry._set(State.CUT if entry.state is not State.PENDING else State.FAILED)
         finally:
-            self._retire(entry)
+            self._retire(entry, published=published)
 
     def _publish(self, entry: Entry) -> None:
         os.pwrite(entry.fd, _TAIL.pack(entry.end - entry.body_start, _END), entry.end)
@@ -262,13 +311,15 @@ class PackCache:
         with self._lock:
             self._finished_bytes += max(entry.size, _BLOCK)
 
-    def _retire(self, entry: Entry) -> None:
+    def _retire(self, entry: Entry, *, published: bool) -> None:
         """The writer is done: forget the entry, delete its file unless published, close it."""
         with self._lock:
             if self._inflight.get(entry.name) is entry:
                 del self._inflight[entry.name]
             if entry.keep:
                 self._inflight_bytes -= entry.size
+            if not published and (held := self._held.get(entry.ino)):
+                held.counted = False  # deleted below; its readers still hold it
         with suppress(FileNotFoundError):
             entry.path.unlink()  # gone already when published; readers keep their descriptors
         os.close(entry.fd)
@@ -277,11 +328,15 @@ class PackCache:
     def _grew(self, entry: Entry, count: int) -> None:
         with self._lock:
             entry.size += count
+            if held := self._held.get(entry.ino):
+                held.size = entry.size
             if entry.keep:
                 self._inflight_bytes += count
                 if entry.size - entry.body_start > self.max_entry:
                     entry.keep = False  # past the cap: finished for its readers, never kept
                     self._inflight_bytes -= entry.size
+                    if held:
+                        held.counted = False
                     self._oversize[entry.name] = None
                     while len(self._oversize) > _REMEMBERED_OVERSIZE:
                         self._oversize.popitem(last=False)
@@ -308,17 +363,20 @@ class PackCache:
         for path in self.entries.iterdir():
             with suppress(OSError):
                 st = path.stat()
-                found.append((st.st_mtime, max(st.st_size, _BLOCK), path))
+                found.append((st.st_mtime, max(st.st_size, _BLOCK), st.st_ino, path))
         found.sort()
-        total = sum(size for _, size, _ in found)
+        total = sum(size for _, size, _, _ in found)
         with self._lock:
             inflight = self._inflight_bytes
-        for _, size, path in found:
+        for _, size, ino, path in found:
             if total + inflight <= self.max_bytes:
                 break
             with suppress(FileNotFoundError):
                 path.unlink()
                 self.evicted += 1
+                with self._lock:
+                    if held := self._held.get(ino):
+                        held.counted = False
             total -= size
         with self._lock:
             self._finished_bytes = total
@@ -355,7 +413,8 @@ def _read_entry(fd: int) -> Finished:
     head = json.loads(start[_HEAD.size : body_start])
     headers = [(str(k), str(v)) for k, v in head["headers"]]
     touch(fd)
-    return Finished(fd, int(head["status"]), headers, body_start, body_length)
+    ino = os.fstat(fd).st_ino
+    return Finished(fd, ino, size, int(head["status"]), headers, body_start, body_length)
 
 
 def _delete_if_abandoned(path: Path) -> None:
@@ -410,9 +469,12 @@ class _EntrySink:
         while True:
             if e.cancelled:
                 raise ClientGone()
-            if not poller.poll(_POLL_MS):
+            events = poller.poll(_POLL_MS)
+            if not events:
                 self._notify()
                 continue
+            if total >= _BATCH and not events[0][1] & select.POLLHUP and relay.buffered(fd) < _NOTIFY_EVERY:
+                time.sleep(_COALESCE_SECONDS)
             got = os.readv(fd, [buffer])
             if not got:
                 break

@@ -17,12 +17,13 @@ import os
 import select
 import socket
 import threading
+import time
 from typing import IO, TYPE_CHECKING
 
 from cccatalog.gitmirror.http_backend import BackendOutcome, CGIRequest, ResponseSink
 from cccatalog.gitmirror.refstate import advertisement_fingerprint
 from cccatalog.server.admission import client_gone
-from cccatalog.server.pack_cache import Entry, Finished, Reader, State, entry_name
+from cccatalog.server.pack_cache import Entry, Finished, Overfull, PackCache, Reader, State, entry_name
 from cccatalog.server.routing import GitRoute
 
 if TYPE_CHECKING:
@@ -54,6 +55,9 @@ def answer_upload_pack(handler: GitRequestHandler, route: GitRoute, req: CGIRequ
         return False
     try:
         found = cache.open(name)
+    except Overfull:
+        _warn_overfull(cache)
+        return False
     except OSError as exc:
         log.warning("pack cache: cannot write under %s, answering without it: %s", cache.directory, exc)
         return False
@@ -62,7 +66,7 @@ def answer_upload_pack(handler: GitRequestHandler, route: GitRoute, req: CGIRequ
         try:
             _send_finished(handler, found)
         finally:
-            os.close(found.fd)
+            cache.release(found)
         return True
     if found.leader:
         _start_writer(handler, found, route, req, body)
@@ -73,6 +77,21 @@ def answer_upload_pack(handler: GitRequestHandler, route: GitRoute, req: CGIRequ
     finally:
         found.close()
     return True
+
+
+_warned = [0.0]
+
+
+def _warn_overfull(cache: PackCache) -> None:
+    """Said once a minute at most: it lasts as long as some slow readers do."""
+    now = time.monotonic()
+    if now - _warned[0] > 60:
+        _warned[0] = now
+        log.warning(
+            "pack cache: readers hold more than %d MiB of deleted answers open; new answers bypass the "
+            "cache until they finish",
+            cache.max_bytes // (1024 * 1024),
+        )
 
 
 def _start_writer(
