@@ -52,7 +52,10 @@ FIXTURE_VERSION = 1
 EPOCH = 1_600_000_000
 BIG = "bench-big"
 MANY = "bench-manyrefs"
-SERVERS = ("cccatalog", "cccatalog-nocache", "nginx-fcgiwrap", "git-daemon", "raw-upload-pack")
+SERVERS = (
+    "cccatalog", "cccatalog-packcache", "cccatalog-nocache",
+    "nginx-fcgiwrap", "git-daemon", "raw-upload-pack",
+)  # fmt: skip
 APT_PACKAGES = ("nginx-light", "fcgiwrap")
 RECV = 1 << 20
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -105,6 +108,13 @@ class Mix:
     repo: str
     cls: MixClass
     capture: str | None  # the captured v2 POST it replays; None: a v0 GET info/refs advertisement
+    # Every request a different body on the wire (its gzip header's mtime) asking for the same pack:
+    # no pack cache can answer it, so it measures what a cache miss costs. Run only for `servers`.
+    distinct: bool = False
+    servers: tuple[str, ...] | None = None
+
+    def runs_on(self, server: str) -> bool:
+        return self.servers is None or server.startswith(self.servers)
 
 
 MIXES = (
@@ -113,6 +123,7 @@ MIXES = (
     Mix("ls-refs", BIG, "advert", "ls-refs-big"),
     Mix("ls-refs-manyrefs", MANY, "advert", "ls-refs-many"),
     Mix("full-clone", BIG, "clone", "clone"),
+    Mix("full-clone-miss", BIG, "clone", "clone", distinct=True, servers=("cccatalog", "raw-upload-pack")),
     Mix("incremental-fetch", BIG, "fetch", "fetch"),
     Mix("depth-1", BIG, "fetch", "depth-1"),
     Mix("filter-blob-none", BIG, "fetch", "filter"),
@@ -273,12 +284,25 @@ def write_config(work: Path) -> Path:
     return path
 
 
-def nocache_config(work: Path) -> Path:
-    """The same config with the advertisement cache off: what every request costs when git must run."""
-    path = work / "cccatalog-nocache.yaml"
+def variant_config(work: Path, name: str, settings: str) -> Path:
+    """The config with more `serve:` settings (YAML lines), as `serve-<name>.yaml`. The base config names no
+    pack cache key, so a tree from before the pack cache (`--compare-src`) can read it too."""
+    path = work / f"serve-{name}.yaml"
     text = (work / "cccatalog.yaml").read_text()
-    path.write_text(text.replace("serve:\n", "serve:\n  advertisement_cache_mb: 0\n"))
+    path.write_text(text.replace("serve:\n", "serve:\n" + settings))
     return path
+
+
+def server_config(work: Path, name: str) -> Path:
+    """cccatalog: every pack request runs git (the pack cache has its own server); packcache: repeated
+    requests answered from disk, sized to keep the 230 MB clone; nocache: git runs for every request."""
+    if name == "cccatalog-packcache":
+        cache = work / "pack-cache"
+        shutil.rmtree(cache, ignore_errors=True)  # no entry from an earlier run answers the first request
+        return variant_config(work, name, f"  pack_cache_mb: 1024\n  pack_cache_dir: {cache}\n")
+    if name == "cccatalog-nocache":
+        return variant_config(work, name, "  advertisement_cache_mb: 0\n  pack_cache_mb: 0\n")
+    return variant_config(work, name, "  pack_cache_mb: 0\n")
 
 
 def cccatalog_argv(*args: str) -> list[str]:
@@ -748,12 +772,21 @@ def find_tool(name: str) -> str | None:
     )
 
 
-def start_nginx(work: Path, max_concurrency: int) -> Server:
+def start_nginx(
+    work: Path,
+    max_concurrency: int,
+    *,
+    name: str = "nginx-fcgiwrap",
+    cgi_env: dict[str, str] | None = None,
+    probe_repo: str = BIG,
+) -> Server:
+    """nginx + fcgiwrap (`max_concurrency` children) in `work/<name>`; `cgi_env` is passed to
+    git-http-backend as extra CGI variables (the fleet benchmark sets a packObjectsHook that way)."""
     nginx, fcgiwrap = find_tool("nginx"), find_tool("fcgiwrap")
     if not nginx or not fcgiwrap:
         raise RuntimeError(f"nginx and fcgiwrap are needed: apt-get install {' '.join(APT_PACKAGES)}")
-    server = new_server("nginx-fcgiwrap", "http")
-    home = work / "nginx"
+    server = new_server(name, "http")
+    home = work / ("nginx" if name == "nginx-fcgiwrap" else name)
     for sub in ("client_body", "fastcgi", "proxy", "uwsgi", "scgi"):
         (home / "tmp" / sub).mkdir(parents=True, exist_ok=True)
     sock = home / "fcgiwrap.sock"
@@ -769,18 +802,20 @@ def start_nginx(work: Path, max_concurrency: int) -> Server:
         "@SOCKET@": str(sock),
     }.items():
         conf = conf.replace(key, value)
+    extra = "".join(f"            fastcgi_param {k} {v};\n" for k, v in (cgi_env or {}).items())
+    conf = conf.replace("            fastcgi_pass ", extra + "            fastcgi_pass ")
     (home / "nginx.conf").write_text(conf)
     env = {"PATH": os.environ.get("PATH", os.defpath), "HOME": str(work / "home"), "LC_ALL": "C"}
     # Debian starts one fcgiwrap, which serves one request at a time; preforking one per client is the
     # tuned setup, so nginx is not held back by it.
     _spawn(server, [fcgiwrap, "-c", str(max_concurrency), "-s", f"unix:{sock}"],
-           log_path=work / "logs" / "fcgiwrap.log", env=env, cwd=home)  # fmt: skip
+           log_path=work / "logs" / f"{name}-fcgiwrap.log", env=env, cwd=home)  # fmt: skip
     deadline = time.monotonic() + 10
     while not sock.exists() and time.monotonic() < deadline:
         time.sleep(0.02)
     _spawn(server, [nginx, "-p", str(home), "-c", str(home / "nginx.conf"), "-e", str(home / "error.log")],
-           log_path=work / "logs" / "nginx.log", env=env, cwd=home)  # fmt: skip
-    probe = f"/git/{BIG}.git/info/refs?service=git-upload-pack"
+           log_path=work / "logs" / f"{name}.log", env=env, cwd=home)  # fmt: skip
+    probe = f"/git/{probe_repo}.git/info/refs?service=git-upload-pack"
     _wait_ready(server, lambda: _http_ok(server.port, probe), "nginx + fcgiwrap")
     return server
 
@@ -990,6 +1025,16 @@ class Bench:
         return self.work / "captures" / f"{key}.plain"
 
 
+_DISTINCT = iter(range(1, 1 << 31))
+
+
+def distinct_body(cap: Captured) -> bytes:
+    """The captured gzip body with a new mtime in its gzip header: new bytes, the same request."""
+    if cap.body[:2] != b"\x1f\x8b":
+        raise RuntimeError(f"{cap.path}: a distinct body needs a gzip request body")
+    return cap.body[:4] + next(_DISTINCT).to_bytes(4, "little") + cap.body[8:]
+
+
 def do_request(bench: Bench, server: Server, mix: Mix) -> Answer:
     cap = bench.captures[mix.capture] if mix.capture else None
     timeout = bench.size.request_timeout
@@ -1004,7 +1049,8 @@ def do_request(bench: Bench, server: Server, mix: Mix) -> Answer:
                 b"",
                 timeout=timeout,
             )
-        return http_request(server.port, "POST", cap.path, cap.headers, cap.body, timeout=timeout)
+        wire = distinct_body(cap) if mix.distinct else cap.body
+        return http_request(server.port, "POST", cap.path, cap.headers, wire, timeout=timeout)
     if server.kind == "daemon":
         return daemon_request(server.port, mix.repo, cap, timeout)
     repo = bench.work / "mirrors" / f"{mix.repo}.git"
@@ -1186,6 +1232,7 @@ def merge(server: Server, mix: Mix, n: int, batches: Sequence[Batch]) -> Row:
 def run_cell(bench: Bench, servers: Sequence[Server], mix: Mix, n: int) -> list[Row]:
     """Every server takes a turn in each round, so drift in the machine's load hits them all alike."""
     count = request_count(bench.size, mix, n)
+    servers = [s for s in servers if mix.runs_on(s.name)]
     batches: dict[str, list[Batch]] = {s.name: [] for s in servers}
     for _ in range(bench.size.rounds):
         for server in servers:
@@ -1251,6 +1298,17 @@ def evaluate_targets(rows: Sequence[Row], size: Size) -> list[Target]:
         Target("full-clone MB/s at N=1: cccatalog / raw upload-pack", _fmt_ratio(r), ">= 0.90x",
                None if r is None else r >= 0.9)
     )  # fmt: skip
+    r = _ratio(tput("cccatalog-packcache", "full-clone", 1), tput("raw-upload-pack", "full-clone", 1))
+    targets.append(
+        Target("full-clone MB/s at N=1, from the pack cache: cccatalog-packcache / raw upload-pack",
+               _fmt_ratio(r), ">= 1.00x", None if r is None else r >= 1.0)
+    )  # fmt: skip
+    for n in sorted({1, n_mid}):
+        r = _ratio(tput("cccatalog-packcache", "full-clone-miss", n), tput("cccatalog", "full-clone-miss", n))
+        targets.append(
+            Target(f"full-clone-miss MB/s at N={n}, every request a cache miss: cccatalog-packcache / "
+                   "cccatalog (no pack cache)", _fmt_ratio(r), ">= 0.95x", None if r is None else r >= 0.95)
+        )  # fmt: skip
     for server in ("cccatalog", "cccatalog-nocache"):
         for mix in ("info-refs", "info-refs-manyrefs"):
             r = _ratio(p50(server, mix), p50("nginx-fcgiwrap", mix))
@@ -1516,8 +1574,8 @@ def start_servers(
                     start_cccatalog(work, config, name=f"cccatalog[{label}]", src=Path(src).resolve())
                 )
                 stack.callback(stop_server, servers[-1])
-        elif name == "cccatalog-nocache":
-            servers.append(start_cccatalog(work, nocache_config(work), name=name))
+        elif name.startswith("cccatalog-"):
+            servers.append(start_cccatalog(work, server_config(work, name), name=name))
             stack.callback(stop_server, servers[-1])
         elif name == "nginx-fcgiwrap":
             servers.append(start_nginx(work, max(size.concurrency)))
@@ -1564,8 +1622,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     started = time.monotonic()
     with work_dir(args.work_dir, args.keep) as work, ExitStack() as stack:
-        config, info = prepare(work, size, args.seed)
-        ccc = start_cccatalog(work, config)
+        _, info = prepare(work, size, args.seed)
+        ccc = start_cccatalog(work, server_config(work, "cccatalog"))
         stack.callback(stop_server, ccc)
         captures_dir = work / "captures"
         if not (work / "fixtures.json").exists():
@@ -1577,7 +1635,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log("servers up: " + ", ".join(f"{s.name}{':' + str(s.port) if s.port else ''}" for s in servers))
         for server in servers:  # warm-up: page cache, lazy imports, and a check that every mix works
             for mix in mixes:
-                do_request(bench, server, mix)
+                if mix.runs_on(server.name):
+                    do_request(bench, server, mix)
         busy_at_start = wait_for_quiet(args.quiet_below, args.quiet_wait) if args.quiet_wait > 0 else None
         rows = measure(bench, servers, mixes)
     targets = evaluate_targets(rows, size)
