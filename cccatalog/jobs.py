@@ -267,15 +267,7 @@ def git_summary(config: Config, report: SyncReport, *, skipped: str | None = Non
         "repos_updated": sum(r.action in _SYNCED for r in report.git),
         "repos_changed": sum(r.action in _CHANGED for r in report.git),
         "errors": [{"slug": r.slug, "error": r.error} for r in report.git if r.failed],
-        "repos": [
-            {
-                "slug": r.slug,
-                "action": r.action.value,
-                "head_commit": r.head_commit,
-                "duration_s": r.duration_s,
-            }
-            for r in report.git
-        ],
+        "repos": [r.to_json() for r in report.git],
     }
     if skipped:
         summary["skipped"] = skipped

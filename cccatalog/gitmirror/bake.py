@@ -145,7 +145,11 @@ def check_manifest(git: Git, data_dir: Path, slugs: Sequence[str] | None = None)
         slug = str(entry.get("slug"))
         if slugs is not None and slug not in slugs:
             continue
-        repo = data_dir / f"{slug}.git"
+        try:
+            repo = Layout(data_dir).repo(slug)
+        except UsageError:
+            problems.append(f"{slug!r}: not a valid slug, listed in the baked manifest")
+            continue
         if not (repo / "HEAD").is_file():
             problems.append(f"{slug}: listed in the baked manifest but missing from {data_dir}")
             continue

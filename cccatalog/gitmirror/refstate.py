@@ -4,7 +4,7 @@ What `git upload-pack --advertise-refs` prints is a function of HEAD, the refs (
 refs under refs/, or a reftable stack), the repo config (capabilities) and the shallow file. git
 replaces each of those by writing a lock file and renaming it into place, so every change gives the
 path a new inode or mtime, and deleting a loose ref removes a path. The fingerprint is every such
-path with (inode, mtime, size).
+path with (inode, mtime, size), its `filestamp`.
 
 Like git's own "racy index" rule, a fingerprint is refused (None) while anything in it changed within
 the last `RACY_SECONDS`: file timestamps are coarse (a clock tick, not a nanosecond), so two changes
@@ -17,6 +17,8 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+
+from cccatalog.filestamp import stamp
 
 RACY_SECONDS = 2.0
 MAX_LOOSE_REFS = 256
@@ -32,11 +34,8 @@ def advertisement_fingerprint(repo: Path, *, now: float | None = None) -> Finger
         top = os.stat(repo)
         entries.append((".", top.st_ino, top.st_mtime_ns, 0))
         for name in _FILES:
-            try:
-                st = os.stat(repo / name)
-            except FileNotFoundError:
-                continue
-            entries.append((name, st.st_ino, st.st_mtime_ns, st.st_size))
+            if (found := stamp(repo / name)) is not None:
+                entries.append((name, *found))
         if not _walk_refs(repo / "refs", "refs", entries):
             return None
     except OSError:

@@ -28,6 +28,7 @@ from typing import IO, Any
 
 from cccatalog.config import ServeConfig
 from cccatalog.gitmirror.http_backend import CGIRequest, ClientGone, HttpBackend
+from cccatalog.gitmirror.layout import Layout
 from cccatalog.gitmirror.refstate import advertisement_fingerprint
 from cccatalog.redact import Redactor
 from cccatalog.server import framing, relay
@@ -359,7 +360,7 @@ class GitRequestHandler(BaseHTTPRequestHandler):
         """None when the answer came from the advertisement cache; else the sink the backend writes to."""
         sink: _Sink | RecordingSink = _Sink(self)
         if (request_key := _cacheable(body, req)) is not None:  # answers that only change with the refs
-            repo = self.server.live.current.git.data_dir / f"{route.slug}.git"
+            repo = Layout(self.server.live.current.git.data_dir).repo(route.slug)
             key = (repo, route.service.value, request_key, req.git_protocol)
             fingerprint = advertisement_fingerprint(repo) if self.server.adverts.max_bytes else None
             if fingerprint is not None:

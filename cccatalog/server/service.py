@@ -20,11 +20,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cccatalog import envvars
 from cccatalog.catalog.store import Store
 from cccatalog.config import Config
 from cccatalog.errors import CCCatalogError, LockBusy, StateError
 from cccatalog.gitmirror.bake import check_manifest
 from cccatalog.gitmirror.git import Git
+from cccatalog.gitmirror.layout import Layout
 from cccatalog.gitmirror.mirror import Mirror
 from cccatalog.gitmirror.servable import Servability, mirrored_slugs
 from cccatalog.jobs import (
@@ -44,7 +46,6 @@ from cccatalog.server.live_config import LiveConfig
 log = logging.getLogger("cccatalog.serve")
 
 
-DISABLE_SCHEDULER_VARS = ("CCCATALOG_DISABLE_SCHEDULER", "CC_CATALOG_DISABLE_SCHEDULER")
 _TRUE = ("1", "true", "yes", "on")
 GIT_GUARD = "git.runtime_sync is false (the air-gap guard)"
 
@@ -84,7 +85,9 @@ def scheduler_intervals(
 ) -> tuple[int, int, str | None]:
     """(git minutes, image minutes, why the scheduler is off or None); 0 is off. The command line
     wins over the environment, which wins over the config file and its defaults."""
-    disabled = next((v for v in DISABLE_SCHEDULER_VARS if environ.get(v, "").strip().lower() in _TRUE), None)
+    disabled = next(
+        (v for v in envvars.DISABLE_SCHEDULER if environ.get(v, "").strip().lower() in _TRUE), None
+    )
     git = config.scheduler.git_sync_minutes if git_minutes is None else git_minutes
     catalog = config.scheduler.catalog_poll_minutes if catalog_minutes is None else catalog_minutes
     if disabled:
@@ -180,7 +183,6 @@ def get_once(
     file is not created: the answer then comes from an empty state."""
     from urllib.parse import urlsplit
 
-    from cccatalog import envvars
     from cccatalog.server.api import handle
 
     parts = urlsplit(target if target.startswith("/") else "/" + target)
@@ -212,7 +214,7 @@ def backfill(config: Config, store: Store, servability: Servability) -> int:
     known = {m.slug for m in store.list_mirrors() if m.head_commit}
     count = 0
     for slug in sorted(mirrored_slugs(config) - known):
-        repo = config.git.data_dir / f"{slug}.git"
+        repo = Layout(config.git.data_dir).repo(slug)
         if not servability.is_complete(repo):
             continue
         try:
