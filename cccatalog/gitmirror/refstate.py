@@ -27,7 +27,9 @@ _FILES = ("HEAD", "packed-refs", "config", "shallow", "reftable/tables.list")
 Fingerprint = tuple[tuple[str, int, int, int], ...]
 
 
-def advertisement_fingerprint(repo: Path, *, now: float | None = None) -> Fingerprint | None:
+def advertisement_fingerprint(
+    repo: Path, *, now: float | None = None, racy_seconds: float = RACY_SECONDS
+) -> Fingerprint | None:
     """The fingerprint, or None when it cannot be trusted (missing repo, racy, too many loose refs)."""
     entries: list[tuple[str, int, int, int]] = []
     try:
@@ -41,7 +43,7 @@ def advertisement_fingerprint(repo: Path, *, now: float | None = None) -> Finger
     except OSError:
         return None
     newest = max(mtime for _, _, mtime, _ in entries)
-    if (time.time() if now is None else now) - newest / 1e9 < RACY_SECONDS:
+    if (time.time() if now is None else now) - newest / 1e9 < racy_seconds:
         return None
     return tuple(entries)
 
