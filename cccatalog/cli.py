@@ -583,4 +583,7 @@ def _print_error(exc: CCCatalogError) -> None:
 
 def main() -> None:
     code = run()
+    from cccatalog.gitmirror.children import end_children_with_process
+
+    end_children_with_process()
     sys.exit(code if code in (EXIT_OK, EXIT_FAILED, EXIT_USAGE, 130) else EXIT_FAILED)
