@@ -144,9 +144,9 @@ def sync(
             f"git.runtime_sync is false in {cfg.path}: this host is meant to stay air-gapped. "
             "Pass --allow-runtime-sync to reach the upstreams and registries anyway."
         )
-    with run_locks(cfg, request), Store.open(cfg.state.path) as store:
+    with run_locks(cfg, request) as granted, Store.open(cfg.state.path) as store:
         report = run_sync(
-            cfg, store, request, redactor=_state.redactor, environ=os.environ, run_git=_run_with_progress
+            cfg, store, granted, redactor=_state.redactor, environ=os.environ, run_git=_run_with_progress
         )
     _render_sync(report, as_json=as_json)
     if report.failed:
@@ -196,6 +196,7 @@ def _render_sync(report: SyncReport, *, as_json: bool) -> None:
                     "default_branch": r.default_branch,
                     "duration_s": r.duration_s,
                     "error": r.error,
+                    "note": r.note,
                 }
                 for r in report.git
             ],
@@ -234,7 +235,7 @@ def _render_sync(report: SyncReport, *, as_json: bool) -> None:
                 f"[{styles.get(r.action.value, 'green')}]{r.action.value}[/]",
                 (r.head_commit or "")[:12],
                 f"{r.duration_s:.1f}s",
-                escape(r.error or ""),
+                escape(r.error or r.note or ""),
             )
         console.print(table)
     if report.images:
@@ -582,8 +583,8 @@ def _print_error(exc: CCCatalogError) -> None:
 
 
 def main() -> None:
-    code = run()
     from cccatalog.gitmirror.children import end_children_with_process
 
     end_children_with_process()
+    code = run()
     sys.exit(code if code in (EXIT_OK, EXIT_FAILED, EXIT_USAGE, 130) else EXIT_FAILED)

@@ -7,17 +7,19 @@ The image half (httpx and the registry client) is imported only when a run polls
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cccatalog.config import Config
+from cccatalog.errors import LockBusy
 from cccatalog.gitmirror.git import Git
 from cccatalog.gitmirror.layout import Layout
 from cccatalog.gitmirror.locks import file_lock
-from cccatalog.gitmirror.sync import MirrorSyncer, RepoResult, RepoTask, SyncOptions, plan_sync
+from cccatalog.gitmirror.sync import Action, MirrorSyncer, RepoResult, RepoTask, SyncOptions, plan_sync
 from cccatalog.redact import Redactor
 
 if TYPE_CHECKING:
@@ -33,6 +35,9 @@ class SyncRequest:
     only: tuple[str, ...] = ()
     jobs: int | None = None
     no_wait: bool = False
+    # why a half is skipped as a whole: set by `run_locks` when another run holds it and no_wait
+    skip_git: str | None = None
+    skip_images: str | None = None
 
 
 @dataclass(slots=True)
@@ -47,21 +52,45 @@ class SyncReport:
 
 def run_lock_path(config: Config, half: str) -> Path:
     """The run lock of one half of a sync (`git`, `images`), beside the state file (always writable):
-    a cron `sync`, serve's scheduler and an admin job never run the same half at the same time."""
+    a cron `sync`, serve's scheduler and an admin job never run the same half at the same time (a git
+    sync of named repos only takes their repo locks: see `run_locks`)."""
     return config.state.path.parent / "locks" / f"sync-{half}.lock"
 
 
+log = logging.getLogger("cccatalog.sync")
+
+
 @contextmanager
-def run_locks(config: Config, request: SyncRequest) -> Iterator[None]:
-    """Hold the run locks `request` needs, waiting up to git.lock_timeout_seconds (0 with no_wait)."""
+def run_locks(config: Config, request: SyncRequest) -> Iterator[SyncRequest]:
+    """Hold the run locks `request` needs, waiting up to git.lock_timeout_seconds (0 with no_wait);
+    yields the request to run, with the halves another run holds marked skipped under no_wait.
+
+    A git run of every repo takes the git run lock; an `--only` run takes only the locks of the repos
+    it names (per repo, in `MirrorSyncer`), so it waits for or skips just the repos that are busy, not
+    a whole run of others. The image half has no per-collection lock: every run takes its run lock.
+    """
     wait = 0 if request.no_wait else config.git.lock_timeout_seconds
+    skipped: dict[str, str] = {}
     with ExitStack() as stack:
-        for half, wanted in (("git", request.git), ("images", request.images)):
-            if wanted:
-                stack.enter_context(
-                    file_lock(run_lock_path(config, half), timeout=wait, what=f"the {half} sync")
-                )
-        yield
+        for half, wanted in (("git", request.git and not request.only), ("images", request.images)):
+            if not wanted:
+                continue
+
+            def waiting(pid: int | None, half: str = half) -> None:
+                by = f" (pid {pid})" if pid else ""
+                log.warning(
+                    "waiting for another %s sync%s to finish, up to %.0fs (git.lock_timeout_seconds)",
+                    half, by, wait,
+                )  # fmt: skip
+
+            lock = run_lock_path(config, half)
+            try:
+                stack.enter_context(file_lock(lock, timeout=wait, what=f"the {half} sync", on_wait=waiting))
+            except LockBusy as exc:
+                if not request.no_wait:
+                    raise
+                skipped[half] = f"{exc}, which covers this one; skipped (--no-wait)"
+        yield replace(request, skip_git=skipped.get("git"), skip_images=skipped.get("images"))
 
 
 def image_cache(config: Config) -> BlobCache:
@@ -92,12 +121,21 @@ def run_sync(
             environ=environ,
             store=store,
         )
-        report.git = run_git(syncer, tasks) if run_git else syncer.run(tasks)
+        if request.skip_git:
+            report.git = [
+                RepoResult(t.slug, Action.SKIPPED, t.display_url, error=request.skip_git) for t in tasks
+            ]
+        else:
+            report.git = run_git(syncer, tasks) if run_git else syncer.run(tasks)
     if request.images:
-        from cccatalog.catalog.images import ImageSyncer
+        from cccatalog.catalog.images import ImageSyncer, ImageSyncResult
 
         images = ImageSyncer(config, store, cache=image_cache(config), environ=environ, redactor=redactor)
-        report.images = images.run(images.plan(request.only), jobs=request.jobs or config.git.parallelism)
+        planned = images.plan(request.only)
+        if request.skip_images:
+            report.images = [ImageSyncResult(cc.slug, cc.source, note=request.skip_images) for cc in planned]
+        else:
+            report.images = images.run(planned, jobs=request.jobs or config.git.parallelism)
     return report
 
 
@@ -136,6 +174,7 @@ def git_summary(config: Config, report: SyncReport, *, skipped: str | None = Non
                 "action": r.action.value,
                 "head_commit": r.head_commit,
                 "duration_s": r.duration_s,
+                "note": r.note,
             }
             for r in report.git
         ],
