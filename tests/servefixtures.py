@@ -43,9 +43,14 @@ def running_server(
 
 @contextmanager
 def serve_process(
-    config_path: Path, *, env: dict[str, str] | None = None, user: str | None = None
+    config_path: Path,
+    *,
+    env: dict[str, str] | None = None,
+    user: str | None = None,
+    options: tuple[str, ...] = (),
 ) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """`python -m cccatalog serve` on a free port as its own process; yields (process, base URL)."""
+    """`python -m cccatalog [options] serve` on a free port as its own process; yields (process, base
+    URL). `options` are the global ones (`-vv`)."""
     import socket
 
     with socket.socket() as s:
@@ -55,6 +60,7 @@ def serve_process(
         sys.executable,
         "-m",
         "cccatalog",
+        *options,
         "serve",
         "-c",
         str(config_path),
