@@ -261,7 +261,7 @@ class MirrorSyncer:
             elif current != task.url:
                 note = (
                     f"the upstream redirected to {strip_url_credentials(current)} (same origin, "
-                    "followed with the git.auth credentials): set git_url to the new location"
+                    "followed with the credentials): set git_url to the new location"
                 )
             return remote, config, note
         raise GitError(f"the upstream redirected more than {MAX_HOPS} times; set git_url to where it ends")
@@ -282,15 +282,15 @@ class MirrorSyncer:
         configured = show_origin(task.url)
         if location is None:
             raise GitError(
-                f"the upstream answered with a redirect ({refused}); git.auth credentials are only "
-                f"sent to {configured}, so it was not followed: set git_url to the new location",
+                f"the upstream answered with a redirect ({refused}); credentials are only sent to "
+                f"{configured}, so it was not followed: set git_url to the new location",
                 stderr=refused.stderr,
             )
         target = shown(location, current)
         if origin(target) != origin(task.url):
             raise GitError(
-                f"the upstream redirected to {target}, another origin than {configured}: git.auth "
-                "credentials are only sent to the configured origin, so the redirect was not followed. "
+                f"the upstream redirected to {target}, another origin than {configured}: credentials "
+                "are only sent to the configured origin, so the redirect was not followed. "
                 "If the repository moved, set git_url to the new location (and check the credentials "
                 "are meant for it)",
                 stderr=refused.stderr,
