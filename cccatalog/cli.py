@@ -432,5 +432,8 @@ def _print_error(inv: Invocation, exc: BaseException) -> None:
 
 
 def main() -> None:
+    from cccatalog.gitmirror.children import end_children_with_process
+
+    end_children_with_process()
     code = run()
     sys.exit(code if code in (EXIT_OK, EXIT_FAILED, EXIT_USAGE, 130) else EXIT_FAILED)

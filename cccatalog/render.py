@@ -75,7 +75,7 @@ def sync_report(report: SyncReport, *, as_json: bool, quiet: bool) -> None:
             style = styles.get(r.action.value, "green")
             table.add_row(
                 r.slug, f"[{style}]{r.action.value}[/]", (r.head_commit or "")[:12], f"{r.duration_s:.1f}s",
-                escape(r.error or ""),
+                escape(r.error or r.note or ""),
             )  # fmt: skip
         out.print(table)
     if report.images:

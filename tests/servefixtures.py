@@ -51,9 +51,16 @@ def running_server(
 
 @contextmanager
 def serve_process(
-    config_path: Path, *, env: dict[str, str] | None = None, user: str | None = None
+    config_path: Path,
+    *,
+    env: dict[str, str] | None = None,
+    user: str | None = None,
+    options: tuple[str, ...] = (),
+    scheduler: bool = False,
 ) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """`python -m cccatalog serve` on a free port as its own process; yields (process, base URL)."""
+    """`python -m cccatalog [options] serve` on a free port as its own process; yields (process, base
+    URL). `options` are the global ones (`-vv`). The scheduler (on by default in a real deployment)
+    stays off unless asked for: its start-up syncs would race the test's own."""
     import socket
 
     with socket.socket() as s:
@@ -63,6 +70,7 @@ def serve_process(
         sys.executable,
         "-m",
         "cccatalog",
+        *options,
         "serve",
         "-c",
         str(config_path),
@@ -73,7 +81,7 @@ def serve_process(
     ]
     proc = subprocess.Popen(
         argv,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, **({} if scheduler else {"CC_CATALOG_DISABLE_SCHEDULER": "1"}), **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
