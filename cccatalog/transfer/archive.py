@@ -82,11 +82,13 @@ def extract_archive(archive: Path, dest: Path) -> dict[str, Member]:
     where = f"{archive}"
     members: dict[str, Member] = {}
     try:
-        tar = tarfile.open(archive, "r:*")  # noqa: SIM115 - closed below
+        tar = tarfile.open(archive, "r:")  # noqa: SIM115 - closed below
     except FileNotFoundError:
         raise UsageError(f"{where}: no such file") from None
-    except (tarfile.TarError, OSError) as exc:
-        raise UsageError(f"{where}: not a cccatalog update (not a tar file: {exc})") from None
+    except tarfile.TarError:
+        raise UsageError(f"{where}: not a cccatalog update (not a tar file)") from None
+    except OSError as exc:
+        raise UsageError(f"{where}: {exc.strerror or type(exc).__name__}") from None
     with tar:
         try:
             for info in tar:
@@ -103,7 +105,8 @@ def extract_archive(archive: Path, dest: Path) -> dict[str, Member]:
                         out.write(chunk)
                 members[info.name] = Member(target, h.hexdigest(), info.size)
         except (tarfile.TarError, EOFError) as exc:
-            raise UsageError(f"{where}: the file is damaged or cut short ({exc})") from None
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise UsageError(f"{where}: the file is damaged or cut short ({reason})") from None
     if MANIFEST not in members:
         raise UsageError(f"{where}: not a cccatalog update (no {MANIFEST})")
     return members
