@@ -120,6 +120,15 @@ class StateConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TransferConfig:
+    """Who may sign what this site imports (`cccatalog import`) and the manifest `serve` checks at
+    start-up: an OpenSSH allowed-signers file, and optionally the one principal in it that must sign."""
+
+    allowed_signers: Path | None = None
+    signer: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ServeConfig:
     """`cccatalog serve`: where to listen and how much one host gives to clients."""
 
@@ -141,6 +150,7 @@ class Config:
     state: StateConfig
     serve: ServeConfig = field(default_factory=ServeConfig)
     images: ImagesConfig = field(default_factory=ImagesConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
     sources: tuple[Source, ...] = ()
     warnings: tuple[str, ...] = ()
 
@@ -180,11 +190,13 @@ SLUG_RULE = (
 )
 _SLUG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# An allowed-signers principal: what `ssh-keygen -Y verify -I` matches (an email-like name).
+_PRINCIPAL_RE = re.compile(r"[^\s,\"'*?!]{1,200}")
 _SCP_RE = re.compile(r"[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:\S+")
 _MOUNT_RE = re.compile(r"(/[A-Za-z0-9_~-][A-Za-z0-9._~-]*)+/?")
 _GIT_SCHEMES = ("https", "http", "ssh", "git", "file")
 
-_TOP_KEYS = ("git", "images", "scheduler", "serve", "sources", "state")
+_TOP_KEYS = ("git", "images", "scheduler", "serve", "sources", "state", "transfer")
 _LEGACY_TOP = {
     "destinations": "image mirroring to other registries is not part of cccatalog",
     "storage": "cccatalog keeps its state in one SQLite file (see state.path)",
@@ -275,6 +287,7 @@ def parse_config(data: object, *, path: Path, environ: Mapping[str, str] | None 
     state = _state(top.child("state"), git.data_dir, environ or {})
     serve = _serve(top.child("serve"))
     images = _images(top.child("images"))
+    transfer = _transfer(top.child("transfer"))
     if ctx.problems:
         raise ConfigError(str(path), ctx.problems)
     return Config(
@@ -284,6 +297,7 @@ def parse_config(data: object, *, path: Path, environ: Mapping[str, str] | None 
         state=state,
         serve=serve,
         images=images,
+        transfer=transfer,
         sources=sources,
         warnings=tuple(ctx.warnings),
     )
@@ -553,6 +567,18 @@ def _git(r: _Reader, slugs: Mapping[str, str]) -> GitConfig:
 def _images(r: _Reader) -> ImagesConfig:
     r.check_keys(("runtime_sync",))
     return ImagesConfig(runtime_sync=r.bool_("runtime_sync", True))
+
+
+def _transfer(r: _Reader) -> TransferConfig:
+    r.check_keys(("allowed_signers", "signer"))
+    signer = r.str_("signer", None)
+    if signer is not None and not _PRINCIPAL_RE.fullmatch(signer):
+        r.problem("signer", f"expected one principal of the allowed signers file, got {_quote(signer)}")
+        signer = None
+    allowed = r.path_("allowed_signers", None)
+    if signer is not None and allowed is None:
+        r.problem("signer", "is set without transfer.allowed_signers (the file that holds its key)")
+    return TransferConfig(allowed_signers=allowed, signer=signer)
 
 
 def _serve(r: _Reader) -> ServeConfig:
