@@ -73,6 +73,15 @@ JobsOpt = Annotated[
 ]
 
 
+SignKeyOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--sign-key", metavar="KEY",
+        help="Sign the manifest with this SSH private key (ssh-keygen -Y sign; a .pub uses ssh-agent).",
+    ),
+]  # fmt: skip
+
+
 HostOpt = typer.Option(
     "--host",
     envvar=list(envvars.HOST),
@@ -278,6 +287,7 @@ def bake(
     ] = None,
     jobs: JobsOpt = None,
     as_json: JsonOpt = False,
+    sign_key: SignKeyOpt = None,
 ) -> None:
     """Mirror every CodeCollection with a git_url into DEST and write DEST/manifest.json."""
     from cccatalog import render
@@ -288,10 +298,89 @@ def bake(
     inv = _inv(ctx)
     cfg = _load(config)
     result = bake_mirrors(
-        cfg, dest.resolve(), Git(redactor=inv.redactor), environ=os.environ, token_file=token_file, jobs=jobs
-    )
+        cfg, dest.resolve(), Git(redactor=inv.redactor), environ=os.environ, token_file=token_file, jobs=jobs,
+        sign_key=sign_key,
+    )  # fmt: skip
     render.sync_report(SyncReport(git=result.repos), as_json=as_json, quiet=inv.quiet)
     if result.manifest is None:
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command(epilog=_example("cccatalog manifest -c config.yaml --out site.json"))
+def manifest(
+    ctx: typer.Context,
+    config: ConfigOpt = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", metavar="FILE", help="Write it to FILE (default: stdout).")
+    ] = None,
+) -> None:
+    """What this site has (every ref of every mirror, the image refs): carry it to export --since."""
+    from cccatalog import render
+    from cccatalog.gitmirror.git import Git
+    from cccatalog.manifest import describe_site
+
+    data = describe_site(_load(config), Git(redactor=_inv(ctx).redactor))
+    render.manifest(data, out)
+
+
+@app.command(
+    epilog=_example("cccatalog export -c config.yaml --since site.json --out update.tar --sign-key release")
+)
+def export(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option("--out", metavar="FILE", help="The update file to write (a tar).")],
+    config: ConfigOpt = None,
+    since: Annotated[
+        Path | None,
+        typer.Option("--since", metavar="FILE", help="The site's manifest; without it, a full export."),
+    ] = None,
+    sign_key: SignKeyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write one file that brings a site from its manifest to these mirrors and this catalog."""
+    from cccatalog import render
+    from cccatalog.gitmirror.git import Git
+    from cccatalog.transfer.export import export_update
+
+    inv = _inv(ctx)
+    result = export_update(
+        _load(config), Git(redactor=inv.redactor), out=out, since=since, sign_key=sign_key, environ=os.environ
+    )
+    render.export_result(result, as_json=as_json, quiet=inv.quiet)
+
+
+@app.command("import", epilog=_example("cccatalog import update.tar -c config.yaml"))
+def import_(
+    ctx: typer.Context,
+    update: Annotated[Path, typer.Argument(metavar="FILE", help="The update file `export` wrote.")],
+    config: ConfigOpt = None,
+    allowed_signers: Annotated[
+        Path | None,
+        typer.Option(
+            "--allowed-signers", metavar="FILE", help="SSH allowed signers [transfer.allowed_signers]."
+        ),
+    ] = None,
+    signer: Annotated[
+        str | None,
+        typer.Option("--signer", metavar="PRINCIPAL", help="Who must have signed [transfer.signer]."),
+    ] = None,
+    allow_unsigned: Annotated[
+        bool, typer.Option("--allow-unsigned", help="Import an update that carries no signature.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Apply an update to this site's mirrors and catalog while serve keeps serving."""
+    from cccatalog import render
+    from cccatalog.gitmirror.git import Git
+    from cccatalog.transfer.importer import import_update
+
+    inv = _inv(ctx)
+    result = import_update(
+        _load(config), Git(redactor=inv.redactor), update, allowed_signers=allowed_signers, signer=signer,
+        allow_unsigned=allow_unsigned, environ=os.environ,
+    )  # fmt: skip
+    render.import_result(result, as_json=as_json, quiet=inv.quiet)
+    if result.failed:
         raise typer.Exit(EXIT_FAILED)
 
 
@@ -432,5 +521,8 @@ def _print_error(inv: Invocation, exc: BaseException) -> None:
 
 
 def main() -> None:
+    from cccatalog.gitmirror.children import end_children_with_process
+
+    end_children_with_process()
     code = run()
     sys.exit(code if code in (EXIT_OK, EXIT_FAILED, EXIT_USAGE, 130) else EXIT_FAILED)

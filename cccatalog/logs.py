@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from rich.console import Console
 from rich.logging import RichHandler
 
+from cccatalog import envvars
 from cccatalog.redact import Redactor
 
 LOGGER_NAME = "cccatalog"
@@ -36,13 +37,12 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-LOG_LEVEL_VARS = ("CCCATALOG_LOG_LEVEL", "CC_CATALOG_LOG_LEVEL")
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def level_from_env(environ: Mapping[str, str]) -> tuple[int | None, str | None]:
     """(the level the environment asks for or None, a problem to report or None)."""
-    for name in LOG_LEVEL_VARS:
+    for name in envvars.LOG_LEVEL:
         value = environ.get(name, "").strip()
         if not value:
             continue

@@ -21,10 +21,14 @@ from rich.table import Table
 from cccatalog.logs import LOGGER_NAME
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from cccatalog.check import CheckReport
     from cccatalog.gitmirror.sync import MirrorSyncer, RepoResult, RepoTask
     from cccatalog.jobs import SyncReport
     from cccatalog.oci.resolve import RefResolution
+    from cccatalog.transfer.export import ExportResult
+    from cccatalog.transfer.importer import ImportResult
 
 log = logging.getLogger(LOGGER_NAME)
 
@@ -75,7 +79,7 @@ def sync_report(report: SyncReport, *, as_json: bool, quiet: bool) -> None:
             style = styles.get(r.action.value, "green")
             table.add_row(
                 r.slug, f"[{style}]{r.action.value}[/]", (r.head_commit or "")[:12], f"{r.duration_s:.1f}s",
-                escape(r.error or ""),
+                escape(r.error or r.note or ""),
             )  # fmt: skip
         out.print(table)
     if report.images:
@@ -175,6 +179,70 @@ def check_failures(report: CheckReport) -> None:
     if failed:
         noun = "check" if len(failed) == 1 else "checks"
         error(f"{len(failed)} {noun} failed", details=[f"  {c.subject}: {c.detail}" for c in failed])
+
+
+# --- manifest, export, import --------------------------------------------------------------------
+
+
+def manifest(data: bytes, out: Path | None) -> None:
+    """The site manifest to stdout, or to `out` in one rename."""
+    if out is None:
+        sys.stdout.write(data.decode())
+        return
+    from cccatalog.manifest import write_atomic
+
+    write_atomic(out, data)
+    log.info("wrote %s", out)
+
+
+def _size(n: int) -> str:
+    return f"{n / 1024 / 1024:.1f} MiB" if n >= 1024 * 1024 else f"{n / 1024:.1f} KiB"
+
+
+def export_result(result: ExportResult, *, as_json: bool, quiet: bool) -> None:
+    if as_json:
+        write_json(result.to_json())
+        return
+    signed = "signed" if result.signed else "unsigned"
+    sys.stderr.write(
+        f"wrote {result.path} ({_size(result.size)}, {signed}, since {result.since or 'nothing: full'})\n"
+    )
+    if quiet:
+        return
+    table = _table("export", ("slug", "carries", "refs moved", "bundle"), ("slug",))
+    for r in result.repos:
+        table.add_row(r.slug, r.kind, str(r.refs_changed), _size(r.size) if r.bundle else "")
+    console().print(table)
+    sys.stdout.write(
+        f"{result.collections} collections with image refs, {result.images} images in images.txt\n"
+    )
+
+
+def import_result(result: ImportResult, *, as_json: bool, quiet: bool) -> None:
+    for r in result.repos:
+        if r.error:
+            log.error("%s: %s", r.slug, r.error)
+    if as_json:
+        write_json(result.to_json())
+        return
+    if not result.changed and not result.failed:
+        sys.stderr.write(f"{result.archive}: already applied, nothing changed\n")
+    if quiet:
+        return
+    table = _table("import", ("slug", "action", "head", "refs moved", "error"), ("slug", "head"))
+    styles = {"failed": "red", "unchanged": "dim"}
+    for r in result.repos:
+        style = styles.get(r.action, "green")
+        table.add_row(
+            r.slug,
+            f"[{style}]{r.action}[/]",
+            (r.head_commit or "")[:12],
+            str(r.refs_changed),
+            escape(r.error or ""),
+        )
+    console().print(table)
+    replaced = ", ".join(result.catalog_replaced) or "none changed"
+    sys.stdout.write(f"catalog: {replaced}; signed by {result.signed_by or 'nobody (--allow-unsigned)'}\n")
 
 
 # --- errors --------------------------------------------------------------------------------------

@@ -79,3 +79,24 @@ def test_sync_benchmark_times_every_contender_in_every_scenario(tmp_path: Path) 
     scenarios = {"first clone", "no-op", "2 of 8 changed"}
     assert cells == {(s, c) for s in scenarios for c in contenders}
     assert all(row["seconds"] > 0 for row in data["rows"])
+
+
+@pytest.mark.timeout(SMOKE_SECONDS + 30)
+@pytest.mark.skipif(
+    shutil.which("ssh-keygen") is None, reason="needs ssh-keygen (apt-get install openssh-client)"
+)
+def test_transfer_benchmark_sizes_a_one_commit_update_against_a_full_export(tmp_path: Path) -> None:
+    data = run_benchmark("benchmarks.transfer.bench_transfer", tmp_path / "transfer.json")
+    rows = {row["what"]: row for row in data["rows"]}
+    assert set(rows) == {
+        "full export (whole mirror)",
+        "update: one new commit",
+        "re-bake the mirrors",
+        "import the one-commit update",
+        "import a full export",
+    }
+    update, full = rows["update: one new commit"], rows["full export (whole mirror)"]
+    assert 0 < update["bytes"] < full["bytes"]
+    assert update["ratio"] == round(update["bytes"] / full["bytes"], 5)
+    assert all(rows[name]["seconds"] > 0 for name in ("re-bake the mirrors", "import the one-commit update"))
+    assert [t["name"] for t in data["targets"]] == ["one-commit update vs full export < 1 %"]

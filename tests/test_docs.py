@@ -61,7 +61,7 @@ def test_every_command_is_in_the_readme() -> None:
         "serve.idle_timeout_seconds", "serve.request_timeout_seconds", "serve.shutdown_grace_seconds",
         "serve.advertisement_cache_mb", "serve.max_queued_upload_packs", "serve.max_queue_wait_seconds",
         "serve.pack_cache_mb", "serve.pack_cache_dir", "images.runtime_sync",
-        "sources[].codecollections[].upstream_url",
+        "sources[].codecollections[].upstream_url", "transfer.allowed_signers", "transfer.signer",
     ],
 )  # fmt: skip
 def test_every_config_key_is_documented(key: str) -> None:

@@ -15,13 +15,13 @@ import signal
 import socket
 import subprocess
 import threading
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from cccatalog.gitmirror import refstate
+from cccatalog.config import Config
 from cccatalog.gitmirror.http_backend import HttpBackend
 from cccatalog.gitmirror.refstate import advertisement_fingerprint
 from cccatalog.server.app import CatalogServer
@@ -41,13 +41,15 @@ from tests.robustfixtures import (
 from tests.servefixtures import running_server, serve_process, synced_config
 
 MakeUpstream = Callable[[str], Upstream]
-SERVE_RACY_SECONDS = refstate.RACY_SECONDS
 
 
-@pytest.fixture(autouse=True)
-def _fingerprints_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Mirrors were synced a moment ago: trust their fingerprints now instead of 2 s later."""
-    monkeypatch.setattr(refstate, "RACY_SECONDS", 0.0)
+@contextmanager
+def serving(
+    config: Config, *, backend: HttpBackend | None = None, **settings: object
+) -> Iterator[CatalogServer]:
+    """A server that trusts a mirror synced a moment ago at once, instead of 2 s later."""
+    with running_server(config, backend=backend, racy_seconds=0, **settings) as server:
+        yield server
 
 
 def busy_upstream(make_upstream: MakeUpstream) -> Upstream:
@@ -82,9 +84,9 @@ def test_a_fetch_answered_from_the_cache_brings_what_a_fresh_one_does_and_passes
     config = synced_config(write_config({"alpha": busy_upstream(make_upstream).url}))
     wrapper, log = logging_git(tmp_path)
 
-    with running_server(config, pack_cache_mb=0) as server:
+    with serving(config, pack_cache_mb=0) as server:
         direct = platform_fetch(f"{server.url}/git/alpha.git", tmp_path / "direct", protocol=protocol)
-    with running_server(config, backend=HttpBackend(git=str(wrapper))) as server:
+    with serving(config, backend=HttpBackend(git=str(wrapper))) as server:
         url = f"{server.url}/git/alpha.git"
         fresh = platform_fetch(url, tmp_path / "fresh", protocol=protocol)
         made = posts(log)
@@ -127,7 +129,7 @@ def test_other_clients_get_the_same_clone_from_the_cache_as_from_git(
     config = synced_config(write_config({"alpha": busy_upstream(make_upstream).url}))
     wrapper, log = logging_git(tmp_path)
 
-    with running_server(config, backend=HttpBackend(git=str(wrapper))) as server:
+    with serving(config, backend=HttpBackend(git=str(wrapper))) as server:
         url = f"{server.url}/git/alpha.git"
         clone(url, tmp_path / "fresh")
         made = posts(log)
@@ -150,7 +152,7 @@ def test_identical_requests_arriving_together_start_one_backend_and_get_the_same
     body = want_request(head)
     replies: list[Reply] = []
 
-    with running_server(config, backend=HttpBackend(git=str(gate.git))) as server:
+    with serving(config, backend=HttpBackend(git=str(gate.git))) as server:
         assert server.packs is not None
         packs = server.packs
         threads = [
@@ -195,7 +197,7 @@ def test_the_cache_stays_within_its_bound_and_does_not_keep_an_answer_past_half_
     wrapper, log = logging_git(tmp_path)
     bound = 1024 * 1024
 
-    with running_server(config, pack_cache_mb=1, backend=HttpBackend(git=str(wrapper))) as server:
+    with serving(config, pack_cache_mb=1, backend=HttpBackend(git=str(wrapper))) as server:
         assert server.packs is not None
         packs = server.packs
         sizes = []
@@ -231,7 +233,7 @@ def test_slow_readers_holding_deleted_answers_make_new_answers_bypass_the_cache(
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
 
-    with running_server(config, pack_cache_mb=1) as server:
+    with serving(config, pack_cache_mb=1) as server:
         assert server.packs is not None
         packs = server.packs
         with socket.socket() as slow:
@@ -269,11 +271,11 @@ def test_an_answer_from_a_backend_that_failed_is_never_kept(
     sleepy = git_wrapper(tmp_path, "git-sleepy", f"if {post}; then sleep 30; fi")
     body = want_request(up.sha("main"))
 
-    with running_server(config, backend=HttpBackend(git=str(failing))) as server:
+    with serving(config, backend=HttpBackend(git=str(failing))) as server:
         failed = upload_pack(server.url, "alpha.git", body)
         assert wait_until(lambda: writers_done(server), 10)
         after_failure = entries(server)
-    with running_server(config, request_timeout_seconds=1, backend=HttpBackend(git=str(sleepy))) as server:
+    with serving(config, request_timeout_seconds=1, backend=HttpBackend(git=str(sleepy))) as server:
         timed_out = upload_pack(server.url, "alpha.git", body)
         assert wait_until(lambda: writers_done(server), 10)
         after_timeout = entries(server)
@@ -304,7 +306,7 @@ def test_a_slow_reader_holds_no_slot_once_git_is_done(
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
 
-    with running_server(config, max_concurrent_upload_packs=1, max_queued_upload_packs=0) as server:
+    with serving(config, max_concurrent_upload_packs=1, max_queued_upload_packs=0) as server:
         assert server.packs is not None
         packs = server.packs
         with socket.socket() as slow:
@@ -362,7 +364,7 @@ def test_an_answer_nobody_waits_for_leaves_the_queue_and_never_runs_git(
     ).encode() + depth1
 
     backend = HttpBackend(git=str(gate.git))
-    with running_server(config, max_concurrent_upload_packs=1, backend=backend) as server:
+    with serving(config, max_concurrent_upload_packs=1, backend=backend) as server:
         thread = threading.Thread(target=lambda: holder.append(upload_pack(server.url, "alpha.git", depth2)))
         thread.start()
         assert wait_until(lambda: len(gate.lines()) == 1, 10)
@@ -385,8 +387,8 @@ def test_two_servers_sharing_a_cache_directory_answer_from_each_others_entries(
     backend, shared = HttpBackend(git=str(wrapper)), tmp_path / "shared-cache"
 
     with (
-        running_server(config, backend=backend, pack_cache_dir=shared) as one,
-        running_server(config, backend=backend, pack_cache_dir=shared) as two,
+        serving(config, backend=backend, pack_cache_dir=shared) as one,
+        serving(config, backend=backend, pack_cache_dir=shared) as two,
     ):
         first = platform_fetch(f"{one.url}/git/alpha.git", tmp_path / "one")
         assert wait_until(lambda: writers_done(one), 10)
@@ -410,7 +412,7 @@ def test_an_unwritable_cache_directory_turns_the_cache_off_and_serving_goes_on(
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("a file where the cache directory should be\n")
 
-    with running_server(config, pack_cache_dir=blocker / "cache") as server:
+    with serving(config, pack_cache_dir=blocker / "cache") as server:
         result = platform_fetch(f"{server.url}/git/alpha.git", tmp_path / "fetched")
         packs = server.packs
 
@@ -457,9 +459,8 @@ def test_a_serve_killed_mid_write_leaves_nothing_that_is_ever_served(
     path = write_config({"big": up.url})
     config = synced_config(path)
     repo = config.git.data_dir / "big.git"
-    # a serve process does not share this module's patched rule: wait until it trusts the fingerprint
-    later = SERVE_RACY_SECONDS
-    assert wait_until(lambda: advertisement_fingerprint(repo, now=time.time() - later) is not None, 10)
+    # a serve process waits out the racy window: so does the test, before it asks
+    assert wait_until(lambda: advertisement_fingerprint(repo) is not None, 10)
     cache = config.state.path.parent / "pack-cache"
     marker, pidfile = tmp_path / "half-written", tmp_path / "backend.pid"
     fake = stalling_exec_path(tmp_path, marker, pidfile)

@@ -28,7 +28,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cccatalog.config import Config
-from cccatalog.gitmirror import refstate
 from cccatalog.gitmirror.http_backend import HttpBackend
 from cccatalog.server.auth_limit import FailureLimiter, client_key
 from cccatalog.server.reaper import Reaper
@@ -498,7 +497,6 @@ def test_the_admin_failure_limiter_is_bounded_and_slides() -> None:
 def test_a_cached_advertisement_answers_while_a_slow_reader_holds_the_only_slot(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(refstate, "RACY_SECONDS", 0.0)  # the sync just happened; do not wait it out
     alpha, big = Upstream(tmp_path / "up" / "alpha"), Upstream(tmp_path / "up" / "big")
     big_head = add_random_blobs(big, megabytes=16)
     path = tmp_path / "config.yaml"
@@ -513,7 +511,7 @@ def test_a_cached_advertisement_answers_while_a_slow_reader_holds_the_only_slot(
         "max_queued_upload_packs": 0,
         "pack_cache_mb": 0,
     }
-    with running_server(config, backend=None, **settings) as server:
+    with running_server(config, backend=None, racy_seconds=0, **settings) as server:
         warm = exchange(server.url, request("GET", INFO))  # kept in the advertisement cache
         with socket.socket() as slow:
             slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a reader on a thin link

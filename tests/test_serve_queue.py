@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from cccatalog.config import Config
-from cccatalog.gitmirror import refstate
 from cccatalog.gitmirror.http_backend import HttpBackend
+from cccatalog.gitmirror.refstate import RACY_SECONDS
 from cccatalog.server.admission import Admission, ClientLeft, Refused
 from cccatalog.server.app import CatalogServer
 from tests.conftest import MakeConfig
@@ -39,14 +39,18 @@ def alpha(make_upstream: MakeUpstream, write_config: MakeConfig) -> Config:
 
 
 @contextmanager
-def gated_server(config: Config, gate: Gate, **settings: object) -> Iterator[CatalogServer]:
+def gated_server(
+    config: Config, gate: Gate, *, racy_seconds: float = RACY_SECONDS, **settings: object
+) -> Iterator[CatalogServer]:
     """One git slot, no caches (every request runs the gated backend); the gate opens on the way out."""
     defaults: dict[str, object] = {
         "max_concurrent_upload_packs": 1,
         "advertisement_cache_mb": 0,
         "pack_cache_mb": 0,
     }
-    with running_server(config, backend=HttpBackend(git=str(gate.git)), **(defaults | settings)) as server:
+    backend = HttpBackend(git=str(gate.git))
+    settings = defaults | settings
+    with running_server(config, backend=backend, racy_seconds=racy_seconds, **settings) as server:
         try:
             yield server
         finally:
@@ -218,14 +222,12 @@ def test_a_full_queue_makes_room_for_another_client_by_refusing_the_busiest_clie
     assert [line.split()[0] for line in gate.lines()] == [A, A, B]
 
 
-def test_advertisements_kept_in_memory_never_queue(
-    alpha: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(refstate, "RACY_SECONDS", 0.0)  # the sync just happened; do not wait it out
+def test_advertisements_kept_in_memory_never_queue(alpha: Config, tmp_path: Path) -> None:
     head = git("--git-dir", str(alpha.git.data_dir / "alpha.git"), "rev-parse", "HEAD")
     gate = gated_git(tmp_path)
     gate.open()
-    with gated_server(alpha, gate, advertisement_cache_mb=32) as server:
+    # racy_seconds 0: the sync just happened; do not wait it out
+    with gated_server(alpha, gate, advertisement_cache_mb=32, racy_seconds=0) as server:
         kept = request_from(server.url, "GET", INFO)  # runs git once, then kept in memory
         gate.gate.unlink()  # from here on every backend waits at the gate
         clients = Clients(server.url)

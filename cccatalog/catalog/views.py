@@ -13,6 +13,7 @@ from typing import Any
 
 from cccatalog.catalog.models import ImageRefRecord, MirrorStatus
 from cccatalog.config import CodeCollection, Config
+from cccatalog.gitmirror.layout import Layout
 from cccatalog.oci.tags import stable_ref
 from cccatalog.redact import strip_url_credentials
 from cccatalog.timestamps import rfc3339
@@ -119,5 +120,5 @@ def repo_status(
         "freshness_seconds": round(time.time() - success.timestamp()) if success else None,
     }
     if detail:
-        payload["local_path"] = str(config.git.data_dir / f"{cc.slug}.git")
+        payload["local_path"] = str(Layout(config.git.data_dir).repo(cc.slug))
     return payload

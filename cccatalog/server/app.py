@@ -31,7 +31,8 @@ from typing import IO, Any
 
 from cccatalog.config import ServeConfig
 from cccatalog.gitmirror.http_backend import CGIRequest, ClientGone, HttpBackend
-from cccatalog.gitmirror.refstate import advertisement_fingerprint
+from cccatalog.gitmirror.layout import Layout
+from cccatalog.gitmirror.refstate import RACY_SECONDS, advertisement_fingerprint
 from cccatalog.redact import Redactor
 from cccatalog.server import framing, relay
 from cccatalog.server.admission import Admission, ClientLeft, Refused, client_gone
@@ -70,8 +71,13 @@ class CatalogServer(ThreadingHTTPServer):
         *,
         backend: HttpBackend | None = None,
         sock: socket.socket | None = None,
+        racy_seconds: float = RACY_SECONDS,
     ) -> None:
-        """Serve on `address`, or on `sock` when given: a socket bound already (`listen_socket`)."""
+        """Serve on `address`, or on `sock` when given: a socket bound already (`listen_socket`).
+
+        `racy_seconds`: how old a repository's last ref change must be before its advertisement is
+        kept (`gitmirror.refstate`); tests that have just synced pass 0."""
+        self.racy_seconds = racy_seconds
         self.api = api
         self.live = api.live
         self.settings = settings
@@ -381,9 +387,13 @@ class GitRequestHandler(BaseHTTPRequestHandler):
         """None when the answer came from the advertisement cache; else the sink the backend writes to."""
         sink: _Sink | RecordingSink = _Sink(self)
         if (request_key := _cacheable(body, req)) is not None:  # answers that only change with the refs
-            repo = self.server.live.current.git.data_dir / f"{route.slug}.git"
+            repo = Layout(self.server.live.current.git.data_dir).repo(route.slug)
             key = (repo, route.service.value, request_key, req.git_protocol)
-            fingerprint = advertisement_fingerprint(repo) if self.server.adverts.max_bytes else None
+            fingerprint = (
+                advertisement_fingerprint(repo, racy_seconds=self.server.racy_seconds)
+                if self.server.adverts.max_bytes
+                else None
+            )
             if fingerprint is not None:
                 if (cached := self.server.adverts.get(key, fingerprint)) is not None:
                     self._send_cached(cached)

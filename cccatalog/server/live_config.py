@@ -11,27 +11,19 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Mapping
-from pathlib import Path
 
 from cccatalog.config import Config, load_config
 from cccatalog.errors import ConfigError
+from cccatalog.filestamp import stamp
 
 log = logging.getLogger("cccatalog.serve")
-
-
-def _stamp(path: Path) -> tuple[int, int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 class LiveConfig:
     def __init__(self, config: Config, *, environ: Mapping[str, str] | None = None) -> None:
         self._config = config
         self._environ = os.environ if environ is None else environ
-        self._stamp = _stamp(config.path)
+        self._stamp = stamp(config.path)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.generation = 0
@@ -45,7 +37,7 @@ class LiveConfig:
         """Load the file again. True when the new config took effect."""
         with self._lock:
             path = self._config.path
-            self._stamp = _stamp(path)
+            self._stamp = stamp(path)
             try:
                 config = load_config(path, environ=self._environ)
             except ConfigError as exc:
@@ -68,7 +60,7 @@ class LiveConfig:
 
         def loop() -> None:
             while not self._stop.wait(interval):
-                if _stamp(self._config.path) != self._stamp:
+                if stamp(self._config.path) != self._stamp:
                     self.reload()
 
         thread = threading.Thread(target=loop, name="config-watch", daemon=True)

@@ -61,7 +61,8 @@ _TAIL = struct.Struct(">Q8s")  # body length, end magic
 _MAX_HEAD = 64 * 1024
 _BLOCK = 4096  # what the smallest entry costs on disk
 _BATCH = 1024 * 1024
-_NOTIFY_EVERY = 256 * 1024  # followers are woken per this much data, or when the pipe runs dry
+_NOTIFY_EVERY = 1024 * 1024  # followers are woken per this much data, or when the pipe runs dry
+_COALESCE_BELOW = 256 * 1024
 # Past the first MiB (a pack, not an advertisement), a pipe holding little is given this long to fill:
 # fewer, larger reads and wake-ups, as in `relay` (whose docstring has the measurements).
 _COALESCE_SECONDS = 0.0005
@@ -464,7 +465,6 @@ class _EntrySink:
         e = self.entry
         poller = select.poll()
         poller.register(fd, select.POLLIN)
-        buffer = memoryview(bytearray(_BATCH))
         total = 0
         while True:
             if e.cancelled:
@@ -473,12 +473,11 @@ class _EntrySink:
             if not events:
                 self._notify()
                 continue
-            if total >= _BATCH and not events[0][1] & select.POLLHUP and relay.buffered(fd) < _NOTIFY_EVERY:
+            if total >= _BATCH and not events[0][1] & select.POLLHUP and relay.buffered(fd) < _COALESCE_BELOW:
                 time.sleep(_COALESCE_SECONDS)
-            got = os.readv(fd, [buffer])
+            got = self._splice(fd)
             if not got:
                 break
-            self._append(buffer[:got])
             total += got
             self._unnotified += got
             if self._unnotified >= _NOTIFY_EVERY or not relay.buffered(fd):
@@ -489,6 +488,20 @@ class _EntrySink:
     def finish(self, *, complete: bool = True) -> None:
         self.finished, self.complete = True, complete
         self._notify()
+
+    def _splice(self, pipe: int) -> int:
+        """Move what the pipe holds into the file in the kernel (`splice(2)`): one copy fewer than
+        reading it into Python first. Returns the bytes moved, 0 at the end of the answer."""
+        e = self.entry
+        try:
+            got = os.splice(pipe, e.fd, _BATCH, offset_dst=e.end)
+        except OSError as exc:
+            log.error("pack cache: cannot write %s: %s", e.path, exc)
+            raise ClientGone() from exc  # the backend is stopped; its readers get a cut answer
+        if got:
+            self.cache._grew(e, got)
+            e.end += got
+        return got
 
     def _append(self, data: memoryview) -> None:
         if self.entry.cancelled:

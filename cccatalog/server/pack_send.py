@@ -21,6 +21,7 @@ import time
 from typing import IO, TYPE_CHECKING
 
 from cccatalog.gitmirror.http_backend import BackendOutcome, CGIRequest, ResponseSink
+from cccatalog.gitmirror.layout import Layout
 from cccatalog.gitmirror.refstate import advertisement_fingerprint
 from cccatalog.server.admission import client_gone
 from cccatalog.server.pack_cache import Entry, Finished, Overfull, PackCache, Reader, State, entry_name
@@ -46,8 +47,8 @@ def answer_upload_pack(handler: GitRequestHandler, route: GitRoute, req: CGIRequ
     server = handler.server
     cache = server.packs
     assert cache is not None
-    repo = server.live.current.git.data_dir / f"{route.slug}.git"
-    fingerprint = advertisement_fingerprint(repo)
+    repo = Layout(server.live.current.git.data_dir).repo(route.slug)
+    fingerprint = advertisement_fingerprint(repo, racy_seconds=server.racy_seconds)
     if fingerprint is None:
         return False
     name = entry_name(repo, fingerprint, req.git_protocol, req.content_encoding, body)
