@@ -466,21 +466,24 @@ def run_batch(
                 reader.started.wait(30)
         table = bs._quiesce(server) if slow is None else bs.proc_table()
         cpu_before = bs._tree_cpu(server, table)
-        client_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        client_before = _client_cpu()
         busy_before = bs.machine_busy_seconds()
         if replay is not None:
             batch.fetches, batch.wall = replay_all(server.port, replay, n, n * 2, size.timeout)
         else:
             batch.fetches, batch.wall = fetch_all(repos, env, size.timeout)
         batch.busy = bs.machine_busy_seconds() - busy_before
-        client_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        batch.client_cpu = (client_after.ru_utime + client_after.ru_stime) - (
-            client_before.ru_utime + client_before.ru_stime
-        )
+        batch.client_cpu = _client_cpu() - client_before
         batch.slow_bytes = sum(r.received for r in readers)
     batch.server_cpu = bs._tree_cpu(server, bs._quiesce(server)) - cpu_before
     shutil.rmtree(work / "clients" / safe, ignore_errors=True)
     return batch
+
+
+def _client_cpu() -> float:
+    """CPU of the clients: the git fetches (children, counted once reaped) and the replaying threads."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def merge(server: str, cell: str, n: int, batches: Sequence[Batch]) -> Row:

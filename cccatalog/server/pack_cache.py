@@ -67,6 +67,7 @@ _COALESCE_BELOW = 256 * 1024
 # fewer, larger reads and wake-ups, as in `relay` (whose docstring has the measurements).
 _COALESCE_SECONDS = 0.0005
 _POLL_MS = 250  # how often a writer with nothing to read checks that someone still wants its answer
+_SWEEP_EVERY = 60.0  # seconds between looks for files of writers that died (another process's)
 _TOUCH_AFTER = 60.0  # seconds: an entry's mtime (its LRU clock) is refreshed at most this often
 _REMEMBERED_OVERSIZE = 4096
 
@@ -182,6 +183,7 @@ class PackCache:
         self.made = 0  # answers git made for the cache
         self.evicted = 0
         self.bypassed = 0  # requests answered without the cache because deleted files were held
+        self._swept = -_SWEEP_EVERY  # the first make_room sweeps
         self.make_room()
 
     # --- finding and joining ---------------------------------------------------------------------
@@ -341,25 +343,29 @@ class PackCache:
                     self._oversize[entry.name] = None
                     while len(self._oversize) > _REMEMBERED_OVERSIZE:
                         self._oversize.popitem(last=False)
-            over = self._finished_bytes + self._inflight_bytes > self.max_bytes
-        if over:
-            self.make_room()
+        self._check_bound()
 
     def _check_bound(self) -> None:
+        """Make room when over the bound and there is something to evict: while answers being written
+        are all there is, reading the directory again would find nothing (and cost a scan per MiB)."""
         with self._lock:
-            over = self._finished_bytes + self._inflight_bytes > self.max_bytes
+            over = self._finished_bytes + self._inflight_bytes > self.max_bytes and self._finished_bytes > 0
         if over:
             self.make_room()
 
     # --- the bound ---------------------------------------------------------------------------------
 
     def make_room(self) -> None:
-        """Delete dead writers' files, then least recently used entries until within the bound.
+        """Delete least recently used entries until within the bound, and (at most once a minute) files
+        of writers that died.
 
         Reads the directory rather than trusting memory: another process may share it.
         """
-        for path in self.tmp.iterdir():
-            _delete_if_abandoned(path)
+        now = time.monotonic()
+        if now - self._swept > _SWEEP_EVERY:
+            self._swept = now
+            for path in self.tmp.iterdir():
+                _delete_if_abandoned(path)
         found = []
         for path in self.entries.iterdir():
             with suppress(OSError):
