@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cccatalog.logs import LOGGER_NAME
+from cccatalog.logs import LOGGER_NAME, emits_json
 
 if TYPE_CHECKING:
     from cccatalog.check import CheckReport
@@ -100,7 +100,7 @@ def sync_progress(*, quiet: bool) -> Callable[[MirrorSyncer, list[RepoTask]], li
     """Runs the git half: a progress bar on a terminal, one narrated line per repo otherwise."""
 
     def run(syncer: MirrorSyncer, tasks: list[RepoTask]) -> list[RepoResult]:
-        if quiet or not sys.stderr.isatty() or not tasks:
+        if quiet or not sys.stderr.isatty() or not tasks or emits_json():
             return syncer.run(tasks, on_done=narrate)
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -146,7 +146,7 @@ def resolutions(
     console().print(table)
     if verbose:
         detail = ", ".join(f"{k}: {v}" for k, v in sorted(requests.items()))
-        sys.stderr.write(f"{sum(requests.values())} registry requests ({detail})\n")
+        note(f"{sum(requests.values())} registry requests ({detail})", requests=requests)
 
 
 # --- check ---------------------------------------------------------------------------------------
@@ -180,14 +180,31 @@ def check_failures(report: CheckReport) -> None:
 # --- errors --------------------------------------------------------------------------------------
 
 
-def error(message: str, *, details: Sequence[str] = (), stream: TextIO | None = None) -> None:
-    """`error: <message>` first, then any detail lines (usage, hints, a traceback)."""
+def error(
+    message: str, *, details: Sequence[str] = (), exc: str | None = None, stream: TextIO | None = None
+) -> None:
+    """`error: <message>` first, then any detail lines (usage, hints), then `exc` (a traceback).
+    Under `--log-format json` it is one log line instead, with `details` and `exc` as its fields."""
+    if stream is None and emits_json():
+        fields: dict[str, object] = {"details": [d.strip("\n") for d in details]} if details else {}
+        if exc:
+            fields["exc"] = exc
+        log.error("%s", message, extra=fields)
+        return
     stream = stream or sys.stderr
     color = stream.isatty()
     head = "\x1b[31merror:\x1b[0m" if color else "error:"
     stream.write(f"{head} {message}\n")
-    for line in details:
+    for line in [*details, *([exc] if exc else [])]:
         stream.write(line if line.endswith("\n") else line + "\n")
+
+
+def note(line: str, *, level: int = logging.INFO, **fields: object) -> None:
+    """A line of narration on stderr: as it is, or a JSON log line under `--log-format json`."""
+    if emits_json():
+        log.log(level, "%s", line, extra=fields)
+    else:
+        sys.stderr.write(line + "\n")
 
 
 def say(line: str) -> None:
