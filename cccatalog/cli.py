@@ -205,6 +205,32 @@ def check(
         raise typer.Exit(EXIT_FAILED)
 
 
+@app.command(epilog=_example("cccatalog status -c config.yaml --max-age 2h --json"))
+def status(
+    ctx: typer.Context,
+    config: ConfigOpt = None,
+    max_age: Annotated[
+        str | None,
+        typer.Option(
+            "--max-age",
+            metavar="AGE",
+            help="Oldest acceptable last sync: 90m, 2h, 1d [serve.freshness_budget_minutes].",
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Is every mirror fresh? Reads the state file only (no network); exit 1 when one is stale or failing."""
+    from cccatalog import render
+    from cccatalog.status import parse_duration, status_from_state
+
+    inv = _inv(ctx)
+    seconds = parse_duration(max_age) if max_age is not None else None
+    report = status_from_state(_load(config), max_age_seconds=seconds)
+    render.status_report(report, as_json=as_json, quiet=inv.quiet)
+    if report.failed:
+        raise typer.Exit(EXIT_FAILED)
+
+
 @app.command(epilog=_example("cccatalog demo --dir /tmp/cccatalog-demo --port 8080"))
 def demo(
     ctx: typer.Context,

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from cccatalog.gitmirror.sync import MirrorSyncer, RepoResult, RepoTask
     from cccatalog.jobs import SyncReport
     from cccatalog.oci.resolve import RefResolution
+    from cccatalog.status import RepoStatus, StatusReport
 
 log = logging.getLogger(LOGGER_NAME)
 
@@ -175,6 +176,67 @@ def check_failures(report: CheckReport) -> None:
     if failed:
         noun = "check" if len(failed) == 1 else "checks"
         error(f"{len(failed)} {noun} failed", details=[f"  {c.subject}: {c.detail}" for c in failed])
+
+
+# --- status --------------------------------------------------------------------------------------
+
+_FRESHNESS_STYLE = {"fresh": "green", "failing": "yellow", "stale": "red", "baked": "blue"}
+
+
+def _last_success(r: RepoStatus) -> str:
+    from cccatalog.status import format_age
+
+    if r.age_seconds is not None:
+        return f"{format_age(r.age_seconds)} ago"
+    if r.freshness.value == "baked":
+        return "as baked" if r.baked_at is None else f"baked {r.baked_at:%Y-%m-%d}"
+    return "never"
+
+
+def status_report(report: StatusReport, *, as_json: bool, quiet: bool) -> None:
+    """The repositories and collections on stdout (a table, or JSON); what failed, on stderr."""
+    from cccatalog.status import format_age
+
+    if as_json:
+        write_json(report.to_json())
+    elif not quiet:
+        out = console()
+        for line in report.notes:
+            note(line, level=logging.WARNING)
+        if report.repos:
+            columns = ("slug", "state", "head", "branch", "last success", "last error")
+            table = _table("repositories", columns, ("slug", "head", "branch"))
+            for r in report.repos:
+                style = _FRESHNESS_STYLE[r.freshness.value]
+                table.add_row(
+                    r.slug, f"[{style}]{r.freshness.value}[/]", (r.head_commit or "")[:12],
+                    r.default_branch or "", _last_success(r), escape(r.last_error or ""),
+                )  # fmt: skip
+            out.print(table)
+        if report.collections:
+            table = _table(
+                "CodeCollections",
+                ("slug", "latest", "stable", "refs", "poll error"),
+                ("slug", "latest", "stable"),
+            )
+            for c in report.collections:
+                table.add_row(
+                    c.slug, c.latest.tag if c.latest else "", c.stable.tag if c.stable else "",
+                    str(c.active_refs), escape(c.poll_error or ""),
+                )  # fmt: skip
+            out.print(table)
+        bad = len(report.problems)
+        verdict = (
+            f"{bad} of {len(report.repos)} repositories need attention"
+            if bad
+            else "no repository is stale or failing"
+        )
+        sys.stdout.write(f"{verdict} (max age {format_age(report.budget_seconds)})\n")
+    if report.problems:
+        error(
+            f"{len(report.problems)} of {len(report.repos)} repositories are stale or failing",
+            details=[f"  {p}" for p in report.problems],
+        )
 
 
 # --- errors --------------------------------------------------------------------------------------

@@ -121,6 +121,15 @@ def write_manifest(dest: Path, repos: Sequence[dict[str, Any]]) -> Path:
     return target
 
 
+def baked_at(data_dir: Path) -> datetime | None:
+    """When the mirrors in `data_dir` were baked, from its manifest; None without a readable one."""
+    try:
+        doc = json.loads((data_dir / MANIFEST).read_text(encoding="utf-8"))
+        return datetime.fromisoformat(str(doc["baked_at"]).replace("Z", "+00:00")).astimezone(UTC)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _readable_by_all(repo: Path) -> None:
     for dirpath, _dirnames, filenames in os.walk(repo):
         os.chmod(dirpath, 0o755)  # noqa: S103 - readable by any uid is the point of a baked repo
