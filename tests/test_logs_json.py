@@ -10,18 +10,21 @@ import json
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from cccatalog.logs import JsonFormatter, RedactingFilter
 from cccatalog.redact import Redactor
 from tests.conftest import MakeConfig
 from tests.gitfixtures import Upstream, git, http_upstream
+from tests.servefixtures import serve_process
 
 MakeUpstream = Callable[[str], Upstream]
 CANARY = "canary-Secret-7f3a9b2c41"
@@ -85,7 +88,7 @@ def test_a_failing_sync_at_vv_logs_only_json_and_never_the_token(
 
 def test_an_error_at_vv_is_one_json_line_with_its_traceback_in_exc(tmp_path: Path) -> None:
     result = cccatalog(
-        "-vv", "sync", "-c", str(tmp_path / "missing.yaml"), env={"CCCATALOG_LOG_FORMAT": "json"}
+        "-vv", "status", "-c", str(tmp_path / "missing.yaml"), env={"CCCATALOG_LOG_FORMAT": "json"}
     )
 
     assert result.returncode == 2
@@ -97,20 +100,57 @@ def test_an_error_at_vv_is_one_json_line_with_its_traceback_in_exc(tmp_path: Pat
 
 
 def test_a_usage_error_is_json_too_and_the_option_works_after_the_command(tmp_path: Path) -> None:
-    result = cccatalog("sync", "--no-such-option", "--log-format", "json")
+    result = cccatalog("status", "--no-such-option", "--log-format", "json")
 
     assert result.returncode == 2
     (entry,) = json_lines(result.stderr)
     assert "No such option: --no-such-option" in entry["message"]
-    assert entry["details"][0].startswith("Usage: cccatalog sync")
+    assert entry["details"][0].startswith("Usage: cccatalog status")
 
 
 def test_a_bad_log_format_is_a_usage_error_naming_the_variable() -> None:
-    result = cccatalog("sync", env={"CCCATALOG_LOG_FORMAT": "xml"})
+    result = cccatalog("status", env={"CCCATALOG_LOG_FORMAT": "xml"})
 
     assert result.returncode == 2
     assert "CCCATALOG_LOG_FORMAT" in result.stderr
     assert "'xml' is not one of 'text', 'json'" in result.stderr
+
+
+def test_serves_access_log_is_json_with_its_fields(
+    make_upstream: MakeUpstream, write_config: MakeConfig, tmp_path: Path
+) -> None:
+    from tests.servefixtures import synced_config
+
+    path = write_config({"alpha": make_upstream("alpha").url})
+    synced_config(path)
+    env = {
+        "CCCATALOG_LOG_FORMAT": "json",
+        "CC_CATALOG_DISABLE_SCHEDULER": "1",
+        "CCCATALOG_ADMIN_TOKEN": CANARY,
+    }
+    with serve_process(path, env=env) as (proc, url):
+        clone = subprocess.run(
+            ["git", "clone", "-q", f"{url}/git/alpha.git", str(tmp_path / "clone")],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        httpx.get(f"{url}/api/v1/catalog/codecollections", params={"access_token": CANARY})
+        httpx.post(f"{url}/api/v1/admin/sync-git", headers={"Authorization": f"Bearer {CANARY}x"})
+        httpx.get(f"{url}/git/alpha.git/info/refs/Bearer%20{CANARY}")
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=15)
+
+    assert clone.returncode == 0, clone.stderr
+    entries = json_lines(stderr)
+    access = [e for e in entries if e["logger"] == "cccatalog.access"]
+    upload = next(e for e in access if e["route"] == "git-upload-pack")
+    assert upload["client"] == "127.0.0.1"
+    assert upload["method"] == "POST"
+    assert upload["path"] == "/git/alpha.git/git-upload-pack"
+    assert upload["status"] == 200
+    assert upload["bytes"] > 0
+    assert isinstance(upload["duration_ms"], float)
+    assert {e["route"] for e in access} >= {"git-info-refs", "git-upload-pack", "api-catalog", "api-admin"}
+    assert_no_canary(stderr)
 
 
 def test_redaction_runs_on_every_field_and_on_the_traceback() -> None:
@@ -143,9 +183,9 @@ def test_redaction_runs_on_every_field_and_on_the_traceback() -> None:
 
 @pytest.mark.parametrize("where", ["before", "after"])
 def test_text_stays_the_default_format(where: str, tmp_path: Path) -> None:
-    args = ["-v", "sync", "-c", str(tmp_path / "missing.yaml")]
+    args = ["-v", "status", "-c", str(tmp_path / "missing.yaml")]
     if where == "after":
-        args = ["sync", "-c", str(tmp_path / "missing.yaml"), "-v"]
+        args = ["status", "-c", str(tmp_path / "missing.yaml"), "-v"]
     result = cccatalog(*args)
     assert result.returncode == 2
     assert result.stderr.startswith("error: ")
