@@ -54,7 +54,7 @@ app = typer.Typer(
     help="Air-gap git mirrors and image catalog for CodeCollections.\n\n"
     "A CodeCollection is a git repository of automation tasks plus the container images built from it.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion, --show-completion; costs no import when unused
     pretty_exceptions_enable=False,  # errors are rendered by run(); tokens live in locals
     rich_markup_mode=None,  # plain help: brackets in option help are text, and nothing is folded
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
