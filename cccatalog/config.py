@@ -140,6 +140,10 @@ class ServeConfig:
     request_timeout_seconds: int = 3600
     shutdown_grace_seconds: int = 30
     advertisement_cache_mb: int = 32
+    # The status page and `cccatalog status`: where a reverse proxy mounts serve (links and clone
+    # URLs on the page start with it), and how old a mirror may get before it is shown as stale.
+    path_prefix: str = ""
+    freshness_budget_minutes: int = 120
 
 
 @dataclass(frozen=True, slots=True)
@@ -595,7 +599,23 @@ def _serve(r: _Reader) -> ServeConfig:
         request_timeout_seconds=r.int_("request_timeout_seconds", d.request_timeout_seconds, 10, 86400),
         shutdown_grace_seconds=r.int_("shutdown_grace_seconds", d.shutdown_grace_seconds, 0, 3600),
         advertisement_cache_mb=r.int_("advertisement_cache_mb", d.advertisement_cache_mb, 0, 4096),
+        path_prefix=_path_prefix(r),
+        freshness_budget_minutes=r.int_("freshness_budget_minutes", d.freshness_budget_minutes, 1, 525600),
     )
+
+
+def _path_prefix(r: _Reader) -> str:
+    """`/cccatalog` (no trailing slash), or "" for none; the same characters a mount path may use."""
+    prefix = r.str_("path_prefix", "/")
+    if not is_path_prefix(prefix):
+        r.problem("path_prefix", f"expected an absolute URL path such as /cccatalog, got {_quote(prefix)}")
+        return ""
+    return prefix.rstrip("/")
+
+
+def is_path_prefix(value: str) -> bool:
+    """True for `/`, `/a`, `/a/b/`: segments of URL-safe characters, none starting with a dot (no `..`)."""
+    return value == "/" or (len(value) <= 200 and _MOUNT_RE.fullmatch(value) is not None)
 
 
 def _state(r: _Reader, data_dir: Path, environ: Mapping[str, str]) -> StateConfig:

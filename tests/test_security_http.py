@@ -636,11 +636,11 @@ def route_of(target: str) -> tuple[str, str]:
 
 
 def may_succeed(method: str, target: str) -> bool:
-    """The allow-list: the three git routes of a served repo, the API's GETs, health and readiness."""
+    """The allow-list: the three git routes of a served repo, the API's GETs, health and readiness,
+    the status page and /metrics."""
     path, query = route_of(target)
-    if method in ("GET", "HEAD") and (
-        path in ("/healthz", "/readyz", "/api/v1/catalog/codecollections") or path.startswith(API_GET)
-    ):
+    pages = ("/healthz", "/readyz", "/api/v1/catalog/codecollections", "/", "/ui", "/ui/", "/metrics")
+    if method in ("GET", "HEAD") and (path in pages or path.startswith(API_GET)):
         return True
     match = ALLOWED_GIT.fullmatch(path)
     if match is None:
@@ -657,6 +657,7 @@ def _fuzz_strategies() -> st.SearchStrategy[Fuzzed]:
         INFO, PACK, "/git/alpha.git/HEAD", f"/git/alpha/info/refs{UP}", "/git/alpha/git-upload-pack",
         "/healthz", "/readyz", "/api/v1/catalog/codecollections", "/api/v1/catalog/codecollections/alpha",
         "/api/v1/git/repos", "/api/v1/git/repos/alpha", "/api/openapi.json", "http://catalog/healthz",
+        "/", "/ui", "/metrics",
     ]  # fmt: skip
     known_targets = [
         *allowed_targets, "/api/v1/admin/sync-git", "/git/alpha.git/git-receive-pack",
