@@ -25,6 +25,7 @@ from cccatalog.gitmirror.git import Git
 from cccatalog.gitmirror.layout import Layout
 from cccatalog.gitmirror.mirror import is_complete
 from cccatalog.gitmirror.sync import Action, MirrorSyncer, RepoResult, SyncOptions, plan_sync
+from cccatalog.jobs import recorder
 from cccatalog.redact import Redactor
 from tests.conftest import MakeConfig
 from tests.gitfixtures import Behaviour, HTTPUpstreamServer, Upstream, git, http_upstream, mirror_refs
@@ -51,7 +52,7 @@ def sync(config: Config, *, token: bool = True) -> RepoResult:
             layout=Layout(config.git.data_dir),
             options=SyncOptions.from_config(config),
             environ=env,
-            store=store,
+            record=recorder(store),
         )
         [result] = syncer.run(plan_sync(config))
     return result

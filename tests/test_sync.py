@@ -22,6 +22,7 @@ from cccatalog.gitmirror.layout import Layout
 from cccatalog.gitmirror.locks import file_lock
 from cccatalog.gitmirror.mirror import is_complete
 from cccatalog.gitmirror.sync import Action, MirrorSyncer, RepoResult, SyncOptions, plan_sync
+from cccatalog.jobs import recorder
 from cccatalog.redact import Redactor
 from tests.conftest import MakeConfig
 from tests.gitfixtures import Upstream, git, http_upstream, mirror_refs
@@ -43,7 +44,7 @@ def run_sync(
             layout=Layout(config.git.data_dir),
             options=options,
             environ=environ if environ is not None else dict(os.environ),
-            store=store,
+            record=recorder(store),
         )
         return syncer.run(plan_sync(config))
 

@@ -20,6 +20,7 @@ from cccatalog.gitmirror.git import Git, _subcommand
 from cccatalog.gitmirror.layout import Layout
 from cccatalog.gitmirror.mirror import REFSPECS, Mirror, _read_plain_config
 from cccatalog.gitmirror.sync import Action, MirrorSyncer, RepoResult, SyncOptions, plan_sync
+from cccatalog.jobs import recorder
 from cccatalog.redact import Redactor
 from tests.conftest import MakeConfig
 from tests.gitfixtures import Upstream, git, mirror_refs
@@ -50,7 +51,7 @@ def sync(config: Config, binary: str) -> RepoResult:
             layout=Layout(config.git.data_dir),
             options=SyncOptions.from_config(config),
             environ={},
-            store=store,
+            record=recorder(store),
         )
         [result] = syncer.run(plan_sync(config))
     return result
