@@ -29,10 +29,11 @@ from cccatalog.jobs import recorder
 from cccatalog.redact import Redactor
 from tests.conftest import MakeConfig
 from tests.gitfixtures import Behaviour, HTTPUpstreamServer, Upstream, git, http_upstream, mirror_refs
-from tests.procfixtures import RunWatch, wait_until, watching
+from tests.procfixtures import RunWatch, watching
+from tests.robustfixtures import wait_until
 from tests.servefixtures import serve_process
 
-pytestmark = pytest.mark.security
+pytestmark = [pytest.mark.security, pytest.mark.slow]
 
 MakeUpstream = Callable[[str], Upstream]
 TOKEN = "ghp_" + "RedirectCanary0123456789" * 2

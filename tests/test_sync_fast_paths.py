@@ -214,6 +214,7 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+@pytest.mark.slow
 def test_a_timeout_kills_the_whole_process_group_without_waiting_for_the_longest(tmp_path: Path) -> None:
     git_ = Git(redactor=Redactor(), binary=sleeping_git(tmp_path))
     patient = git_.start(["sleep", "8"], timeout=60)  # registered first, ends on its own
@@ -230,6 +231,7 @@ def test_a_timeout_kills_the_whole_process_group_without_waiting_for_the_longest
     assert patient.result().returncode == 0
 
 
+@pytest.mark.slow
 def test_a_run_that_ends_in_time_is_not_reported_as_timed_out(tmp_path: Path) -> None:
     git_ = Git(redactor=Redactor(), binary=sleeping_git(tmp_path))
     assert git_.run(["sleep", "0"], timeout=1).returncode == 0

@@ -140,12 +140,13 @@ def serve(
     catalog_poll_minutes: base.CatalogMinutes = None,
 ) -> None:
     """Serve the mirrors over read-only git smart HTTP, plus the catalog, status and admin JSON API."""
-    from cccatalog import render
     from cccatalog.logs import announce_server_logs
     from cccatalog.server.service import get_once, run_server
 
     inv, cfg = invocation(ctx), load(config)
     if get is not None:
+        from cccatalog import render  # only here: a server never draws a table
+
         status, body = get_once(cfg, get, environ=os.environ, redactor=inv.redactor)
         render.api_answer(status, body)
         _failed_if(status >= 400)
