@@ -32,14 +32,33 @@ DEFAULT_DATA_DIR = Path("/opt/cc-catalog/git")
 _UPSTREAM_TIMEOUT = 15.0
 
 
+def setting(
+    default: Any = None, *, doc: str, key: str | None = None, shown: str | None = None, required: bool = False
+) -> Any:
+    """A config key's field, documented where it is defined: `docs/configuration.md` is generated
+    from these (`tools/docs.py`), and a test fails when the two disagree. `key` is its YAML name
+    when that differs from the field's; `shown` is how its default reads when not as the value."""
+    metadata = {"doc": doc, "key": key, "shown": "required" if required and shown is None else shown}
+    if required:
+        return field(metadata=metadata)
+    # A frozen dataclass (an AuthConfig) is hashable, so it may be a plain default, shared safely.
+    return field(default=default, metadata=metadata)
+
+
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
     """Names of environment variables holding credentials; at most one form is set."""
 
-    token_env: str | None = None
-    user_env: str | None = None
-    pass_env: str | None = None
-    dockerconfigjson_env: str | None = None
+    token_env: str | None = setting(
+        doc="a token: sent to git upstreams as GitHub's Basic `x-access-token:<token>`, to registries "
+        "and other catalogs as a Bearer token"
+    )
+    user_env: str | None = setting(doc="a user name, with `pass_env`: Basic credentials")
+    pass_env: str | None = setting(doc="the password of `user_env`")
+    dockerconfigjson_env: str | None = setting(
+        doc="a Docker `config.json` (a path, or the JSON itself: a mounted pull secret); the host is "
+        "looked up in its `auths`"
+    )
 
     @property
     def is_anonymous(self) -> bool:
@@ -48,15 +67,21 @@ class AuthConfig:
 
 @dataclass(frozen=True, slots=True)
 class CodeCollection:
-    slug: str
-    source: str
-    name: str | None = None
-    git_url: str | None = None
-    image_registry: str | None = None
-    default_ref: str = "main"
-    visibility: Visibility = "public"
-    static_path: Path | None = None
-    upstream_url: str | None = None
+    slug: str = setting(
+        doc="unique across sources; letters, digits, `.`, `_`, `-`; not ending in `.git`", required=True
+    )
+    source: str = setting(doc="", key="", required=True)  # the source it is under, not a key of its own
+    name: str | None = setting(doc="display name", shown="the slug")
+    git_url: str | None = setting(
+        doc="upstream repository (https, http, ssh, git, file, `user@host:path`); no credentials in it"
+    )
+    image_registry: str | None = setting(doc="`host/path` of the image repository, no scheme")
+    default_ref: str = setting("main", doc="the ref whose newest build is `latest`")
+    visibility: Visibility = setting("public", doc="`public` or `hidden` (hidden: left out of the list)")
+    static_path: Path | None = setting(doc="JSON refs file for a `static` source")
+    upstream_url: str | None = setting(
+        doc="the catalog an `upstream` source reads this collection from", shown="the source's"
+    )
 
     @property
     def display_name(self) -> str:
@@ -66,13 +91,25 @@ class CodeCollection:
 
 @dataclass(frozen=True, slots=True)
 class Source:
-    name: str
-    type: SourceType
-    auth: AuthConfig = field(default_factory=AuthConfig)
-    codecollections: tuple[CodeCollection, ...] = ()
-    upstream_url: str | None = None
-    plain_http: bool = False
-    timeout_seconds: float = _UPSTREAM_TIMEOUT
+    name: str = setting(doc="unique source name", required=True)
+    type: SourceType = setting(
+        doc="`oci` (a registry), `static` (a JSON file) or `upstream` (another catalog's "
+        "`…/codecollections/{slug}/refs`, rows re-published as they are)",
+        required=True,
+    )
+    auth: AuthConfig = setting(AuthConfig(), doc="credentials, as for `git.auth`", shown="anonymous")
+    codecollections: tuple[CodeCollection, ...] = setting((), doc="the collections of this source")
+    upstream_url: str | None = setting(
+        doc="`upstream` sources: the other catalog's base URL", key="options.upstream_url"
+    )
+    plain_http: bool = setting(
+        False, doc="`oci` sources: allow plain HTTP to a non-loopback registry", key="options.plain_http"
+    )
+    timeout_seconds: float = setting(
+        _UPSTREAM_TIMEOUT,
+        doc="`upstream` sources: seconds the other catalog has to answer",
+        key="options.timeout",
+    )
 
     def upstream_for(self, cc: CodeCollection) -> str | None:
         """The catalog an `upstream` source reads `cc` from: the collection's own URL wins."""
@@ -81,27 +118,41 @@ class Source:
 
 @dataclass(frozen=True, slots=True)
 class GitConfig:
-    enabled: bool = False
-    data_dir: Path = DEFAULT_DATA_DIR
-    mount_path: str = "/git"
-    public_base_url: str | None = None
-    runtime_sync: bool = True
-    auth: AuthConfig = field(default_factory=AuthConfig)
-    codecollections: tuple[str, ...] = ()
-    clone_timeout_seconds: int = 900
-    fetch_timeout_seconds: int = 600
+    enabled: bool = setting(False, doc="mirror git repositories at all")
+    data_dir: Path = setting(
+        DEFAULT_DATA_DIR,
+        doc="where mirrors live: `<data_dir>/<slug>.git` (the predecessor's default, outside a `/data` "
+        "volume)",
+    )
+    mount_path: str = setting("/git", doc="HTTP path prefix for serving")
+    public_base_url: str | None = setting(doc="clone URL base for clients: `public_base_url/<slug>.git`")
+    runtime_sync: bool = setting(
+        True,
+        doc="`false` on air-gapped hosts: no git egress (`sync` exits 2 unless `--no-git` or "
+        "`--allow-runtime-sync`; the scheduler and admin API skip git); image polls still run",
+    )
+    auth: AuthConfig = setting(
+        AuthConfig(), doc="credentials for http(s) upstreams (one of the forms below)", shown="anonymous"
+    )
+    codecollections: tuple[str, ...] = setting((), doc="allow-list of slugs to mirror", shown="all")
+    clone_timeout_seconds: int = setting(900, doc="timeout of a first clone (and of repacking)")
+    fetch_timeout_seconds: int = setting(600, doc="timeout of `ls-remote` and fetch on updates")
     # cccatalog's own keys
-    refs: RefScope = "branches-and-tags"
-    parallelism: int = 4
-    lock_timeout_seconds: int = 600
+    refs: RefScope = setting("branches-and-tags", doc="`all` mirrors every ref (`refs/pull/*` too)")
+    parallelism: int = setting(4, doc="repos synced at once (`-j` overrides)")
+    lock_timeout_seconds: int = setting(600, doc="how long a sync waits for another process's lock on a repo")
 
 
 @dataclass(frozen=True, slots=True)
 class SchedulerConfig:
     """Intervals of the syncs `serve` runs itself (the predecessor's defaults); 0 turns one off."""
 
-    catalog_poll_minutes: int = 5
-    git_sync_minutes: int = 60
+    catalog_poll_minutes: int = setting(
+        5, doc="image poll interval inside `serve`, first run at start-up; `0` turns it off"
+    )
+    git_sync_minutes: int = setting(
+        60, doc="git sync interval inside `serve`, first run at start-up; `0` turns it off"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,14 +160,23 @@ class ImagesConfig:
     """`images.runtime_sync: false` is the air-gap guard of the image half, as `git.runtime_sync` is
     of the git half: no registry and no other catalog is polled. `static` files are still read."""
 
-    runtime_sync: bool = True
+    runtime_sync: bool = setting(
+        True,
+        doc="`false` where no registry or other catalog may be polled: like `git.runtime_sync`, for `oci` "
+        "and `upstream` sources (`static` files are always read)",
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class StateConfig:
-    path: Path
+    path: Path = setting(
+        required=True,
+        doc="the SQLite state file; `$CCCATALOG_STATE_FILE` or a `sqlite:///` `$CC_CATALOG_DB_URL` "
+        "override it",
+        shown="`<data_dir>/.cccatalog/state.sqlite3`",
+    )
     # Where the path came from, as a user would change it: named in messages about the file.
-    setting: str = "state.path"
+    setting: str = field(default="state.path", metadata={"key": ""})
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,31 +184,61 @@ class TransferConfig:
     """Who may sign what this site imports (`cccatalog import`) and the manifest `serve` checks at
     start-up: an OpenSSH allowed-signers file, and optionally the one principal in it that must sign."""
 
-    allowed_signers: Path | None = None
-    signer: str | None = None
+    allowed_signers: Path | None = setting(
+        doc="OpenSSH allowed-signers file: who may sign what `import` applies and the manifest `serve` "
+        "checks its mirrors against at start-up (then a signature is required)"
+    )
+    signer: str | None = setting(
+        doc="the one principal that must have signed (`import --signer` overrides)",
+        shown="any principal of the file",
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class ServeConfig:
     """`cccatalog serve`: where to listen and how much one host gives to clients."""
 
-    host: str = "0.0.0.0"  # noqa: S104 - a server for other hosts; the CLI's --host narrows it
-    port: int = 8080
-    max_concurrent_upload_packs: int = 8
-    max_request_body_mb: int = 64
-    idle_timeout_seconds: int = 60
-    request_timeout_seconds: int = 3600
-    shutdown_grace_seconds: int = 30
-    advertisement_cache_mb: int = 32
+    host: str = setting("0.0.0.0", doc="listen address (`--host` overrides)")  # noqa: S104 - a server
+    port: int = setting(8080, doc="listen port (`--port` overrides)")
+    max_concurrent_upload_packs: int = setting(8, doc="git backends running at once; more wait in the queue")
+    max_request_body_mb: int = setting(64, doc="request body cap (413 beyond it)")
+    idle_timeout_seconds: int = setting(60, doc="an idle or stalled client connection is closed after this")
+    request_timeout_seconds: int = setting(3600, doc="a git backend running longer is killed")
+    shutdown_grace_seconds: int = setting(30, doc="how long SIGTERM waits for in-flight requests")
+    advertisement_cache_mb: int = setting(
+        32, doc="memory for ref advertisements answered without running git; `0` turns it off"
+    )
+    path_prefix: str = setting(
+        "",
+        doc="where a reverse proxy mounts serve: links and clone URLs on the status page start with it "
+        "(or with a validated `X-Forwarded-Prefix`)",
+        shown="none",
+    )
+    freshness_budget_minutes: int = setting(
+        120, doc="how old a mirror may get before the status page, `/metrics` and `status` call it stale"
+    )
     # A fleet's burst waits instead of failing (git clients do not retry a 503): room for two bursts
     # of 64 runners, each queued request holding only a thread and its (small) request body.
-    max_queued_upload_packs: int = 128
+    max_queued_upload_packs: int = setting(
+        128,
+        doc="git requests waiting for a backend, served fairly across clients; beyond it 503 + "
+        "`Retry-After`; `0` means no queue",
+    )
     # 128 uncached shallow fetches drain in about 25 s on two cores; past a minute, say so.
-    max_queue_wait_seconds: int = 60
+    max_queue_wait_seconds: int = setting(
+        60, doc="how long a request may wait in the queue before it gets 503 + `Retry-After`"
+    )
     # Fits the example deployment's 1 GiB /data volume beside the state file, and keeps dozens of
     # distinct fleet answers (a shallow fetch of a CodeCollection is ~6 MB).
-    pack_cache_mb: int = 256
-    pack_cache_dir: Path | None = None  # None: `pack-cache` beside the state file
+    pack_cache_mb: int = setting(
+        256,
+        doc="disk for pack answers made once and sent to every identical fetch "
+        "([serving](serving.md#fleets-admission-queue-and-pack-cache)); `0` turns it off",
+    )
+    pack_cache_dir: Path | None = setting(
+        doc="where the pack cache lives; must be writable (never the mirrors)",
+        shown="`pack-cache` beside the state file",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -604,11 +694,27 @@ def _serve(r: _Reader) -> ServeConfig:
         request_timeout_seconds=r.int_("request_timeout_seconds", d.request_timeout_seconds, 10, 86400),
         shutdown_grace_seconds=r.int_("shutdown_grace_seconds", d.shutdown_grace_seconds, 0, 3600),
         advertisement_cache_mb=r.int_("advertisement_cache_mb", d.advertisement_cache_mb, 0, 4096),
+        path_prefix=_path_prefix(r),
+        freshness_budget_minutes=r.int_("freshness_budget_minutes", d.freshness_budget_minutes, 1, 525600),
         max_queued_upload_packs=r.int_("max_queued_upload_packs", d.max_queued_upload_packs, 0, 65536),
         max_queue_wait_seconds=r.int_("max_queue_wait_seconds", d.max_queue_wait_seconds, 1, 3600),
         pack_cache_mb=r.int_("pack_cache_mb", d.pack_cache_mb, 0, 1024 * 1024),
         pack_cache_dir=r.path_("pack_cache_dir", d.pack_cache_dir),
     )
+
+
+def _path_prefix(r: _Reader) -> str:
+    """`/cccatalog` (no trailing slash), or "" for none; the same characters a mount path may use."""
+    prefix = r.str_("path_prefix", "/")
+    if not is_path_prefix(prefix):
+        r.problem("path_prefix", f"expected an absolute URL path such as /cccatalog, got {_quote(prefix)}")
+        return ""
+    return prefix.rstrip("/")
+
+
+def is_path_prefix(value: str) -> bool:
+    """True for `/`, `/a`, `/a/b/`: segments of URL-safe characters, none starting with a dot (no `..`)."""
+    return value == "/" or (len(value) <= 200 and _MOUNT_RE.fullmatch(value) is not None)
 
 
 def _state(r: _Reader, data_dir: Path, environ: Mapping[str, str]) -> StateConfig:

@@ -227,3 +227,14 @@ def describe_site(config: Config, git: Git) -> bytes:
 
     with Store.open(config.state.path) as store:
         return dumps(site_manifest(config, git, store))
+
+
+def baked_at(data_dir: Path) -> datetime | None:
+    """When the manifest in `data_dir` was written (a bake, or the last import); None without a
+    readable one. An earlier cccatalog's bake manifest names the time `baked_at`."""
+    try:
+        doc = json.loads((data_dir / MANIFEST).read_text(encoding="utf-8"))
+        when = doc.get("created_at") or doc.get("baked_at")
+        return datetime.fromisoformat(str(when)).astimezone(UTC)
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None

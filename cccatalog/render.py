@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cccatalog.logs import LOGGER_NAME
+from cccatalog.logs import LOGGER_NAME, emits_json
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from cccatalog.gitmirror.sync import MirrorSyncer, RepoResult, RepoTask
     from cccatalog.jobs import SyncReport
     from cccatalog.oci.resolve import RefResolution
+    from cccatalog.status import RepoStatus, StatusReport
     from cccatalog.transfer.export import ExportResult
     from cccatalog.transfer.importer import ImportResult
 
@@ -104,7 +105,7 @@ def sync_progress(*, quiet: bool) -> Callable[[MirrorSyncer, list[RepoTask]], li
     """Runs the git half: a progress bar on a terminal, one narrated line per repo otherwise."""
 
     def run(syncer: MirrorSyncer, tasks: list[RepoTask]) -> list[RepoResult]:
-        if quiet or not sys.stderr.isatty() or not tasks:
+        if quiet or not sys.stderr.isatty() or not tasks or emits_json():
             return syncer.run(tasks, on_done=narrate)
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -150,7 +151,7 @@ def resolutions(
     console().print(table)
     if verbose:
         detail = ", ".join(f"{k}: {v}" for k, v in sorted(requests.items()))
-        sys.stderr.write(f"{sum(requests.values())} registry requests ({detail})\n")
+        note(f"{sum(requests.values())} registry requests ({detail})", requests=requests)
 
 
 # --- check ---------------------------------------------------------------------------------------
@@ -245,20 +246,103 @@ def import_result(result: ImportResult, *, as_json: bool, quiet: bool) -> None:
     sys.stdout.write(f"catalog: {replaced}; signed by {result.signed_by or 'nobody (--allow-unsigned)'}\n")
 
 
+# --- status --------------------------------------------------------------------------------------
+
+_FRESHNESS_STYLE = {"fresh": "green", "failing": "yellow", "stale": "red", "baked": "blue"}
+
+
+def _last_success(r: RepoStatus) -> str:
+    from cccatalog.status import format_age
+
+    if r.age_seconds is not None:
+        return f"{format_age(r.age_seconds)} ago"
+    if r.freshness.value == "baked":
+        return "as baked" if r.baked_at is None else f"baked {r.baked_at:%Y-%m-%d}"
+    return "never"
+
+
+def status_report(report: StatusReport, *, as_json: bool, quiet: bool) -> None:
+    """The repositories and collections on stdout (a table, or JSON); what failed, on stderr."""
+    from cccatalog.status import format_age
+
+    if as_json:
+        write_json(report.to_json())
+    elif not quiet:
+        out = console()
+        for line in report.notes:
+            note(line, level=logging.WARNING)
+        if report.repos:
+            columns = ("slug", "state", "head", "branch", "last success", "last error")
+            table = _table("repositories", columns, ("slug", "head", "branch"))
+            for r in report.repos:
+                style = _FRESHNESS_STYLE[r.freshness.value]
+                table.add_row(
+                    r.slug, f"[{style}]{r.freshness.value}[/]", (r.head_commit or "")[:12],
+                    r.default_branch or "", _last_success(r), escape(r.last_error or ""),
+                )  # fmt: skip
+            out.print(table)
+        if report.collections:
+            table = _table(
+                "CodeCollections",
+                ("slug", "latest", "stable", "refs", "poll error"),
+                ("slug", "latest", "stable"),
+            )
+            for c in report.collections:
+                table.add_row(
+                    c.slug, c.latest.tag if c.latest else "", c.stable.tag if c.stable else "",
+                    str(c.active_refs), escape(c.poll_error or ""),
+                )  # fmt: skip
+            out.print(table)
+        bad = len(report.problems)
+        verdict = (
+            f"{bad} of {len(report.repos)} repositories need attention"
+            if bad
+            else "no repository is stale or failing"
+        )
+        sys.stdout.write(f"{verdict} (max age {format_age(report.budget_seconds)})\n")
+    if report.problems:
+        error(
+            f"{len(report.problems)} of {len(report.repos)} repositories are stale or failing",
+            details=[f"  {p}" for p in report.problems],
+        )
+
+
 # --- errors --------------------------------------------------------------------------------------
 
 
-def error(message: str, *, details: Sequence[str] = (), stream: TextIO | None = None) -> None:
-    """`error: <message>` first, then any detail lines (usage, hints, a traceback)."""
+def error(
+    message: str, *, details: Sequence[str] = (), exc: str | None = None, stream: TextIO | None = None
+) -> None:
+    """`error: <message>` first, then any detail lines (usage, hints), then `exc` (a traceback).
+    Under `--log-format json` it is one log line instead, with `details` and `exc` as its fields."""
+    if stream is None and emits_json():
+        fields: dict[str, object] = {"details": [d.strip("\n") for d in details]} if details else {}
+        if exc:
+            fields["exc"] = exc
+        log.error("%s", message, extra=fields)
+        return
     stream = stream or sys.stderr
     color = stream.isatty()
     head = "\x1b[31merror:\x1b[0m" if color else "error:"
     stream.write(f"{head} {message}\n")
-    for line in details:
+    for line in [*details, *([exc] if exc else [])]:
         stream.write(line if line.endswith("\n") else line + "\n")
+
+
+def note(line: str, *, level: int = logging.INFO, **fields: object) -> None:
+    """A line of narration on stderr: as it is, or a JSON log line under `--log-format json`."""
+    if emits_json():
+        log.log(level, "%s", line, extra=fields)
+    else:
+        sys.stderr.write(line + "\n")
 
 
 def say(line: str) -> None:
     """A line for the person at the terminal, on stdout at once (a server may run next)."""
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
+
+
+def api_answer(status: int, body: object) -> None:
+    """`serve --get`: the status on the first line, the JSON body after it."""
+    sys.stdout.write(f"{status}\n{json.dumps(body, indent=2)}\n")

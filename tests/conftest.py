@@ -78,3 +78,10 @@ def registry_token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running
     """distribution 2.8 with token auth; `registry.token_server` records every token request."""
     with running_registry(tmp_path_factory.mktemp("registry-token"), "token") as registry:
         yield registry
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Benchmarks, the binary build and the browser are slow too: `-m "not slow"` leaves them out."""
+    for item in items:
+        if any(item.get_closest_marker(name) for name in ("bench", "binary", "browser")):
+            item.add_marker(pytest.mark.slow)

@@ -15,6 +15,7 @@ import pytest
 
 from tests.benchsmoke import run_benchmark
 
+pytestmark = pytest.mark.bench
 SMOKE_SECONDS = 90  # about 10 s alone
 
 

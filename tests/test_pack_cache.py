@@ -257,6 +257,7 @@ def test_slow_readers_holding_deleted_answers_make_new_answers_bypass_the_cache(
     assert counts == (1, 1)
 
 
+@pytest.mark.slow  # waits out a request timeout
 def test_an_answer_from_a_backend_that_failed_is_never_kept(
     make_upstream: MakeUpstream, write_config: MakeConfig, tmp_path: Path
 ) -> None:
@@ -451,6 +452,7 @@ def stalling_exec_path(tmp_path: Path, marker: Path, pidfile: Path) -> Path:
     return bin_dir
 
 
+@pytest.mark.slow  # a serve process killed and started again
 def test_a_serve_killed_mid_write_leaves_nothing_that_is_ever_served(
     make_upstream: MakeUpstream, write_config: MakeConfig, tmp_path: Path
 ) -> None:

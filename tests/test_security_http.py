@@ -375,6 +375,7 @@ def trickle_until_cut_off(sock: socket.socket, *, seconds: float) -> bool:
     return False
 
 
+@pytest.mark.slow
 def test_a_trickled_body_is_cut_off_within_the_idle_timeout_and_starts_no_git(
     site: Site, backend: tuple[HttpBackend, Path]
 ) -> None:
@@ -391,6 +392,7 @@ def test_a_trickled_body_is_cut_off_within_the_idle_timeout_and_starts_no_git(
     assert starts(backend[1]) == []
 
 
+@pytest.mark.slow
 def test_a_slow_but_steady_body_is_not_cut_off(site: Site) -> None:
     body = upload_request(site.head, haves=1600)  # 80 KB at 16 KiB/s: five seconds, two windows past idle
     head = request("POST", PACK, CT, f"Content-Length: {len(body)}")
@@ -494,6 +496,7 @@ def test_the_admin_failure_limiter_is_bounded_and_slides() -> None:
 # --- 7. admission -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_cached_advertisement_answers_while_a_slow_reader_holds_the_only_slot(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -642,11 +645,11 @@ def route_of(target: str) -> tuple[str, str]:
 
 
 def may_succeed(method: str, target: str) -> bool:
-    """The allow-list: the three git routes of a served repo, the API's GETs, health and readiness."""
+    """The allow-list: the three git routes of a served repo, the API's GETs, health and readiness,
+    the status page and /metrics."""
     path, query = route_of(target)
-    if method in ("GET", "HEAD") and (
-        path in ("/healthz", "/readyz", "/api/v1/catalog/codecollections") or path.startswith(API_GET)
-    ):
+    pages = ("/healthz", "/readyz", "/api/v1/catalog/codecollections", "/", "/ui", "/ui/", "/metrics")
+    if method in ("GET", "HEAD") and (path in pages or path.startswith(API_GET)):
         return True
     match = ALLOWED_GIT.fullmatch(path)
     if match is None:
@@ -663,6 +666,7 @@ def _fuzz_strategies() -> st.SearchStrategy[Fuzzed]:
         INFO, PACK, "/git/alpha.git/HEAD", f"/git/alpha/info/refs{UP}", "/git/alpha/git-upload-pack",
         "/healthz", "/readyz", "/api/v1/catalog/codecollections", "/api/v1/catalog/codecollections/alpha",
         "/api/v1/git/repos", "/api/v1/git/repos/alpha", "/api/openapi.json", "http://catalog/healthz",
+        "/", "/ui", "/metrics",
     ]  # fmt: skip
     known_targets = [
         *allowed_targets, "/api/v1/admin/sync-git", "/git/alpha.git/git-receive-pack",
@@ -760,6 +764,7 @@ def _fuzz_strategies() -> st.SearchStrategy[Fuzzed]:
     return fuzzed()
 
 
+@pytest.mark.slow
 def test_fuzzed_requests_keep_every_invariant(tmp_path: Path, make_upstream: MakeUpstream) -> None:
     up = make_upstream("alpha")
     path = tmp_path / "config.yaml"

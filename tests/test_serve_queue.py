@@ -128,6 +128,7 @@ def test_beyond_the_queue_a_request_gets_503_with_retry_after_and_starts_no_git(
     assert len(gate.lines()) == 3, "the refused request started a backend"
 
 
+@pytest.mark.slow  # waits out the queue's limit
 def test_a_request_that_waited_past_the_limit_gets_503_and_never_runs_git(
     alpha: Config, tmp_path: Path
 ) -> None:

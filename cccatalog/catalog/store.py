@@ -179,6 +179,32 @@ class Store:
         migrate(conn)
         return cls(conn, Path(":memory:"))
 
+    @classmethod
+    def open_readonly(cls, path: Path) -> Store | None:
+        """Open the state file at `path` for reading only (`cccatalog status`); None when there is none.
+
+        Nothing is created or written: not the file, not a migration, not the -wal/-shm files a
+        read-only connection makes when they are missing. With both present (a writer has the file
+        open) they are used, so its latest commits are seen; without them the file holds every commit
+        and is read as it is, immutable. A file of an older schema is refused with what to run.
+        """
+        version = state_file_version(path)
+        if version is None:
+            return None
+        if version < len(MIGRATIONS):
+            raise StateError(
+                f"state file {path} has schema version {version}, older than this cccatalog's "
+                f"{len(MIGRATIONS)}; run `cccatalog sync` (or start `serve`) once to upgrade it"
+            )
+        sidecars = Path(f"{path}-wal").exists() and Path(f"{path}-shm").exists()
+        uri = f"{path.absolute().as_uri()}?mode=ro" + ("" if sidecars else "&immutable=1")
+        try:
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=5)
+            conn.execute("PRAGMA query_only = 1")
+        except sqlite3.Error as exc:
+            raise _state_error(path, "open", exc) from None
+        return cls(conn, path)
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping
 
 from cccatalog.config import Config, load_config
@@ -26,8 +27,12 @@ class LiveConfig:
         self._stamp = stamp(config.path)
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self.generation = 0
         self.listeners: list[Callable[[Config], None]] = []
+        # for the status page and /metrics: when the config in effect was loaded, and why the last
+        # reload failed (None once one succeeds again)
+        self.loaded_at = time.time()
+        self.last_reload_error: str | None = None
+        self.last_reload_failed_at: float | None = None
 
     @property
     def current(self) -> Config:
@@ -42,9 +47,10 @@ class LiveConfig:
                 config = load_config(path, environ=self._environ)
             except ConfigError as exc:
                 log.error("config reload failed, keeping the previous config: %s", exc)
+                self.last_reload_error, self.last_reload_failed_at = str(exc), time.time()
                 return False
             self._config = config
-            self.generation += 1
+            self.loaded_at, self.last_reload_error = time.time(), None
         for warning in config.warnings:
             log.warning("%s: %s", path, warning)
         log.info("config reloaded from %s (%d CodeCollections)", path, len(config.codecollections))
