@@ -107,7 +107,11 @@ def test_a_request_beyond_the_cap_is_counted_as_refused_while_one_is_in_flight(
     )
     first: list[Reply] = []
     path = "/git/alpha.git/info/refs?service=git-upload-pack"
-    with running_server(config, max_concurrent_upload_packs=1, backend=HttpBackend(git=str(held))) as server:
+    backend = HttpBackend(git=str(held))
+    # no queue: the request beyond the one slot is refused at once (tests/test_serve_queue.py: the queue)
+    with running_server(
+        config, backend=backend, max_concurrent_upload_packs=1, max_queued_upload_packs=0
+    ) as server:
         holder = threading.Thread(target=lambda: first.append(raw_request(server.url, "GET", path)))
         holder.start()
         try:

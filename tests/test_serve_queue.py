@@ -174,6 +174,27 @@ def test_a_queued_client_that_disconnects_leaves_the_queue_and_never_runs_git(
     assert paths == ["/alpha.git/info/refs", "/alpha.git/HEAD"], "the departed request ran git"
 
 
+def test_the_queue_and_the_clients_that_left_it_are_on_the_metrics_page(
+    alpha: Config, tmp_path: Path
+) -> None:
+    gate = gated_git(tmp_path)
+    with gated_server(alpha, gate) as server:
+        clients = Clients(server.url)
+        for _ in range(3):
+            clients.send(INFO)
+        assert wait_until(lambda: server.admission.queued == 2, 10)
+        with socket.create_connection(address(server.url), timeout=10) as sock:
+            sock.sendall(b"GET /git/alpha.git/HEAD HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert wait_until(lambda: server.admission.queued == 3, 10)
+        assert wait_until(lambda: server.admission.left == 1, 10)
+        page = request_from(server.url, "GET", "/metrics").body.decode()
+        gate.open()
+        clients.join()
+
+    assert "\ncccatalog_upload_packs_queued 2.0\n" in page
+    assert "\ncccatalog_upload_packs_left_queue_total 1.0\n" in page
+
+
 def test_one_clients_burst_of_20_does_not_starve_another_clients_single_request(
     alpha: Config, tmp_path: Path
 ) -> None:
