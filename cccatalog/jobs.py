@@ -22,10 +22,11 @@ from cccatalog.config import Config
 from cccatalog.errors import UsageError
 from cccatalog.gitmirror.git import Git
 from cccatalog.gitmirror.layout import Layout
-from cccatalog.gitmirror.locks import file_lock
 from cccatalog.gitmirror.sync import Action, MirrorSyncer, RepoResult, RepoTask, SyncOptions, plan_sync
 from cccatalog.paths import require_writable_dir
 from cccatalog.redact import Redactor
+from cccatalog.replica import mirror_volume, replica_id
+from cccatalog.runlocks import Locks
 
 if TYPE_CHECKING:
     from cccatalog.catalog.images import ImageSyncResult
@@ -72,29 +73,31 @@ class SyncReport:
 
 
 def run_lock_path(config: Config, half: str) -> Path:
-    """The run lock of one half of a sync (`git`, `images`), beside the state file (always writable):
-    a cron `sync`, serve's scheduler and an admin job never run the same half at the same time."""
-    return config.state.path.parent / "locks" / f"sync-{half}.lock"
+    """The run lock of one half of a sync (`git`, `images`) of an SQLite state, beside the state file
+    (always writable): a cron `sync`, serve's scheduler and an admin job never run the same half at the
+    same time. A PostgreSQL state locks in the database instead (`cccatalog.runlocks`)."""
+    return config.state.local_dir / "locks" / f"sync-{half}.lock"
 
 
 @contextmanager
-def run_locks(config: Config, request: SyncRequest) -> Iterator[None]:
-    """Hold the run locks `request` needs, waiting up to git.lock_timeout_seconds (0 with no_wait)."""
+def run_locks(config: Config, request: SyncRequest, store: Store | None = None) -> Iterator[None]:
+    """Hold the run locks `request` needs, waiting up to git.lock_timeout_seconds (0 with no_wait):
+    files beside an SQLite state, advisory locks in a PostgreSQL `store`."""
     wait = 0 if request.no_wait else config.git.lock_timeout_seconds
+    locks = Locks.for_state(config, store)
     with ExitStack() as stack:
         for half, wanted in (("git", request.git), ("images", request.images)):
             if wanted:
-                stack.enter_context(
-                    file_lock(run_lock_path(config, half), timeout=wait, what=f"the {half} sync")
-                )
+                stack.enter_context(locks.run(half).hold(timeout=wait))
         yield
 
 
 def image_cache(config: Config) -> BlobCache:
-    """Registry documents are cached beside the state file: both belong to this host, not the image."""
+    """Registry documents are cached beside the state file (this host's own directory with a
+    PostgreSQL state): they belong to this host, not the image."""
     from cccatalog.oci.cache import BlobCache
 
-    return BlobCache(config.state.path.parent / "oci-cache")
+    return BlobCache(config.state.local_dir / "oci-cache")
 
 
 def run_sync(
@@ -234,12 +237,21 @@ def perform_sync(
     git_half = request.git and config.git.enabled and bool(plan_sync(config, only=request.only))
     if git_half:
         require_writable_dir(config.git.data_dir, setting="git.data_dir")
-    require_writable_dir(config.state.path.parent, setting=config.state.setting)
+    require_writable_dir(config.state.local_dir, setting=config.state.setting)
     warnings = credential_warnings(config, environ) if git_half else []
     if request.git and not config.git.enabled and any(cc.git_url for cc in config.codecollections):
         warnings.append(f"git mirroring is disabled (git.enabled is false in {config.path})")
-    # The state file first: a corrupt or newer one is refused before any lock file is made.
-    with Store.open(config.state.path) as store, run_locks(config, request):
+    secrets = config.state.secrets(environ)
+    redactor.add(*secrets)
+    if git_half and config.state.url:
+        # the volume id lives in the data directory this run is about to fill anyway
+        config.git.data_dir.mkdir(parents=True, exist_ok=True)
+    volume = mirror_volume(config, replica_id(config))
+    # The state first: a corrupt or newer one is refused before any lock file is made.
+    with (
+        Store.open(config.state, volume=volume, secrets=secrets) as store,
+        run_locks(config, request, store),
+    ):
         report = run_sync(config, store, request, redactor=redactor, environ=environ, run_git=run_git)
     report.warnings[:0] = warnings
     return report

@@ -1,4 +1,5 @@
-"""The state store against real SQLite files: migrations under concurrency, mirror status, collections."""
+"""The state store against real SQLite files and a real PostgreSQL server: migrations under concurrency,
+mirror status, collections. Tests taking `target` or `store` run once per engine."""
 
 from __future__ import annotations
 
@@ -16,14 +17,17 @@ from pathlib import Path
 import pytest
 
 from cccatalog.catalog import migrations
+from cccatalog.catalog.backends import Conn
 from cccatalog.catalog.models import MirrorStatus
 from cccatalog.catalog.store import Store
 from cccatalog.config import CodeCollection
 from cccatalog.errors import StateError
+from tests.pgfixtures import connect
 
 PROCESSES = 12
 SCHEMA_TABLES = [
-    "cccatalog_collections", "cccatalog_git_mirrors", "cccatalog_image_refs", "cccatalog_image_syncs"
+    "cccatalog_catalog_pointers", "cccatalog_collections", "cccatalog_git_mirrors", "cccatalog_image_refs",
+    "cccatalog_image_syncs", "cccatalog_jobs",
 ]  # fmt: skip
 T0 = datetime(2026, 11, 25, 21, 0, 0, 123456, tzinfo=UTC)
 
@@ -50,7 +54,7 @@ def _pragma(path: Path, name: str) -> object:
     return value
 
 
-def _count_runs(conn: sqlite3.Connection) -> None:
+def _count_runs(conn: Conn) -> None:
     """An extra migration that records every time it runs."""
     conn.execute("CREATE TABLE IF NOT EXISTS migration_runs (pid INTEGER NOT NULL)")
     time.sleep(0.05)  # widen the window in which a racing process could run it a second time
@@ -65,10 +69,31 @@ def counting_migration(monkeypatch: pytest.MonkeyPatch) -> int:
     return len(patched)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
+    """Where a state lives: an SQLite file, or the URL of an empty PostgreSQL database."""
+    if request.param == "sqlite":
+        return tmp_path / "state.db"
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    with Store.open(tmp_path / "state.db") as opened:
+def store(target: Path | str) -> Iterator[Store]:
+    with Store.open(target) as opened:
         yield opened
+
+
+def _query(target: Path | str, sql: str) -> list[tuple[object, ...]]:
+    """Rows of `sql` as the engine itself stores them, read without cccatalog."""
+    if isinstance(target, Path):
+        conn = _raw(target)
+        try:
+            return conn.execute(sql).fetchall()
+        finally:
+            conn.close()
+    with connect(target) as pg:
+        return pg.execute(sql).fetchall()
 
 
 def _open_in_child(path: str, barrier: Barrier, results: Queue[tuple[str, object]]) -> None:
@@ -188,7 +213,7 @@ def test_failed_migration_rolls_back_and_leaves_the_previous_version(
     path = tmp_path / "state.db"
     Store.open(path).close()
 
-    def broken(conn: sqlite3.Connection) -> None:
+    def broken(conn: Conn) -> None:
         conn.execute("CREATE TABLE half_done (x)")
         conn.execute("INSERT INTO no_such_table VALUES (1)")
 
@@ -299,23 +324,20 @@ def test_failure_of_a_never_synced_mirror_has_no_head_or_success_time(store: Sto
     assert store.get_mirror("unknown") is None
 
 
-def test_times_round_trip_as_aware_utc_with_microseconds(tmp_path: Path) -> None:
-    path = tmp_path / "state.db"
+def test_times_round_trip_as_aware_utc_with_microseconds(target: Path | str) -> None:
     plus_two = datetime(2026, 11, 25, 23, 0, 0, 123456, tzinfo=timezone(timedelta(hours=2)))
-    with Store.open(path) as opened:
+    with Store.open(target) as opened:
         _succeed(opened, "cc", "c" * 40, plus_two)
-    with Store.open(path) as reopened:
+    with Store.open(target) as reopened:
         status = reopened.get_mirror("cc")
 
     assert status is not None
     assert status.last_attempt_at == T0
     assert status.last_attempt_at is not None
     assert status.last_attempt_at.tzinfo == UTC
-    conn = _raw(path)
-    assert conn.execute("SELECT last_attempt_at FROM cccatalog_git_mirrors").fetchone() == (
-        "2026-11-25T21:00:00.123456Z",
-    )
-    conn.close()
+    assert _query(target, "SELECT last_attempt_at FROM cccatalog_git_mirrors") == [
+        ("2026-11-25T21:00:00.123456Z",)
+    ]
 
 
 def test_naive_datetimes_are_refused(store: Store) -> None:
@@ -366,7 +388,7 @@ def test_upsert_collections_is_all_or_nothing_and_errors_carry_no_row_data(store
         store.upsert_collections([good, bad])
 
     assert store.list_collections() == []
-    assert str(store.path) in str(err.value)
+    assert store.location in str(err.value)
     assert "secret-looking-name" not in str(err.value)
     assert "good-cc" not in str(err.value)
 
@@ -392,8 +414,8 @@ def test_threads_sharing_one_store_can_write_at_the_same_time(store: Store) -> N
     assert [m.head_commit for m in store.list_mirrors()] == [f"{19:040d}"] * 8
 
 
-def test_using_a_closed_store_raises_state_error(tmp_path: Path) -> None:
-    opened = Store.open(tmp_path / "state.db")
+def test_using_a_closed_store_raises_state_error(target: Path | str) -> None:
+    opened = Store.open(target)
     opened.close()
 
     with pytest.raises(StateError, match="closed"):

@@ -8,6 +8,11 @@ every 60, each first run at start-up. `scheduler.*: 0` turns one off, `CC_CATALO
 `--catalog-poll-minutes` override either. The air-gap guards hold: with `git.runtime_sync: false` the
 git runs are skipped (no git egress ever), with `images.runtime_sync: false` the image runs read only
 `static` sources.
+
+Several `serve` processes on one state (replicas on one PostgreSQL database, or processes sharing one
+SQLite file) elect a leader per kind of run: whoever holds the kind's leader lock runs its schedule,
+the others try to take the lock at each of their own ticks, so when the leader dies another replica
+runs the next scheduled sync (`cccatalog.runlocks`). Git leadership is per mirror volume.
 """
 
 from __future__ import annotations
@@ -33,10 +38,11 @@ from cccatalog.jobs import (
     catalog_summary,
     git_summary,
     held_git,
-    run_lock_path,
     run_sync,
 )
 from cccatalog.redact import Redactor, strip_url_credentials
+from cccatalog.replica import mirror_volume, replica_id
+from cccatalog.runlocks import Held, Locks
 from cccatalog.server.admin_jobs import JobRunner
 from cccatalog.server.api import ApiContext
 from cccatalog.server.live_config import LiveConfig
@@ -103,16 +109,8 @@ def build_service(
     (`serve --get`, a container health check): a missing state file is not created, and the answers
     come from an empty in-memory state instead; an existing one is used as `serve` uses it."""
     live = LiveConfig(config, environ=environ)
-    if not create_state and not config.state.path.exists():
-        log.info("no state file at %s yet; answering from an empty state", config.state.path)
-        store = Store.memory()
-    else:
-        try:
-            store = Store.open(config.state.path)
-        except StateError as exc:
-            # Git serving does not need the state; refusing to start would take every clone down.
-            log.error("%s; serving with an in-memory state until this is fixed (catalog starts empty)", exc)
-            store = Store.memory()
+    replica = replica_id(config)
+    store = open_state(config, environ=environ, redactor=redactor, replica=replica, create=create_state)
     servability = Servability(Git(redactor=redactor))
 
     def sync_git(cfg: Config, allow_runtime_sync: bool) -> dict[str, Any]:
@@ -128,19 +126,52 @@ def build_service(
         request = SyncRequest(git=False, images=True, allow_runtime_sync=allow_runtime_sync)
         return catalog_summary(run_sync(cfg, store, request, redactor=redactor, environ=environ))
 
+    locks = Locks.for_state(config, store)
+    jobs = JobRunner(store, replica=replica, run_lock=locks.run)
     api = ApiContext(
-        live, store, servability, JobRunner(), {"git": sync_git, "images": sync_catalog}, environ
-    )
-    backfill(config, store, servability)
+        live, store, servability, jobs, {"git": sync_git, "images": sync_catalog}, environ,
+        locks=locks, replica=replica,
+    )  # fmt: skip
+    baked: list[str] = []
+    try:
+        backfill(config, store, servability)
+        baked = baked_mismatches(config, store, servability)
+    except StateError as exc:
+        # git is served from disk all the same; the status API fills in once the state is back
+        log.warning("cannot record the mirrors found on disk: %s", exc)
     # a collection a reload adds may have its mirror on disk already: its status must say so
     live.listeners.append(functools.partial(_backfill_after_reload, store=store, servability=servability))
-    baked = baked_mismatches(config, store, servability)
     api.ready_checks.append(lambda _config: "; ".join(baked) if baked else None)
     return Service(api, environ=environ)
 
 
+def open_state(
+    config: Config, *, environ: Mapping[str, str], redactor: Redactor, replica: str, create: bool = True
+) -> Store:
+    """The state serve answers from. Git serving does not need it, so an unusable state never stops
+    `serve`: a PostgreSQL database that cannot be reached yet is connected to when it can be (the
+    catalog answers 503 until then); an unusable state file, or a database that refuses cccatalog
+    (a newer schema, another program's tables), leaves an in-memory state (the catalog starts empty).
+    `create=False` is for a one-off reader: a missing state file is not created, and the answers come
+    from an empty in-memory state instead."""
+    state = config.state
+    secrets = state.secrets(environ)
+    redactor.add(*secrets)
+    if state.url is None and not create and not state.path.exists():
+        log.info("no state file at %s yet; answering from an empty state", state.path)
+        return Store.memory()
+    try:
+        return Store.open(state, volume=mirror_volume(config, replica), secrets=secrets, connect_later=create)
+    except StateError as exc:
+        log.error("%s; serving with an in-memory state until this is fixed (catalog starts empty)", exc)
+        return Store.memory()
+
+
 def _backfill_after_reload(config: Config, *, store: Store, servability: Servability) -> None:
-    backfill(config, store, servability)
+    try:
+        backfill(config, store, servability)
+    except StateError as exc:
+        log.warning("cannot record the mirrors found on disk: %s", exc)
 
 
 def run_server(
@@ -237,7 +268,8 @@ class Scheduler:
     """Runs the git and image syncs every N minutes (jittered ±10 %), each first at start-up.
 
     Never overlaps a cron `sync`, an admin job or another replica: a run whose lock is taken is
-    skipped. Never passes the air-gap guards. `unit` is the length of a minute in seconds.
+    skipped. Among processes sharing the state, only the leader of a kind runs its schedule (see the
+    module's docstring). Never passes the air-gap guards. `unit` is the length of a minute in seconds.
     """
 
     def __init__(
@@ -245,6 +277,7 @@ class Scheduler:
     ) -> None:
         self.api = api
         self._stop = threading.Event()
+        self._leading: dict[str, Held] = {}
         self.threads: list[threading.Thread] = []
         for kind, minutes in (("git", git_minutes), ("images", catalog_minutes)):
             if minutes > 0:
@@ -257,12 +290,39 @@ class Scheduler:
 
     def _loop(self, kind: str, seconds: float) -> None:
         delay = 0.0  # the first run at start-up, as the predecessor did
-        while not self._stop.wait(delay):
-            self.run_once(kind)
-            delay = seconds * random.uniform(0.9, 1.1)  # noqa: S311 - jitter, not crypto
+        try:
+            while not self._stop.wait(delay):
+                self.run_once(kind)
+                delay = seconds * random.uniform(0.9, 1.1)  # noqa: S311 - jitter, not crypto
+        finally:
+            if (held := self._leading.pop(kind, None)) is not None:
+                held.release()
+
+    def lead(self, kind: str) -> bool:
+        """Whether this process leads the scheduled runs of `kind`, taking the lead when it is free."""
+        action = "sync-git" if kind == "git" else "sync-catalog"
+        held = self._leading.get(kind)
+        if held is not None:
+            if held.alive():
+                return True
+            del self._leading[kind]
+            log.warning("lost the lead of the scheduled %s runs (the state database went away)", action)
+        lock = self.api.run_locks.leader(kind)
+        try:
+            held = lock.try_acquire()
+        except StateError as exc:
+            log.warning("scheduled %s skipped: %s", action, exc)
+            return False
+        if held is None:
+            log.info("scheduled %s skipped: another replica leads the scheduled runs", action)
+            return False
+        self._leading[kind] = held
+        log.info("this replica (%s) now leads the scheduled %s runs", self.api.replica, action)
+        return True
 
     def run_once(self, kind: str) -> None:
-        """Start one scheduled run of `kind` (git, images) unless something holds it back."""
+        """Start one scheduled run of `kind` (git, images) unless something holds it back (a guard,
+        another replica's lead, a run in progress)."""
         action = "sync-git" if kind == "git" else "sync-catalog"
         config = self.api.config
         if kind == "git":
@@ -271,14 +331,18 @@ class Scheduler:
             if held_git(config, SyncRequest(git=True, images=False)):
                 log.info("scheduled %s skipped: %s", action, GIT_GUARD)
                 return
+        if not self.lead(kind):
+            return
         # False: a scheduled run never passes the air-gap guards
         work = functools.partial(self.api.sync[kind], config, False)
         try:
-            job = self.api.jobs.start(action, run_lock_path(config, kind), work)
-        except LockBusy as exc:
+            job = self.api.jobs.start(action, self.api.run_locks.run(kind), work)
+        except (LockBusy, StateError) as exc:
             log.info("scheduled %s skipped: %s", action, exc)
             return
         log.info("scheduled %s started (job %s)", action, job.id)
 
     def stop(self) -> None:
+        """Stop scheduling; each loop lets go of the lead it holds as it ends (at once: it waits on
+        the stop event)."""
         self._stop.set()
