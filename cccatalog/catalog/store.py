@@ -179,6 +179,27 @@ def state_file_version(path: Path) -> int | None:
     return version
 
 
+def state_database_version(url: str, *, secrets: Iterable[str] = ()) -> int | None:
+    """The schema version of the PostgreSQL state database at `url`, read without writing anything:
+    0 for an empty database, None for the predecessor's (adopted on first open).
+
+    Raises StateError when it cannot be reached, is another program's, or is newer than this cccatalog.
+    """
+    from cccatalog.catalog import adoption
+
+    db = PostgresDatabase(url, pool_size=1, secrets=tuple(secrets))
+
+    def look(conn: Conn) -> int | None:
+        version = check_not_newer(conn, db.location)
+        check_is_state_file(conn, db.location)
+        return None if version == 0 and adoption.detect(conn) is not None else version
+
+    try:
+        return db.read("read the schema version of", look)
+    finally:
+        db.close()
+
+
 @dataclass(frozen=True, slots=True)
 class _Target:
     path: Path | None = None

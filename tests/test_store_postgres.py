@@ -1,0 +1,314 @@
+"""The state store on a real PostgreSQL server, where it differs from an SQLite file: many replicas
+migrating one database at once, a database that is not cccatalog's to change, credentials that must
+not show, connections the server drops, and a server that goes away and comes back."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Barrier
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from cccatalog.catalog import migrations
+from cccatalog.catalog.backends import Conn
+from cccatalog.catalog.models import ImageRefRecord
+from cccatalog.catalog.store import Store, state_database_version
+from cccatalog.config import CodeCollection, load_config
+from cccatalog.errors import StateError, StateUnavailable
+from cccatalog.runlocks import Locks
+from tests.pgfixtures import PASSWORD, PgServer, connect
+from tests.predecessorfixtures import make_predecessor_pg
+
+PROCESSES = 8
+T0 = datetime(2026, 11, 25, 21, 0, 0, tzinfo=UTC)
+
+
+def _count_runs(conn: Conn) -> None:
+    """An extra migration that records every time it runs."""
+    conn.execute("CREATE TABLE IF NOT EXISTS migration_runs (pid INTEGER NOT NULL)")
+    time.sleep(0.05)  # widen the window in which a racing process could run it a second time
+    conn.execute("INSERT INTO migration_runs (pid) VALUES (pg_backend_pid())")
+
+
+def _open_in_child(url: str, barrier: Barrier, results: Queue[tuple[str, object]]) -> None:
+    try:
+        barrier.wait(timeout=20)
+        with Store.open(url) as opened:
+            results.put(("ok", opened.schema_version))
+    except Exception as exc:
+        results.put(("error", f"{type(exc).__name__}: {exc}"))
+
+
+def _open_together(url: str) -> list[tuple[str, object]]:
+    ctx = multiprocessing.get_context("fork")  # the children inherit a monkeypatched MIGRATIONS
+    barrier = ctx.Barrier(PROCESSES)
+    results: Queue[tuple[str, object]] = ctx.Queue()
+    procs = [ctx.Process(target=_open_in_child, args=(url, barrier, results)) for _ in range(PROCESSES)]
+    for proc in procs:
+        proc.start()
+    outcomes = [results.get(timeout=60) for _ in procs]
+    for proc in procs:
+        proc.join(timeout=10)
+    return outcomes
+
+
+def _rows(url: str, sql: str) -> list[tuple[object, ...]]:
+    with connect(url) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def test_eight_processes_migrate_one_empty_database_at_once_each_migration_once(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(migrations, "MIGRATIONS", [*migrations.MIGRATIONS, _count_runs])
+    expected = len(migrations.MIGRATIONS)
+
+    assert _open_together(pg_url) == [("ok", expected)] * PROCESSES
+    assert _rows(pg_url, "SELECT count(*) FROM migration_runs") == [(1,)]
+    assert _rows(pg_url, "SELECT version FROM cccatalog_schema") == [(expected,)]
+
+
+def test_eight_processes_adopt_one_predecessor_database_at_once(pg_url: str) -> None:
+    make_predecessor_pg(pg_url)
+
+    assert _open_together(pg_url) == [("ok", len(migrations.MIGRATIONS))] * PROCESSES
+    assert _rows(pg_url, "SELECT count(*) FROM cccatalog_image_refs") == [(6,)]
+    assert _rows(pg_url, "SELECT count(*) FROM cccatalog_collections") == [(3,)]
+
+
+def _schema(url: str) -> list[tuple[object, ...]]:
+    """cccatalog's tables as PostgreSQL describes them: columns, types, defaults, keys, indexes."""
+    return _rows(
+        url,
+        "SELECT c.table_name, c.column_name, c.data_type, c.is_nullable, c.column_default, "
+        "(SELECT string_agg(k.column_name, ',' ORDER BY k.ordinal_position) FROM "
+        " information_schema.key_column_usage k JOIN information_schema.table_constraints t "
+        " ON t.constraint_name = k.constraint_name AND t.table_name = k.table_name "
+        " WHERE t.constraint_type = 'PRIMARY KEY' AND k.table_name = c.table_name) "
+        "FROM information_schema.columns c WHERE c.table_schema = 'public' "
+        "AND c.table_name LIKE 'cccatalog_%' ORDER BY c.table_name, c.column_name",
+    ) + _rows(
+        url,
+        "SELECT regexp_replace(indexdef, 'INDEX \\S+ ON', 'INDEX ON') FROM pg_indexes "
+        "WHERE tablename LIKE 'cccatalog_%' ORDER BY 1",
+    )
+
+
+def test_an_adopted_database_has_the_schema_the_migrations_build(pg_server: PgServer) -> None:
+    fresh, adopted = pg_server.create_database(), pg_server.create_database()
+    try:
+        Store.open(fresh).close()
+        make_predecessor_pg(adopted)
+        Store.open(adopted).close()
+        assert _schema(adopted) == _schema(fresh)
+    finally:
+        pg_server.drop_database(fresh)
+        pg_server.drop_database(adopted)
+
+
+def test_a_database_a_newer_cccatalog_wrote_is_refused_untouched(pg_url: str) -> None:
+    Store.open(pg_url).close()
+    with connect(pg_url) as conn:
+        conn.execute("UPDATE cccatalog_schema SET version = 999")
+    before = _schema(pg_url), _rows(pg_url, "SELECT * FROM cccatalog_schema")
+
+    with pytest.raises(StateError, match="newer cccatalog") as err:
+        Store.open(pg_url)
+    with pytest.raises(StateError, match="newer cccatalog"):
+        state_database_version(pg_url)
+
+    assert "999" in str(err.value)
+    assert PASSWORD not in str(err.value)
+    assert (_schema(pg_url), _rows(pg_url, "SELECT * FROM cccatalog_schema")) == before
+
+
+def test_another_programs_database_is_refused_untouched(pg_url: str) -> None:
+    with connect(pg_url) as conn:
+        conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY)")
+
+    with pytest.raises(
+        StateError, match=r"not a cccatalog state database \(it holds other tables: invoices\)"
+    ):
+        Store.open(pg_url)
+
+    tables = _rows(pg_url, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")
+    assert tables == [("invoices",)]
+
+
+def test_the_version_is_read_without_writing_anything(pg_url: str) -> None:
+    assert state_database_version(pg_url) == 0
+    assert _rows(pg_url, "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'") == [
+        (0,)
+    ]
+    Store.open(pg_url).close()
+    assert state_database_version(pg_url) == len(migrations.MIGRATIONS)
+
+
+@pytest.mark.parametrize(
+    ("password", "tail"),
+    [
+        ("Wr0ng-Passw0rd-123", ""),  # the server refuses it
+        ("Wr0ng%zzPassw0rd", ""),  # libpq quotes a bad percent-escape, password and all
+        ("Wr0ng-Passw0rd-123", "?sslmode=bogus"),  # libpq refuses an option value
+    ],
+)
+def test_the_password_never_shows_in_an_error(
+    pg_server: PgServer, pg_url: str, password: str, tail: str
+) -> None:
+    url = pg_url.replace(PASSWORD, password) + tail
+    with pytest.raises(StateError) as err:
+        Store.open(url)
+
+    message = str(err.value)
+    assert password not in message
+    assert "Passw0rd" not in message
+    assert f"127.0.0.1:{pg_server.port}" in message or "***" in message
+
+
+def test_a_url_libpq_cannot_parse_is_shown_masked_whole(pg_url: str) -> None:
+    url = pg_url.replace("@127.0.0.1", "@[::1")
+    with pytest.raises(StateError) as err:
+        Store.open(url)
+    assert PASSWORD not in str(err.value)
+    assert "***" in str(err.value)
+
+
+def test_connections_the_server_dropped_are_replaced_without_an_error(pg_url: str) -> None:
+    """What a restart or a failover does to a pool: every idle connection is gone."""
+    with Store.open(pg_url) as store:
+        store.upsert_collections([CodeCollection("alpha", "static")])
+        assert [c.slug for c in store.list_collections()] == ["alpha"]
+        with connect(pg_url) as admin:
+            dropped = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).fetchone()
+        assert dropped is not None
+        assert int(str(dropped[0])) >= 1
+
+        assert [c.slug for c in store.list_collections()] == ["alpha"]
+        store.upsert_collections([CodeCollection("beta", "static")])
+        assert [c.slug for c in store.list_collections()] == ["alpha", "beta"]
+        assert store.unreachable() is None
+
+
+@pytest.fixture
+def own_server() -> Iterator[PgServer]:
+    """A server of this test's own, which it may stop and start."""
+    server = PgServer.create()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()
+
+
+def _wait(condition: object, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_while_the_server_is_down_reads_answer_from_the_last_good_read(own_server: PgServer) -> None:
+    url = own_server.create_database()
+    with Store.open(url) as store:
+        store.upsert_collections([CodeCollection("alpha", "static")])
+        store.replace_image_refs("alpha", [_ref("alpha")], synced_at=T0, deactivate_missing=True)
+        store.record_mirror_failure("alpha", upstream_url="u", action="clone", error="e", attempted_at=T0)
+        before = store.catalog_pointers(), store.list_mirrors(), store.list_image_refs("alpha")
+        own_server.stop()
+
+        # what serve answers the catalog from, asked before: the last good answer
+        after = store.catalog_pointers(), store.list_mirrors(), store.list_image_refs("alpha")
+        assert after == before
+        assert before[0]["alpha"].latest_tag == "main-aaaaaaa-bbbbbbb"
+        # never asked: the outage is said
+        with pytest.raises(StateUnavailable):
+            store.list_image_refs("never-asked")
+        with pytest.raises(StateUnavailable):
+            store.ping()
+        with pytest.raises(StateUnavailable):
+            store.upsert_collections([CodeCollection("beta", "static")])
+        reason = store.unreachable()
+        assert reason is not None
+        assert "unreachable for" in reason
+        assert PASSWORD not in reason
+
+        own_server.start()
+        _wait(lambda: _pings(store), "the store to reach the server again")
+        store.upsert_collections([CodeCollection("beta", "static")])
+        assert [c.slug for c in store.list_collections()] == ["alpha", "beta"]
+        assert store.unreachable() is None
+
+
+def _ref(slug: str) -> ImageRefRecord:
+    return ImageRefRecord(
+        slug, "main", "branch", "ghcr.io/o/r", "main-aaaaaaa-bbbbbbb", None, "aaaaaaa", "bbbbbbb", T0,
+        "config", is_latest=True, is_prerelease=True,
+    )  # fmt: skip
+
+
+def _pings(store: Store) -> bool:
+    try:
+        store.ping()
+    except StateUnavailable:
+        return False
+    return True
+
+
+def test_a_store_opened_while_the_server_is_down_migrates_when_it_comes_back(own_server: PgServer) -> None:
+    url = own_server.create_database()
+    own_server.stop()
+    with pytest.raises(StateUnavailable):
+        Store.open(url)
+
+    with Store.open(url, connect_later=True) as store:
+        with pytest.raises(StateUnavailable):
+            store.list_collections()
+        own_server.start()
+        _wait(lambda: _pings(store), "the store to reach the server")
+        assert store.schema_version == len(migrations.MIGRATIONS)
+        assert store.list_collections() == []
+
+
+def test_a_run_lock_is_held_by_one_process_until_its_connection_ends(tmp_path: Path, pg_url: str) -> None:
+    config = load_config(_config(tmp_path, pg_url), environ={"CCCATALOG_STATE_URL": pg_url})
+    with Store.open(config.state) as one, Store.open(config.state) as two:
+        first, second = Locks.for_state(config, one), Locks.for_state(config, two)
+        held = first.run("images").try_acquire()
+        assert held is not None
+        assert second.run("images").try_acquire() is None
+        assert second.run("images").is_held()
+        assert second.run("git").try_acquire() is not None  # another lock altogether
+        with connect(pg_url) as admin:  # what the server does when the holder dies
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            )
+        _wait(lambda: not second.run("images").is_held(), "the lock to be dropped with its connection")
+        assert not held.alive()
+        taken = second.run("images").try_acquire()
+        assert taken is not None
+        taken.release()
+        assert not first.run("images").is_held()
+    assert not (tmp_path / "state" / "locks").exists()  # no lock files: the database holds the locks
+
+
+def _config(tmp_path: Path, url: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(f"git: {{data_dir: {tmp_path / 'git'}}}\n")
+    return path
+
+
+def test_psycopg_errors_keep_row_data_out(pg_url: str) -> None:
+    with Store.open(pg_url) as store, pytest.raises(StateError) as err:
+        store.upsert_collections([CodeCollection("x", None, name="row-secret")])  # type: ignore[arg-type]
+    assert "row-secret" not in str(err.value)
+    assert isinstance(err.value.__cause__, type(None))
+    assert not isinstance(err.value, psycopg.Error)
