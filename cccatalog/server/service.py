@@ -183,9 +183,10 @@ def run_server(
     redactor: Redactor,
     git_sync_minutes: int | None = None,
     catalog_poll_minutes: int | None = None,
+    minute_seconds: float = 60.0,
 ) -> None:
     """`cccatalog serve`: bind first (a taken port writes nothing), then open the state, start the
-    scheduler when asked for, and serve until SIGTERM/SIGINT."""
+    scheduler when asked for, and serve until SIGTERM/SIGINT. `minute_seconds`: the scheduler's minute."""
     from cccatalog.server.app import CatalogServer, serve_forever
     from cccatalog.server.sockets import listen_socket
 
@@ -197,7 +198,9 @@ def run_server(
         raise
     try:
         server = CatalogServer((host, port), service.api, config.serve, sock=sock)
-        service.start_scheduler(git_minutes=git_sync_minutes, catalog_minutes=catalog_poll_minutes)
+        service.start_scheduler(
+            git_minutes=git_sync_minutes, catalog_minutes=catalog_poll_minutes, unit=minute_seconds
+        )
         log.info("serving %s (git under %s/)", server.url, config.git.mount_path)
         serve_forever(server)
     finally:
