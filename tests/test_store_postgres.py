@@ -4,6 +4,7 @@ not show, connections the server drops, and a server that goes away and comes ba
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from cccatalog.catalog import migrations
 from cccatalog.catalog.backends import Conn
 from cccatalog.catalog.models import ImageRefRecord
 from cccatalog.catalog.store import Store, state_database_version
+from cccatalog.cli import run
 from cccatalog.config import CodeCollection, load_config
 from cccatalog.errors import StateError, StateUnavailable
 from cccatalog.runlocks import Locks
@@ -312,3 +314,50 @@ def test_psycopg_errors_keep_row_data_out(pg_url: str) -> None:
     assert "row-secret" not in str(err.value)
     assert isinstance(err.value.__cause__, type(None))
     assert not isinstance(err.value, psycopg.Error)
+
+
+def test_check_reads_the_databases_version_and_changes_nothing(
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _config(tmp_path, pg_url)
+
+    def check() -> tuple[int, dict[str, str]]:
+        code = run(["check", "-c", str(path), "--json"])
+        out, err = capsys.readouterr()
+        assert PASSWORD not in out + err
+        return code, {c["subject"]: c["detail"] for c in json.loads(out)["checks"]}
+
+    monkeypatch.setenv("CCCATALOG_STATE_URL", pg_url)
+    code, checks = check()
+    assert code == 0
+    assert checks["CCCATALOG_STATE_URL"].endswith(": empty: the first sync or serve creates the schema")
+    assert "postgres:***@" in checks["CCCATALOG_STATE_URL"]
+    assert _rows(pg_url, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
+
+    Store.open(pg_url).close()
+    code, checks = check()
+    assert f"schema version {len(migrations.MIGRATIONS)} (current)" in checks["CCCATALOG_STATE_URL"]
+
+    monkeypatch.setenv("CCCATALOG_STATE_URL", pg_url.replace(PASSWORD, "Wr0ng-Passw0rd-123"))
+    code, checks = check()
+    assert code == 1
+    assert "password authentication failed" in checks["CCCATALOG_STATE_URL"]
+    assert "Wr0ng-Passw0rd-123" not in checks["CCCATALOG_STATE_URL"]
+
+
+def test_a_predecessor_database_is_named_by_check_and_adopted_by_the_first_serve(
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_predecessor_pg(pg_url)
+    path = _config(tmp_path, pg_url)
+    monkeypatch.setenv("CC_CATALOG_DB_URL", pg_url.replace("postgresql://", "postgresql+psycopg2://"))
+
+    assert run(["check", "-c", str(path), "--json"]) == 0
+    checks = {c["subject"]: c["detail"] for c in json.loads(capsys.readouterr().out)["checks"]}
+    assert "the predecessor's tables: the first sync or serve adopts them" in checks["CC_CATALOG_DB_URL"]
+    assert state_database_version(pg_url) is None
+
+    assert run(["-q", "serve", "-c", str(path), "--get", "/api/v1/catalog/codecollections"]) == 0
+    assert capsys.readouterr().out == "200\n[]\n"  # this config lists none of its collections
+    assert state_database_version(pg_url) == len(migrations.MIGRATIONS)
+    assert _rows(pg_url, "SELECT count(*) FROM cccatalog_image_refs") == [(6,)]
