@@ -236,15 +236,14 @@ def scaling(config: Config, state: Path | str, engine: str, size: Size) -> list[
 # --- part 2: replicas ------------------------------------------------------------------------------
 
 
-def _client(urls: Sequence[str], paths: Sequence[str], seconds: float, start: float, out: Any) -> None:
+def _client(urls: Sequence[str], paths: Sequence[str], seconds: float, ready: Any, out: Any) -> None:
     latencies: list[float] = []
     errors = 0
     clients = [httpx.Client(base_url=u, timeout=30) for u in urls]
     i = os.getpid()
-    while time.time() < start:
-        time.sleep(0.001)
-    deadline = start + seconds
-    while time.time() < deadline:
+    ready.wait()  # every client started and imported: all begin together
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
         client = clients[i % len(clients)]  # round-robin over the replicas, as a Service does
         path = paths[i % len(paths)]
         i += 1
@@ -271,9 +270,9 @@ class HaRow:
 def load(setup: str, urls: Sequence[str], paths: Sequence[str], size: Size) -> HaRow:
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
-    start = time.time() + 1.0
+    ready = ctx.Barrier(size.clients)
     procs = [
-        ctx.Process(target=_client, args=(urls, paths, size.seconds, start, out)) for _ in range(size.clients)
+        ctx.Process(target=_client, args=(urls, paths, size.seconds, ready, out)) for _ in range(size.clients)
     ]
     for proc in procs:
         proc.start()
