@@ -21,20 +21,18 @@ password and shows the URL with its credentials masked.
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from cccatalog.config import display_url, url_password
 from cccatalog.errors import StateError, StateUnavailable
 from cccatalog.redact import Redactor
-
-if TYPE_CHECKING:
-    import sqlite3
 
 T = TypeVar("T")
 
@@ -237,8 +235,6 @@ class SqliteDatabase(Database):
         self._lock = threading.Lock()
 
     def read(self, what: str, fn: Callable[[Conn], T]) -> T:
-        import sqlite3
-
         with self._lock:
             try:
                 return fn(self.conn)
@@ -246,8 +242,6 @@ class SqliteDatabase(Database):
                 raise sqlite_error(self.location, what, exc) from None
 
     def write(self, what: str, fn: Callable[[Conn], T]) -> T:
-        import sqlite3
-
         with self._lock:
             try:
                 self.raw.execute("BEGIN IMMEDIATE")  # the write lock up front, not at the first write
@@ -273,8 +267,6 @@ class SqliteDatabase(Database):
 
 
 def is_busy(exc: BaseException) -> bool:
-    import sqlite3
-
     # Errors raised by the sqlite3 module itself (e.g. "closed database") carry no SQLite code.
     return bool((getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF == sqlite3.SQLITE_BUSY)
 
