@@ -53,7 +53,8 @@ class Held(ABC):
 class RunLock(ABC):
     """A named lock over every process (and replica) that shares one state."""
 
-    def __init__(self, what: str) -> None:
+    def __init__(self, name: str, what: str) -> None:
+        self.name = name  # what `Locks.held` takes: the lock's file, or its advisory lock name
         self.what = what  # for messages: "the images sync"
 
     @abstractmethod
@@ -99,7 +100,7 @@ class FileRunLock(RunLock):
     """`flock` on one file (created on first use)."""
 
     def __init__(self, path: Path, what: str) -> None:
-        super().__init__(what)
+        super().__init__(str(path), what)
         self.path = path
 
     def try_acquire(self) -> Held | None:
@@ -126,8 +127,8 @@ class AdvisoryRunLock(RunLock):
     """A PostgreSQL session-level advisory lock, on a connection of its own while held."""
 
     def __init__(self, db: PostgresDatabase, name: str, what: str) -> None:
-        super().__init__(what)
-        self.db, self.name = db, name
+        super().__init__(name, what)
+        self.db = db
 
     def try_acquire(self) -> Held | None:
         conn = self.db.try_lock(self.name)
@@ -165,6 +166,12 @@ class Locks:
     def run(self, half: str) -> RunLock:
         """The lock of one half of a sync: `git` (per mirror volume) or `images` (one for all)."""
         return self._lock(f"sync-{self._scoped(half)}", f"the {half} sync")
+
+    def held(self, name: str) -> bool:
+        """Whether the lock `name` (a `RunLock.name` of this state) is held by anyone now."""
+        if self.database is not None:
+            return AdvisoryRunLock(self.database, name, name).is_held()
+        return FileRunLock(Path(name), name).is_held()
 
     def leader(self, half: str) -> RunLock:
         """Whoever holds it runs the scheduled syncs of `half`; the others wait to take over."""

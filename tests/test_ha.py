@@ -29,6 +29,7 @@ from tests.apifixtures import (
     write_builds,
     write_catalog_config,
 )
+from tests.gitfixtures import git, http_upstream
 from tests.hafixtures import Replica, SlowCatalog, refs, replica_config, replicas, slow_catalog, wait_for
 from tests.pgfixtures import PASSWORD, PgServer, connect
 
@@ -331,3 +332,32 @@ def test_while_the_database_is_down_git_is_served_and_the_catalog_answers_from_i
             "main", "ccccccc"
         )
     assert PASSWORD not in replica.log.read_text()
+
+
+def test_a_git_sync_running_on_one_replicas_volume_is_running_for_every_replica(
+    tmp_path: Path, pg_url: str, make_upstream: Any
+) -> None:
+    """Git runs lock their own volume: another replica, asked about the job, must not take the lock
+    of its own volume being free for the job's replica being gone."""
+    up = make_upstream("alpha")
+    git("clone", "-q", "--bare", str(up.path), str(tmp_path / "served" / "alpha"))
+    with (
+        http_upstream(tmp_path / "served") as upstream,
+        slow_catalog({}, delay=0) as catalog,
+    ):
+        upstream.stall_seconds = 3.0
+        configs = [
+            replica_config(
+                tmp_path, n, upstream_url=catalog.url, slugs=("alpha",), git={"enabled": True},
+                git_urls={"alpha": upstream.repo_url("alpha")},
+            )
+            for n in NAMES[:2]
+        ]  # fmt: skip
+        with replicas(configs, state_url=pg_url) as [r0, r1]:
+            started = httpx.post(f"{r0.url}{ADMIN}/sync-git", headers=bearer(), timeout=10).json()
+            time.sleep(1.0)  # well inside the stalled fetch
+            asked = httpx.get(f"{r1.url}{ADMIN}/jobs/{started['job_id']}", headers=bearer()).json()
+            assert asked["state"] == "running"
+            assert asked["replica"] == "r0"
+            done = wait_for_job(httpx.Client(base_url=r1.url), started["job_id"], timeout=60)
+    assert done["state"] == "succeeded", done

@@ -249,7 +249,8 @@ def m005_jobs(conn: Conn) -> None:
             started_at TEXT NOT NULL,
             finished_at TEXT,
             result TEXT,
-            error TEXT
+            error TEXT,
+            lock TEXT
         )
         """
     )

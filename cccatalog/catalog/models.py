@@ -108,3 +108,6 @@ class JobRecord:
     finished_at: datetime | None = None
     result: dict[str, Any] | None = None
     error: str | None = None
+    # the run lock it holds while running (`RunLock.name`): free while the row says running means
+    # its replica stopped
+    lock: str | None = None

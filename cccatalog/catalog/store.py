@@ -128,9 +128,9 @@ _SELECT_POINTERS = """
     LEFT JOIN cccatalog_image_refs s ON s.slug = p.slug AND s.ref = p.stable_ref
     LEFT JOIN cccatalog_image_syncs y ON y.slug = k.slug
 """
-_JOB_COLUMNS = "id, kind, state, replica, started_at, finished_at, result, error"
+_JOB_COLUMNS = "id, kind, state, replica, started_at, finished_at, result, error, lock"
 _UPSERT_JOB = f"""
-    INSERT INTO cccatalog_jobs ({_JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+    INSERT INTO cccatalog_jobs ({_JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (id) DO UPDATE SET state = excluded.state, finished_at = excluded.finished_at,
         result = excluded.result, error = excluded.error
 """  # noqa: S608 - column names only
@@ -544,7 +544,7 @@ class Store:
         row = (
             job.id, job.kind, job.state, job.replica, to_db_time(job.started_at),
             to_db_time(job.finished_at) if job.finished_at else None,
-            None if job.result is None else json.dumps(job.result), job.error,
+            None if job.result is None else json.dumps(job.result), job.error, job.lock,
         )  # fmt: skip
         self._write("record a job in", lambda conn: conn.execute(_UPSERT_JOB, row))
 
@@ -650,12 +650,12 @@ def _pointers(row: tuple[Any, ...]) -> CatalogPointers:
 
 
 def _job(row: tuple[Any, ...]) -> JobRecord:
-    job_id, kind, state, replica, started, finished, result, error = row
+    job_id, kind, state, replica, started, finished, result, error, lock = row
     started_at = from_db_time(started)
     assert started_at is not None
     return JobRecord(
         job_id, kind, state, replica, started_at, from_db_time(finished),
-        None if result is None else json.loads(result), error,
+        None if result is None else json.loads(result), error, lock,
     )  # fmt: skip
 
 

@@ -32,8 +32,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("cccatalog.serve")
 
 _MAX_KEPT = 100
-# the run lock (its half) each kind of job takes
-HALVES = {"sync-git": "git", "sync-catalog": "images"}
 
 
 @dataclass
@@ -47,18 +45,19 @@ class Job:
     error: str | None = None
     done: threading.Event = field(default_factory=threading.Event)
     replica: str | None = None
+    lock: str | None = None  # the name of the run lock it holds
 
     def record(self) -> JobRecord:
         return JobRecord(
             self.id, self.kind, self.state, self.replica, self.started_at, self.finished_at,
-            self.result, self.error,
+            self.result, self.error, self.lock,
         )  # fmt: skip
 
     @classmethod
     def of(cls, record: JobRecord) -> Job:
         job = cls(
             record.id, record.kind, record.state, record.started_at, record.finished_at, record.result,
-            record.error, replica=record.replica,
+            record.error, replica=record.replica, lock=record.lock,
         )  # fmt: skip
         if record.state != "running":
             job.done.set()
@@ -67,21 +66,21 @@ class Job:
 
 class JobRunner:
     """Starts and answers about jobs. `store` keeps them for every replica (None: this process only);
-    `run_lock(half)` is the run lock of a half, to tell a job left behind by a stopped replica."""
+    `lock_held(name)` says whether a run lock is held, to tell a job left behind by a stopped replica."""
 
     def __init__(
         self,
         store: Store | None = None,
         *,
         replica: str = "",
-        run_lock: Callable[[str], RunLock] | None = None,
+        lock_held: Callable[[str], bool] | None = None,
     ) -> None:
         self._jobs: dict[str, Job] = {}
         self._running: dict[str, str] = {}
         self._lock = threading.Lock()
         self._store = store
         self._replica = replica
-        self._run_lock = run_lock
+        self._lock_held = lock_held
 
     def get(self, job_id: str) -> Job | None:
         """The job from this process, else from the state (StateError when it cannot be read)."""
@@ -101,10 +100,9 @@ class JobRunner:
         return Job.of(record)
 
     def _left_behind(self, record: JobRecord) -> bool:
-        half = HALVES.get(record.kind)
-        if self._run_lock is None or half is None or self._store is None:
+        if self._lock_held is None or record.lock is None or self._store is None:
             return False
-        if self._run_lock(half).is_held():
+        if self._lock_held(record.lock):
             return False
         # its replica writes the final row before it lets go of the lock: read it once more
         again = self._store.get_job(record.id)
@@ -116,7 +114,9 @@ class JobRunner:
             if kind in self._running:
                 raise LockBusy(f"a {kind} job is already running (job {self._running[kind]})")
         held = lock.acquire(timeout=0)  # another process, another replica?
-        job = Job(id=f"{kind}-{secrets.token_hex(5)}", kind=kind, replica=self._replica or None)
+        job = Job(
+            id=f"{kind}-{secrets.token_hex(5)}", kind=kind, replica=self._replica or None, lock=lock.name
+        )
         try:
             self._save(job)
         except BaseException:

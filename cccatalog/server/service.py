@@ -127,7 +127,7 @@ def build_service(
         return catalog_summary(run_sync(cfg, store, request, redactor=redactor, environ=environ))
 
     locks = Locks.for_state(config, store)
-    jobs = JobRunner(store, replica=replica, run_lock=locks.run)
+    jobs = JobRunner(store, replica=replica, lock_held=locks.held)
     api = ApiContext(
         live, store, servability, jobs, {"git": sync_git, "images": sync_catalog}, environ,
         locks=locks, replica=replica,
