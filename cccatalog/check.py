@@ -68,6 +68,7 @@ def check(
 ) -> CheckReport:
     report = CheckReport(config.path)
     add = report.checks.append
+    redactor.add(*config.state.secrets(environ))  # the database password, in anything logged
     mirrored = sorted(mirrored_slugs(config))
     collections = len(config.codecollections)
     add(Check("config", Status.OK, f"{len(config.sources)} sources, {collections} CodeCollections, "

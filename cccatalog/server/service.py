@@ -313,8 +313,8 @@ class Scheduler:
         lock = self.api.run_locks.leader(kind)
         try:
             held = lock.try_acquire()
-        except StateError as exc:
-            log.warning("scheduled %s skipped: %s", action, exc)
+        except (StateError, OSError) as exc:  # the database is away; a lock directory is read-only
+            log.warning("scheduled %s skipped: cannot take the lead: %s", action, exc)
             return False
         if held is None:
             log.info("scheduled %s skipped: another replica leads the scheduled runs", action)
