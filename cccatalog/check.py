@@ -221,10 +221,10 @@ def _network(config: Config, git: Git, environ: Mapping[str, str], redactor: Red
 
 
 def _registries(config: Config, environ: Mapping[str, str], redactor: Redactor) -> Iterator[Check]:
+    from cccatalog.oci.auth import source_auth
     from cccatalog.oci.client import RegistryClient
     from cccatalog.oci.reference import parse_reference
     from cccatalog.oci.tags import group_by_ref
-    from cccatalog.oci.targets import source_auth
 
     for source in config.sources:
         if source.type != "oci" or not any(cc.image_registry for cc in source.codecollections):

@@ -2,8 +2,8 @@
 
 Every CCCatalogError becomes one `error:` line and its exit code here (0 ok, 1 something failed,
 2 usage or config); a traceback is shown only with -vv. Environment fallbacks are declared on the
-options themselves, so they are validated like the options. The global flags (-v, -q) work before
-or after the command.
+options themselves, so they are validated like the options. The global flags (-v, -q,
+--log-format) work before or after the command.
 
 Each command imports what it needs when it runs: `resolve-latest` and `--help` do not pay for the
 server, git and SQLite modules (nor `sync` for the registry client's), which is most of start-up.
@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -23,7 +23,7 @@ import typer
 
 from cccatalog import __version__, envvars
 from cccatalog.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CCCatalogError, UsageError
-from cccatalog.logs import setup_logging
+from cccatalog.logs import LOG_FORMAT_VAR, LogFormat, setup_logging
 from cccatalog.redact import Redactor
 
 if TYPE_CHECKING:
@@ -37,6 +37,7 @@ class Invocation:
 
     verbosity: int = 0
     redactor: Redactor = field(default_factory=Redactor)
+    log_format: LogFormat = LogFormat.TEXT
 
     @property
     def quiet(self) -> bool:
@@ -53,7 +54,7 @@ app = typer.Typer(
     help="Air-gap git mirrors and image catalog for CodeCollections.\n\n"
     "A CodeCollection is a git repository of automation tasks plus the container images built from it.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion, --show-completion; costs no import when unused
     pretty_exceptions_enable=False,  # errors are rendered by run(); tokens live in locals
     rich_markup_mode=None,  # plain help: brackets in option help are text, and nothing is folded
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
@@ -71,6 +72,15 @@ JobsOpt = Annotated[
     int | None,
     typer.Option("--jobs", "-j", min=1, max=64, metavar="N", help="Repos at once [git.parallelism]."),
 ]
+
+
+SignKeyOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--sign-key", metavar="KEY",
+        help="Sign the manifest with this SSH private key (ssh-keygen -Y sign; a .pub uses ssh-agent).",
+    ),
+]  # fmt: skip
 
 
 HostOpt = typer.Option(
@@ -115,6 +125,16 @@ def _root(
         ),
     ] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr; no table.")] = False,
+    log_format: Annotated[
+        LogFormat,
+        typer.Option(
+            "--log-format",
+            envvar=[LOG_FORMAT_VAR],
+            show_envvar=True,
+            case_sensitive=False,
+            help="text, or json: one JSON object per line on stderr, for a log pipeline.",
+        ),
+    ] = LogFormat.TEXT,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
@@ -122,7 +142,8 @@ def _root(
     """cccatalog keeps bare git mirrors of CodeCollections fresh and serves them to air-gapped sites."""
     inv = _inv(ctx)
     inv.verbosity = -1 if quiet else verbose
-    setup_logging(inv.verbosity, inv.redactor)
+    inv.log_format = log_format
+    setup_logging(inv.verbosity, inv.redactor, log_format=log_format)
 
 
 def _load(config: Path | None) -> Config:
@@ -189,6 +210,32 @@ def check(
     report = run_check(_load(config), environ=os.environ, redactor=inv.redactor, network=network)
     render.check_report(report, as_json=as_json)
     render.check_failures(report)
+    if report.failed:
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command(epilog=_example("cccatalog status -c config.yaml --max-age 2h --json"))
+def status(
+    ctx: typer.Context,
+    config: ConfigOpt = None,
+    max_age: Annotated[
+        str | None,
+        typer.Option(
+            "--max-age",
+            metavar="AGE",
+            help="Oldest acceptable last sync: 90m, 2h, 1d [serve.freshness_budget_minutes].",
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Is every mirror fresh? Reads the state file only (no network); exit 1 when one is stale or failing."""
+    from cccatalog import render
+    from cccatalog.status import parse_duration, status_from_state
+
+    inv = _inv(ctx)
+    seconds = parse_duration(max_age) if max_age is not None else None
+    report = status_from_state(_load(config), max_age_seconds=seconds)
+    render.status_report(report, as_json=as_json, quiet=inv.quiet)
     if report.failed:
         raise typer.Exit(EXIT_FAILED)
 
@@ -278,6 +325,7 @@ def bake(
     ] = None,
     jobs: JobsOpt = None,
     as_json: JsonOpt = False,
+    sign_key: SignKeyOpt = None,
 ) -> None:
     """Mirror every CodeCollection with a git_url into DEST and write DEST/manifest.json."""
     from cccatalog import render
@@ -288,10 +336,89 @@ def bake(
     inv = _inv(ctx)
     cfg = _load(config)
     result = bake_mirrors(
-        cfg, dest.resolve(), Git(redactor=inv.redactor), environ=os.environ, token_file=token_file, jobs=jobs
-    )
+        cfg, dest.resolve(), Git(redactor=inv.redactor), environ=os.environ, token_file=token_file, jobs=jobs,
+        sign_key=sign_key,
+    )  # fmt: skip
     render.sync_report(SyncReport(git=result.repos), as_json=as_json, quiet=inv.quiet)
     if result.manifest is None:
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command(epilog=_example("cccatalog manifest -c config.yaml --out site.json"))
+def manifest(
+    ctx: typer.Context,
+    config: ConfigOpt = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", metavar="FILE", help="Write it to FILE (default: stdout).")
+    ] = None,
+) -> None:
+    """What this site has (every ref of every mirror, the image refs): carry it to export --since."""
+    from cccatalog import render
+    from cccatalog.gitmirror.git import Git
+    from cccatalog.manifest import describe_site
+
+    data = describe_site(_load(config), Git(redactor=_inv(ctx).redactor))
+    render.manifest(data, out)
+
+
+@app.command(
+    epilog=_example("cccatalog export -c config.yaml --since site.json --out update.tar --sign-key release")
+)
+def export(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option("--out", metavar="FILE", help="The update file to write (a tar).")],
+    config: ConfigOpt = None,
+    since: Annotated[
+        Path | None,
+        typer.Option("--since", metavar="FILE", help="The site's manifest; without it, a full export."),
+    ] = None,
+    sign_key: SignKeyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write one file that brings a site from its manifest to these mirrors and this catalog."""
+    from cccatalog import render
+    from cccatalog.gitmirror.git import Git
+    from cccatalog.transfer.export import export_update
+
+    inv = _inv(ctx)
+    result = export_update(
+        _load(config), Git(redactor=inv.redactor), out=out, since=since, sign_key=sign_key, environ=os.environ
+    )
+    render.export_result(result, as_json=as_json, quiet=inv.quiet)
+
+
+@app.command("import", epilog=_example("cccatalog import update.tar -c config.yaml"))
+def import_(
+    ctx: typer.Context,
+    update: Annotated[Path, typer.Argument(metavar="FILE", help="The update file `export` wrote.")],
+    config: ConfigOpt = None,
+    allowed_signers: Annotated[
+        Path | None,
+        typer.Option(
+            "--allowed-signers", metavar="FILE", help="SSH allowed signers [transfer.allowed_signers]."
+        ),
+    ] = None,
+    signer: Annotated[
+        str | None,
+        typer.Option("--signer", metavar="PRINCIPAL", help="Who must have signed [transfer.signer]."),
+    ] = None,
+    allow_unsigned: Annotated[
+        bool, typer.Option("--allow-unsigned", help="Import an update that carries no signature.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Apply an update to this site's mirrors and catalog while serve keeps serving."""
+    from cccatalog import render
+    from cccatalog.gitmirror.git import Git
+    from cccatalog.transfer.importer import import_update
+
+    inv = _inv(ctx)
+    result = import_update(
+        _load(config), Git(redactor=inv.redactor), update, allowed_signers=allowed_signers, signer=signer,
+        allow_unsigned=allow_unsigned, environ=os.environ,
+    )  # fmt: skip
+    render.import_result(result, as_json=as_json, quiet=inv.quiet)
+    if result.failed:
         raise typer.Exit(EXIT_FAILED)
 
 
@@ -340,11 +467,13 @@ def resolve_latest(
 # --- running ------------------------------------------------------------------------------------
 
 _GLOBAL_FLAGS = frozenset({"-v", "-vv", "-vvv", "--verbose", "-q", "--quiet"})
+_GLOBAL_OPTIONS = frozenset({"--log-format"})  # global options that take a value
 
 
 def hoist_global_flags(group: Any, argv: Sequence[str]) -> list[str]:
-    """`cccatalog sync -c x -v` as `cccatalog -v sync -c x`: the global flags also work after the
-    command, as people type them. A flag that is the value of an option (`--only -v`) stays put."""
+    """`cccatalog sync -c x -v` as `cccatalog -v sync -c x`: the global flags (and `--log-format X`)
+    also work after the command, as people type them. A flag that is the value of an option
+    (`--only -v`) stays put."""
     args = list(argv)
     index = next((i for i, a in enumerate(args) if a in group.commands), None)
     if index is None:
@@ -356,15 +485,35 @@ def hoist_global_flags(group: Any, argv: Sequence[str]) -> list[str]:
         for opt in param.opts
     }
     head, rest, hoisted = args[: index + 1], [], []
-    for i, arg in enumerate(args[index + 1 :], start=index + 1):
+    i = index + 1
+    while i < len(args):
+        arg = args[i]
         if arg == "--":
             rest.extend(args[i:])
             break
-        if arg in _GLOBAL_FLAGS and args[i - 1] not in takes_value:
+        is_value = args[i - 1] in takes_value
+        if arg in _GLOBAL_FLAGS and not is_value:
+            hoisted.append(arg)
+        elif arg in _GLOBAL_OPTIONS and not is_value and i + 1 < len(args):
+            hoisted += args[i : i + 2]
+            i += 1
+        elif arg.partition("=")[0] in _GLOBAL_OPTIONS and not is_value:
             hoisted.append(arg)
         else:
             rest.append(arg)
+        i += 1
     return hoisted + head + rest
+
+
+def _early_log_format(args: Sequence[str], environ: Mapping[str, str]) -> LogFormat:
+    """The log format asked for, known before the parser runs: its own errors are said in it too."""
+    value = environ.get(LOG_FORMAT_VAR, "")
+    for i, arg in enumerate(args):
+        if arg in _GLOBAL_OPTIONS and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith("--log-format="):
+            value = arg.partition("=")[2]
+    return LogFormat.JSON if value.strip().lower() == LogFormat.JSON else LogFormat.TEXT
 
 
 def run(argv: Sequence[str] | None = None) -> int:
@@ -372,6 +521,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     inv = Invocation()
     command = typer.main.get_command(app)
     args = hoist_global_flags(command, sys.argv[1:] if argv is None else argv)
+    if _early_log_format(args, os.environ) is LogFormat.JSON:
+        setup_logging(0, inv.redactor, log_format=LogFormat.JSON)
     try:
         result = command.main(args=args, prog_name="cccatalog", standalone_mode=False, obj=inv)
     except typer.Exit as exc:
@@ -409,10 +560,10 @@ def _name_the_envvar(message: str) -> str:
 
     def which(match: re.Match[str]) -> str:
         names = re.findall(r"'([A-Z_]+)'", match.group(1))
-        used = envvars.first_name(os.environ, names) or " or ".join(names)
-        return f"(from the environment variable {used})"
+        used = envvars.first_name(os.environ, names)
+        return f"(from the environment variable {used})" if used else ""
 
-    return _ENVVAR_LIST.sub(which, message)
+    return re.sub(r" +:", ":", _ENVVAR_LIST.sub(which, message))
 
 
 def _print_error(inv: Invocation, exc: BaseException) -> None:
@@ -423,14 +574,17 @@ def _print_error(inv: Invocation, exc: BaseException) -> None:
         message = f"{exc.strerror or type(exc).__name__}{where}"
     else:
         message = str(exc)
-    details = []
+    trace = None
     if inv.verbosity > 1:
         import traceback
 
-        details.append(inv.redactor("".join(traceback.format_exception(exc))))
-    render.error(inv.redactor(message), details=details)
+        trace = inv.redactor("".join(traceback.format_exception(exc)))
+    render.error(inv.redactor(message), exc=trace)
 
 
 def main() -> None:
+    from cccatalog.gitmirror.children import end_children_with_process
+
+    end_children_with_process()
     code = run()
     sys.exit(code if code in (EXIT_OK, EXIT_FAILED, EXIT_USAGE, 130) else EXIT_FAILED)

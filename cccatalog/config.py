@@ -20,6 +20,7 @@ import yaml
 
 from cccatalog import envvars
 from cccatalog.errors import ConfigError
+from cccatalog.redact import GITHUB_TOKEN, strip_url_credentials
 
 RefScope = Literal["branches-and-tags", "all"]
 Visibility = Literal["public", "hidden"]
@@ -145,6 +146,15 @@ class StateConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TransferConfig:
+    """Who may sign what this site imports (`cccatalog import`) and the manifest `serve` checks at
+    start-up: an OpenSSH allowed-signers file, and optionally the one principal in it that must sign."""
+
+    allowed_signers: Path | None = None
+    signer: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ServeConfig:
     """`cccatalog serve`: where to listen and how much one host gives to clients."""
 
@@ -156,6 +166,10 @@ class ServeConfig:
     request_timeout_seconds: int = 3600
     shutdown_grace_seconds: int = 30
     advertisement_cache_mb: int = 32
+    # The status page and `cccatalog status`: where a reverse proxy mounts serve (links and clone
+    # URLs on the page start with it), and how old a mirror may get before it is shown as stale.
+    path_prefix: str = ""
+    freshness_budget_minutes: int = 120
     # how this replica names itself in answers about its own disk (git status); default: the hostname
     replica_id: str | None = None
 
@@ -168,6 +182,7 @@ class Config:
     state: StateConfig
     serve: ServeConfig = field(default_factory=ServeConfig)
     images: ImagesConfig = field(default_factory=ImagesConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
     sources: tuple[Source, ...] = ()
     warnings: tuple[str, ...] = ()
 
@@ -207,13 +222,13 @@ SLUG_RULE = (
 )
 _SLUG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-# A GitHub token pasted where the name of the variable holding it belongs.
-_TOKEN_RE = re.compile(r"(gh[pousr]_|github_pat_)[A-Za-z0-9_]{20,}")
+# An allowed-signers principal: what `ssh-keygen -Y verify -I` matches (an email-like name).
+_PRINCIPAL_RE = re.compile(r"[^\s,\"'*?!]{1,200}")
 _SCP_RE = re.compile(r"[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:\S+")
 _MOUNT_RE = re.compile(r"(/[A-Za-z0-9_~-][A-Za-z0-9._~-]*)+/?")
 _GIT_SCHEMES = ("https", "http", "ssh", "git", "file")
 
-_TOP_KEYS = ("git", "images", "scheduler", "serve", "sources", "state")
+_TOP_KEYS = ("git", "images", "scheduler", "serve", "sources", "state", "transfer")
 _LEGACY_TOP = {
     "destinations": "image mirroring to other registries is not part of cccatalog",
     "storage": "cccatalog keeps its state in an SQLite file or a PostgreSQL database (state.path, state.url)",
@@ -222,15 +237,11 @@ _LEGACY_TOP = {
 _LEGACY_SCHEDULER = dict.fromkeys(
     ("mirror_poll_minutes", "mirror_workers", "per_job_timeout_seconds"), _LEGACY_TOP["destinations"]
 )
-_GIT_KEYS = (
-    *("enabled", "data_dir", "mount_path", "public_base_url", "runtime_sync", "auth", "codecollections"),
-    *("clone_timeout_seconds", "fetch_timeout_seconds", "refs", "parallelism", "lock_timeout_seconds"),
-)
-_AUTH_KEYS = ("token_env", "user_env", "pass_env", "dockerconfigjson_env")
-_CC_KEYS = (
-    *("slug", "name", "git_url", "image_registry", "default_ref", "visibility", "static_path"),
-    "upstream_url",
-)
+# The keys each block accepts are its dataclass's fields (a field that is not a key, like a
+# collection's `source`, is left out): one list to keep in step with the code.
+_GIT_KEYS = tuple(GitConfig.__dataclass_fields__)
+_AUTH_KEYS = tuple(AuthConfig.__dataclass_fields__)
+_CC_KEYS = tuple(name for name in CodeCollection.__dataclass_fields__ if name != "source")
 
 _T = TypeVar("_T")
 
@@ -308,6 +319,7 @@ def parse_config(data: object, *, path: Path, environ: Mapping[str, str] | None 
     state = _state(top.child("state"), git.data_dir, environ or {})
     serve = _serve(top.child("serve"))
     images = _images(top.child("images"))
+    transfer = _transfer(top.child("transfer"))
     if ctx.problems:
         raise ConfigError(str(path), ctx.problems)
     return Config(
@@ -317,6 +329,7 @@ def parse_config(data: object, *, path: Path, environ: Mapping[str, str] | None 
         state=state,
         serve=serve,
         images=images,
+        transfer=transfer,
         sources=sources,
         warnings=tuple(ctx.warnings),
     )
@@ -433,7 +446,7 @@ def _auth(r: _Reader) -> AuthConfig:
     names: dict[str, str | None] = {}
     for key in _AUTH_KEYS:
         value = r.data.get(key)
-        ok = isinstance(value, str) and _ENV_NAME_RE.fullmatch(value) and not _TOKEN_RE.fullmatch(value)
+        ok = isinstance(value, str) and _ENV_NAME_RE.fullmatch(value) and not GITHUB_TOKEN.fullmatch(value)
         names[key] = value if ok and isinstance(value, str) else None
         # Never echo the value: it may be the secret itself (and a GitHub token is a valid name).
         if value is not None and not ok:
@@ -541,7 +554,8 @@ def _collection(r: _Reader, source: str, slugs: dict[str, str], auth_key: str) -
 
 def _git(r: _Reader, slugs: Mapping[str, str]) -> GitConfig:
     r.check_keys(_GIT_KEYS)
-    mount_path = r.str_("mount_path", "/git")
+    d = GitConfig()
+    mount_path = r.str_("mount_path", d.mount_path)
     if not _MOUNT_RE.fullmatch(mount_path) or mount_path.rstrip("/") in ("/api", "/healthz", "/readyz"):
         r.problem("mount_path", f"expected an absolute URL path such as /git, got {_quote(mount_path)}")
     base_url = r.str_("public_base_url", None)
@@ -567,24 +581,36 @@ def _git(r: _Reader, slugs: Mapping[str, str]) -> GitConfig:
         elif slug not in allow:
             allow.append(slug)
     return GitConfig(
-        enabled=r.bool_("enabled", False),
-        data_dir=r.path_("data_dir", DEFAULT_DATA_DIR),
-        mount_path=mount_path.rstrip("/") or "/git",
+        enabled=r.bool_("enabled", d.enabled),
+        data_dir=r.path_("data_dir", d.data_dir),
+        mount_path=mount_path.rstrip("/") or d.mount_path,
         public_base_url=base_url,
-        runtime_sync=r.bool_("runtime_sync", True),
+        runtime_sync=r.bool_("runtime_sync", d.runtime_sync),
         auth=_auth(r.child("auth")),
         codecollections=tuple(allow),
-        clone_timeout_seconds=r.int_("clone_timeout_seconds", 900, 30, 7200),
-        fetch_timeout_seconds=r.int_("fetch_timeout_seconds", 600, 30, 3600),
-        refs=cast(RefScope, r.choice("refs", "branches-and-tags", ("branches-and-tags", "all"))),
-        parallelism=r.int_("parallelism", 4, 1, 64),
-        lock_timeout_seconds=r.int_("lock_timeout_seconds", 600, 0, 86400),
+        clone_timeout_seconds=r.int_("clone_timeout_seconds", d.clone_timeout_seconds, 30, 7200),
+        fetch_timeout_seconds=r.int_("fetch_timeout_seconds", d.fetch_timeout_seconds, 30, 3600),
+        refs=cast(RefScope, r.choice("refs", d.refs, ("branches-and-tags", "all"))),
+        parallelism=r.int_("parallelism", d.parallelism, 1, 64),
+        lock_timeout_seconds=r.int_("lock_timeout_seconds", d.lock_timeout_seconds, 0, 86400),
     )
 
 
 def _images(r: _Reader) -> ImagesConfig:
     r.check_keys(("runtime_sync",))
     return ImagesConfig(runtime_sync=r.bool_("runtime_sync", True))
+
+
+def _transfer(r: _Reader) -> TransferConfig:
+    r.check_keys(("allowed_signers", "signer"))
+    signer = r.str_("signer", None)
+    if signer is not None and not _PRINCIPAL_RE.fullmatch(signer):
+        r.problem("signer", f"expected one principal of the allowed signers file, got {_quote(signer)}")
+        signer = None
+    allowed = r.path_("allowed_signers", None)
+    if signer is not None and allowed is None:
+        r.problem("signer", "is set without transfer.allowed_signers (the file that holds its key)")
+    return TransferConfig(allowed_signers=allowed, signer=signer)
 
 
 def _serve(r: _Reader) -> ServeConfig:
@@ -601,8 +627,24 @@ def _serve(r: _Reader) -> ServeConfig:
         request_timeout_seconds=r.int_("request_timeout_seconds", d.request_timeout_seconds, 10, 86400),
         shutdown_grace_seconds=r.int_("shutdown_grace_seconds", d.shutdown_grace_seconds, 0, 3600),
         advertisement_cache_mb=r.int_("advertisement_cache_mb", d.advertisement_cache_mb, 0, 4096),
+        path_prefix=_path_prefix(r),
+        freshness_budget_minutes=r.int_("freshness_budget_minutes", d.freshness_budget_minutes, 1, 525600),
         replica_id=r.str_("replica_id", d.replica_id),
     )
+
+
+def _path_prefix(r: _Reader) -> str:
+    """`/cccatalog` (no trailing slash), or "" for none; the same characters a mount path may use."""
+    prefix = r.str_("path_prefix", "/")
+    if not is_path_prefix(prefix):
+        r.problem("path_prefix", f"expected an absolute URL path such as /cccatalog, got {_quote(prefix)}")
+        return ""
+    return prefix.rstrip("/")
+
+
+def is_path_prefix(value: str) -> bool:
+    """True for `/`, `/a`, `/a/b/`: segments of URL-safe characters, none starting with a dot (no `..`)."""
+    return value == "/" or (len(value) <= 200 and _MOUNT_RE.fullmatch(value) is not None)
 
 
 def _state(r: _Reader, data_dir: Path, environ: Mapping[str, str]) -> StateConfig:
@@ -720,7 +762,7 @@ def split_registry_host(reference: str) -> tuple[str | None, str]:
 
 
 def _registry_problem(value: str) -> str | None:
-    shown = _quote(_redact_url(value))
+    shown = _quote(strip_url_credentials(value))
     if "://" in value:
         return f"expected host/path without a scheme, like ghcr.io/org/repo; got {shown}"
     host, path = split_registry_host(value)
@@ -743,11 +785,11 @@ def _git_url_problem(url: str) -> str | None:
     if url.startswith("/") or _SCP_RE.fullmatch(url):
         return None
     expected = ", ".join(f"{s}://" for s in _GIT_SCHEMES) + ", user@host:path or an absolute path"
-    return f"{_quote(_redact_url(url))} is not a git URL (expected {expected})"
+    return f"{_quote(strip_url_credentials(url))} is not a git URL (expected {expected})"
 
 
 def _url_problem(url: str, schemes: Sequence[str], credentials_hint: str) -> str | None:
-    shown = _quote(_redact_url(url))
+    shown = _quote(strip_url_credentials(url))
     try:
         parts = urlsplit(url)
         scheme, host, password = parts.scheme.lower(), parts.hostname, parts.password
@@ -761,14 +803,6 @@ def _url_problem(url: str, schemes: Sequence[str], credentials_hint: str) -> str
     if not host and scheme != "file":
         return f"{shown} has no host"
     return None
-
-
-def _redact_url(url: str) -> str:
-    """`url` with everything between the scheme and the last '@' replaced by ***."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        scheme, rest = "", url
-    return f"{scheme}{sep}***@{rest.rpartition('@')[2]}" if "@" in rest else url
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:

@@ -13,11 +13,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from cccatalog.config import AuthConfig
-from cccatalog.errors import CCCatalogError
-
-
-class CredentialError(CCCatalogError):
-    """An auth block names an environment variable or file that does not deliver credentials."""
+from cccatalog.errors import CredentialError
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,15 +41,30 @@ def url_host(url: str) -> str | None:
     return netloc.rsplit("@", 1)[-1].lower() or None
 
 
-def resolve(
+@dataclass(frozen=True, slots=True)
+class TokenCredentials:
+    """A token as an auth block gives it (`token_env`): how it is presented depends on the service."""
+
+    token: str = field(repr=False)
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return (self.token,)
+
+
+Credentials = TokenCredentials | BasicCredentials
+
+
+def credentials_from(
     auth: AuthConfig, *, key: str, host: str | None, environ: Mapping[str, str]
-) -> BasicCredentials | None:
-    """Credentials for `host` from the env vars `auth` names; None when the block is anonymous.
+) -> Credentials | None:
+    """What an auth block delivers for `host`: a token, Basic credentials, or None (anonymous, or a
+    Docker config without an entry for the host). The one reading of the three auth forms.
 
     `key` is the block's key path (`git.auth`, `sources[0].auth`) for error messages.
     """
     if auth.token_env:
-        return BasicCredentials("x-access-token", env_value(environ, auth.token_env, f"{key}.token_env"))
+        return TokenCredentials(env_value(environ, auth.token_env, f"{key}.token_env"))
     if auth.user_env and auth.pass_env:
         return BasicCredentials(
             env_value(environ, auth.user_env, f"{key}.user_env"),
@@ -65,6 +76,21 @@ def resolve(
             raw, host, origin=f"{key}.dockerconfigjson_env ({auth.dockerconfigjson_env})"
         )
     return None
+
+
+def resolve(
+    auth: AuthConfig, *, key: str, host: str | None, environ: Mapping[str, str]
+) -> BasicCredentials | None:
+    """Credentials for a git upstream: GitHub wants a token as Basic `x-access-token:<token>`."""
+    creds = credentials_from(auth, key=key, host=host, environ=environ)
+    if isinstance(creds, TokenCredentials):
+        return BasicCredentials("x-access-token", creds.token)
+    return creds
+
+
+def authorization(creds: Credentials) -> str:
+    """The Authorization header for an HTTP API: a token as Bearer, Basic as Basic."""
+    return f"Bearer {creds.token}" if isinstance(creds, TokenCredentials) else creds.authorization
 
 
 def env_value(environ: Mapping[str, str], name: str, key: str) -> str:

@@ -54,3 +54,16 @@ class GitError(CCCatalogError):
 
 class LockBusy(CCCatalogError):
     """Another process holds a lock and we were told not to wait (or waited long enough)."""
+
+
+class CredentialError(CCCatalogError):
+    """An auth block names an environment variable or file that does not deliver credentials."""
+
+
+class RegistryError(CCCatalogError):
+    """A registry (or its token server) refused, failed or answered something unusable. `status` is
+    the HTTP status when there was one."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status

@@ -12,6 +12,7 @@ The image half (httpx and the registry client) is imported only when a run polls
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
@@ -19,13 +20,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cccatalog.config import Config
-from cccatalog.errors import UsageError
+from cccatalog.errors import LockBusy, UsageError
 from cccatalog.gitmirror.git import Git
 from cccatalog.gitmirror.layout import Layout
 from cccatalog.gitmirror.sync import Action, MirrorSyncer, RepoResult, RepoTask, SyncOptions, plan_sync
 from cccatalog.paths import require_writable_dir
 from cccatalog.redact import Redactor
-from cccatalog.replica import mirror_volume, replica_id
 from cccatalog.runlocks import Locks
 
 if TYPE_CHECKING:
@@ -43,6 +43,9 @@ class SyncRequest:
     no_wait: bool = False
     # past the air-gap guards (--allow-runtime-sync, ?allow_runtime_sync=true)
     allow_runtime_sync: bool = False
+    # why a half is skipped as a whole: set by `run_locks` when another run holds it and no_wait
+    skip_git: str | None = None
+    skip_images: str | None = None
 
 
 @dataclass(slots=True)
@@ -75,21 +78,46 @@ class SyncReport:
 def run_lock_path(config: Config, half: str) -> Path:
     """The run lock of one half of a sync (`git`, `images`) of an SQLite state, beside the state file
     (always writable): a cron `sync`, serve's scheduler and an admin job never run the same half at the
-    same time. A PostgreSQL state locks in the database instead (`cccatalog.runlocks`)."""
+    same time (a git sync of named repos only takes their repo locks: see `run_locks`). A PostgreSQL
+    state locks in the database instead (`cccatalog.runlocks`)."""
     return config.state.local_dir / "locks" / f"sync-{half}.lock"
 
 
+log = logging.getLogger("cccatalog.sync")
+
+
 @contextmanager
-def run_locks(config: Config, request: SyncRequest, store: Store | None = None) -> Iterator[None]:
+def run_locks(config: Config, request: SyncRequest, store: Store | None = None) -> Iterator[SyncRequest]:
     """Hold the run locks `request` needs, waiting up to git.lock_timeout_seconds (0 with no_wait):
-    files beside an SQLite state, advisory locks in a PostgreSQL `store`."""
+    files beside an SQLite state, advisory locks in a PostgreSQL `store`. Yields the request to run,
+    with the halves another run holds marked skipped under no_wait.
+
+    A git run of every repo takes the git run lock; an `--only` run takes only the locks of the repos
+    it names (per repo, in `MirrorSyncer`), so it waits for or skips just the repos that are busy, not
+    a whole run of others. The image half has no per-collection lock: every run takes its run lock.
+    """
     wait = 0 if request.no_wait else config.git.lock_timeout_seconds
     locks = Locks.for_state(config, store)
+    skipped: dict[str, str] = {}
     with ExitStack() as stack:
-        for half, wanted in (("git", request.git), ("images", request.images)):
-            if wanted:
-                stack.enter_context(locks.run(half).hold(timeout=wait))
-        yield
+        for half, wanted in (("git", request.git and not request.only), ("images", request.images)):
+            if not wanted:
+                continue
+
+            def waiting(pid: int | None, half: str = half) -> None:
+                by = f" (pid {pid})" if pid else ""
+                log.warning(
+                    "waiting for another %s sync%s to finish, up to %.0fs (git.lock_timeout_seconds)",
+                    half, by, wait,
+                )  # fmt: skip
+
+            try:
+                stack.enter_context(locks.run(half).hold(timeout=wait, on_wait=waiting))
+            except LockBusy as exc:
+                if not request.no_wait:
+                    raise
+                skipped[half] = f"{exc}, which covers this one; skipped (--no-wait)"
+        yield replace(request, skip_git=skipped.get("git"), skip_images=skipped.get("images"))
 
 
 def image_cache(config: Config) -> BlobCache:
@@ -121,14 +149,22 @@ def run_sync(
             environ=environ,
             store=store,
         )
-        report.git = run_git(syncer, tasks) if run_git else syncer.run(tasks)
+        if request.skip_git:
+            report.git = [
+                RepoResult(t.slug, Action.SKIPPED, t.display_url, error=request.skip_git) for t in tasks
+            ]
+        else:
+            report.git = run_git(syncer, tasks) if run_git else syncer.run(tasks)
     if request.images:
-        from cccatalog.catalog.images import ImageSyncer
+        from cccatalog.catalog.images import ImageSyncer, ImageSyncResult
 
         images = ImageSyncer(config, store, cache=image_cache(config), environ=environ, redactor=redactor)
         report.images_held_back = [] if images_allowed(config, request) else held_images(config, request)
-        chosen = [cc for cc in images.plan(request.only) if cc.slug not in report.images_held_back]
-        report.images = images.run(chosen, jobs=request.jobs or config.git.parallelism)
+        planned = [cc for cc in images.plan(request.only) if cc.slug not in report.images_held_back]
+        if request.skip_images:
+            report.images = [ImageSyncResult(cc.slug, cc.source, note=request.skip_images) for cc in planned]
+        else:
+            report.images = images.run(planned, jobs=request.jobs or config.git.parallelism)
     return report
 
 
@@ -246,13 +282,9 @@ def perform_sync(
     if git_half and config.state.url:
         # the volume id lives in the data directory this run is about to fill anyway
         config.git.data_dir.mkdir(parents=True, exist_ok=True)
-    volume = mirror_volume(config, replica_id(config))
     # The state first: a corrupt or newer one is refused before any lock file is made.
-    with (
-        Store.open(config.state, volume=volume, secrets=secrets) as store,
-        run_locks(config, request, store),
-    ):
-        report = run_sync(config, store, request, redactor=redactor, environ=environ, run_git=run_git)
+    with Store.for_config(config, environ=environ) as store, run_locks(config, request, store) as granted:
+        report = run_sync(config, store, granted, redactor=redactor, environ=environ, run_git=run_git)
     report.warnings[:0] = warnings
     return report
 
@@ -279,15 +311,7 @@ def git_summary(config: Config, report: SyncReport, *, skipped: str | None = Non
         "repos_updated": sum(r.action in _SYNCED for r in report.git),
         "repos_changed": sum(r.action in _CHANGED for r in report.git),
         "errors": [{"slug": r.slug, "error": r.error} for r in report.git if r.failed],
-        "repos": [
-            {
-                "slug": r.slug,
-                "action": r.action.value,
-                "head_commit": r.head_commit,
-                "duration_s": r.duration_s,
-            }
-            for r in report.git
-        ],
+        "repos": [r.to_json() for r in report.git],
     }
     if skipped:
         summary["skipped"] = skipped

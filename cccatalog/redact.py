@@ -14,16 +14,27 @@ from urllib.parse import quote
 
 MASK = "***"
 
+# A GitHub token, whoever it belongs to (also: pasted into the config where a variable NAME belongs).
+GITHUB_TOKEN = re.compile(r"gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}")
+
+# scheme://userinfo@ in a URL anywhere in a text.
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)([^/@\s'\"]+)@")
+
+
+def _mask_userinfo(match: re.Match[str]) -> str:
+    """Any userinfo is a credential (a bare token is common over HTTPS), except the harmless user name
+    of an ssh URL (ssh://git@host)."""
+    scheme, userinfo = match.group(1), match.group(2)
+    if scheme.lower() in ("ssh://", "git+ssh://", "ssh+git://") and ":" not in userinfo:
+        return match.group(0)
+    return f"{scheme}{MASK}@"
+
+
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # "Authorization: Basic abc", "authorization=Bearer abc", also inside `-c http.extraHeader=...`
     (re.compile(r"(?i)(authorization\s*[:=]\s*)(basic|bearer|token)?\s*[^\s'\"]+"), r"\1\2 " + MASK),
     (re.compile(r"(?i)(extraheader\s*=\s*)[^\n]*"), r"\1" + MASK),
-    # credentials embedded in a URL: any userinfo over HTTP(S) (a bare token is common there),
-    # and user:password over any scheme (ssh://git@host keeps its harmless user name)
-    (re.compile(r"(?i)\b(https?://)[^/@\s'\"]+@"), r"\1" + MASK + "@"),
-    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/@\s:'\"]+:)[^/@\s'\"]+@"), r"\1" + MASK + "@"),
-    # GitHub token shapes, whoever they belong to
-    (re.compile(r"\b(gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,})\b"), MASK),
+    (re.compile(rf"\b(?:{GITHUB_TOKEN.pattern})\b"), MASK),
 )
 
 # Values shorter than this are not redacted by value: masking every "x" or "1" would destroy messages.
@@ -58,13 +69,16 @@ class Redactor:
         for value in self._values:
             if value in text:
                 text = text.replace(value, MASK)
+        text = _URL_USERINFO.sub(_mask_userinfo, text)
         for pattern, replacement in _PATTERNS:
             text = pattern.sub(replacement, text)
         return text
 
 
 def strip_url_credentials(url: str) -> str:
-    """A URL safe to show, store and put in repo config: any userinfo replaced by the mask."""
-    for pattern, replacement in _PATTERNS[2:4]:
-        url = pattern.sub(replacement, url)
-    return url
+    """A URL safe to show, store and put in repo config: any userinfo replaced by the mask (an ssh URL
+    keeps its user name: `ssh://git@host`, and so does the scp form `git@host:path`)."""
+    if "://" not in url and "@" in url:
+        userinfo, _, rest = url.rpartition("@")
+        return f"{MASK}@{rest}" if ":" in userinfo else url
+    return _URL_USERINFO.sub(_mask_userinfo, url)

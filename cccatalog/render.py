@@ -18,13 +18,18 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cccatalog.logs import LOGGER_NAME
+from cccatalog.logs import LOGGER_NAME, emits_json
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from cccatalog.check import CheckReport
     from cccatalog.gitmirror.sync import MirrorSyncer, RepoResult, RepoTask
     from cccatalog.jobs import SyncReport
     from cccatalog.oci.resolve import RefResolution
+    from cccatalog.status import RepoStatus, StatusReport
+    from cccatalog.transfer.export import ExportResult
+    from cccatalog.transfer.importer import ImportResult
 
 log = logging.getLogger(LOGGER_NAME)
 
@@ -75,7 +80,7 @@ def sync_report(report: SyncReport, *, as_json: bool, quiet: bool) -> None:
             style = styles.get(r.action.value, "green")
             table.add_row(
                 r.slug, f"[{style}]{r.action.value}[/]", (r.head_commit or "")[:12], f"{r.duration_s:.1f}s",
-                escape(r.error or ""),
+                escape(r.error or r.note or ""),
             )  # fmt: skip
         out.print(table)
     if report.images:
@@ -100,7 +105,7 @@ def sync_progress(*, quiet: bool) -> Callable[[MirrorSyncer, list[RepoTask]], li
     """Runs the git half: a progress bar on a terminal, one narrated line per repo otherwise."""
 
     def run(syncer: MirrorSyncer, tasks: list[RepoTask]) -> list[RepoResult]:
-        if quiet or not sys.stderr.isatty() or not tasks:
+        if quiet or not sys.stderr.isatty() or not tasks or emits_json():
             return syncer.run(tasks, on_done=narrate)
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -146,7 +151,7 @@ def resolutions(
     console().print(table)
     if verbose:
         detail = ", ".join(f"{k}: {v}" for k, v in sorted(requests.items()))
-        sys.stderr.write(f"{sum(requests.values())} registry requests ({detail})\n")
+        note(f"{sum(requests.values())} registry requests ({detail})", requests=requests)
 
 
 # --- check ---------------------------------------------------------------------------------------
@@ -177,17 +182,159 @@ def check_failures(report: CheckReport) -> None:
         error(f"{len(failed)} {noun} failed", details=[f"  {c.subject}: {c.detail}" for c in failed])
 
 
+# --- manifest, export, import --------------------------------------------------------------------
+
+
+def manifest(data: bytes, out: Path | None) -> None:
+    """The site manifest to stdout, or to `out` in one rename."""
+    if out is None:
+        sys.stdout.write(data.decode())
+        return
+    from cccatalog.manifest import write_atomic
+
+    write_atomic(out, data)
+    log.info("wrote %s", out)
+
+
+def _size(n: int) -> str:
+    return f"{n / 1024 / 1024:.1f} MiB" if n >= 1024 * 1024 else f"{n / 1024:.1f} KiB"
+
+
+def export_result(result: ExportResult, *, as_json: bool, quiet: bool) -> None:
+    if as_json:
+        write_json(result.to_json())
+        return
+    signed = "signed" if result.signed else "unsigned"
+    sys.stderr.write(
+        f"wrote {result.path} ({_size(result.size)}, {signed}, since {result.since or 'nothing: full'})\n"
+    )
+    if quiet:
+        return
+    table = _table("export", ("slug", "carries", "refs moved", "bundle"), ("slug",))
+    for r in result.repos:
+        table.add_row(r.slug, r.kind, str(r.refs_changed), _size(r.size) if r.bundle else "")
+    console().print(table)
+    sys.stdout.write(
+        f"{result.collections} collections with image refs, {result.images} images in images.txt\n"
+    )
+
+
+def import_result(result: ImportResult, *, as_json: bool, quiet: bool) -> None:
+    for r in result.repos:
+        if r.error:
+            log.error("%s: %s", r.slug, r.error)
+    if as_json:
+        write_json(result.to_json())
+        return
+    if not result.changed and not result.failed:
+        sys.stderr.write(f"{result.archive}: already applied, nothing changed\n")
+    if quiet:
+        return
+    table = _table("import", ("slug", "action", "head", "refs moved", "error"), ("slug", "head"))
+    styles = {"failed": "red", "unchanged": "dim"}
+    for r in result.repos:
+        style = styles.get(r.action, "green")
+        table.add_row(
+            r.slug,
+            f"[{style}]{r.action}[/]",
+            (r.head_commit or "")[:12],
+            str(r.refs_changed),
+            escape(r.error or ""),
+        )
+    console().print(table)
+    replaced = ", ".join(result.catalog_replaced) or "none changed"
+    sys.stdout.write(f"catalog: {replaced}; signed by {result.signed_by or 'nobody (--allow-unsigned)'}\n")
+
+
+# --- status --------------------------------------------------------------------------------------
+
+_FRESHNESS_STYLE = {"fresh": "green", "failing": "yellow", "stale": "red", "baked": "blue"}
+
+
+def _last_success(r: RepoStatus) -> str:
+    from cccatalog.status import format_age
+
+    if r.age_seconds is not None:
+        return f"{format_age(r.age_seconds)} ago"
+    if r.freshness.value == "baked":
+        return "as baked" if r.baked_at is None else f"baked {r.baked_at:%Y-%m-%d}"
+    return "never"
+
+
+def status_report(report: StatusReport, *, as_json: bool, quiet: bool) -> None:
+    """The repositories and collections on stdout (a table, or JSON); what failed, on stderr."""
+    from cccatalog.status import format_age
+
+    if as_json:
+        write_json(report.to_json())
+    elif not quiet:
+        out = console()
+        for line in report.notes:
+            note(line, level=logging.WARNING)
+        if report.repos:
+            columns = ("slug", "state", "head", "branch", "last success", "last error")
+            table = _table("repositories", columns, ("slug", "head", "branch"))
+            for r in report.repos:
+                style = _FRESHNESS_STYLE[r.freshness.value]
+                table.add_row(
+                    r.slug, f"[{style}]{r.freshness.value}[/]", (r.head_commit or "")[:12],
+                    r.default_branch or "", _last_success(r), escape(r.last_error or ""),
+                )  # fmt: skip
+            out.print(table)
+        if report.collections:
+            table = _table(
+                "CodeCollections",
+                ("slug", "latest", "stable", "refs", "poll error"),
+                ("slug", "latest", "stable"),
+            )
+            for c in report.collections:
+                table.add_row(
+                    c.slug, c.latest.tag if c.latest else "", c.stable.tag if c.stable else "",
+                    str(c.active_refs), escape(c.poll_error or ""),
+                )  # fmt: skip
+            out.print(table)
+        bad = len(report.problems)
+        verdict = (
+            f"{bad} of {len(report.repos)} repositories need attention"
+            if bad
+            else "no repository is stale or failing"
+        )
+        sys.stdout.write(f"{verdict} (max age {format_age(report.budget_seconds)})\n")
+    if report.problems:
+        error(
+            f"{len(report.problems)} of {len(report.repos)} repositories are stale or failing",
+            details=[f"  {p}" for p in report.problems],
+        )
+
+
 # --- errors --------------------------------------------------------------------------------------
 
 
-def error(message: str, *, details: Sequence[str] = (), stream: TextIO | None = None) -> None:
-    """`error: <message>` first, then any detail lines (usage, hints, a traceback)."""
+def error(
+    message: str, *, details: Sequence[str] = (), exc: str | None = None, stream: TextIO | None = None
+) -> None:
+    """`error: <message>` first, then any detail lines (usage, hints), then `exc` (a traceback).
+    Under `--log-format json` it is one log line instead, with `details` and `exc` as its fields."""
+    if stream is None and emits_json():
+        fields: dict[str, object] = {"details": [d.strip("\n") for d in details]} if details else {}
+        if exc:
+            fields["exc"] = exc
+        log.error("%s", message, extra=fields)
+        return
     stream = stream or sys.stderr
     color = stream.isatty()
     head = "\x1b[31merror:\x1b[0m" if color else "error:"
     stream.write(f"{head} {message}\n")
-    for line in details:
+    for line in [*details, *([exc] if exc else [])]:
         stream.write(line if line.endswith("\n") else line + "\n")
+
+
+def note(line: str, *, level: int = logging.INFO, **fields: object) -> None:
+    """A line of narration on stderr: as it is, or a JSON log line under `--log-format json`."""
+    if emits_json():
+        log.log(level, "%s", line, extra=fields)
+    else:
+        sys.stderr.write(line + "\n")
 
 
 def say(line: str) -> None:

@@ -22,14 +22,14 @@ import os
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cccatalog.errors import LockBusy
-from cccatalog.gitmirror.locks import file_lock_is_held, try_file_lock
+from cccatalog.gitmirror.locks import file_lock_holder, file_lock_is_held, try_file_lock
 
 if TYPE_CHECKING:
     from cccatalog.catalog.backends import PostgresDatabase
@@ -65,19 +65,32 @@ class RunLock(ABC):
     def is_held(self) -> bool:
         """Whether anyone holds the lock now (this process included)."""
 
-    def acquire(self, *, timeout: float | None) -> Held:
-        """Take the lock, waiting up to `timeout` seconds (0: not at all; None: forever)."""
+    def holder(self) -> int | None:
+        """The pid of the process holding the lock, where the lock says (a lock file does)."""
+        return None
+
+    def acquire(self, *, timeout: float | None, on_wait: Callable[[int | None], None] | None = None) -> Held:
+        """Take the lock, waiting up to `timeout` seconds (0: not at all; None: forever). `on_wait` is
+        called once, with the holder's pid when known, when the lock is busy and we wait."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        told = False
         while (held := self.try_acquire()) is None:
             if deadline is not None and time.monotonic() >= deadline:
+                holder = self.holder()
+                by = f" (pid {holder})" if holder else ""
                 waited = "" if not timeout else f" after waiting {timeout:.0f}s"
-                raise LockBusy(f"{self.what} is locked by another cccatalog process{waited}")
+                raise LockBusy(f"{self.what} is locked by another cccatalog process{by}{waited}")
+            if on_wait is not None and not told:
+                told = True
+                on_wait(self.holder())
             time.sleep(_POLL_SECONDS)
         return held
 
     @contextmanager
-    def hold(self, *, timeout: float | None) -> Iterator[None]:
-        held = self.acquire(timeout=timeout)
+    def hold(
+        self, *, timeout: float | None, on_wait: Callable[[int | None], None] | None = None
+    ) -> Iterator[None]:
+        held = self.acquire(timeout=timeout, on_wait=on_wait)
         try:
             yield
         finally:
@@ -109,6 +122,9 @@ class FileRunLock(RunLock):
 
     def is_held(self) -> bool:
         return file_lock_is_held(self.path)
+
+    def holder(self) -> int | None:
+        return file_lock_holder(self.path)
 
 
 class _HeldAdvisory(Held):

@@ -1,12 +1,18 @@
 """Test upstreams: real git repositories on disk, and a loopback HTTP server in front of them.
 
 The HTTP server runs the real `git http-backend`; it can demand an Authorization header, stall
-(to test timeouts and half-made clones), and it records every header it received.
+(to test timeouts and half-made clones), and it records every request with its headers. Per
+repository name it can also misbehave as hostile or broken upstreams do (see `Behaviour`): answer
+401 or 500, redirect elsewhere, close the connection halfway through a pack, or hold one kind of
+request until the test releases it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import os
+import socket
 import subprocess
 import threading
 import time
@@ -15,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 GIT_ENV = {
@@ -74,6 +81,34 @@ def mirror_refs(repo: Path) -> dict[str, str]:
     return {name: sha for sha, name in (line.split(" ", 1) for line in out.splitlines())}
 
 
+# Which request a `Behaviour` holds: the ref advertisement (GET info/refs), or a protocol v2 command
+Stage = Literal["advertisement", "ls-refs", "fetch"]
+MAX_HOLD_SECONDS = 60.0  # a held request is let go after this long, whatever the test does
+
+
+@dataclass
+class Behaviour:
+    """How the upstream answers the requests for one repository name (the first path segment)."""
+
+    status: int | None = None  # answer every request with this status (401 asks for Basic auth)
+    redirect_to: str | None = None  # 302 to this URL + the rest of the path after the name
+    redirect_only: Stage | None = None  # redirect only that request (default: every request)
+    serve_as: str | None = None  # serve the repository of this name instead
+    hold: Stage | None = None  # hold that request until `HTTPUpstreamServer.release` is set
+    cut_pack: bool = False  # answer a fetch with half of its pack, then close the connection
+
+
+@dataclass(frozen=True)
+class SeenRequest:
+    method: str
+    path: str
+    headers: dict[str, str]  # names lowercased
+
+    @property
+    def authorization(self) -> str | None:
+        return self.headers.get("authorization")
+
+
 @dataclass
 class HTTPUpstreamServer:
     """Serves every repo under `root` at http://127.0.0.1:<port>/<name> through git http-backend."""
@@ -82,10 +117,24 @@ class HTTPUpstreamServer:
     required_authorization: str | None = None
     stall_seconds: float = 0.0
     seen_authorization: list[str | None] = field(default_factory=list)
+    requests: list[SeenRequest] = field(default_factory=list)
+    behaviours: dict[str, Behaviour] = field(default_factory=dict)
+    held: threading.Event = field(default_factory=threading.Event)  # set while a request is held
+    release: threading.Event = field(default_factory=threading.Event)
     url: str = ""
 
-    def repo_url(self, name: str) -> str:
-        return f"{self.url}/{name}"
+    def repo_url(self, name: str, *, host: str = "127.0.0.1") -> str:
+        return f"{self.url.replace('127.0.0.1', host)}/{name}"
+
+
+def _stage(method: str, path: str, body: bytes, headers: dict[str, str]) -> Stage | None:
+    if method == "GET" and path.endswith("/info/refs"):
+        return "advertisement"
+    if headers.get("content-encoding") == "gzip":
+        body = gzip.decompress(body)
+    if b"command=fetch" in body:
+        return "fetch"
+    return "ls-refs" if b"command=ls-refs" in body else None
 
 
 @contextmanager
@@ -96,30 +145,57 @@ def http_upstream(root: Path, *, required_authorization: str | None = None) -> I
         def log_message(self, format: str, *args: object) -> None:
             pass
 
+        def handle(self) -> None:
+            # the client went away (a test killed it, or it timed out): nothing to answer
+            with contextlib.suppress(ConnectionError):
+                super().handle()
+
         def do_GET(self) -> None:
             self._cgi()
 
         def do_POST(self) -> None:
             self._cgi()
 
+        def _answer(self, status: int, headers: tuple[tuple[str, str], ...] = ()) -> None:
+            self.send_response(status)
+            for key, value in headers:
+                self.send_header(key, value)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
         def _cgi(self) -> None:
             auth = self.headers.get("Authorization")
+            request_headers = self._headers()
             state.seen_authorization.append(auth)
-            if state.required_authorization and auth != state.required_authorization:
-                self.send_response(401)
-                self.send_header("WWW-Authenticate", 'Basic realm="test"')
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            if state.stall_seconds:
-                time.sleep(state.stall_seconds)
+            state.requests.append(SeenRequest(self.command, self.path, request_headers))
             parts = urlsplit(self.path)
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            name, _, rest = parts.path.lstrip("/").partition("/")
+            behaviour = state.behaviours.get(name, Behaviour())
+            if behaviour.status == 401 or (
+                state.required_authorization and auth != state.required_authorization
+            ):
+                self._answer(401, (("WWW-Authenticate", 'Basic realm="test"'),))
+                return
+            if behaviour.status:
+                self._answer(behaviour.status)
+                return
+            stage = _stage(self.command, parts.path, body, request_headers)
+            if behaviour.redirect_to and behaviour.redirect_only in (None, stage):
+                query = f"?{parts.query}" if parts.query else ""
+                self._answer(302, (("Location", f"{behaviour.redirect_to}/{rest}{query}"),))
+                return
+            if behaviour.hold and behaviour.hold == stage:
+                state.held.set()
+                state.release.wait(MAX_HOLD_SECONDS)
+            if state.stall_seconds:
+                time.sleep(state.stall_seconds)
+            path_info = f"/{behaviour.serve_as}/{rest}" if behaviour.serve_as else parts.path
             env = {
                 "PATH": os.environ["PATH"],
                 "GIT_PROJECT_ROOT": str(state.root),
                 "GIT_HTTP_EXPORT_ALL": "1",
-                "PATH_INFO": parts.path,
+                "PATH_INFO": path_info,
                 "QUERY_STRING": parts.query,
                 "REQUEST_METHOD": self.command,
                 "CONTENT_TYPE": self.headers.get("Content-Type", ""),
@@ -147,7 +223,16 @@ def http_upstream(root: Path, *, required_authorization: str | None = None) -> I
                 self.send_header(key, value)
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
+            if behaviour.cut_pack and stage == "fetch":
+                self.wfile.write(payload[: len(payload) // 2])
+                self.wfile.flush()
+                self.connection.shutdown(socket.SHUT_RDWR)
+                self.close_connection = True
+                return
             self.wfile.write(payload)
+
+        def _headers(self) -> dict[str, str]:
+            return {k.lower(): v for k, v in self.headers.items()}
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
@@ -157,5 +242,6 @@ def http_upstream(root: Path, *, required_authorization: str | None = None) -> I
     try:
         yield state
     finally:
+        state.release.set()
         server.shutdown()
         server.server_close()

@@ -17,6 +17,7 @@ import httpx
 
 from cccatalog.config import Config, load_config
 from cccatalog.gitmirror.http_backend import HttpBackend
+from cccatalog.gitmirror.refstate import RACY_SECONDS
 from cccatalog.redact import Redactor
 from cccatalog.server.app import CatalogServer
 from cccatalog.server.service import build_service
@@ -24,12 +25,19 @@ from cccatalog.server.service import build_service
 
 @contextmanager
 def running_server(
-    config: Config, *, backend: HttpBackend | None = None, **settings: object
+    config: Config,
+    *,
+    backend: HttpBackend | None = None,
+    racy_seconds: float = RACY_SECONDS,
+    **settings: object,
 ) -> Iterator[CatalogServer]:
-    """Serve `config` on 127.0.0.1:<free port> in a thread; `settings` override the serve block."""
+    """Serve `config` on 127.0.0.1:<free port> in a thread; `settings` override the serve block.
+    `racy_seconds=0` lets a test that has just synced see advertisements kept at once."""
     serve_settings = replace(config.serve, **settings)  # type: ignore[arg-type]
     service = build_service(config, environ=dict(os.environ), redactor=Redactor())
-    server = CatalogServer(("127.0.0.1", 0), service.api, serve_settings, backend=backend)
+    server = CatalogServer(
+        ("127.0.0.1", 0), service.api, serve_settings, backend=backend, racy_seconds=racy_seconds
+    )
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
@@ -43,9 +51,16 @@ def running_server(
 
 @contextmanager
 def serve_process(
-    config_path: Path, *, env: dict[str, str] | None = None, user: str | None = None
+    config_path: Path,
+    *,
+    env: dict[str, str] | None = None,
+    user: str | None = None,
+    options: tuple[str, ...] = (),
+    scheduler: bool = False,
 ) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """`python -m cccatalog serve` on a free port as its own process; yields (process, base URL)."""
+    """`python -m cccatalog [options] serve` on a free port as its own process; yields (process, base
+    URL). `options` are the global ones (`-vv`). The scheduler (on by default in a real deployment)
+    stays off unless asked for: its start-up syncs would race the test's own."""
     import socket
 
     with socket.socket() as s:
@@ -55,6 +70,7 @@ def serve_process(
         sys.executable,
         "-m",
         "cccatalog",
+        *options,
         "serve",
         "-c",
         str(config_path),
@@ -65,7 +81,7 @@ def serve_process(
     ]
     proc = subprocess.Popen(
         argv,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, **({} if scheduler else {"CC_CATALOG_DISABLE_SCHEDULER": "1"}), **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -152,7 +152,7 @@ def test_serve_reports_baked_repos_that_do_not_match_the_manifest(
     with running_server(load_config(serve_config)) as server:
         ready = httpx.get(f"{server.url}/readyz")
     assert ready.status_code == 503
-    assert "beta: its refs differ from the baked manifest" in json.dumps(ready.json())
+    assert "beta: its refs differ from the manifest (1: refs/tags/sneaky)" in json.dumps(ready.json())
     assert "alpha" not in json.dumps(ready.json()["problems"])
 
 

@@ -96,3 +96,24 @@ def test_catalog_benchmark_compares_today_and_now_on_both_engines_and_replicas(t
     assert setups == [("1 replica, SQLite", 1), ("1 replica, PostgreSQL", 1), ("3 replicas, PostgreSQL", 3)]
     assert all(r["requests"] > 0 and r["errors"] == 0 for r in data["replicas"])
     assert len(data["targets"]) == 4
+
+
+@pytest.mark.timeout(SMOKE_SECONDS + 30)
+@pytest.mark.skipif(
+    shutil.which("ssh-keygen") is None, reason="needs ssh-keygen (apt-get install openssh-client)"
+)
+def test_transfer_benchmark_sizes_a_one_commit_update_against_a_full_export(tmp_path: Path) -> None:
+    data = run_benchmark("benchmarks.transfer.bench_transfer", tmp_path / "transfer.json")
+    rows = {row["what"]: row for row in data["rows"]}
+    assert set(rows) == {
+        "full export (whole mirror)",
+        "update: one new commit",
+        "re-bake the mirrors",
+        "import the one-commit update",
+        "import a full export",
+    }
+    update, full = rows["update: one new commit"], rows["full export (whole mirror)"]
+    assert 0 < update["bytes"] < full["bytes"]
+    assert update["ratio"] == round(update["bytes"] / full["bytes"], 5)
+    assert all(rows[name]["seconds"] > 0 for name in ("re-bake the mirrors", "import the one-commit update"))
+    assert [t["name"] for t in data["targets"]] == ["one-commit update vs full export < 1 %"]

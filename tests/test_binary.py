@@ -215,6 +215,10 @@ def test_serve_answers_a_git_clone_and_stops_on_sigterm(
         shallow = tmp_path / "shallow"
         git("clone", "-q", "--depth=2", f"{url}/git/alpha", str(shallow), env={"HOME": synced.env["HOME"]})
         assert git("rev-parse", "HEAD", cwd=shallow) == synced.upstream.sha("main")
+        # the status page and prometheus-client's exposition are in the binary too
+        assert 'id="repo-alpha"' in httpx.get(f"{url}/", timeout=5).text
+        metrics = httpx.get(f"{url}/metrics", timeout=5).text
+        assert 'cccatalog_http_requests_total{route="git-upload-pack",status="200"}' in metrics
 
         proc.send_signal(signal.SIGTERM)
         try:

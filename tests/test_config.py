@@ -213,7 +213,8 @@ def test_every_problem_in_the_file_is_reported_at_once_with_its_key_path(tmp_pat
 
     assert sorted(problems) == sorted(
         [
-            "soruces: unknown key (expected one of: git, images, scheduler, serve, sources, state); "
+            "soruces: unknown key (expected one of: git, images, scheduler, serve, sources, state, "
+            "transfer); "
             "did you mean sources?",
             "sources[0].type: expected 'oci', 'static' or 'upstream', got 'ocii'",
             f"sources[0].codecollections[0].slug: 'Bad Slug!' is not a valid slug ({SLUG_RULE})",
@@ -243,10 +244,14 @@ def test_config_error_names_the_file_and_lists_one_problem_per_line(tmp_path: Pa
     [
         (
             "soruces: []\n",
-            "soruces: unknown key (expected one of: git, images, scheduler, serve, sources, state); "
+            "soruces: unknown key (expected one of: git, images, scheduler, serve, sources, state, "
+            "transfer); "
             "did you mean sources?",
         ),
-        ("zzz: 1\n", "zzz: unknown key (expected one of: git, images, scheduler, serve, sources, state)"),
+        (
+            "zzz: 1\n",
+            "zzz: unknown key (expected one of: git, images, scheduler, serve, sources, state, transfer)",
+        ),
         ("git: {enabeld: true}\n", "git.enabeld: unknown key (expected one of: "),
         ("git: {auth: {tokn_env: X}}\n", "git.auth.tokn_env: unknown key (expected one of: "),
         ("state: {paht: x}\n", "state.paht: unknown key (expected one of: path, url); did you mean path?"),

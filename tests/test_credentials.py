@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from cccatalog.config import AuthConfig
-from cccatalog.credentials import BasicCredentials, CredentialError, docker_config_lookup, resolve, url_host
+from cccatalog.credentials import BasicCredentials, docker_config_lookup, resolve, url_host
+from cccatalog.errors import CredentialError
 
 
 def test_token_becomes_github_basic_auth() -> None:

@@ -60,6 +60,7 @@ def test_every_command_is_in_the_readme() -> None:
         "serve.host", "serve.port", "serve.max_concurrent_upload_packs", "serve.max_request_body_mb",
         "serve.idle_timeout_seconds", "serve.request_timeout_seconds", "serve.shutdown_grace_seconds",
         "serve.advertisement_cache_mb", "images.runtime_sync", "sources[].codecollections[].upstream_url",
+        "transfer.allowed_signers", "transfer.signer",
     ],
 )  # fmt: skip
 def test_every_config_key_is_documented(key: str) -> None:

@@ -17,9 +17,10 @@ from cccatalog.catalog.store import Store
 from cccatalog.cli import run
 from cccatalog.config import load_config
 from cccatalog.credentials import BasicCredentials
+from cccatalog.errors import RegistryError
 from cccatalog.oci.auth import RegistryAuth
 from cccatalog.oci.cache import BlobCache
-from cccatalog.oci.client import RegistryClient, RegistryError
+from cccatalog.oci.client import RegistryClient
 from cccatalog.oci.reference import Repository, parse_reference
 from cccatalog.oci.resolve import RefResolution, resolve_repository
 from tests.registry import (

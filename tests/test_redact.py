@@ -70,6 +70,9 @@ def test_short_values_are_not_used_to_mask() -> None:
         ("ssh://git@github.com/x", "ssh://git@github.com/x"),
         ("git@github.com:org/x", "git@github.com:org/x"),
         ("file:///srv/x", "file:///srv/x"),
+        ("git://tok-123456@host/x", f"git://{MASK}@host/x"),
+        ("ssh://deploy:pw-9999@host/x", f"ssh://{MASK}@host/x"),
+        ("user:pw-9999@host:org/x", f"{MASK}@host:org/x"),
     ],
 )
 def test_strip_url_credentials(url: str, shown: str) -> None:

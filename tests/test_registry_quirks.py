@@ -11,9 +11,10 @@ import httpx
 import pytest
 
 from cccatalog.credentials import BasicCredentials
+from cccatalog.errors import RegistryError
 from cccatalog.oci.auth import RegistryAuth, parse_challenge
 from cccatalog.oci.cache import BlobCache, sha256_digest
-from cccatalog.oci.client import RegistryClient, RegistryError
+from cccatalog.oci.client import RegistryClient
 from cccatalog.oci.reference import parse_reference
 
 Handler = Callable[[httpx.Request], httpx.Response]

@@ -219,12 +219,12 @@ def test_a_serve_process_runs_the_scheduler_at_start_up_unless_disabled(
     config = site(tmp_path, None, enabled=False)
     env = {"CC_CATALOG_LOG_LEVEL": "INFO"}
     disabled = {**env, "CC_CATALOG_DISABLE_SCHEDULER": "1"}
-    with serve_process(config.path, env=disabled) as (proc, url):
+    with serve_process(config.path, env=disabled, scheduler=True) as (proc, url):
         assert httpx.get(f"{url}{CATALOG}/alpha").json()["latest_image_tag"] is None
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=15)
     assert "scheduler off: CC_CATALOG_DISABLE_SCHEDULER is set" in stderr
-    with serve_process(config.path, env=env) as (proc, url):
+    with serve_process(config.path, env=env, scheduler=True) as (proc, url):
         wait_for(
             lambda: (
                 httpx.get(f"{url}{CATALOG}/alpha").json()["latest_image_tag"] == image_tag("main", "aaaaaa1")

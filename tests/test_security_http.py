@@ -28,7 +28,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cccatalog.config import Config
-from cccatalog.gitmirror import refstate
 from cccatalog.gitmirror.http_backend import HttpBackend
 from cccatalog.server.auth_limit import FailureLimiter, client_key
 from cccatalog.server.reaper import Reaper
@@ -498,7 +497,6 @@ def test_the_admin_failure_limiter_is_bounded_and_slides() -> None:
 def test_a_cached_advertisement_answers_while_a_slow_reader_holds_the_only_slot(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(refstate, "RACY_SECONDS", 0.0)  # the sync just happened; do not wait it out
     alpha, big = Upstream(tmp_path / "up" / "alpha"), Upstream(tmp_path / "up" / "big")
     big_head = add_random_blobs(big, megabytes=16)
     path = tmp_path / "config.yaml"
@@ -507,7 +505,7 @@ def test_a_cached_advertisement_answers_while_a_slow_reader_holds_the_only_slot(
     body = upload_request(big_head)
     fetch = request("POST", "/git/big.git/git-upload-pack", CT, f"Content-Length: {len(body)}", body=body)
 
-    with running_server(config, max_concurrent_upload_packs=1) as server:
+    with running_server(config, racy_seconds=0, max_concurrent_upload_packs=1) as server:
         warm = exchange(server.url, request("GET", INFO))  # kept in the advertisement cache
         with socket.socket() as slow:
             slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a reader on a thin link
@@ -638,11 +636,11 @@ def route_of(target: str) -> tuple[str, str]:
 
 
 def may_succeed(method: str, target: str) -> bool:
-    """The allow-list: the three git routes of a served repo, the API's GETs, health and readiness."""
+    """The allow-list: the three git routes of a served repo, the API's GETs, health and readiness,
+    the status page and /metrics."""
     path, query = route_of(target)
-    if method in ("GET", "HEAD") and (
-        path in ("/healthz", "/readyz", "/api/v1/catalog/codecollections") or path.startswith(API_GET)
-    ):
+    pages = ("/healthz", "/readyz", "/api/v1/catalog/codecollections", "/", "/ui", "/ui/", "/metrics")
+    if method in ("GET", "HEAD") and (path in pages or path.startswith(API_GET)):
         return True
     match = ALLOWED_GIT.fullmatch(path)
     if match is None:
@@ -659,6 +657,7 @@ def _fuzz_strategies() -> st.SearchStrategy[Fuzzed]:
         INFO, PACK, "/git/alpha.git/HEAD", f"/git/alpha/info/refs{UP}", "/git/alpha/git-upload-pack",
         "/healthz", "/readyz", "/api/v1/catalog/codecollections", "/api/v1/catalog/codecollections/alpha",
         "/api/v1/git/repos", "/api/v1/git/repos/alpha", "/api/openapi.json", "http://catalog/healthz",
+        "/", "/ui", "/metrics",
     ]  # fmt: skip
     known_targets = [
         *allowed_targets, "/api/v1/admin/sync-git", "/git/alpha.git/git-receive-pack",

@@ -90,13 +90,12 @@ def test_info_refs_is_answered_from_memory_until_a_sync_changes_a_ref(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(refstate, "RACY_SECONDS", 0.0)  # the sync just happened; do not wait it out
     up, repo = mirror
     wrapper, log = logging_git(tmp_path)
     config_path = write_config({"alpha": up.url})
     config = synced_config(config_path)
 
-    with running_server(config, backend=HttpBackend(git=str(wrapper))) as server:
+    with running_server(config, racy_seconds=0, backend=HttpBackend(git=str(wrapper))) as server:
         first = raw_request(server.url, "GET", INFO_REFS)
         second = raw_request(server.url, "GET", INFO_REFS)
         v2 = raw_request(server.url, "GET", INFO_REFS, headers={"Git-Protocol": "version=2"})
@@ -127,11 +126,12 @@ def test_info_refs_is_answered_from_memory_until_a_sync_changes_a_ref(
 def test_with_the_cache_off_every_advertisement_runs_git(
     mirror: tuple[Upstream, Path], write_config: MakeConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(refstate, "RACY_SECONDS", 0.0)
     up, _ = mirror
     wrapper, log = logging_git(tmp_path)
     config = synced_config(write_config({"alpha": up.url}))
-    with running_server(config, advertisement_cache_mb=0, backend=HttpBackend(git=str(wrapper))) as server:
+    with running_server(
+        config, racy_seconds=0, advertisement_cache_mb=0, backend=HttpBackend(git=str(wrapper))
+    ) as server:
         bodies = {raw_request(server.url, "GET", INFO_REFS).body for _ in range(3)}
     assert len(bodies) == 1
     assert backend_runs(log) == 3
@@ -143,7 +143,6 @@ def test_v2_ls_refs_is_kept_per_request_but_fetches_never_are(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(refstate, "RACY_SECONDS", 0.0)
     up, _ = mirror
     wrapper, log = logging_git(tmp_path)
     config = synced_config(write_config({"alpha": up.url}))
@@ -151,7 +150,7 @@ def test_v2_ls_refs_is_kept_per_request_but_fetches_never_are(
     def posts() -> int:
         return sum(" | POST | " in line for line in log.read_text().splitlines())
 
-    with running_server(config, backend=HttpBackend(git=str(wrapper))) as server:
+    with running_server(config, racy_seconds=0, backend=HttpBackend(git=str(wrapper))) as server:
         url = f"{server.url}/git/alpha.git"
         everything = git("-c", "protocol.version=2", "ls-remote", url)
         assert posts() == 1
@@ -172,12 +171,13 @@ def test_v2_ls_refs_is_kept_per_request_but_fetches_never_are(
 def test_a_backend_past_the_request_timeout_is_cut_off_not_ended_cleanly(
     mirror: tuple[Upstream, Path], write_config: MakeConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(refstate, "RACY_SECONDS", 0.0)
     up, _ = mirror
     # Answers in full, then keeps its stdout open: only the request timeout ends it.
     stalling = git_wrapper(tmp_path, "git-stall", f'"{REAL_GIT}" "$@"; exec sleep 30')
     config = synced_config(write_config({"alpha": up.url}))
-    with running_server(config, request_timeout_seconds=1, backend=HttpBackend(git=str(stalling))) as server:
+    with running_server(
+        config, racy_seconds=0, request_timeout_seconds=1, backend=HttpBackend(git=str(stalling))
+    ) as server:
         started = time.monotonic()
         with pytest.raises(http.client.IncompleteRead):
             raw_request(server.url, "GET", INFO_REFS)

@@ -451,3 +451,52 @@ def test_basic_and_docker_config_auth(
         config = load_config(write_config({"alpha": server.repo_url("alpha")}, git_extra=f"  auth:\n{auth}"))
         result = one(run_sync(config, environ={**os.environ, **env}))
     assert result.action is Action.CLONED, result.error
+
+
+def test_a_sync_that_finds_maintenance_owed_clears_what_a_killed_git_left_and_finishes(
+    make_upstream: MakeUpstream, write_config: MakeConfig
+) -> None:
+    """A run whose git was SIGKILLed mid-fetch (the whole group, as an OOM kill or a container stop
+    does) leaves git's lock files and a half-written pack, and the maintenance-owed marker."""
+    up = make_upstream("alpha")
+    config = load_config(write_config({"alpha": up.url}))
+    one(run_sync(config))
+    new_head = up.commit("second")
+    repo = config.git.data_dir / "alpha.git"
+    layout = Layout(config.git.data_dir)
+    layout.maintenance_owed("alpha").parent.mkdir(parents=True, exist_ok=True)
+    layout.maintenance_owed("alpha").write_text("running\n")
+    (repo / "refs" / "heads").mkdir(parents=True, exist_ok=True)
+    left = [repo / "refs" / "heads" / "main.lock", repo / "packed-refs.lock", repo / "config.lock"]
+    left.append(repo / "objects" / "pack" / "tmp_pack_Xy12Zw")
+    for path in left:
+        path.write_bytes(b"half-written\n")
+
+    result = one(run_sync(config))
+
+    assert result.action is Action.UPDATED, result.error
+    assert mirror_refs(repo)["refs/heads/main"] == new_head
+    assert [p for p in left if p.exists()] == []
+    assert len(list((repo / "objects" / "pack").glob("*.pack"))) == 1
+    assert not layout.maintenance_owed("alpha").exists()
+
+
+def test_lock_files_are_left_alone_when_no_run_was_interrupted(
+    make_upstream: MakeUpstream, write_config: MakeConfig
+) -> None:
+    """Unless a run of ours was killed, a lock file may belong to someone else's git: the sync fails
+    and says which, run after run, and never deletes it."""
+    up = make_upstream("alpha")
+    config = load_config(write_config({"alpha": up.url}))
+    one(run_sync(config))
+    up.commit("second")
+    repo = config.git.data_dir / "alpha.git"
+    (repo / "refs" / "heads").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "heads" / "main.lock").write_text("someone else's\n")
+
+    results = [one(run_sync(config)), one(run_sync(config))]
+
+    for result in results:
+        assert result.action is Action.FAILED
+        assert "main.lock" in (result.error or "")
+    assert (repo / "refs" / "heads" / "main.lock").exists()

@@ -713,6 +713,13 @@ def _wait_ready(server: Server, probe: Callable[[], bool], what: str, seconds: f
     raise RuntimeError(f"{what} did not become ready in {seconds:.0f}s")
 
 
+def _is_reaper(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().endswith(b"\0cccatalog-reaper\0")
+    except OSError:
+        return False
+
+
 def _comm(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/comm").read_text().strip()
@@ -1066,7 +1073,9 @@ def _quiesce(server: Server, seconds: float = 10.0) -> dict[int, ProcInfo]:
     while True:
         table = proc_table()
         pids = descendants(server.roots, table)
-        extra = pids - set(server.resident)
+        # cccatalog's reaper (one `sh` that ends git's process groups if the server dies) starts
+        # with the first git and lives as long as the server: it is not per-request work
+        extra = {p for p in pids - set(server.resident) if not _is_reaper(p)}
         if not extra:
             return table
         if time.monotonic() > deadline:

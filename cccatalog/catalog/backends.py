@@ -288,8 +288,11 @@ class PostgresDatabase(Database):
     dialect = PostgresDialect()
     shared = True
 
-    def __init__(self, url: str, *, pool_size: int = 16, secrets: Sequence[str] = ()) -> None:
+    def __init__(
+        self, url: str, *, pool_size: int = 16, secrets: Sequence[str] = (), read_only: bool = False
+    ) -> None:
         self._url = url
+        self._read_only = read_only
         self.location = display_url(url)
         password = url_password(url)
         # psycopg and libpq may quote the connection string in an error: never let it out
@@ -316,8 +319,14 @@ class PostgresDatabase(Database):
                 "install cccatalog with the postgres extra (pip install 'cccatalog[postgres]')"
             ) from None
         try:
+            conninfo = self._url
+            if self._read_only:
+                # a reader that must change nothing (`cccatalog status`): the server enforces it
+                given = psycopg.conninfo.conninfo_to_dict(conninfo).get("options") or ""
+                options = f"{given} -c default_transaction_read_only=on".strip()
+                conninfo = psycopg.conninfo.make_conninfo(conninfo, options=options)
             return psycopg.connect(
-                self._url,
+                conninfo,
                 autocommit=True,
                 connect_timeout=CONNECT_TIMEOUT_SECONDS,
                 application_name="cccatalog",

@@ -26,9 +26,8 @@ from cccatalog.catalog.pointers import pointers
 from cccatalog.catalog.store import Store
 from cccatalog.catalog.upstream import UpstreamCatalog
 from cccatalog.config import CodeCollection, Config, Source
-from cccatalog.credentials import BasicCredentials, docker_config_lookup, env_value
 from cccatalog.errors import CCCatalogError
-from cccatalog.oci.auth import RegistryAuth
+from cccatalog.oci.auth import source_auth
 from cccatalog.oci.cache import BlobCache
 from cccatalog.oci.client import RegistryClient
 from cccatalog.oci.reference import parse_reference
@@ -65,24 +64,6 @@ class ImageSyncResult:
             "error": self.error,
             "note": self.note,
         }
-
-
-def registry_auth(source: Source, host: str, environ: Mapping[str, str]) -> RegistryAuth | None:
-    """A source's auth block as registry credentials: token_env is a static bearer token (JFrog access
-    token, GHCR PAT), user+pass and Docker configs are Basic (also presented to token servers)."""
-    auth, key = source.auth, f"sources[{source.name}].auth"
-    if auth.token_env:
-        return RegistryAuth(bearer=env_value(environ, auth.token_env, f"{key}.token_env"))
-    if auth.user_env and auth.pass_env:
-        user = env_value(environ, auth.user_env, f"{key}.user_env")
-        return RegistryAuth(
-            basic=BasicCredentials(user, env_value(environ, auth.pass_env, f"{key}.pass_env"))
-        )
-    if auth.dockerconfigjson_env:
-        raw = env_value(environ, auth.dockerconfigjson_env, f"{key}.dockerconfigjson_env")
-        creds = docker_config_lookup(raw, host, origin=f"{key}.dockerconfigjson_env")
-        return RegistryAuth(basic=creds) if creds else None
-    return None
 
 
 def records(
@@ -203,13 +184,7 @@ class ImageSyncer:
         self.client_factory = client_factory or self._client
 
     def _client(self, source: Source) -> RegistryClient:
-        def auth_for(host: str) -> RegistryAuth | None:
-            auth = registry_auth(source, host, self.environ)
-            if auth:
-                self.redactor.add(*auth.secrets)
-            return auth
-
-        return RegistryClient(auth_for=auth_for, cache=self.cache)
+        return RegistryClient(auth_for=source_auth(source, self.environ, self.redactor), cache=self.cache)
 
     def plan(self, only: Sequence[str] = ()) -> list[CodeCollection]:
         """Collections with something to poll (`Config.polled_collections`)."""

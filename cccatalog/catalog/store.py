@@ -20,7 +20,7 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,7 +52,7 @@ from cccatalog.catalog.models import (
     to_db_time,
 )
 from cccatalog.catalog.pointers import has_image, pointers
-from cccatalog.config import CodeCollection, StateConfig
+from cccatalog.config import CodeCollection, Config, StateConfig, display_url
 from cccatalog.errors import StateError, StateUnavailable
 
 T = TypeVar("T")
@@ -291,6 +291,55 @@ class Store:
     def database(self) -> Database:
         """The engine underneath, for the locks that live in it (`cccatalog.runlocks`)."""
         return self._db
+
+    @classmethod
+    def for_config(
+        cls, config: Config, *, environ: Mapping[str, str] | None = None, connect_later: bool = False
+    ) -> Store:
+        """`config`'s state (its file or its database), opened as `open` does, recording git status
+        for this host's mirror volume; the database password (`environ`'s PGPASSWORD too) is masked
+        in errors."""
+        from cccatalog.replica import mirror_volume, replica_id
+
+        return cls.open(
+            config.state, volume=mirror_volume(config, replica_id(config)),
+            secrets=config.state.secrets(environ or {}), connect_later=connect_later,
+        )  # fmt: skip
+
+    @classmethod
+    def open_readonly(
+        cls, state: Path | StateConfig, *, volume: str = "", secrets: Iterable[str] = ()
+    ) -> Store | None:
+        """Open the state for reading only (`cccatalog status`); None when there is none yet (no state
+        file; a database without cccatalog's schema).
+
+        Nothing is created or written: not the file, not a migration, not the -wal/-shm files a
+        read-only connection makes when they are missing. With both present (a writer has the file
+        open) they are used, so its latest commits are seen; without them the file holds every commit
+        and is read as it is, immutable. A database is read in read-only transactions. A state of an
+        older schema is refused with what to run.
+        """
+        target = _target(state)
+        if target.url is not None:
+            found = state_database_version(target.url, secrets=secrets)
+            if not found:
+                return None
+            _refuse_older(display_url(target.url), found, "database")
+            return cls(PostgresDatabase(target.url, secrets=tuple(secrets), read_only=True), volume=volume)
+        path = target.path
+        assert path is not None
+        version = state_file_version(path)
+        if version is None:
+            return None
+        _refuse_older(str(path), version, "file")
+        sidecars = Path(f"{path}-wal").exists() and Path(f"{path}-shm").exists()
+        uri = f"{path.absolute().as_uri()}?mode=ro" + ("" if sidecars else "&immutable=1")
+        try:
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=5)
+            conn.execute("PRAGMA query_only = 1")
+        except sqlite3.Error as exc:
+            raise sqlite_error(str(path), "open", exc) from None
+        return cls(SqliteDatabase(conn, path), volume=volume)
 
     def close(self) -> None:
         self._db.close()
@@ -567,6 +616,14 @@ class Store:
                 "(SELECT id FROM cccatalog_jobs ORDER BY started_at DESC LIMIT ?)",
                 (keep,),
             ),
+        )
+
+
+def _refuse_older(location: str, version: int, what: str) -> None:
+    if version < len(MIGRATIONS):
+        raise StateError(
+            f"state {what} {location} has schema version {version}, older than this cccatalog's "
+            f"{len(MIGRATIONS)}; run `cccatalog sync` (or start `serve`) once to upgrade it"
         )
 
 

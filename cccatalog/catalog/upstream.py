@@ -19,14 +19,14 @@ import threading
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
-from urllib.parse import quote, urljoin, urlsplit
+from urllib.parse import quote
 
 import httpx
 
 from cccatalog import __version__
 from cccatalog.catalog.models import ImageRefRecord
 from cccatalog.config import CodeCollection, Source
-from cccatalog.credentials import BasicCredentials, docker_config_lookup, env_value, url_host
+from cccatalog.credentials import authorization, credentials_from, url_host
 from cccatalog.errors import CCCatalogError
 from cccatalog.oci.resolve import parse_created
 from cccatalog.oci.tags import catalog_prerelease, parse_semver, stable_ref
@@ -40,12 +40,6 @@ _MAX_BODY = 32 * 1024 * 1024
 
 class UpstreamError(CCCatalogError):
     """Another catalog did not answer with refs."""
-
-
-def _origin(url: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(url)
-    default = {"http": 80, "https": 443}.get(parts.scheme.lower())
-    return (parts.scheme.lower(), (parts.hostname or "").lower(), parts.port or default)
 
 
 class UpstreamCatalog:
@@ -64,7 +58,7 @@ class UpstreamCatalog:
         self._redactor = redactor
         self._http = httpx.Client(
             timeout=httpx.Timeout(source.timeout_seconds),
-            follow_redirects=False,
+            max_redirects=_MAX_REDIRECTS,
             headers={"User-Agent": f"cccatalog/{__version__}", "Accept": "application/json"},
             transport=transport,
         )
@@ -88,54 +82,39 @@ class UpstreamCatalog:
             return self._authorization[host]
 
     def _read_credentials(self, host: str) -> str | None:
-        auth, key = self.source.auth, f"sources[{self.source.name}].auth"
-        if auth.token_env:
-            token = env_value(self._environ, auth.token_env, f"{key}.token_env")
-            self._redactor.add(token)
-            return f"Bearer {token}"
-        creds: BasicCredentials | None = None
-        if auth.user_env and auth.pass_env:
-            creds = BasicCredentials(
-                env_value(self._environ, auth.user_env, f"{key}.user_env"),
-                env_value(self._environ, auth.pass_env, f"{key}.pass_env"),
-            )
-        elif auth.dockerconfigjson_env:
-            raw = env_value(self._environ, auth.dockerconfigjson_env, f"{key}.dockerconfigjson_env")
-            creds = docker_config_lookup(raw, host, origin=f"{key}.dockerconfigjson_env")
+        key = f"sources[{self.source.name}].auth"
+        creds = credentials_from(self.source.auth, key=key, host=host, environ=self._environ)
         if creds is None:
             return None
         self._redactor.add(*creds.secrets)
-        return creds.authorization
+        return authorization(creds)
 
     def _get_json(self, url: str) -> object | None:
-        home, target = _origin(url), url
-        for _ in range(_MAX_REDIRECTS + 1):
-            headers = {}
-            if _origin(target) == home and (value := self._credentials(url_host(url) or "")):
-                headers["Authorization"] = value
-            try:
-                with self._http.stream("GET", target, headers=headers) as response:
-                    if response.is_redirect and "location" in response.headers:
-                        target = urljoin(target, response.headers["location"])
-                        continue
-                    if response.status_code == 404:
-                        return None
-                    if response.status_code != 200:
-                        raise UpstreamError(f"upstream catalog {url}: HTTP {response.status_code}")
-                    body = _read_capped(response, url)
-            except httpx.TimeoutException:
-                timeout = self.source.timeout_seconds
-                raise UpstreamError(
-                    f"upstream catalog {url}: no answer within {timeout:g} s (sources[].options.timeout)"
-                ) from None
-            except httpx.HTTPError as exc:
-                raise UpstreamError(f"upstream catalog {url}: {type(exc).__name__}: {exc}") from None
-            try:
-                payload: object = json.loads(body)
-            except ValueError:
-                raise UpstreamError(f"upstream catalog {url}: the answer is not JSON") from None
-            return payload
-        raise UpstreamError(f"upstream catalog {url}: more than {_MAX_REDIRECTS} redirects")
+        headers = {}
+        if value := self._credentials(url_host(url) or ""):
+            headers["Authorization"] = value
+        try:
+            # httpx follows redirects and drops Authorization when one leads to another origin.
+            with self._http.stream("GET", url, headers=headers, follow_redirects=True) as response:
+                if response.status_code == 404:
+                    return None
+                if response.status_code != 200:
+                    raise UpstreamError(f"upstream catalog {url}: HTTP {response.status_code}")
+                body = _read_capped(response, url)
+        except httpx.TimeoutException:
+            timeout = self.source.timeout_seconds
+            raise UpstreamError(
+                f"upstream catalog {url}: no answer within {timeout:g} s (sources[].options.timeout)"
+            ) from None
+        except httpx.TooManyRedirects:
+            raise UpstreamError(f"upstream catalog {url}: more than {_MAX_REDIRECTS} redirects") from None
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"upstream catalog {url}: {type(exc).__name__}: {exc}") from None
+        try:
+            payload: object = json.loads(body)
+        except ValueError:
+            raise UpstreamError(f"upstream catalog {url}: the answer is not JSON") from None
+        return payload
 
 
 def _read_capped(response: httpx.Response, url: str) -> bytes:

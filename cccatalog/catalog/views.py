@@ -14,6 +14,7 @@ from typing import Any
 from cccatalog.catalog.models import CatalogPointers, ImageRefRecord, MirrorStatus
 from cccatalog.catalog.pointers import pointers
 from cccatalog.config import CodeCollection, Config
+from cccatalog.gitmirror.layout import Layout
 from cccatalog.redact import strip_url_credentials
 from cccatalog.timestamps import rfc3339
 
@@ -127,5 +128,5 @@ def repo_status(
         "replica": replica or None,
     }
     if detail:
-        payload["local_path"] = str(config.git.data_dir / f"{cc.slug}.git")
+        payload["local_path"] = str(Layout(config.git.data_dir).repo(cc.slug))
     return payload

@@ -1,33 +1,31 @@
 """`cccatalog bake`: mirrors for a release image, through the same sync code, plus a manifest.
 
-The manifest (`<dest>/manifest.json`, written atomically) lists per repo the slug, the upstream URL
-without credentials, default branch, head commit, every ref and a fingerprint of them, and the pack
-size; `serve` checks the baked repos against it at start-up. Baked repos are made readable by any
-uid, since the runtime image may run under an arbitrary one.
+The manifest (`<dest>/manifest.json`, written atomically, in the one format of `cccatalog.manifest`)
+lists per repo the slug, the upstream URL without credentials, default branch, head commit, every ref
+and a fingerprint of them, and the pack size; with `--sign-key` an SSH signature goes beside it.
+`serve` checks the baked repos against it at start-up (`cccatalog.baked`). Baked repos are made
+readable by any uid, since the runtime image may run under an arbitrary one.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-from cccatalog import __version__
+from cccatalog import manifest
 from cccatalog.config import AuthConfig, Config
 from cccatalog.errors import UsageError
 from cccatalog.gitmirror.git import Git
 from cccatalog.gitmirror.layout import Layout
-from cccatalog.gitmirror.mirror import Mirror, fingerprint
+from cccatalog.gitmirror.mirror import Mirror
 from cccatalog.gitmirror.sync import MirrorSyncer, RepoResult, SyncOptions, plan_sync
+from cccatalog.manifest import RepoManifest
 from cccatalog.paths import require_writable_dir
 
-MANIFEST = "manifest.json"
 _TOKEN_FROM_FILE = "CCCATALOG_BAKE_TOKEN"  # noqa: S105 - the NAME of a variable, not a secret
 
 
@@ -70,11 +68,14 @@ def bake(
     environ: Mapping[str, str],
     token_file: Path | None,
     jobs: int | None,
+    sign_key: Path | None = None,
 ) -> BakeResult:
     tasks = plan_sync(config, ignore_enabled=True)
     if not tasks:
         raise UsageError(f"nothing to bake: no CodeCollection in {config.path} has a git_url")
     require_writable_dir(dest, setting="--dest")
+    if sign_key is not None and not sign_key.is_file():
+        raise UsageError(f"--sign-key {sign_key}: no such file")
     auth, env = bake_environment(config, environ, token_file)
     options = replace(SyncOptions.from_config(config, jobs=jobs), auth=auth)
     layout = Layout(dest)
@@ -87,37 +88,44 @@ def bake(
         _readable_by_all(layout.repo(r.slug))
     # locks and temp dirs belong to a host that syncs; an image only carries the mirrors
     shutil.rmtree(layout.work_dir, ignore_errors=True)
-    return BakeResult(results, write_manifest(dest, [manifest_entry(git, layout, r) for r in good]))
+    entries = [manifest_entry(git, layout, r) for r in good]
+    return BakeResult(results, write_manifest(dest, config, entries, sign_key=sign_key, environ=environ))
 
 
-def manifest_entry(git: Git, layout: Layout, result: RepoResult) -> dict[str, Any]:
+def manifest_entry(git: Git, layout: Layout, result: RepoResult) -> RepoManifest:
     repo = layout.repo(result.slug)
     state = Mirror(git, repo).local_state("all")
     pack_bytes = sum(p.stat().st_size for p in (repo / "objects" / "pack").glob("*.pack"))
-    return {
-        "slug": result.slug,
-        "upstream_url": result.upstream_url,
-        "default_branch": result.default_branch,
-        "head_commit": result.head_commit,
-        "refs": dict(sorted(state.refs.items())),
-        "refs_fingerprint": fingerprint(state.head, state.refs),
-        "pack_size_bytes": pack_bytes,
-    }
+    branch = (state.head or "").removeprefix("refs/heads/") or None
+    return RepoManifest(
+        result.slug, branch, state.head_commit, dict(state.refs), result.upstream_url, pack_bytes
+    )
 
 
-def write_manifest(dest: Path, repos: Sequence[dict[str, Any]]) -> Path:
-    doc = {
-        "cccatalog_version": __version__,
-        "baked_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "repos": sorted(repos, key=lambda r: str(r["slug"])),
-    }
-    target = dest / MANIFEST
-    fd, tmp = tempfile.mkstemp(dir=dest, prefix=".manifest-")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(doc, f, indent=2)
-        f.write("\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, target)
+def write_manifest(
+    dest: Path, config: Config, repos: Sequence[RepoManifest], *, sign_key: Path | None,
+    environ: Mapping[str, str],
+) -> Path:  # fmt: skip
+    """`<dest>/manifest.json` (and `.sig` with a key), each replaced in one rename. The catalog is
+    not baked: the image half fills it at the site."""
+    doc = manifest.document(
+        "bake", repos, collections=[cc.slug for cc in config.codecollections], catalog=None
+    )
+    doc["baked_at"] = doc["created_at"]  # the name manifests of earlier versions used
+    data = manifest.dumps(doc)
+    target = dest / manifest.MANIFEST
+    if sign_key is None:
+        manifest.write_atomic(target, data)
+        (dest / manifest.SIGNATURE).unlink(missing_ok=True)
+        return target
+    from cccatalog.signing import sign
+
+    with tempfile.TemporaryDirectory(dir=dest, prefix=".cccatalog-sign-") as tmp:
+        unsigned = Path(tmp, manifest.MANIFEST)
+        unsigned.write_bytes(data)
+        signature = sign(unsigned, sign_key, environ=environ).read_bytes()
+    manifest.write_atomic(dest / manifest.SIGNATURE, signature)
+    manifest.write_atomic(target, data)
     return target
 
 
@@ -127,33 +135,3 @@ def _readable_by_all(repo: Path) -> None:
         for name in filenames:
             path = Path(dirpath, name)
             path.chmod(path.stat().st_mode | 0o444)
-
-
-def check_manifest(git: Git, data_dir: Path, slugs: Sequence[str] | None = None) -> list[str]:
-    """Compare baked repos with their manifest: every listed repo present, at the listed refs.
-    Returns one line per problem (empty when all is as baked, or there is no manifest)."""
-    path = data_dir / MANIFEST
-    if not path.is_file():
-        return []
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        repos = doc["repos"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        return [f"{path}: unreadable baked manifest ({type(exc).__name__})"]
-    problems = []
-    for entry in repos:
-        slug = str(entry.get("slug"))
-        if slugs is not None and slug not in slugs:
-            continue
-        repo = data_dir / f"{slug}.git"
-        if not (repo / "HEAD").is_file():
-            problems.append(f"{slug}: listed in the baked manifest but missing from {data_dir}")
-            continue
-        try:
-            refs = Mirror(git, repo, foreign=True).local_state("all").refs
-        except Exception as exc:  # any failure to read is a mismatch to report
-            problems.append(f"{slug}: cannot read the baked repo ({type(exc).__name__})")
-            continue
-        if refs != entry.get("refs"):
-            problems.append(f"{slug}: its refs differ from the baked manifest")
-    return problems

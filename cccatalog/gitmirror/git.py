@@ -2,6 +2,8 @@
 
 Configuration that carries secrets (the Authorization header) reaches git only through
 GIT_CONFIG_COUNT/GIT_CONFIG_KEY_n/GIT_CONFIG_VALUE_n, never argv (visible in `ps`) or repo config.
+Every git runs in a process group of its own, registered in a `ChildGroups` while it runs, so that it
+ends with this process however that ends (see `children.py`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cccatalog.errors import GitError
+from cccatalog.gitmirror.children import CHILDREN, ChildGroups
 from cccatalog.gitmirror.deadlines import Watchdog
 from cccatalog.redact import Redactor
 
@@ -32,6 +35,9 @@ INHERITED_ENV = (
 STDERR_TAIL_LINES = 8
 
 log = logging.getLogger("cccatalog.git")
+# A trace of the HTTP headers git sends and receives, on stderr, with Authorization and cookies
+# masked by git itself (GIT_TRACE_REDACT): how a refused redirect's Location is learnt.
+HTTP_TRACE_ENV = {"GIT_TRACE_CURL": "2", "GIT_TRACE_CURL_NO_DATA": "1", "GIT_TRACE_REDACT": "1"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,10 +74,16 @@ class Git:
     """Runs git. Holds the base environment and the redactor every message passes through."""
 
     def __init__(
-        self, *, redactor: Redactor, environ: Mapping[str, str] | None = None, binary: str = "git"
+        self,
+        *,
+        redactor: Redactor,
+        environ: Mapping[str, str] | None = None,
+        binary: str = "git",
+        children: ChildGroups = CHILDREN,
     ) -> None:
         self.redactor = redactor
         self.binary = binary
+        self.children = children
         self._env = base_environment(os.environ if environ is None else environ)
         # Looked up once in the PATH git will get, not by every spawn walking it entry by entry
         # (a relative find depends on the cwd of each run: those are still looked up per run).
@@ -88,8 +100,11 @@ class Git:
         timeout: float | None = None,
         check: bool = True,
         stdin: str | None = None,
+        trace_http: bool = False,
     ) -> GitResult:
-        return self.start(args, cwd=cwd, config=config, timeout=timeout, check=check, stdin=stdin).result()
+        return self.start(
+            args, cwd=cwd, config=config, timeout=timeout, check=check, stdin=stdin, trace_http=trace_http
+        ).result()
 
     def start(
         self,
@@ -100,10 +115,20 @@ class Git:
         timeout: float | None = None,
         check: bool = True,
         stdin: str | None = None,
+        trace_http: bool = False,
     ) -> GitRun:
-        """Start git and return at once, so it can run beside another; `result()` waits for it."""
+        """Start git and return at once, so it can run beside another; `result()` waits for it.
+
+        `trace_http`: git writes the HTTP headers of its requests and answers to stderr (masked).
+        """
+        if self.children.stopping:
+            raise GitError(
+                f"git {_subcommand(args)} not started: cccatalog is stopping ({self.children.stopping})"
+            )
         env = dict(self._env)
         env.update(config_env(config or {}))
+        if trace_http:
+            env.update(HTTP_TRACE_ENV)
         argv = [self.binary, *args]
         # A session of its own, so a timeout can kill git's helpers (remote-https, upload-pack) too.
         proc = subprocess.Popen(
@@ -118,9 +143,11 @@ class Git:
             errors="replace",
             start_new_session=True,
         )
+        self.children.add(proc.pid)
         return GitRun(
             argv,
             proc,
+            children=self.children,
             redactor=self.redactor,
             watchdog=self._watchdog,
             timeout=timeout,
@@ -137,6 +164,7 @@ class GitRun:
         argv: list[str],
         proc: subprocess.Popen[str],
         *,
+        children: ChildGroups,
         redactor: Redactor,
         watchdog: Watchdog,
         timeout: float | None,
@@ -145,6 +173,7 @@ class GitRun:
     ) -> None:
         self._argv = argv
         self._proc = proc
+        self._children = children
         self._redactor = redactor
         self._watchdog = watchdog
         self._expired = watchdog.watch(proc, timeout)
@@ -163,6 +192,8 @@ class GitRun:
                 self._outcome = proc.communicate(self._stdin)
             finally:
                 self._watchdog.forget(self._expired)
+                if proc.returncode is not None:
+                    self._children.discard(proc.pid)
         stdout, stderr = self._outcome
         name = _subcommand(self._argv[1:])
         if log.isEnabledFor(logging.DEBUG):
@@ -170,6 +201,12 @@ class GitRun:
                 "%s -> exit %s (%.0f ms)", self._redactor(" ".join(self._argv)), proc.returncode,
                 (time.monotonic() - self._started) * 1000,
             )  # fmt: skip
+        stopping = self._children.stopping
+        if stopping and proc.returncode < 0:
+            raise GitError(
+                f"git {name} was stopped: cccatalog is stopping ({stopping})",
+                command=self._redactor(" ".join(self._argv)),
+            )
         if self._expired.is_set():
             raise GitError(
                 f"git {name} timed out after {self._timeout:.0f}s (raise it in the config if need be)",

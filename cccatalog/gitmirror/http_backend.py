@@ -156,6 +156,11 @@ class HttpBackend:
             self._command = backend_command(self.environ)
         return self._command
 
+    @property
+    def running(self) -> int:
+        """Backends running now (a gauge for /metrics and the status page; read without the lock)."""
+        return len(self._live)
+
     def kill_all(self) -> int:
         """Kill every backend still running (shutdown after the grace period). Returns how many."""
         with self._live_lock:

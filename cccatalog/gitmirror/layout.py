@@ -3,6 +3,8 @@
     <data_dir>/<slug>.git                 published mirrors (what is served)
     <data_dir>/.cccatalog/tmp/            clones in progress; never served (slugs cannot start with '.')
     <data_dir>/.cccatalog/locks/<slug>    one flock file per repo
+    <data_dir>/.cccatalog/owed/<slug>     present while a published mirror has changes not yet
+                                          maintained (a run that stopped left it for the next one)
 
 Everything under `.cccatalog/tmp` is unpublished and may be deleted; a published repo never is: a
 broken one is swapped out first and deleted only once nothing can reach it by name.
@@ -39,6 +41,10 @@ class Layout:
     def lock(self, slug: str) -> Path:
         self.repo(slug)
         return self.work_dir / "locks" / f"{slug}.lock"
+
+    def maintenance_owed(self, slug: str) -> Path:
+        self.repo(slug)
+        return self.work_dir / "owed" / slug
 
     def new_temp_repo(self, slug: str) -> Path:
         """A fresh directory on the same filesystem as the published repos, so rename is atomic."""

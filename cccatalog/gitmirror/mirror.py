@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cccatalog.config import RefScope
 from cccatalog.errors import GitError
 from cccatalog.gitmirror.git import Git
+from cccatalog.gitmirror.redirects import followed_redirect, location_from_trace
 
 REFSPECS: dict[RefScope, tuple[str, ...]] = {
     # GitHub's refs/pull/* are most refs of a busy repo and bloat every client's advertisement.
@@ -45,6 +48,7 @@ FETCH_CONFIG: dict[str, str] = {
 class RemoteRefs:
     head: str | None  # the upstream's default branch as a full ref name, when it says
     refs: dict[str, str]
+    redirected_to: str | None = None  # where git followed a redirect to (`warning: redirecting to`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,11 +119,19 @@ class Mirror:
             config.write(_config_text(wanted, REFSPECS[scope]))
         self.configure(url, scope, trust_file=False)
 
-    def configure(self, url: str, scope: RefScope, *, trust_file: bool = True) -> None:
+    def configure(
+        self,
+        url: str,
+        scope: RefScope,
+        *,
+        trust_file: bool = True,
+        before_write: Callable[[], None] | None = None,
+    ) -> None:
         """Make the repo config match: upstream URL, refspecs, mirror settings. Writes only what differs.
 
         `trust_file`: read a plain config file directly rather than with `git config --list`
         (a no-op sync then starts no git process here); anything unusual is still read by git.
+        `before_write` is called before the first write, if there is one.
         """
         current = _read_plain_config(self.path / "config") if trust_file else None
         if current is None:
@@ -129,21 +141,41 @@ class Mirror:
                 if key:
                     current.setdefault(key.lower(), []).append(value)
         wanted = {**MIRROR_CONFIG, "remote.origin.url": url}
-        for key, value in wanted.items():
-            if current.get(key.lower()) != [value]:
-                self._run("config", "--local", "--replace-all", key, value)
+        changes = [(key, value) for key, value in wanted.items() if current.get(key.lower()) != [value]]
         refspecs = list(REFSPECS[scope])
-        if current.get("remote.origin.fetch") != refspecs:
+        new_refspecs = current.get("remote.origin.fetch") != refspecs
+        if before_write is not None and (changes or new_refspecs):
+            before_write()
+        for key, value in changes:
+            self._run("config", "--local", "--replace-all", key, value)
+        if new_refspecs:
             self._run("config", "--local", "--unset-all", "remote.origin.fetch", check=False)
             for spec in refspecs:
                 self._run("config", "--local", "--add", "remote.origin.fetch", spec)
 
     def ls_remote(self, auth: Mapping[str, str], scope: RefScope, timeout: float) -> RemoteRefs:
         patterns = ["HEAD", "refs/heads/*", "refs/tags/*"] if scope == "branches-and-tags" else []
-        out = self._run(
-            "ls-remote", "--symref", "origin", *patterns, timeout=timeout, config={**FETCH_CONFIG, **auth}
+        result = self.git.run(
+            ["-C", str(self.path), "ls-remote", "--symref", "origin", *patterns],
+            timeout=timeout,
+            config={**self._base_config, **FETCH_CONFIG, **auth},
         )
-        return parse_ls_remote(out, scope)
+        refs = parse_ls_remote(result.stdout, scope)
+        moved = followed_redirect(result.stderr)
+        return replace(refs, redirected_to=moved) if moved else refs
+
+    def redirect_location(self, auth: Mapping[str, str], timeout: float) -> str | None:
+        """The Location of the redirect the upstream answers the ref advertisement with, asked again
+        with git's (masked) HTTP trace on; None when it no longer redirects. `auth` must refuse
+        redirects (`http.followRedirects=false`): this only reads where one points."""
+        result = self.git.run(
+            ["-C", str(self.path), "ls-remote", "origin", "HEAD"],
+            timeout=timeout,
+            check=False,
+            config={**self._base_config, **FETCH_CONFIG, **auth},
+            trace_http=True,
+        )
+        return location_from_trace(result.stderr)
 
     def fetch(self, auth: Mapping[str, str], timeout: float) -> None:
         # --atomic: a failed transfer updates no ref at all; --prune: refs deleted upstream go here too.
@@ -237,6 +269,34 @@ class Mirror:
         fsck = ("fsck", "--connectivity-only", "--no-progress", "--no-dangling")
         self._run(*fsck, timeout=timeout, config=no_indexes)
         return state
+
+    def needs_repack(self) -> bool:
+        """Not one pack with a bitmap: a change was fetched but never maintained (or never will be)."""
+        try:
+            names = os.listdir(self.path / "objects" / "pack")
+        except OSError:
+            return True
+        packs = sum(name.endswith(".pack") for name in names)
+        return packs != 1 or not any(name.endswith(".bitmap") for name in names)
+
+    def clear_interrupted_work(self) -> list[str]:
+        """Remove what a git stopped mid-write leaves in the repo: lock files (with one in place the
+        next git refuses to write: "Unable to create '...lock': File exists") and temporary packs.
+        Only for a repo whose lock we hold, after a run that stopped: no other writer can be at work
+        (serving reads, and takes no lock). Returns the paths removed, relative to the repo."""
+        removed: list[str] = []
+        for dirpath, dirnames, filenames in os.walk(self.path):
+            here = Path(dirpath)
+            if here == self.path / "objects":
+                # loose object directories hold objects only; pack/ and info/ are walked
+                dirnames[:] = [d for d in dirnames if d in ("pack", "info")]
+            in_pack = here == self.path / "objects" / "pack"
+            for name in filenames:
+                if name.endswith(".lock") or (in_pack and name.startswith(("tmp_", ".tmp-"))):
+                    with contextlib.suppress(FileNotFoundError):
+                        (here / name).unlink()
+                        removed.append(str((here / name).relative_to(self.path)))
+        return removed
 
     def optimize(self, timeout: float) -> None:
         """Keep serving cheap after a change: one pack with a bitmap, a commit-graph, dumb-protocol info."""

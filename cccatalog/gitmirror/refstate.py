@@ -4,7 +4,7 @@ What `git upload-pack --advertise-refs` prints is a function of HEAD, the refs (
 refs under refs/, or a reftable stack), the repo config (capabilities) and the shallow file. git
 replaces each of those by writing a lock file and renaming it into place, so every change gives the
 path a new inode or mtime, and deleting a loose ref removes a path. The fingerprint is every such
-path with (inode, mtime, size).
+path with (inode, mtime, size), its `filestamp`.
 
 Like git's own "racy index" rule, a fingerprint is refused (None) while anything in it changed within
 the last `RACY_SECONDS`: file timestamps are coarse (a clock tick, not a nanosecond), so two changes
@@ -18,6 +18,8 @@ import os
 import time
 from pathlib import Path
 
+from cccatalog.filestamp import stamp
+
 RACY_SECONDS = 2.0
 MAX_LOOSE_REFS = 256
 _FILES = ("HEAD", "packed-refs", "config", "shallow", "reftable/tables.list")
@@ -25,24 +27,23 @@ _FILES = ("HEAD", "packed-refs", "config", "shallow", "reftable/tables.list")
 Fingerprint = tuple[tuple[str, int, int, int], ...]
 
 
-def advertisement_fingerprint(repo: Path, *, now: float | None = None) -> Fingerprint | None:
+def advertisement_fingerprint(
+    repo: Path, *, now: float | None = None, racy_seconds: float = RACY_SECONDS
+) -> Fingerprint | None:
     """The fingerprint, or None when it cannot be trusted (missing repo, racy, too many loose refs)."""
     entries: list[tuple[str, int, int, int]] = []
     try:
         top = os.stat(repo)
         entries.append((".", top.st_ino, top.st_mtime_ns, 0))
         for name in _FILES:
-            try:
-                st = os.stat(repo / name)
-            except FileNotFoundError:
-                continue
-            entries.append((name, st.st_ino, st.st_mtime_ns, st.st_size))
+            if (found := stamp(repo / name)) is not None:
+                entries.append((name, *found))
         if not _walk_refs(repo / "refs", "refs", entries):
             return None
     except OSError:
         return None
     newest = max(mtime for _, _, mtime, _ in entries)
-    if (time.time() if now is None else now) - newest / 1e9 < RACY_SECONDS:
+    if (time.time() if now is None else now) - newest / 1e9 < racy_seconds:
         return None
     return tuple(entries)
 

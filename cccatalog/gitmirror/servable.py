@@ -12,7 +12,9 @@ import threading
 from pathlib import Path
 
 from cccatalog.config import Config
+from cccatalog.filestamp import Stamp, stamps
 from cccatalog.gitmirror.git import Git
+from cccatalog.gitmirror.layout import Layout
 from cccatalog.gitmirror.mirror import is_complete
 
 
@@ -29,18 +31,9 @@ def mirrored_slugs(config: Config, *, ignore_enabled: bool = False) -> frozenset
     )
 
 
-def _signature(repo: Path) -> tuple[int, ...] | None:
-    try:
-        parts = [repo.stat().st_ino]
-        for name in ("HEAD", "packed-refs", "refs/heads", "objects/pack"):
-            try:
-                st = (repo / name).stat()
-                parts += [st.st_ino, st.st_mtime_ns, st.st_size]
-            except FileNotFoundError:
-                parts += [0, 0, 0]
-        return tuple(parts)
-    except OSError:
-        return None
+# What a publish, an update or a repack changes: the repo directory (a publish swaps it), HEAD,
+# the refs and the packs.
+_WATCHED = ("HEAD", "packed-refs", "refs/heads", "objects/pack")
 
 
 class Servability:
@@ -49,15 +42,15 @@ class Servability:
     def __init__(self, git: Git) -> None:
         self.git = git
         self._lock = threading.Lock()
-        self._cache: dict[Path, tuple[tuple[int, ...], bool]] = {}
+        self._cache: dict[Path, tuple[tuple[Stamp, ...], bool]] = {}
 
     def is_servable(self, config: Config, slug: str) -> bool:
         if slug not in mirrored_slugs(config):
             return False
-        return self.is_complete(config.git.data_dir / f"{slug}.git")
+        return self.is_complete(Layout(config.git.data_dir).repo(slug))
 
     def is_complete(self, repo: Path) -> bool:
-        sig = _signature(repo)
+        sig = stamps(repo, _WATCHED)
         if sig is None:
             return False
         with self._lock:

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from cccatalog.errors import CCCatalogError
-from cccatalog.oci.client import DEFAULT_PER_HOST, INDEX_TYPES, RegistryClient, RegistryError
+from cccatalog.errors import CCCatalogError, RegistryError
+from cccatalog.oci.client import DEFAULT_PER_HOST, INDEX_TYPES, RegistryClient
 from cccatalog.oci.reference import Repository
 from cccatalog.oci.tags import CanonicalTag, group_by_ref
 from cccatalog.timestamps import rfc3339
@@ -79,16 +79,10 @@ def parse_created(value: object) -> datetime | None:
     """RFC 3339 with `Z` or an offset, nanosecond fractions allowed; None for missing, zero or pre-1980."""
     if not isinstance(value, str) or not value.strip():
         return None
-    text = value.strip().replace("z", "Z")
-    if text.endswith("Z"):
-        text = text[:-1] + "+00:00"
-    date, sep, rest = text.partition(".")
-    if sep:  # Python takes at most 6 fraction digits; Go writes 9
-        digits = len(rest) - len(rest.lstrip("0123456789"))
-        rest = rest[: min(digits, 6)] + rest[digits:]
-        text = f"{date}.{rest}" if rest[:1].isdigit() else f"{date}{rest}"
     try:
-        parsed = datetime.fromisoformat(text)
+        # Python 3.11 reads `Z`, offsets and Go's nine fraction digits (keeping six); RFC 3339 also
+        # allows a lowercase `t` and `z`.
+        parsed = datetime.fromisoformat(value.strip().upper())
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=UTC)
         parsed = parsed.astimezone(UTC)

@@ -8,19 +8,17 @@ to be a Docker Hub image: `rw-cli-codecollection` would otherwise quietly become
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cccatalog.config import Config, Source
+from cccatalog.config import Config
 from cccatalog.credentials import user_registry_credentials
 from cccatalog.errors import CCCatalogError, UsageError
-from cccatalog.oci.auth import RegistryAuth
+from cccatalog.oci.auth import AuthFor, RegistryAuth, source_auth
 from cccatalog.oci.reference import Repository, parse_reference
 from cccatalog.oci.resolve import RefResolution
 from cccatalog.redact import Redactor
-
-AuthFor = Callable[[str], RegistryAuth | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,21 +83,6 @@ def _slug_target(
         raise UsageError(f"{slug}: this CodeCollection has no image_registry in {config.path}")
     repo, _tag = parse_reference(cc.image_registry, allow_plain_http=plain_http or source.plain_http)
     return Target(repo, source_auth(source, environ, redactor), cc.default_ref)
-
-
-def source_auth(source: Source, environ: Mapping[str, str], redactor: Redactor) -> AuthFor:
-    """The credentials a source's auth block gives for each registry host; every secret handed out is
-    registered with `redactor` first."""
-
-    from cccatalog.catalog.images import registry_auth  # here: it brings the state store with it
-
-    def auth_for(host: str) -> RegistryAuth | None:
-        auth = registry_auth(source, host, environ)
-        if auth is not None:
-            redactor.add(*auth.secrets)
-        return auth
-
-    return auth_for
 
 
 def user_cache_dir(environ: Mapping[str, str]) -> Path:

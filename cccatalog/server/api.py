@@ -38,6 +38,7 @@ from cccatalog.timestamps import rfc3339
 CATALOG = "/api/v1/catalog/codecollections"
 GIT_REPOS = "/api/v1/git/repos"
 ADMIN = "/api/v1/admin/"
+MANIFEST = "/api/v1/manifest"
 # How long a client should wait before asking again while the state database cannot be reached.
 STATE_RETRY_SECONDS = 5
 
@@ -96,6 +97,8 @@ def handle(
     try:
         if path in ("/healthz", "/readyz"):
             return _health(ctx, path) if method in ("GET", "HEAD") else _method_not_allowed()
+        if path == MANIFEST:
+            return _manifest(ctx) if method in ("GET", "HEAD") else _method_not_allowed()
         if path.startswith(ADMIN):
             return _admin(ctx, method, path[len(ADMIN) :], _params(query), authorization, client=client)
         if not path.startswith(("/api/v1/catalog/", "/api/v1/git/", "/api/openapi.json")) and path not in (
@@ -175,6 +178,13 @@ def _health(ctx: ApiContext, path: str) -> ApiResponse:
         body.update(status="unavailable", problems=problems)
         return ApiResponse(503, body)
     return ApiResponse(200, body)
+
+
+def _manifest(ctx: ApiContext) -> ApiResponse:
+    """What this site has, in the manifest format `cccatalog export --since` reads."""
+    from cccatalog.manifest import site_manifest
+
+    return ApiResponse(200, site_manifest(ctx.config, ctx.servability.git, ctx.store))
 
 
 def _collection(config: Config, slug: str) -> CodeCollection:

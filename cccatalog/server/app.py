@@ -28,14 +28,16 @@ from typing import IO, Any
 
 from cccatalog.config import ServeConfig
 from cccatalog.gitmirror.http_backend import CGIRequest, ClientGone, HttpBackend
-from cccatalog.gitmirror.refstate import advertisement_fingerprint
+from cccatalog.gitmirror.layout import Layout
+from cccatalog.gitmirror.refstate import RACY_SECONDS, advertisement_fingerprint
 from cccatalog.redact import Redactor
-from cccatalog.server import framing, relay
+from cccatalog.server import framing, relay, ui
 from cccatalog.server.advert_cache import AdvertCache, CachedAnswer, RecordingSink
 from cccatalog.server.api import ApiContext, admin_token
 from cccatalog.server.api import handle as handle_api
 from cccatalog.server.framing import FramingError
-from cccatalog.server.logsafe import loggable_target
+from cccatalog.server.logsafe import access_fields, loggable_target
+from cccatalog.server.metrics import ServerMetrics, route_class
 from cccatalog.server.reaper import Reaper, body_window
 from cccatalog.server.routing import GitRoute, GitService, Refusal, route_git
 
@@ -64,8 +66,13 @@ class CatalogServer(ThreadingHTTPServer):
         *,
         backend: HttpBackend | None = None,
         sock: socket.socket | None = None,
+        racy_seconds: float = RACY_SECONDS,
     ) -> None:
-        """Serve on `address`, or on `sock` when given: a socket bound already (`listen_socket`)."""
+        """Serve on `address`, or on `sock` when given: a socket bound already (`listen_socket`).
+
+        `racy_seconds`: how old a repository's last ref change must be before its advertisement is
+        kept (`gitmirror.refstate`); tests that have just synced pass 0."""
+        self.racy_seconds = racy_seconds
         self.api = api
         self.live = api.live
         self.settings = settings
@@ -77,6 +84,7 @@ class CatalogServer(ThreadingHTTPServer):
         # tracebacks are logged redacted even when no logging filter is installed (tests, embedding)
         token = admin_token(api.environ)
         self.redactor = Redactor([token] if token else [])
+        self.metrics = ServerMetrics(api, settings, adverts=self.adverts, backend=self.backend)
         self._active = 0
         self._active_cond = threading.Condition()
         if sock is None:
@@ -226,7 +234,12 @@ class GitRequestHandler(BaseHTTPRequestHandler):
         with suppress(OSError):
             self._json(code, {"detail": message or HTTPStatus(code).phrase})
         line = loggable_target(self.requestline[:200])
-        access_log.info('%s "%s" %s %d -', self.client_address[0], line, code, self._sent)
+        self.server.metrics.observe_request("other", code, self._sent, None)
+        client = self.client_address[0]
+        fields = access_fields(
+            client, self.command, line, route="other", status=code, sent=self._sent, seconds=None
+        )
+        access_log.info('%s "%s" %s %d -', client, line, code, self._sent, extra=fields)
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.client_address[0], *args)
@@ -263,10 +276,22 @@ class GitRequestHandler(BaseHTTPRequestHandler):
             self._internal_error(exc)
         finally:
             self.server.track(-1)
+            seconds = time.monotonic() - started
+            route = route_class(self.route_path, self.server.live.current.git.mount_path)
+            self.server.metrics.observe_request(route, self._status, self._sent, seconds)
+            client, target = self.client_address[0], loggable_target(self.path)
+            fields = access_fields(
+                client,
+                self.command,
+                target,
+                route=route,
+                status=self._status,
+                sent=self._sent,
+                seconds=seconds,
+            )
             access_log.info(
                 '%s "%s %s" %s %d %.3fs',
-                self.client_address[0], self.command, loggable_target(self.path), self._status or "-",
-                self._sent, time.monotonic() - started,
+                client, self.command, target, self._status or "-", self._sent, seconds, extra=fields,
             )  # fmt: skip
 
     def _internal_error(self, exc: Exception) -> None:
@@ -294,6 +319,9 @@ class GitRequestHandler(BaseHTTPRequestHandler):
         if answer is not None:
             self._discard_body()
             return self._json(answer.status, answer.body, list(answer.headers))
+        if (page := ui.answer(self.server, self.command, path, self.headers)) is not None:
+            self._discard_body()
+            return self._send_page(page)
         config = self.server.live.current
         route = route_git(self.command, path, self.query, config.git.mount_path)
         if route is None:
@@ -359,9 +387,13 @@ class GitRequestHandler(BaseHTTPRequestHandler):
         """None when the answer came from the advertisement cache; else the sink the backend writes to."""
         sink: _Sink | RecordingSink = _Sink(self)
         if (request_key := _cacheable(body, req)) is not None:  # answers that only change with the refs
-            repo = self.server.live.current.git.data_dir / f"{route.slug}.git"
+            repo = Layout(self.server.live.current.git.data_dir).repo(route.slug)
             key = (repo, route.service.value, request_key, req.git_protocol)
-            fingerprint = advertisement_fingerprint(repo) if self.server.adverts.max_bytes else None
+            fingerprint = (
+                advertisement_fingerprint(repo, racy_seconds=self.server.racy_seconds)
+                if self.server.adverts.max_bytes
+                else None
+            )
             if fingerprint is not None:
                 if (cached := self.server.adverts.get(key, fingerprint)) is not None:
                     self._send_cached(cached)
@@ -394,6 +426,18 @@ class GitRequestHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(answer.body)
         self._sent += len(answer.body)
+
+    def _send_page(self, page: ui.Page) -> None:
+        self._status = page.status
+        self.send_response(page.status)
+        for name, value in page.headers:
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(page.body)))
+        self._connection_header()
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(page.body)
+            self._sent += len(page.body)
 
     def _read_body(self, cap: int) -> IO[bytes]:
         """The whole request body, spooled to disk past 1 MiB, before any process starts."""

@@ -10,32 +10,30 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 
 from cccatalog.config import Config, load_config
 from cccatalog.errors import ConfigError
+from cccatalog.filestamp import stamp
 
 log = logging.getLogger("cccatalog.serve")
-
-
-def _stamp(path: Path) -> tuple[int, int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 class LiveConfig:
     def __init__(self, config: Config, *, environ: Mapping[str, str] | None = None) -> None:
         self._config = config
         self._environ = os.environ if environ is None else environ
-        self._stamp = _stamp(config.path)
+        self._stamp = stamp(config.path)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.generation = 0
         self.listeners: list[Callable[[Config], None]] = []
+        # for the status page and /metrics: when the config in effect was loaded, and why the last
+        # reload failed (None once one succeeds again)
+        self.loaded_at = time.time()
+        self.last_reload_error: str | None = None
+        self.last_reload_failed_at: float | None = None
 
     @property
     def current(self) -> Config:
@@ -45,14 +43,16 @@ class LiveConfig:
         """Load the file again. True when the new config took effect."""
         with self._lock:
             path = self._config.path
-            self._stamp = _stamp(path)
+            self._stamp = stamp(path)
             try:
                 config = load_config(path, environ=self._environ)
             except ConfigError as exc:
                 log.error("config reload failed, keeping the previous config: %s", exc)
+                self.last_reload_error, self.last_reload_failed_at = str(exc), time.time()
                 return False
             self._config = config
             self.generation += 1
+            self.loaded_at, self.last_reload_error = time.time(), None
         for warning in config.warnings:
             log.warning("%s: %s", path, warning)
         log.info("config reloaded from %s (%d CodeCollections)", path, len(config.codecollections))
@@ -68,7 +68,7 @@ class LiveConfig:
 
         def loop() -> None:
             while not self._stop.wait(interval):
-                if _stamp(self._config.path) != self._stamp:
+                if stamp(self._config.path) != self._stamp:
                     self.reload()
 
         thread = threading.Thread(target=loop, name="config-watch", daemon=True)

@@ -60,3 +60,14 @@ def _redact_path(path: str) -> str:
         if redacted != decoded:
             return redacted
     return masked
+
+
+def access_fields(
+    client: str, method: str | None, target: str, *, route: str, status: int, sent: int, seconds: float | None
+) -> dict[str, object]:
+    """The fields of an access log line, for `--log-format json`; `target` must be loggable already."""
+    fields: dict[str, object] = {"client": client, "method": method, "path": target, "route": route}
+    fields.update(status=status or None, bytes=sent)
+    if seconds is not None:
+        fields["duration_ms"] = round(seconds * 1000, 3)
+    return fields

@@ -166,6 +166,37 @@ _SCHEMAS: dict[str, Any] = {
         },
     },
     "Health": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
+    "Manifest": {
+        "type": "object",
+        "required": ["format", "kind", "repos", "collections", "catalog"],
+        "properties": {
+            "format": {"type": "string", "enum": ["cccatalog-manifest/1"]},
+            "kind": {"type": "string", "enum": ["site"]},
+            "cccatalog_version": {"type": "string"},
+            "created_at": {"type": "string", "format": "date-time"},
+            "collections": {"type": "array", "items": {"type": "string"}},
+            "repos": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["slug", "refs", "refs_fingerprint"],
+                    "properties": {
+                        "slug": {"type": "string"},
+                        "upstream_url": _S,
+                        "default_branch": _S,
+                        "head_commit": _S,
+                        "refs": {"type": "object", "additionalProperties": {"type": "string"}},
+                        "refs_fingerprint": {"type": "string"},
+                    },
+                },
+            },
+            "catalog": {
+                "type": "object",
+                "nullable": True,
+                "properties": {"digest": {"type": "string"}, "refs": {"type": "object"}},
+            },
+        },
+    },
 }
 
 
@@ -275,6 +306,13 @@ PATHS: dict[str, Any] = {
             "summary": "One git mirror, with its local path",
             "parameters": [_SLUG],
             "responses": {"200": _json(_ref("GitRepo")), "404": _ERROR},
+        }
+    },
+    "/api/v1/manifest": {
+        "get": {
+            "summary": "What this site has (every ref of every mirror, the image refs): "
+            "what `cccatalog export --since` reads",
+            "responses": {"200": _json(_ref("Manifest"))},
         }
     },
     "/api/v1/admin/sync-git": _admin_post("Sync the git mirrors", [_ALLOW, _WAIT], "GitSummary"),

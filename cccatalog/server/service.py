@@ -25,11 +25,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cccatalog import envvars
 from cccatalog.catalog.store import Store
 from cccatalog.config import Config
 from cccatalog.errors import CCCatalogError, LockBusy, StateError
-from cccatalog.gitmirror.bake import check_manifest
 from cccatalog.gitmirror.git import Git
+from cccatalog.gitmirror.layout import Layout
 from cccatalog.gitmirror.mirror import Mirror
 from cccatalog.gitmirror.servable import Servability, mirrored_slugs
 from cccatalog.jobs import (
@@ -41,7 +42,7 @@ from cccatalog.jobs import (
     run_sync,
 )
 from cccatalog.redact import Redactor, strip_url_credentials
-from cccatalog.replica import mirror_volume, replica_id
+from cccatalog.replica import replica_id
 from cccatalog.runlocks import Held, Locks
 from cccatalog.server.admin_jobs import JobRunner
 from cccatalog.server.api import ApiContext
@@ -50,7 +51,6 @@ from cccatalog.server.live_config import LiveConfig
 log = logging.getLogger("cccatalog.serve")
 
 
-DISABLE_SCHEDULER_VARS = ("CCCATALOG_DISABLE_SCHEDULER", "CC_CATALOG_DISABLE_SCHEDULER")
 _TRUE = ("1", "true", "yes", "on")
 GIT_GUARD = "git.runtime_sync is false (the air-gap guard)"
 
@@ -90,7 +90,9 @@ def scheduler_intervals(
 ) -> tuple[int, int, str | None]:
     """(git minutes, image minutes, why the scheduler is off or None); 0 is off. The command line
     wins over the environment, which wins over the config file and its defaults."""
-    disabled = next((v for v in DISABLE_SCHEDULER_VARS if environ.get(v, "").strip().lower() in _TRUE), None)
+    disabled = next(
+        (v for v in envvars.DISABLE_SCHEDULER if environ.get(v, "").strip().lower() in _TRUE), None
+    )
     git = config.scheduler.git_sync_minutes if git_minutes is None else git_minutes
     catalog = config.scheduler.catalog_poll_minutes if catalog_minutes is None else catalog_minutes
     if disabled:
@@ -132,16 +134,14 @@ def build_service(
         live, store, servability, jobs, {"git": sync_git, "images": sync_catalog}, environ,
         locks=locks, replica=replica,
     )  # fmt: skip
-    baked: list[str] = []
     try:
         backfill(config, store, servability)
-        baked = baked_mismatches(config, store, servability)
     except StateError as exc:
         # git is served from disk all the same; the status API fills in once the state is back
         log.warning("cannot record the mirrors found on disk: %s", exc)
     # a collection a reload adds may have its mirror on disk already: its status must say so
     live.listeners.append(functools.partial(_backfill_after_reload, store=store, servability=servability))
-    api.ready_checks.append(lambda _config: "; ".join(baked) if baked else None)
+    api.ready_checks.append(ManifestCheck(config, store, servability, environ))
     return Service(api, environ=environ)
 
 
@@ -161,7 +161,7 @@ def open_state(
         log.info("no state file at %s yet; answering from an empty state", state.path)
         return Store.memory()
     try:
-        return Store.open(state, volume=mirror_volume(config, replica), secrets=secrets, connect_later=create)
+        return Store.for_config(config, environ=environ, connect_later=create)
     except StateError as exc:
         log.error("%s; serving with an in-memory state until this is fixed (catalog starts empty)", exc)
         return Store.memory()
@@ -214,7 +214,6 @@ def get_once(
     file is not created: the answer then comes from an empty state."""
     from urllib.parse import urlsplit
 
-    from cccatalog import envvars
     from cccatalog.server.api import handle
 
     parts = urlsplit(target if target.startswith("/") else "/" + target)
@@ -229,14 +228,61 @@ def get_once(
     return answer.status, answer.body
 
 
-def baked_mismatches(config: Config, store: Store, servability: Servability) -> list[str]:
-    """Repos still as baked (never synced here) that do not match the bake manifest: logged and
-    reported by /readyz, never served silently as if they were right."""
-    as_baked = [m.slug for m in store.list_mirrors() if m.last_action in (None, "baked")]
-    problems = check_manifest(servability.git, config.git.data_dir, as_baked)
+# Actions after which a mirror is as the manifest in data_dir says: baked (or found on disk), imported.
+_AS_LISTED = (None, "baked", "imported")
+
+
+def baked_mismatches(
+    config: Config, store: Store, servability: Servability, environ: Mapping[str, str]
+) -> list[str]:
+    """Mirrors that should be as the manifest in data_dir lists them (baked or imported, not changed
+    by a sync here since) and are not: missing, half-made, or at other refs. Logged, and reported by
+    /readyz; never served silently as if they were right."""
+    from cccatalog.baked import check_mirrors
+
+    changed_here = {
+        m.slug for m in store.list_mirrors()
+        if m.last_action not in _AS_LISTED and not (m.last_action == "failed" and m.last_success_at is None)
+    }  # fmt: skip
+    slugs = mirrored_slugs(config) - changed_here
+    problems = check_mirrors(
+        servability.git, config.git.data_dir, slugs, transfer=config.transfer, environ=environ
+    )
     for problem in problems:
-        log.error("baked mirror check: %s", problem)
+        log.error("manifest check: %s", problem)
     return problems
+
+
+class ManifestCheck:
+    """The readiness check of the manifest in data_dir: run at start-up, and again when an import
+    replaces the manifest (its file changes), not on every /readyz."""
+
+    def __init__(
+        self, config: Config, store: Store, servability: Servability, environ: Mapping[str, str]
+    ) -> None:
+        self._store, self._servability, self._environ = store, servability, environ
+        self._lock = threading.Lock()
+        self._key: tuple[object, ...] | None = None
+        self._problems: list[str] = []
+        self(config)
+
+    def __call__(self, config: Config) -> str | None:
+        path = config.git.data_dir / "manifest.json"
+        try:
+            st = path.stat()
+            key: tuple[object, ...] = (path, st.st_ino, st.st_mtime_ns, st.st_size)
+        except OSError:
+            key = (path, None)
+        with self._lock:
+            if key != self._key:
+                try:
+                    self._problems = baked_mismatches(config, self._store, self._servability, self._environ)
+                except StateError as exc:
+                    # which mirrors a sync here changed is in the state: checked again once it is back
+                    log.warning("manifest check postponed: %s", exc)
+                    return None
+                self._key = key
+            return "; ".join(self._problems) if self._problems else None
 
 
 def backfill(config: Config, store: Store, servability: Servability) -> int:
@@ -246,7 +292,7 @@ def backfill(config: Config, store: Store, servability: Servability) -> int:
     known = {m.slug for m in store.list_mirrors() if m.head_commit}
     count = 0
     for slug in sorted(mirrored_slugs(config) - known):
-        repo = config.git.data_dir / f"{slug}.git"
+        repo = Layout(config.git.data_dir).repo(slug)
         if not servability.is_complete(repo):
             continue
         try:

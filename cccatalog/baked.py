@@ -1,0 +1,71 @@
+"""`serve`'s start-up check of the mirrors in `data_dir` against the manifest beside them.
+
+The manifest is the one `bake` wrote or the last `import` left (the export's own, signed one). When
+`transfer.allowed_signers` is configured, its signature must check out. Every repo it lists that the
+config mirrors and that no local sync has changed since must be present, complete (HEAD resolves to a
+commit, as the servable rule asks) and at exactly the listed refs. Each problem is one line, for
+`/readyz` and the log: a missing or half-made repo is as much a problem as a moved ref.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from pathlib import Path
+
+from cccatalog.config import TransferConfig
+from cccatalog.errors import CCCatalogError
+from cccatalog.gitmirror.git import Git
+from cccatalog.gitmirror.layout import Layout
+from cccatalog.gitmirror.mirror import Mirror, is_complete
+from cccatalog.manifest import MANIFEST, SIGNATURE, parse
+
+_SHOWN_REFS = 3
+
+
+def check_mirrors(
+    git: Git,
+    data_dir: Path,
+    slugs: Collection[str],
+    *,
+    transfer: TransferConfig,
+    environ: Mapping[str, str],
+) -> list[str]:
+    """Problems with the mirrors of `slugs` that `<data_dir>/manifest.json` lists (none without one)."""
+    path = data_dir / MANIFEST
+    if not path.is_file():
+        return []
+    try:
+        manifest = parse(path.read_bytes(), source=str(path))
+    except (OSError, CCCatalogError) as exc:
+        return [f"{path}: unreadable manifest ({exc})"]
+    problems: list[str] = []
+    if transfer.allowed_signers is not None:
+        from cccatalog.signing import verify
+
+        try:
+            verify(
+                path, data_dir / SIGNATURE, transfer.allowed_signers, signer=transfer.signer,
+                environ=environ, what=str(path),
+            )  # fmt: skip
+        except CCCatalogError as exc:
+            problems.append(f"{exc} (transfer.allowed_signers is set)")
+    for slug, entry in sorted(manifest.repos.items()):
+        if slug not in slugs:
+            continue
+        repo = Layout(data_dir).repo(slug)  # manifest slugs are validated when it is read
+        if not (repo / "HEAD").is_file():
+            problems.append(f"{slug}: listed in the manifest but missing from {data_dir}")
+            continue
+        if not is_complete(git, repo):
+            problems.append(f"{slug}: half-made or damaged (HEAD does not resolve to a commit)")
+            continue
+        try:
+            refs = Mirror(git, repo, foreign=True).local_state("all").refs
+        except CCCatalogError as exc:
+            problems.append(f"{slug}: cannot read its refs ({exc})")
+            continue
+        if refs != entry.refs:
+            differ = sorted(set(refs) ^ set(entry.refs) | {n for n in refs if entry.refs.get(n) != refs[n]})
+            shown = ", ".join(differ[:_SHOWN_REFS]) + (", ..." if len(differ) > _SHOWN_REFS else "")
+            problems.append(f"{slug}: its refs differ from the manifest ({len(differ)}: {shown})")
+    return problems

@@ -1,0 +1,109 @@
+"""SSH signatures over manifests: the one place that runs `ssh-keygen`.
+
+A manifest is signed with `ssh-keygen -Y sign` (the format git uses for signed commits, checked by
+any OpenSSH 8.2+) and checked with `ssh-keygen -Y verify` against an allowed-signers file. Nothing
+is fetched and no key server is asked. Only paths go into argv: a private key stays in its file (or
+in the agent named by SSH_AUTH_SOCK). ssh-keygen runs with an explicit environment, no terminal and
+no standard input it could prompt on, so a passphrase-protected key fails instead of hanging.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+
+from cccatalog.errors import UsageError
+
+# Signatures of cccatalog manifests (baked, exported) are valid only in this namespace, so a signature
+# the same key made for a git commit or a file of another tool cannot be passed off as one.
+NAMESPACE = "cccatalog-manifest"
+_TIMEOUT = 60
+_INHERITED = ("PATH", "HOME", "SSH_AUTH_SOCK", "TMPDIR")
+
+
+class SignatureError(UsageError):
+    """A signature is missing, wrong, or made by a key the allowed signers do not list."""
+
+
+def _environment(environ: Mapping[str, str]) -> dict[str, str]:
+    env = {k: environ[k] for k in _INHERITED if k in environ}
+    env.setdefault("PATH", os.defpath)
+    env["LC_ALL"] = "C"
+    return env
+
+
+def _ssh_keygen(
+    args: list[str], *, environ: Mapping[str, str], stdin: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = _environment(environ)
+    binary = shutil.which("ssh-keygen", path=env["PATH"])
+    if binary is None:
+        raise UsageError("ssh-keygen is not installed (Debian: apt-get install openssh-client)")
+    with stdin.open("rb") if stdin else open(os.devnull, "rb") as source:
+        try:
+            return subprocess.run(
+                [binary, *args], stdin=source, capture_output=True, env=env, timeout=_TIMEOUT,
+                start_new_session=True, check=False, text=True, errors="replace",
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            raise SignatureError(f"ssh-keygen {args[1]} did not finish within {_TIMEOUT}s") from None
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1] if lines else "no output"
+
+
+def sign(path: Path, key: Path, *, environ: Mapping[str, str]) -> Path:
+    """Sign `path` with the private key file `key` (or, given a `.pub`, its key in the ssh-agent).
+    Returns the signature file, `<path>.sig`."""
+    if not key.is_file():
+        raise UsageError(f"--sign-key {key}: no such file")
+    signature = path.with_name(path.name + ".sig")
+    signature.unlink(missing_ok=True)  # ssh-keygen would ask whether to overwrite it
+    done = _ssh_keygen(["-Y", "sign", "-f", str(key), "-n", NAMESPACE, str(path)], environ=environ)
+    if done.returncode != 0 or not signature.is_file():
+        raise SignatureError(f"--sign-key {key}: ssh-keygen could not sign: {_last_line(done.stderr)}")
+    return signature
+
+
+def verify(
+    path: Path,
+    signature: Path,
+    allowed_signers: Path,
+    *,
+    signer: str | None,
+    environ: Mapping[str, str],
+    what: str,
+) -> str:
+    """Check that `signature` is a good signature of `path` by `signer` (or by any principal the
+    allowed-signers file lists, when None). Returns the principal; raises SignatureError."""
+    if not allowed_signers.is_file():
+        raise UsageError(f"allowed signers file {allowed_signers}: no such file")
+    if not signature.is_file():
+        raise SignatureError(f"{what} is not signed ({signature.name} is missing)")
+    if signer is None:
+        found = _ssh_keygen(
+            ["-Y", "find-principals", "-f", str(allowed_signers), "-s", str(signature)], environ=environ
+        )
+        principals = [p.strip() for p in found.stdout.splitlines() if p.strip()]
+        if found.returncode != 0 or not principals:
+            raise SignatureError(f"{what} is signed by a key that {allowed_signers} does not list")
+    else:
+        principals = [signer]
+    detail = ""
+    for principal in principals:
+        checked = _ssh_keygen(
+            ["-Y", "verify", "-f", str(allowed_signers), "-I", principal, "-n", NAMESPACE,
+             "-s", str(signature)],
+            environ=environ, stdin=path,
+        )  # fmt: skip
+        if checked.returncode == 0:
+            return principal
+        detail = _last_line(checked.stderr or checked.stdout)
+    if signer is not None and "incorrect signature" not in detail.lower():
+        raise SignatureError(f"{what} is not signed by {signer} (the key in {allowed_signers}): {detail}")
+    raise SignatureError(f"{what} does not match its signature (changed after signing?): {detail}")
