@@ -128,15 +128,19 @@ class FileRunLock(RunLock):
 
 
 class _HeldAdvisory(Held):
-    def __init__(self, db: PostgresDatabase, conn: Any) -> None:
-        self._db, self._conn = db, conn
+    def __init__(self, db: PostgresDatabase, name: str, conn: Any) -> None:
+        self._db, self._name, self._conn = db, name, conn
+        self._lock = threading.Lock()
 
     def release(self) -> None:
-        # ending the session releases its advisory locks
-        self._conn.close()
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            self._db.unlock(self._name, conn)
 
     def alive(self) -> bool:
-        return self._db.lock_is_alive(self._conn)
+        conn = self._conn
+        return conn is not None and self._db.lock_is_alive(conn)
 
 
 class AdvisoryRunLock(RunLock):
@@ -148,7 +152,7 @@ class AdvisoryRunLock(RunLock):
 
     def try_acquire(self) -> Held | None:
         conn = self.db.try_lock(self.name)
-        return None if conn is None else _HeldAdvisory(self.db, conn)
+        return None if conn is None else _HeldAdvisory(self.db, self.name, conn)
 
     def is_held(self) -> bool:
         return self.db.lock_is_held(self.name)

@@ -291,18 +291,20 @@ def test_a_run_lock_is_held_by_one_process_until_its_connection_ends(tmp_path: P
         assert second.run("git").try_acquire() is not None  # another lock altogether
         with connect(pg_url) as admin:  # what the server does when the holder dies
             admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
             )
         _wait(lambda: not second.run("images").is_held(), "the lock to be dropped with its connection")
         assert not held.alive()
         taken = second.run("images").try_acquire()
         assert taken is not None
         taken.release()
-        assert not first.run("images").is_held()
+        assert not first.run("images").is_held()  # at once: released, not left to the connection's end
     assert not (tmp_path / "state" / "locks").exists()  # no lock files: the database holds the locks
 
 
 def _config(tmp_path: Path, url: str) -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "config.yaml"
     path.write_text(f"git: {{data_dir: {tmp_path / 'git'}}}\n")
     return path
@@ -361,3 +363,25 @@ def test_a_predecessor_database_is_named_by_check_and_adopted_by_the_first_serve
     assert capsys.readouterr().out == "200\n[]\n"  # this config lists none of its collections
     assert state_database_version(pg_url) == len(migrations.MIGRATIONS)
     assert _rows(pg_url, "SELECT count(*) FROM cccatalog_image_refs") == [(6,)]
+
+
+def test_two_catalogs_on_one_server_do_not_share_locks(tmp_path: Path, pg_server: PgServer) -> None:
+    """Advisory locks belong to a database: another cccatalog on the same server is not a replica."""
+    urls = [pg_server.create_database(), pg_server.create_database()]
+    try:
+        configs = [
+            load_config(_config(tmp_path / str(i), url), environ={"CCCATALOG_STATE_URL": url})
+            for i, url in enumerate(urls)
+        ]
+        with Store.open(configs[0].state) as one, Store.open(configs[1].state) as two:
+            held = Locks.for_state(configs[0], one).run("images").try_acquire()
+            assert held is not None
+            other = Locks.for_state(configs[1], two).run("images")
+            assert not other.is_held()
+            taken = other.try_acquire()
+            assert taken is not None
+            taken.release()
+            held.release()
+    finally:
+        for url in urls:
+            pg_server.drop_database(url)

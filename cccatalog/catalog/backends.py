@@ -506,6 +506,18 @@ class PostgresDatabase(Database):
         self._recovered()
         return raw
 
+    def unlock(self, name: str, raw: Any) -> None:
+        """Release the session lock `name` held on `raw` and close it. Unlocking first makes the
+        release take effect now: a closed connection's locks go only once its server process ends."""
+        import psycopg
+
+        try:
+            raw.execute("SELECT pg_advisory_unlock(%s)", (lock_key(name),))
+        except psycopg.Error:
+            pass  # a broken connection: the server drops its locks as it notices
+        finally:
+            _close_quietly(raw)
+
     def lock_is_alive(self, raw: Any) -> bool:
         """True while the connection holding a session lock still answers (so the lock is still held)."""
         import psycopg
@@ -526,6 +538,7 @@ class PostgresDatabase(Database):
             "read the locks of",
             lambda conn: conn.execute(
                 "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
                 "AND classid::bigint = ? AND objid::bigint = ? AND objsubid = 1",
                 (classid, objid),
             ).fetchone(),
