@@ -146,12 +146,15 @@ def test_when_the_scheduler_leader_dies_another_replica_runs_the_next_poll(
         by_name[str(leader)].kill()
         before = len(runs)
         wait_for(lambda: set(_runs_by(pg_url)[before:]) - {leader}, "a poll by another replica")
-        time.sleep(10 * minute)
-        after = _runs_by(pg_url)[before:]
-        successor = next(r for r in after if r != leader)
+        successor = next(r for r in _runs_by(pg_url)[before:] if r != leader)
+
+        def since_successor() -> list[str | None]:
+            after = _runs_by(pg_url)[before:]
+            return after[after.index(successor) :]
+
+        wait_for(lambda: len(since_successor()) >= 4, "the successor's next polls")
         # past the first poll the killed leader may have started, only the successor polls
-        assert set(after[after.index(successor) :]) == {successor}
-        assert len(after[after.index(successor) :]) >= 3
+        assert set(since_successor()) == {successor}
 
 
 def _answers(replicas_: list[Replica], path: str) -> list[Any]:
@@ -273,7 +276,7 @@ class Clients:
             else:
                 self.bodies.append(answer.json())
             self.reads += 1
-            time.sleep(0.02)
+            self.stop.wait(0.02)  # a client's pace, not a wait for anything
 
 
 def test_while_the_database_is_down_git_is_served_and_the_catalog_answers_from_its_last_read(
@@ -301,7 +304,11 @@ def test_while_the_database_is_down_git_is_served_and_the_catalog_answers_from_i
             wait_for(lambda: httpx.get(f"{replica.url}/readyz").json()["status"] == "degraded", "readyz")
             ready = httpx.get(f"{replica.url}/readyz")
             clones_before = clients.clones
-            time.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - down_at)))
+            wait_for(
+                lambda: time.monotonic() - down_at >= OUTAGE_SECONDS and clients.clones >= clones_before + 2,
+                "the outage to last its time, with clones going on",
+                timeout=OUTAGE_SECONDS + 60,
+            )
             clones_during = clients.clones - clones_before
             list_during = httpx.get(f"{replica.url}{CATALOG}")
             never_read = httpx.get(f"{replica.url}{CATALOG}/alpha/refs?include_inactive=true")
@@ -355,7 +362,7 @@ def test_a_git_sync_running_on_one_replicas_volume_is_running_for_every_replica(
         ]  # fmt: skip
         with replicas(configs, state_url=pg_url) as [r0, r1]:
             started = httpx.post(f"{r0.url}{ADMIN}/sync-git", headers=bearer(), timeout=10).json()
-            time.sleep(1.0)  # well inside the stalled fetch
+            wait_for(lambda: upstream.seen_authorization, "r0's fetch to reach the (stalling) upstream")
             asked = httpx.get(f"{r1.url}{ADMIN}/jobs/{started['job_id']}", headers=bearer()).json()
             assert asked["state"] == "running"
             assert asked["replica"] == "r0"
