@@ -16,6 +16,7 @@ import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,7 +24,15 @@ from cccatalog.config import Config
 from cccatalog.errors import LockBusy, UsageError
 from cccatalog.gitmirror.git import Git
 from cccatalog.gitmirror.layout import Layout
-from cccatalog.gitmirror.sync import Action, MirrorSyncer, RepoResult, RepoTask, SyncOptions, plan_sync
+from cccatalog.gitmirror.sync import (
+    Action,
+    MirrorSyncer,
+    Record,
+    RepoResult,
+    RepoTask,
+    SyncOptions,
+    plan_sync,
+)
 from cccatalog.paths import require_writable_dir
 from cccatalog.redact import Redactor
 from cccatalog.runlocks import Locks
@@ -120,6 +129,27 @@ def run_locks(config: Config, request: SyncRequest, store: Store | None = None) 
         yield replace(request, skip_git=skipped.get("git"), skip_images=skipped.get("images"))
 
 
+def recorder(store: Store) -> Record:
+    """What the git half hands each repo's outcome to: the state file (skipped repos never reach it).
+    A failure keeps what the last success recorded (head, time); its error must be redacted already."""
+
+    def record(result: RepoResult, attempted_at: datetime) -> None:
+        if result.failed:
+            store.record_mirror_failure(
+                result.slug, upstream_url=result.upstream_url, action=result.action.value,
+                error=result.error or "unknown error", attempted_at=attempted_at,
+            )  # fmt: skip
+        else:
+            store.record_mirror_success(
+                result.slug, upstream_url=result.upstream_url, action=result.action.value,
+                head_commit=result.head_commit or "", default_branch=result.default_branch or "",
+                refs_fingerprint=result.refs_fingerprint or "", attempted_at=attempted_at,
+                finished_at=datetime.now(UTC),
+            )  # fmt: skip
+
+    return record
+
+
 def image_cache(config: Config) -> BlobCache:
     """Registry documents are cached beside the state file (this host's own directory with a
     PostgreSQL state): they belong to this host, not the image."""
@@ -147,7 +177,7 @@ def run_sync(
             layout=Layout(config.git.data_dir),
             options=SyncOptions.from_config(config, jobs=request.jobs, no_wait=request.no_wait),
             environ=environ,
-            store=store,
+            record=recorder(store),
         )
         if request.skip_git:
             report.git = [

@@ -341,3 +341,8 @@ def say(line: str) -> None:
     """A line for the person at the terminal, on stdout at once (a server may run next)."""
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
+
+
+def api_answer(status: int, body: object) -> None:
+    """`serve --get`: the status on the first line, the JSON body after it."""
+    sys.stdout.write(f"{status}\n{json.dumps(body, indent=2)}\n")

@@ -99,3 +99,10 @@ def pg_url(pg_server: PgServer) -> Iterator[str]:
         yield url
     finally:
         pg_server.drop_database(url)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Benchmarks, the binary build and the browser are slow too: `-m "not slow"` leaves them out."""
+    for item in items:
+        if any(item.get_closest_marker(name) for name in ("bench", "binary", "browser")):
+            item.add_marker(pytest.mark.slow)

@@ -13,8 +13,7 @@ import os
 import shutil
 import stat
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,15 +170,6 @@ def watching(root: int, *, interval: float = 0.01) -> Iterator[RunWatch]:
         watch.sample()
     if failures:
         raise AssertionError(f"the process sampler failed: {failures[0]!r}")
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 @dataclass(frozen=True)

@@ -485,6 +485,7 @@ def test_a_reload_that_fails_validation_keeps_the_previous_config(site: Site, cl
     assert git_urls(client)["alpha"] == site.mirror_url("alpha")
 
 
+@pytest.mark.slow
 def test_removing_a_slug_from_the_file_takes_effect_within_the_poll(
     site: Site, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -694,6 +695,7 @@ def test_admin_auth_missing_wrong_and_right_token(
             assert right.status_code == 200, (method, path, right.text)
 
 
+@pytest.mark.slow
 def test_the_predecessors_token_variable_works_in_a_real_process_and_ours_wins(
     site: Site, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -838,6 +840,7 @@ def test_unknown_job_is_404(client: httpx.Client) -> None:
     assert "detail" in response.json()
 
 
+@pytest.mark.slow
 def test_two_sync_git_requests_at_once_the_second_gets_409(
     tmp_path: Path, make_upstream: MakeUpstream, admin_env: None
 ) -> None:

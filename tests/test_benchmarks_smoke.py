@@ -14,6 +14,8 @@ import pytest
 
 from tests import benchsmoke
 
+pytestmark = pytest.mark.bench
+
 SMOKE_SECONDS = 120  # each takes well under 30 s alone; CI machines are shared
 
 

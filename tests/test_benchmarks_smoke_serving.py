@@ -14,6 +14,8 @@ import pytest
 
 from tests.benchsmoke import run_benchmark
 
+pytestmark = pytest.mark.bench
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "serving" / "bench_serving.py"
 SMOKE_SECONDS = 55  # about 10 s alone

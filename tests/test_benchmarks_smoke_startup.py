@@ -8,6 +8,8 @@ import pytest
 
 from tests.benchsmoke import run_benchmark
 
+pytestmark = pytest.mark.bench
+
 
 @pytest.mark.timeout(180)
 def test_startup_benchmark_times_help_and_version_against_the_interpreter_floors(tmp_path: Path) -> None:

@@ -15,7 +15,6 @@ import json
 import os
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -23,7 +22,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -35,23 +33,17 @@ if os.environ.get("CCCATALOG_SKIP_BINARY") == "1":
     pytest.skip("CCCATALOG_SKIP_BINARY=1: the PyInstaller binary is not built", allow_module_level=True)
 
 # Building takes about a minute on two cores; the first test using the binary pays for it.
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.timeout(900), pytest.mark.binary]
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "bake.spec"
 BUILD_TIMEOUT_SECONDS = 600
-STARTUP_RUNS = 5
 
 
 @dataclass(frozen=True)
 class Binary:
     path: Path
     workdir: Path
-    build_seconds: float
-
-    @property
-    def metrics_file(self) -> Path:
-        return self.workdir / "metrics.json"
 
 
 def _build(workdir: Path) -> Binary:
@@ -71,11 +63,9 @@ def _build(workdir: Path) -> Binary:
         str(workdir / "build"),
         str(SPEC),
     ]
-    started = time.perf_counter()
     out = subprocess.run(
         argv, cwd=workdir, env=env, capture_output=True, text=True, timeout=BUILD_TIMEOUT_SECONDS, check=False
     )
-    seconds = time.perf_counter() - started
     if out.returncode != 0:
         pytest.fail(
             f"pyinstaller bake.spec failed ({out.returncode}):\n{out.stdout[-4000:]}{out.stderr[-4000:]}"
@@ -83,7 +73,7 @@ def _build(workdir: Path) -> Binary:
     path = workdir / "dist" / "cccatalog"
     assert path.is_file(), f"no one-file binary at {path}"
     assert os.access(path, os.X_OK)
-    return Binary(path, workdir, seconds)
+    return Binary(path, workdir)
 
 
 @pytest.fixture(scope="session")
@@ -255,44 +245,3 @@ def test_the_binary_keeps_its_state_in_postgresql(binary: Binary, tmp_path: Path
     status, _, body = out.stdout.partition("\n")
     assert (status, json.loads(body)["head_commit"]) == ("200", upstream.sha("main"))
     assert not (tmp_path / "mirrors" / ".cccatalog" / "state.sqlite3").exists()
-
-
-def _wall_times(argv: list[str], env: dict[str, str], runs: int = STARTUP_RUNS) -> list[float]:
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        subprocess.run(argv, env=env, capture_output=True, check=True, timeout=60)
-        times.append(time.perf_counter() - started)
-    return times
-
-
-def test_record_size_and_start_time(
-    binary: Binary, tmp_path: Path, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """Measured, not asserted: the numbers depend on the machine. Read them in metrics.json."""
-    env = _env(tmp_path)
-    binary_times = _wall_times([str(binary.path), "--version"], env)
-    python_times = _wall_times([sys.executable, "-m", "cccatalog", "--version"], env)
-    metrics: dict[str, Any] = {
-        "version": __version__,
-        "binary": str(binary.path),
-        "size_bytes": binary.path.stat().st_size,
-        "size_mb": round(binary.path.stat().st_size / 1_000_000, 1),
-        "build_seconds": round(binary.build_seconds, 1),
-        "runs": STARTUP_RUNS,
-        "onefile_version_median_ms": round(statistics.median(binary_times) * 1000),
-        "onefile_version_ms": [round(t * 1000) for t in binary_times],
-        "python_m_version_median_ms": round(statistics.median(python_times) * 1000),
-        "python_m_version_ms": [round(t * 1000) for t in python_times],
-    }
-    binary.metrics_file.write_text(json.dumps(metrics, indent=2) + "\n")
-    for key in ("size_mb", "build_seconds", "onefile_version_median_ms", "python_m_version_median_ms"):
-        request.node.user_properties.append((key, metrics[key]))
-    line = (
-        f"binary: {metrics['size_mb']} MB, built in {metrics['build_seconds']} s, --version median "
-        f"{metrics['onefile_version_median_ms']} ms (python -m: {metrics['python_m_version_median_ms']} ms); "
-        f"{binary.metrics_file}"
-    )
-    with capsys.disabled():  # shown with or without -s
-        print(f"\n{line}")
-    assert metrics["size_bytes"] > 0

@@ -205,6 +205,7 @@ def test_demo_creates_syncs_and_prints_a_working_clone_line(
     assert "unchanged" in out
 
 
+@pytest.mark.slow
 def test_demo_serves_the_mirrors_and_the_printed_clone_line_works(tmp_path: Path) -> None:
     """The README's first command: sync the demo, serve it, print a clone line that works as pasted."""
     import signal
@@ -257,6 +258,7 @@ def _start_demo(directory: Path) -> tuple[subprocess.Popen[str], str]:
     raise AssertionError(proc.stderr.read() if proc.stderr else "the demo printed no clone line")
 
 
+@pytest.mark.slow
 def test_demo_once_clones_through_the_server_then_exits_0(tmp_path: Path) -> None:
     """The README's first command in the form CI runs: it serves, clones once with git, and stops."""
     out = subprocess.run(
@@ -277,6 +279,7 @@ def test_demo_once_clones_through_the_server_then_exits_0(tmp_path: Path) -> Non
     assert gone.returncode != 0
 
 
+@pytest.mark.slow
 def test_a_second_demo_in_the_same_directory_is_refused_and_the_first_keeps_serving(tmp_path: Path) -> None:
     import signal
 

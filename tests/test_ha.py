@@ -33,6 +33,9 @@ from tests.gitfixtures import git, http_upstream
 from tests.hafixtures import Replica, SlowCatalog, refs, replica_config, replicas, slow_catalog, wait_for
 from tests.pgfixtures import PASSWORD, PgServer, connect
 
+# replicas are processes of their own, and the database stops and starts: seconds each
+pytestmark = pytest.mark.slow
+
 CATALOG = "/api/v1/catalog/codecollections"
 ADMIN = "/api/v1/admin"
 NAMES = ("r0", "r1", "r2")

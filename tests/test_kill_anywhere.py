@@ -33,11 +33,11 @@ from cccatalog.gitmirror.git import Git
 from cccatalog.gitmirror.layout import Layout
 from cccatalog.redact import Redactor
 from tests.gitfixtures import Behaviour, HTTPUpstreamServer, Stage, Upstream, git, http_upstream, mirror_refs
-from tests.procfixtures import RunWatch, StandIn, stopping_git, wait_until, watching
-from tests.robustfixtures import add_random_blobs, pkt_line
+from tests.procfixtures import RunWatch, StandIn, stopping_git, watching
+from tests.robustfixtures import add_random_blobs, pkt_line, wait_until
 from tests.servefixtures import running_server, serve_process
 
-pytestmark = pytest.mark.security
+pytestmark = [pytest.mark.security, pytest.mark.slow]
 
 MakeUpstream = Callable[[str], Upstream]
 ADMIN = "admin-token-for-kill-tests"

@@ -213,6 +213,7 @@ class InFlight(httpx.HTTPTransport):
                 self.now -= 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("per_host", [3, None], ids=["per_host=3", "default"])
 def test_requests_in_flight_to_one_host_stay_within_the_per_host_limit(
     registry_anon: RunningRegistry, per_host: int | None

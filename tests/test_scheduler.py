@@ -211,6 +211,7 @@ def test_git_runs_never_reach_the_upstream_past_the_air_gap_guard(
 # --- a real `serve` -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_serve_process_runs_the_scheduler_at_start_up_unless_disabled(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -25,13 +25,15 @@ from cccatalog.gitmirror.git import Git
 from cccatalog.gitmirror.layout import Layout
 from cccatalog.gitmirror.mirror import is_complete
 from cccatalog.gitmirror.sync import Action, MirrorSyncer, RepoResult, SyncOptions, plan_sync
+from cccatalog.jobs import recorder
 from cccatalog.redact import Redactor
 from tests.conftest import MakeConfig
 from tests.gitfixtures import Behaviour, HTTPUpstreamServer, Upstream, git, http_upstream, mirror_refs
-from tests.procfixtures import RunWatch, wait_until, watching
+from tests.procfixtures import RunWatch, watching
+from tests.robustfixtures import wait_until
 from tests.servefixtures import serve_process
 
-pytestmark = pytest.mark.security
+pytestmark = [pytest.mark.security, pytest.mark.slow]
 
 MakeUpstream = Callable[[str], Upstream]
 TOKEN = "ghp_" + "RedirectCanary0123456789" * 2
@@ -51,7 +53,7 @@ def sync(config: Config, *, token: bool = True) -> RepoResult:
             layout=Layout(config.git.data_dir),
             options=SyncOptions.from_config(config),
             environ=env,
-            store=store,
+            record=recorder(store),
         )
         [result] = syncer.run(plan_sync(config))
     return result

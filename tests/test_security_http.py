@@ -375,6 +375,7 @@ def trickle_until_cut_off(sock: socket.socket, *, seconds: float) -> bool:
     return False
 
 
+@pytest.mark.slow
 def test_a_trickled_body_is_cut_off_within_the_idle_timeout_and_starts_no_git(
     site: Site, backend: tuple[HttpBackend, Path]
 ) -> None:
@@ -391,6 +392,7 @@ def test_a_trickled_body_is_cut_off_within_the_idle_timeout_and_starts_no_git(
     assert starts(backend[1]) == []
 
 
+@pytest.mark.slow
 def test_a_slow_but_steady_body_is_not_cut_off(site: Site) -> None:
     body = upload_request(site.head, haves=1600)  # 80 KB at 16 KiB/s: five seconds, two windows past idle
     head = request("POST", PACK, CT, f"Content-Length: {len(body)}")
@@ -494,6 +496,7 @@ def test_the_admin_failure_limiter_is_bounded_and_slides() -> None:
 # --- 7. admission -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_cached_advertisement_answers_while_a_slow_reader_holds_the_only_slot(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -755,6 +758,7 @@ def _fuzz_strategies() -> st.SearchStrategy[Fuzzed]:
     return fuzzed()
 
 
+@pytest.mark.slow
 def test_fuzzed_requests_keep_every_invariant(tmp_path: Path, make_upstream: MakeUpstream) -> None:
     up = make_upstream("alpha")
     path = tmp_path / "config.yaml"

@@ -240,6 +240,7 @@ NEW_UPSTREAM_TAGS = 18000
 LOCAL_COMMITS = 10000
 
 
+@pytest.mark.slow
 def test_fetch_whose_negotiation_exceeds_1_mib_succeeds_with_chunked_and_gzipped_bodies(
     make_upstream: MakeUpstream, write_config: MakeConfig, tmp_path: Path
 ) -> None:

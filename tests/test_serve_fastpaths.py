@@ -168,6 +168,7 @@ def test_v2_ls_refs_is_kept_per_request_but_fetches_never_are(
         assert posts() == 2 + 2 + 1
 
 
+@pytest.mark.slow
 def test_a_backend_past_the_request_timeout_is_cut_off_not_ended_cleanly(
     mirror: tuple[Upstream, Path], write_config: MakeConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -266,6 +267,7 @@ def test_a_reader_that_stops_reading_is_given_up_on(tmp_path: Path) -> None:
     assert 0 < progress.sent < 64 * 1024 * 1024
 
 
+@pytest.mark.slow
 def test_the_server_streams_a_clone_through_the_bridge(
     mirror: tuple[Upstream, Path], write_config: MakeConfig, tmp_path: Path
 ) -> None:

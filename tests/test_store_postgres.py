@@ -65,6 +65,7 @@ def _rows(url: str, sql: str) -> list[tuple[object, ...]]:
         return conn.execute(sql).fetchall()
 
 
+@pytest.mark.slow
 def test_eight_processes_migrate_one_empty_database_at_once_each_migration_once(
     pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -76,6 +77,7 @@ def test_eight_processes_migrate_one_empty_database_at_once_each_migration_once(
     assert _rows(pg_url, "SELECT version FROM cccatalog_schema") == [(expected,)]
 
 
+@pytest.mark.slow
 def test_eight_processes_adopt_one_predecessor_database_at_once(pg_url: str) -> None:
     make_predecessor_pg(pg_url)
 
@@ -218,6 +220,7 @@ def _wait(condition: object, what: str, timeout: float = 20.0) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_while_the_server_is_down_reads_answer_from_the_last_good_read(own_server: PgServer) -> None:
     url = own_server.create_database()
     with Store.open(url) as store:
@@ -265,6 +268,7 @@ def _pings(store: Store) -> bool:
     return True
 
 
+@pytest.mark.slow
 def test_a_store_opened_while_the_server_is_down_migrates_when_it_comes_back(own_server: PgServer) -> None:
     url = own_server.create_database()
     own_server.stop()

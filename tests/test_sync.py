@@ -22,6 +22,7 @@ from cccatalog.gitmirror.layout import Layout
 from cccatalog.gitmirror.locks import file_lock
 from cccatalog.gitmirror.mirror import is_complete
 from cccatalog.gitmirror.sync import Action, MirrorSyncer, RepoResult, SyncOptions, plan_sync
+from cccatalog.jobs import recorder
 from cccatalog.redact import Redactor
 from tests.conftest import MakeConfig
 from tests.gitfixtures import Upstream, git, http_upstream, mirror_refs
@@ -43,7 +44,7 @@ def run_sync(
             layout=Layout(config.git.data_dir),
             options=options,
             environ=environ if environ is not None else dict(os.environ),
-            store=store,
+            record=recorder(store),
         )
         return syncer.run(plan_sync(config))
 
@@ -182,6 +183,7 @@ def test_empty_upstream_is_refused_with_a_reason(write_config: MakeConfig, tmp_p
     assert not (config.git.data_dir / "empty.git").exists()
 
 
+@pytest.mark.slow
 def test_a_clone_in_progress_is_never_visible_under_the_published_name(
     make_upstream: MakeUpstream, write_config: MakeConfig, tmp_path: Path
 ) -> None:
@@ -210,6 +212,7 @@ def test_a_clone_in_progress_is_never_visible_under_the_published_name(
     assert is_complete(checker, published)
 
 
+@pytest.mark.slow
 def test_clone_timeout_fails_cleanly_and_kills_git(
     make_upstream: MakeUpstream, write_config: MakeConfig, tmp_path: Path
 ) -> None:
@@ -307,6 +310,23 @@ def test_second_sync_of_a_locked_repo_is_skipped_with_no_wait(
     assert one(run_sync(config)).action is Action.CLONED
 
 
+def wait_for_lock_holder(lock: Path, timeout: float = 10) -> bool:
+    """True once another process holds an exclusive flock on `lock` (polled, never slept out)."""
+    import fcntl
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # closing drops our lock, if we got it
+        time.sleep(0.02)
+    return False
+
+
 def test_lock_is_held_across_processes(
     make_upstream: MakeUpstream, write_config: MakeConfig, tmp_path: Path
 ) -> None:
@@ -314,9 +334,9 @@ def test_lock_is_held_across_processes(
     config = load_config(write_config({"alpha": up.url}))
     lock = Layout(config.git.data_dir).lock("alpha")
     lock.parent.mkdir(parents=True)
-    holder = subprocess.Popen(["flock", "--exclusive", str(lock), "sleep", "3"])
+    holder = subprocess.Popen(["flock", "--exclusive", str(lock), "sleep", "30"])
     try:
-        time.sleep(0.3)
+        assert wait_for_lock_holder(lock)
         result = one(run_sync(config, no_wait=True))
     finally:
         holder.kill()

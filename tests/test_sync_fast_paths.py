@@ -20,6 +20,7 @@ from cccatalog.gitmirror.git import Git, _subcommand
 from cccatalog.gitmirror.layout import Layout
 from cccatalog.gitmirror.mirror import REFSPECS, Mirror, _read_plain_config
 from cccatalog.gitmirror.sync import Action, MirrorSyncer, RepoResult, SyncOptions, plan_sync
+from cccatalog.jobs import recorder
 from cccatalog.redact import Redactor
 from tests.conftest import MakeConfig
 from tests.gitfixtures import Upstream, git, mirror_refs
@@ -50,7 +51,7 @@ def sync(config: Config, binary: str) -> RepoResult:
             layout=Layout(config.git.data_dir),
             options=SyncOptions.from_config(config),
             environ={},
-            store=store,
+            record=recorder(store),
         )
         [result] = syncer.run(plan_sync(config))
     return result
@@ -213,6 +214,7 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+@pytest.mark.slow
 def test_a_timeout_kills_the_whole_process_group_without_waiting_for_the_longest(tmp_path: Path) -> None:
     git_ = Git(redactor=Redactor(), binary=sleeping_git(tmp_path))
     patient = git_.start(["sleep", "8"], timeout=60)  # registered first, ends on its own
@@ -229,6 +231,7 @@ def test_a_timeout_kills_the_whole_process_group_without_waiting_for_the_longest
     assert patient.result().returncode == 0
 
 
+@pytest.mark.slow
 def test_a_run_that_ends_in_time_is_not_reported_as_timed_out(tmp_path: Path) -> None:
     git_ = Git(redactor=Redactor(), binary=sleeping_git(tmp_path))
     assert git_.run(["sleep", "0"], timeout=1).returncode == 0

@@ -22,6 +22,8 @@ from tests.gitfixtures import Upstream
 from tests.robustfixtures import git_wrapper, wait_until
 from tests.transferfixtures import Sides, builds_at, cli, fsck
 
+pytestmark = pytest.mark.slow
+
 MakeUpstream = Callable[[str], Upstream]
 SLUGS = ("alpha", "beta")
 

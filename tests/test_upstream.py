@@ -168,6 +168,7 @@ def test_a_failing_upstream_keeps_the_previous_rows_and_says_why(
     assert "/api/v1/catalog/codecollections/alpha/refs" in status.error
 
 
+@pytest.mark.slow
 def test_an_upstream_that_never_answers_fails_after_options_timeout(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -6,7 +6,7 @@ import contextlib
 import hashlib
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -245,13 +245,10 @@ class Mirror:
             head, commit = None, content if len(content) == 40 else None
         return LocalState(head, commit, refs)
 
-    def drop_out_of_scope(self, refs: Mapping[str, str], scope: RefScope) -> int:
-        """Delete refs a narrower scope no longer mirrors (e.g. refs/pull/* from a `clone --mirror`)."""
-        stale = [name for name in refs if not in_scope(name, scope)]
-        if stale:
-            script = "".join(f"delete {name}\n" for name in stale)
-            self.git.run(["-C", str(self.path), "update-ref", "--stdin"], stdin=script, timeout=120)
-        return len(stale)
+    def delete_refs(self, names: Sequence[str]) -> None:
+        """Delete refs in one transaction (e.g. refs/pull/* a narrower scope no longer mirrors)."""
+        script = "".join(f"delete {name}\n" for name in names)
+        self.git.run(["-C", str(self.path), "update-ref", "--stdin"], stdin=script, timeout=120)
 
     def set_head(self, ref: str) -> None:
         self._run("symbolic-ref", "HEAD", ref)

@@ -1,6 +1,6 @@
 """The one definition of "servable": the slug is mirrored by the *current* config and its repo is complete.
 
-The git routes and (later) the catalog's `git_url` rewrite both ask this object, so they can never
+The git routes, the catalog's `git_url` rewrite and the status page all ask this object, so they can never
 disagree. Completeness costs a `git rev-parse`, so it is cached per repo until the repo's files change
 (a publish swaps the directory, which changes its inode; an update rewrites HEAD, refs or packs).
 """

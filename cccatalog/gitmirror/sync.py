@@ -14,13 +14,12 @@ import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 
-from cccatalog.catalog.store import Store
-from cccatalog.config import AuthConfig, Config, RefScope
+from cccatalog.config import AuthConfig, Config, GitConfig, RefScope
 from cccatalog.credentials import resolve, url_host
 from cccatalog.errors import CCCatalogError, GitError, LockBusy, UsageError
 from cccatalog.gitmirror.git import Git
@@ -68,15 +67,20 @@ class RepoTask:
         return strip_url_credentials(self.url)
 
 
+_GIT = GitConfig()  # the git.* defaults, from the one place they are written
+
+
 @dataclass(frozen=True, slots=True)
 class SyncOptions:
-    scope: RefScope = "branches-and-tags"
-    auth: AuthConfig = field(default_factory=AuthConfig)
-    clone_timeout: float = 900
-    fetch_timeout: float = 600
-    lock_timeout: float = 600
+    """How a run syncs: the git.* settings it uses, and this run's choices (jobs, no_wait)."""
+
+    scope: RefScope = _GIT.refs
+    auth: AuthConfig = _GIT.auth
+    clone_timeout: float = _GIT.clone_timeout_seconds
+    fetch_timeout: float = _GIT.fetch_timeout_seconds
+    lock_timeout: float = _GIT.lock_timeout_seconds
     no_wait: bool = False
-    jobs: int = 4
+    jobs: int = _GIT.parallelism
 
     @classmethod
     def from_config(cls, config: Config, *, jobs: int | None = None, no_wait: bool = False) -> SyncOptions:
@@ -120,6 +124,41 @@ class RepoResult:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class UpdatePlan:
+    """What a published mirror needs, decided from its refs and the upstream's, before any change."""
+
+    drop: tuple[str, ...] = ()  # refs the scope no longer mirrors (refs/pull/* of a `clone --mirror`)
+    fetch: bool = False  # the upstream's branches and tags differ from the mirror's
+    new_head: str | None = None  # the upstream's default branch moved to this ref
+    refused: str | None = None  # why the mirror is kept as it is rather than synced to this upstream
+
+    @property
+    def changes(self) -> bool:
+        return bool(self.drop) or self.fetch or self.new_head is not None
+
+
+def plan_update(local: LocalState, remote: RemoteRefs, scope: RefScope) -> UpdatePlan:
+    """Decide how to bring a mirror to what the upstream advertises (pure: table-tested).
+
+    An upstream that suddenly advertises nothing, or lost its default branch, is refused instead of
+    pruning the mirror to nothing: that is far more often a broken upstream than a real deletion.
+    """
+    head = remote.head or local.head
+    if not remote.refs:
+        return UpdatePlan(refused="the upstream advertises no branches or tags; the mirror was kept as it is")
+    if head and head not in remote.refs:
+        return UpdatePlan(
+            refused=f"the upstream's default branch {head} does not exist; the mirror was kept as it is"
+        )
+    in_scope_refs = {name: sha for name, sha in local.refs.items() if in_scope(name, scope)}
+    return UpdatePlan(
+        drop=tuple(sorted(name for name in local.refs if not in_scope(name, scope))),
+        fetch=remote.refs != in_scope_refs,
+        new_head=head if head and head != local.head else None,
+    )
+
+
 def plan_sync(config: Config, *, only: Sequence[str] = (), ignore_enabled: bool = False) -> list[RepoTask]:
     """The repos a sync covers: CodeCollections with a git_url, narrowed by git.codecollections and `only`.
 
@@ -137,8 +176,12 @@ def plan_sync(config: Config, *, only: Sequence[str] = (), ignore_enabled: bool 
     ]
 
 
+Record = Callable[[RepoResult, datetime], None]  # an outcome and when its attempt started
+
+
 class MirrorSyncer:
-    """Applies RepoTasks under `layout` with `git`; records outcomes in `store` when given one."""
+    """Applies RepoTasks under `layout` with `git`; hands each outcome to `record` when given one
+    (the orchestration layer writes it to the state: `jobs.recorder`)."""
 
     def __init__(
         self,
@@ -147,26 +190,20 @@ class MirrorSyncer:
         layout: Layout,
         options: SyncOptions,
         environ: Mapping[str, str],
-        store: Store | None = None,
+        record: Record | None = None,
     ) -> None:
         self.git = git
         self.layout = layout
         self.options = options
         self.environ = environ
-        self.store = store
+        self.record = record
 
     def run(
-        self,
-        tasks: Sequence[RepoTask],
-        *,
-        on_start: Callable[[RepoTask], None] | None = None,
-        on_done: Callable[[RepoResult], None] | None = None,
+        self, tasks: Sequence[RepoTask], *, on_done: Callable[[RepoResult], None] | None = None
     ) -> list[RepoResult]:
         self.layout.data_dir.mkdir(parents=True, exist_ok=True)
 
         def one(task: RepoTask) -> RepoResult:
-            if on_start:
-                on_start(task)
             result = self.sync_one(task)
             if on_done:
                 on_done(result)
@@ -200,7 +237,8 @@ class MirrorSyncer:
             message = _describe(exc) + _hint(exc, authenticated=not opts.auth.is_anonymous)
             result = RepoResult(task.slug, Action.FAILED, task.display_url, error=self.git.redactor(message))
         result = _with_duration(result, time.monotonic() - started)
-        self._record(result, attempted_at)
+        if self.record is not None and result.action is not Action.SKIPPED:
+            self.record(result, attempted_at)
         return result
 
     def _sync_locked(self, task: RepoTask) -> RepoResult:
@@ -358,24 +396,18 @@ class MirrorSyncer:
             raise failure
         if local is None:
             local = mirror.local_state(scope)
-        new_head = remote.head or local.head
-        if not remote.refs:
-            raise GitError("the upstream advertises no branches or tags; the mirror was kept as it is")
-        if new_head and new_head not in remote.refs:
-            raise GitError(
-                f"the upstream's default branch {new_head} does not exist; the mirror was kept as it is"
-            )
-        if any(not in_scope(name, scope) for name in local.refs):
+        plan = plan_update(local, remote, scope)
+        if plan.refused:
+            raise GitError(plan.refused)
+        if plan.changes:
             owed.mark()
-        changed = mirror.drop_out_of_scope(local.refs, scope) > 0
-        if remote.refs != {k: v for k, v in local.refs.items() if in_scope(k, scope)}:
-            owed.mark()
+        if plan.drop:
+            mirror.delete_refs(plan.drop)
+        if plan.fetch:
             mirror.fetch(auth, self.options.fetch_timeout)
-            changed = True
-        if new_head != local.head and new_head:
-            owed.mark()
-            mirror.set_head(new_head)
-            changed = True
+        if plan.new_head:
+            mirror.set_head(plan.new_head)
+        changed = plan.changes
         if changed or owed.pending or mirror.needs_repack():
             mirror.optimize(self.options.clone_timeout)
             owed.clear()
@@ -420,29 +452,6 @@ class MirrorSyncer:
             refs_fingerprint=fingerprint(state.head, state.refs),
             note=self.git.redactor(note) if note else None,
         )
-
-    def _record(self, result: RepoResult, attempted_at: datetime) -> None:
-        if self.store is None or result.action is Action.SKIPPED:
-            return
-        if result.failed:
-            self.store.record_mirror_failure(
-                result.slug,
-                upstream_url=result.upstream_url,
-                action=result.action.value,
-                error=result.error or "unknown error",
-                attempted_at=attempted_at,
-            )
-        else:
-            self.store.record_mirror_success(
-                result.slug,
-                upstream_url=result.upstream_url,
-                action=result.action.value,
-                head_commit=result.head_commit or "",
-                default_branch=result.default_branch or "",
-                refs_fingerprint=result.refs_fingerprint or "",
-                attempted_at=attempted_at,
-                finished_at=datetime.now(UTC),
-            )
 
 
 class _Owed:

@@ -27,7 +27,6 @@ class LiveConfig:
         self._stamp = stamp(config.path)
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self.generation = 0
         self.listeners: list[Callable[[Config], None]] = []
         # for the status page and /metrics: when the config in effect was loaded, and why the last
         # reload failed (None once one succeeds again)
@@ -51,7 +50,6 @@ class LiveConfig:
                 self.last_reload_error, self.last_reload_failed_at = str(exc), time.time()
                 return False
             self._config = config
-            self.generation += 1
             self.loaded_at, self.last_reload_error = time.time(), None
         for warning in config.warnings:
             log.warning("%s: %s", path, warning)
