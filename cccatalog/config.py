@@ -32,14 +32,33 @@ DEFAULT_DATA_DIR = Path("/opt/cc-catalog/git")
 _UPSTREAM_TIMEOUT = 15.0
 
 
+def setting(
+    default: Any = None, *, doc: str, key: str | None = None, shown: str | None = None, required: bool = False
+) -> Any:
+    """A config key's field, documented where it is defined: `docs/configuration.md` is generated
+    from these (`tools/docs.py`), and a test fails when the two disagree. `key` is its YAML name
+    when that differs from the field's; `shown` is how its default reads when not as the value."""
+    metadata = {"doc": doc, "key": key, "shown": "required" if required and shown is None else shown}
+    if required:
+        return field(metadata=metadata)
+    # A frozen dataclass (an AuthConfig) is hashable, so it may be a plain default, shared safely.
+    return field(default=default, metadata=metadata)
+
+
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
     """Names of environment variables holding credentials; at most one form is set."""
 
-    token_env: str | None = None
-    user_env: str | None = None
-    pass_env: str | None = None
-    dockerconfigjson_env: str | None = None
+    token_env: str | None = setting(
+        doc="a token: sent to git upstreams as GitHub's Basic `x-access-token:<token>`, to registries "
+        "and other catalogs as a Bearer token"
+    )
+    user_env: str | None = setting(doc="a user name, with `pass_env`: Basic credentials")
+    pass_env: str | None = setting(doc="the password of `user_env`")
+    dockerconfigjson_env: str | None = setting(
+        doc="a Docker `config.json` (a path, or the JSON itself: a mounted pull secret); the host is "
+        "looked up in its `auths`"
+    )
 
     @property
     def is_anonymous(self) -> bool:
@@ -48,15 +67,21 @@ class AuthConfig:
 
 @dataclass(frozen=True, slots=True)
 class CodeCollection:
-    slug: str
-    source: str
-    name: str | None = None
-    git_url: str | None = None
-    image_registry: str | None = None
-    default_ref: str = "main"
-    visibility: Visibility = "public"
-    static_path: Path | None = None
-    upstream_url: str | None = None
+    slug: str = setting(
+        doc="unique across sources; letters, digits, `.`, `_`, `-`; not ending in `.git`", required=True
+    )
+    source: str = setting(doc="", key="", required=True)  # the source it is under, not a key of its own
+    name: str | None = setting(doc="display name", shown="the slug")
+    git_url: str | None = setting(
+        doc="upstream repository (https, http, ssh, git, file, `user@host:path`); no credentials in it"
+    )
+    image_registry: str | None = setting(doc="`host/path` of the image repository, no scheme")
+    default_ref: str = setting("main", doc="the ref whose newest build is `latest`")
+    visibility: Visibility = setting("public", doc="`public` or `hidden` (hidden: left out of the list)")
+    static_path: Path | None = setting(doc="JSON refs file for a `static` source")
+    upstream_url: str | None = setting(
+        doc="the catalog an `upstream` source reads this collection from", shown="the source's"
+    )
 
     @property
     def display_name(self) -> str:
@@ -66,13 +91,25 @@ class CodeCollection:
 
 @dataclass(frozen=True, slots=True)
 class Source:
-    name: str
-    type: SourceType
-    auth: AuthConfig = field(default_factory=AuthConfig)
-    codecollections: tuple[CodeCollection, ...] = ()
-    upstream_url: str | None = None
-    plain_http: bool = False
-    timeout_seconds: float = _UPSTREAM_TIMEOUT
+    name: str = setting(doc="unique source name", required=True)
+    type: SourceType = setting(
+        doc="`oci` (a registry), `static` (a JSON file) or `upstream` (another catalog's "
+        "`…/codecollections/{slug}/refs`, rows re-published as they are)",
+        required=True,
+    )
+    auth: AuthConfig = setting(AuthConfig(), doc="credentials, as for `git.auth`", shown="anonymous")
+    codecollections: tuple[CodeCollection, ...] = setting((), doc="the collections of this source")
+    upstream_url: str | None = setting(
+        doc="`upstream` sources: the other catalog's base URL", key="options.upstream_url"
+    )
+    plain_http: bool = setting(
+        False, doc="`oci` sources: allow plain HTTP to a non-loopback registry", key="options.plain_http"
+    )
+    timeout_seconds: float = setting(
+        _UPSTREAM_TIMEOUT,
+        doc="`upstream` sources: seconds the other catalog has to answer",
+        key="options.timeout",
+    )
 
     def upstream_for(self, cc: CodeCollection) -> str | None:
         """The catalog an `upstream` source reads `cc` from: the collection's own URL wins."""
@@ -81,27 +118,41 @@ class Source:
 
 @dataclass(frozen=True, slots=True)
 class GitConfig:
-    enabled: bool = False
-    data_dir: Path = DEFAULT_DATA_DIR
-    mount_path: str = "/git"
-    public_base_url: str | None = None
-    runtime_sync: bool = True
-    auth: AuthConfig = field(default_factory=AuthConfig)
-    codecollections: tuple[str, ...] = ()
-    clone_timeout_seconds: int = 900
-    fetch_timeout_seconds: int = 600
+    enabled: bool = setting(False, doc="mirror git repositories at all")
+    data_dir: Path = setting(
+        DEFAULT_DATA_DIR,
+        doc="where mirrors live: `<data_dir>/<slug>.git` (the predecessor's default, outside a `/data` "
+        "volume)",
+    )
+    mount_path: str = setting("/git", doc="HTTP path prefix for serving")
+    public_base_url: str | None = setting(doc="clone URL base for clients: `public_base_url/<slug>.git`")
+    runtime_sync: bool = setting(
+        True,
+        doc="`false` on air-gapped hosts: no git egress (`sync` exits 2 unless `--no-git` or "
+        "`--allow-runtime-sync`; the scheduler and admin API skip git); image polls still run",
+    )
+    auth: AuthConfig = setting(
+        AuthConfig(), doc="credentials for http(s) upstreams (one of the forms below)", shown="anonymous"
+    )
+    codecollections: tuple[str, ...] = setting((), doc="allow-list of slugs to mirror", shown="all")
+    clone_timeout_seconds: int = setting(900, doc="timeout of a first clone (and of repacking)")
+    fetch_timeout_seconds: int = setting(600, doc="timeout of `ls-remote` and fetch on updates")
     # cccatalog's own keys
-    refs: RefScope = "branches-and-tags"
-    parallelism: int = 4
-    lock_timeout_seconds: int = 600
+    refs: RefScope = setting("branches-and-tags", doc="`all` mirrors every ref (`refs/pull/*` too)")
+    parallelism: int = setting(4, doc="repos synced at once (`-j` overrides)")
+    lock_timeout_seconds: int = setting(600, doc="how long a sync waits for another process's lock on a repo")
 
 
 @dataclass(frozen=True, slots=True)
 class SchedulerConfig:
     """Intervals of the syncs `serve` runs itself (the predecessor's defaults); 0 turns one off."""
 
-    catalog_poll_minutes: int = 5
-    git_sync_minutes: int = 60
+    catalog_poll_minutes: int = setting(
+        5, doc="image poll interval inside `serve`, first run at start-up; `0` turns it off"
+    )
+    git_sync_minutes: int = setting(
+        60, doc="git sync interval inside `serve`, first run at start-up; `0` turns it off"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,20 +160,41 @@ class ImagesConfig:
     """`images.runtime_sync: false` is the air-gap guard of the image half, as `git.runtime_sync` is
     of the git half: no registry and no other catalog is polled. `static` files are still read."""
 
-    runtime_sync: bool = True
+    runtime_sync: bool = setting(
+        True,
+        doc="`false` where no registry or other catalog may be polled: like `git.runtime_sync`, for `oci` "
+        "and `upstream` sources (`static` files are always read)",
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class StateConfig:
     """Where the state lives: an SQLite file (`path`), or a PostgreSQL database shared by replicas
-    (`url`). With a database, `path`'s directory still holds this host's own files (lock files of
-    its mirror volume, the registry cache)."""
+    (`url`). With a database, `path`'s directory still holds this host's own files (the registry
+    cache, lock files of an import)."""
 
-    path: Path
+    path: Path = setting(
+        required=True,
+        doc="the SQLite state file; `$CCCATALOG_STATE_FILE` or a `sqlite:///` `$CC_CATALOG_DB_URL` "
+        "override it. With `state.url`, its directory holds only this host's own files (the registry "
+        "cache)",
+        shown="`<data_dir>/.cccatalog/state.sqlite3`",
+    )
     # Where the state came from, as a user would change it: named in messages about it.
-    setting: str = "state.path"
-    # postgresql://...; kept out of repr: it may carry a password
-    url: str | None = field(default=None, repr=False)
+    setting: str = field(default="state.path", metadata={"key": ""})
+    # kept out of repr: it may carry a password
+    url: str | None = field(
+        default=None,
+        repr=False,
+        metadata={
+            "doc": "a PostgreSQL database (`postgresql://user@host:5432/db`; no password here: "
+            "`PGPASSWORD`) that several `serve` replicas share instead of the file; "
+            "`$CCCATALOG_STATE_URL` or a `postgresql://` `$CC_CATALOG_DB_URL` (password included) "
+            "override it. See [docs/ha.md](ha.md)",
+            "key": None,
+            "shown": None,
+        },
+    )
 
     @property
     def backend(self) -> str:
@@ -150,28 +222,46 @@ class TransferConfig:
     """Who may sign what this site imports (`cccatalog import`) and the manifest `serve` checks at
     start-up: an OpenSSH allowed-signers file, and optionally the one principal in it that must sign."""
 
-    allowed_signers: Path | None = None
-    signer: str | None = None
+    allowed_signers: Path | None = setting(
+        doc="OpenSSH allowed-signers file: who may sign what `import` applies and the manifest `serve` "
+        "checks its mirrors against at start-up (then a signature is required)"
+    )
+    signer: str | None = setting(
+        doc="the one principal that must have signed (`import --signer` overrides)",
+        shown="any principal of the file",
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class ServeConfig:
     """`cccatalog serve`: where to listen and how much one host gives to clients."""
 
-    host: str = "0.0.0.0"  # noqa: S104 - a server for other hosts; the CLI's --host narrows it
-    port: int = 8080
-    max_concurrent_upload_packs: int = 8
-    max_request_body_mb: int = 64
-    idle_timeout_seconds: int = 60
-    request_timeout_seconds: int = 3600
-    shutdown_grace_seconds: int = 30
-    advertisement_cache_mb: int = 32
-    # The status page and `cccatalog status`: where a reverse proxy mounts serve (links and clone
-    # URLs on the page start with it), and how old a mirror may get before it is shown as stale.
-    path_prefix: str = ""
-    freshness_budget_minutes: int = 120
-    # how this replica names itself in answers about its own disk (git status); default: the hostname
-    replica_id: str | None = None
+    host: str = setting("0.0.0.0", doc="listen address (`--host` overrides)")  # noqa: S104 - a server
+    port: int = setting(8080, doc="listen port (`--port` overrides)")
+    max_concurrent_upload_packs: int = setting(
+        8, doc="git backends running at once; more get 503 + `Retry-After`"
+    )
+    max_request_body_mb: int = setting(64, doc="request body cap (413 beyond it)")
+    idle_timeout_seconds: int = setting(60, doc="an idle or stalled client connection is closed after this")
+    request_timeout_seconds: int = setting(3600, doc="a git backend running longer is killed")
+    shutdown_grace_seconds: int = setting(30, doc="how long SIGTERM waits for in-flight requests")
+    advertisement_cache_mb: int = setting(
+        32, doc="memory for ref advertisements answered without running git; `0` turns it off"
+    )
+    path_prefix: str = setting(
+        "",
+        doc="where a reverse proxy mounts serve: links and clone URLs on the status page start with it "
+        "(or with a validated `X-Forwarded-Prefix`)",
+        shown="none",
+    )
+    freshness_budget_minutes: int = setting(
+        120, doc="how old a mirror may get before the status page, `/metrics` and `status` call it stale"
+    )
+    replica_id: str | None = setting(
+        doc="how this replica names itself in the git status it answers (its mirrors are on its own "
+        "disk): see [docs/ha.md](ha.md)",
+        shown="the hostname",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -656,8 +746,8 @@ def _state(r: _Reader, data_dir: Path, environ: Mapping[str, str]) -> StateConfi
     local = from_yaml or data_dir / ".cccatalog" / "state.sqlite3"
     if yaml_url is not None and from_yaml is not None:
         r.problem(None, "set state.url (a database) or state.path (a file), not both")
-    if value := environ.get("CCCATALOG_STATE_URL"):
-        found = _state_url(r, "CCCATALOG_STATE_URL", value, local)
+    if value := envvars.first(environ, envvars.STATE_URL):
+        found = _state_url(r, envvars.STATE_URL[0], value, local)
         if found is not None:
             return found
     if value := environ.get("CCCATALOG_STATE_FILE"):

@@ -29,7 +29,7 @@ from cccatalog import envvars
 from cccatalog.redact import Redactor
 
 LOGGER_NAME = "cccatalog"
-LOG_FORMAT_VAR = "CCCATALOG_LOG_FORMAT"
+LOG_FORMAT_VAR = envvars.LOG_FORMAT[0]
 
 
 class LogFormat(StrEnum):

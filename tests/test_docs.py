@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
+from cccatalog import envvars
 from cccatalog.cli import app
 from cccatalog.config import load_config
 
@@ -46,25 +49,57 @@ def test_every_command_is_in_the_readme() -> None:
         assert f"`cccatalog {name.replace('_', '-')}`" in README
 
 
-@pytest.mark.parametrize(
-    "key",
-    [
-        "git.enabled", "git.data_dir", "git.mount_path", "git.public_base_url", "git.runtime_sync",
-        "git.auth", "state.url",
-        "git.codecollections", "git.clone_timeout_seconds", "git.fetch_timeout_seconds", "git.refs",
-        "git.parallelism", "git.lock_timeout_seconds", "state.path", "scheduler.git_sync_minutes",
-        "scheduler.catalog_poll_minutes", "sources[].name", "sources[].type", "sources[].auth",
-        "sources[].options", "sources[].codecollections[].slug", "sources[].codecollections[].git_url",
-        "sources[].codecollections[].image_registry", "sources[].codecollections[].default_ref",
-        "sources[].codecollections[].visibility", "sources[].codecollections[].static_path",
-        "serve.host", "serve.port", "serve.max_concurrent_upload_packs", "serve.max_request_body_mb",
-        "serve.idle_timeout_seconds", "serve.request_timeout_seconds", "serve.shutdown_grace_seconds",
-        "serve.advertisement_cache_mb", "images.runtime_sync", "sources[].codecollections[].upstream_url",
-        "transfer.allowed_signers", "transfer.signer",
-    ],
-)  # fmt: skip
-def test_every_config_key_is_documented(key: str) -> None:
-    assert f"`{key}`" in README
+def _docs_tool() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("docs_tool", ROOT / "tools" / "docs.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_generated_reference_matches_the_code() -> None:
+    """docs/commands.md and docs/configuration.md hold the commands' --help and every config key as
+    the code defines them: `python tools/docs.py` regenerates them when this fails."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "docs.py"), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+
+
+def test_every_config_key_and_variable_the_code_reads_is_in_the_reference() -> None:
+    tool = _docs_tool()
+    reference = (ROOT / "docs" / "configuration.md").read_text()
+    keys = [key for key, _default, _meaning in tool.config_rows()]
+    assert len(keys) > 40
+    for key in keys:
+        assert f"| `{key}` |" in reference, key
+    for names in envvars.DOCS:
+        for name in names:
+            assert f"`{name}`" in reference, name
+    known = {name for names in envvars.DOCS for name in names}
+    declared = {
+        name
+        for value in vars(envvars).values()
+        if isinstance(value, tuple) and all(isinstance(n, str) for n in value)
+        for name in value
+    }
+    assert declared <= known, f"undocumented variables: {sorted(declared - known)}"
+
+
+def test_every_doc_link_points_at_a_file_that_exists() -> None:
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if target.startswith(("http://", "https://", "mailto:")):
+                continue
+            assert (page.parent / target).exists(), f"{page.name}: {target}"
+
+
+def test_the_readme_is_what_a_newcomer_reads() -> None:
+    assert len(README.encode()) < 8 * 1024, "reference material belongs in docs/"
 
 
 @pytest.mark.parametrize("example", sorted((ROOT / "examples").glob("config*.yaml")), ids=lambda p: p.name)

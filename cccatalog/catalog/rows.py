@@ -14,8 +14,8 @@ from datetime import datetime
 from typing import Any
 
 from cccatalog.catalog.models import ImageRefRecord
+from cccatalog.catalog.views import image_ref
 from cccatalog.errors import UsageError
-from cccatalog.timestamps import rfc3339
 
 _TEXT = ("ref", "ref_type", "image_tag")
 _OPTIONAL = ("image_registry", "image_digest", "commit_hash", "rt_revision", "built_at_source")
@@ -23,20 +23,11 @@ _FLAGS = ("is_latest", "is_prerelease", "is_stable")
 
 
 def row_to_json(row: ImageRefRecord) -> dict[str, Any]:
-    return {
-        "ref": row.ref,
-        "ref_type": row.ref_type,
-        "image_registry": row.image_registry,
-        "image_tag": row.image_tag,
-        "image_digest": row.image_digest,
-        "commit_hash": row.commit_hash,
-        "rt_revision": row.rt_revision,
-        "image_built_at": rfc3339(row.image_built_at),
-        "built_at_source": row.built_at_source,
-        "is_latest": row.is_latest,
-        "is_prerelease": row.is_prerelease,
-        "is_stable": row.is_stable,
-    }
+    """A row as an export carries it: the API's ImageRef (`views.image_ref`) without what belongs to
+    the site that polled it (`is_active`, `synced_at`), with `is_stable`."""
+    data = image_ref(row)
+    del data["is_active"], data["synced_at"]
+    return {**data, "is_stable": row.is_stable}
 
 
 def row_from_json(slug: str, data: object, *, where: str) -> ImageRefRecord:
