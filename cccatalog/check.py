@@ -2,8 +2,9 @@
 
 Checked: the config itself (and its warnings), the environment variables it names (set, non-empty,
 Docker configs readable and covering their hosts), the state file (readable, a cccatalog state file,
-its schema version) and the data directory (a directory this user can write), each mirror on disk,
-each `static_path` file; with `network`, whether each upstream answers `ls-remote` and each registry
+its schema version) or the state database (reachable with its credentials, its schema version, read
+without writing anything) and the data directory (a directory this user can write), each mirror on
+disk, each `static_path` file; with `network`, whether each upstream answers `ls-remote` and each registry
 lists tags, with the configured credentials. Nothing is created: no state file, no directory, no lock,
 no cache entry.
 """
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from cccatalog.catalog.store import state_file_version
+from cccatalog.catalog.store import state_database_version, state_file_version
 from cccatalog.config import AuthConfig, Config
 from cccatalog.credentials import docker_config_lookup, url_host
 from cccatalog.errors import CCCatalogError
@@ -67,6 +68,7 @@ def check(
 ) -> CheckReport:
     report = CheckReport(config.path)
     add = report.checks.append
+    redactor.add(*config.state.secrets(environ))  # the database password, in anything logged
     mirrored = sorted(mirrored_slugs(config))
     collections = len(config.codecollections)
     add(Check("config", Status.OK, f"{len(config.sources)} sources, {collections} CodeCollections, "
@@ -74,7 +76,7 @@ def check(
     for warning in config.warnings:
         add(Check("config", Status.WARN, warning))
     report.checks.extend(_credentials(config, environ))
-    report.checks.extend(_directories(config))
+    report.checks.extend(_directories(config, environ))
     git = Git(redactor=redactor, environ=environ)
     layout = Layout(config.git.data_dir)
     for slug in mirrored:
@@ -134,7 +136,7 @@ def _docker_config(subject: str, var: str, value: str, hosts: list[str]) -> Iter
         yield Check(subject, Status.OK, f"{var} is a Docker config covering every host")
 
 
-def _directories(config: Config) -> Iterator[Check]:
+def _directories(config: Config, environ: Mapping[str, str]) -> Iterator[Check]:
     if mirrored_slugs(config):
         problem = writable_dir_problem(config.git.data_dir)
         where = config.git.data_dir
@@ -143,6 +145,9 @@ def _directories(config: Config) -> Iterator[Check]:
         else:
             shown = "exists" if where.is_dir() else "will be created"
             yield Check("git.data_dir", Status.OK, f"{where} {shown} and is writable")
+    if config.state.url:
+        yield _state_database(config, environ)
+        return
     state = config.state.path
     try:
         version = state_file_version(state)
@@ -159,6 +164,25 @@ def _directories(config: Config) -> Iterator[Check]:
 
         note = "current" if version == len(MIGRATIONS) else "the next sync or serve migrates it"
         yield Check("state.path", Status.OK, f"{state}: schema version {version} ({note})")
+
+
+def _state_database(config: Config, environ: Mapping[str, str]) -> Check:
+    from cccatalog.catalog.migrations import MIGRATIONS
+
+    state = config.state
+    assert state.url is not None
+    try:
+        version = state_database_version(state.url, secrets=state.secrets(environ))
+    except CCCatalogError as exc:
+        return Check(state.setting, Status.FAIL, str(exc))
+    if version is None:
+        note = "the predecessor's tables: the first sync or serve adopts them"
+    elif version == 0:
+        note = "empty: the first sync or serve creates the schema"
+    else:
+        note = "current" if version == len(MIGRATIONS) else "the next sync or serve migrates it"
+        note = f"schema version {version} ({note})"
+    return Check(state.setting, Status.OK, f"{state.display}: {note}")
 
 
 def _static_file(slug: str, path: Path) -> Check:

@@ -169,14 +169,52 @@ class ImagesConfig:
 
 @dataclass(frozen=True, slots=True)
 class StateConfig:
+    """Where the state lives: an SQLite file (`path`), or a PostgreSQL database shared by replicas
+    (`url`). With a database, `path`'s directory still holds this host's own files (the registry
+    cache, lock files of an import)."""
+
     path: Path = setting(
         required=True,
         doc="the SQLite state file; `$CCCATALOG_STATE_FILE` or a `sqlite:///` `$CC_CATALOG_DB_URL` "
-        "override it",
+        "override it. With `state.url`, its directory holds only this host's own files (the registry "
+        "cache)",
         shown="`<data_dir>/.cccatalog/state.sqlite3`",
     )
-    # Where the path came from, as a user would change it: named in messages about the file.
+    # Where the state came from, as a user would change it: named in messages about it.
     setting: str = field(default="state.path", metadata={"key": ""})
+    # kept out of repr: it may carry a password
+    url: str | None = field(
+        default=None,
+        repr=False,
+        metadata={
+            "doc": "a PostgreSQL database (`postgresql://user@host:5432/db`; no password here: "
+            "`PGPASSWORD`) that several `serve` replicas share instead of the file; "
+            "`$CCCATALOG_STATE_URL` or a `postgresql://` `$CC_CATALOG_DB_URL` (password included) "
+            "override it. See [docs/ha.md](ha.md)",
+            "key": None,
+            "shown": None,
+        },
+    )
+
+    @property
+    def backend(self) -> str:
+        return "postgresql" if self.url else "sqlite"
+
+    @property
+    def local_dir(self) -> Path:
+        """This host's own state files: run locks of the SQLite state, the registry cache."""
+        return self.path.parent
+
+    @property
+    def display(self) -> str:
+        """The state as messages show it: the file, or the URL with its password masked."""
+        return display_url(self.url) if self.url else str(self.path)
+
+    def secrets(self, environ: Mapping[str, str]) -> list[str]:
+        """The database password wherever it comes from (the URL, libpq's PGPASSWORD), for redaction."""
+        if not self.url:
+            return []
+        return [s for s in (url_password(self.url), environ.get("PGPASSWORD")) if s]
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +277,11 @@ class ServeConfig:
         doc="where the pack cache lives; must be writable (never the mirrors)",
         shown="`pack-cache` beside the state file",
     )
+    replica_id: str | None = setting(
+        doc="how this replica names itself in the git status it answers (its mirrors are on its own "
+        "disk): see [docs/ha.md](ha.md)",
+        shown="the hostname",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,7 +341,7 @@ _GIT_SCHEMES = ("https", "http", "ssh", "git", "file")
 _TOP_KEYS = ("git", "images", "scheduler", "serve", "sources", "state", "transfer")
 _LEGACY_TOP = {
     "destinations": "image mirroring to other registries is not part of cccatalog",
-    "storage": "cccatalog keeps its state in one SQLite file (see state.path)",
+    "storage": "cccatalog keeps its state in an SQLite file or a PostgreSQL database (state.path, state.url)",
     "catalog_api": "not used by cccatalog (serve takes its options on the command line)",
 }
 _LEGACY_SCHEDULER = dict.fromkeys(
@@ -700,6 +743,7 @@ def _serve(r: _Reader) -> ServeConfig:
         max_queue_wait_seconds=r.int_("max_queue_wait_seconds", d.max_queue_wait_seconds, 1, 3600),
         pack_cache_mb=r.int_("pack_cache_mb", d.pack_cache_mb, 0, 1024 * 1024),
         pack_cache_dir=r.path_("pack_cache_dir", d.pack_cache_dir),
+        replica_id=r.str_("replica_id", d.replica_id),
     )
 
 
@@ -718,22 +762,95 @@ def is_path_prefix(value: str) -> bool:
 
 
 def _state(r: _Reader, data_dir: Path, environ: Mapping[str, str]) -> StateConfig:
-    """$CCCATALOG_STATE_FILE, else a sqlite $CC_CATALOG_DB_URL, else state.path, else under git.data_dir."""
-    r.check_keys(("path",))
+    """$CCCATALOG_STATE_URL, else $CCCATALOG_STATE_FILE, else $CC_CATALOG_DB_URL (sqlite or
+    postgresql), else state.url, else state.path, else a file under git.data_dir."""
+    r.check_keys(("path", "url"))
     from_yaml = r.path_("path", None)
+    yaml_url = r.str_("url", None)
+    local = from_yaml or data_dir / ".cccatalog" / "state.sqlite3"
+    if yaml_url is not None and from_yaml is not None:
+        r.problem(None, "set state.url (a database) or state.path (a file), not both")
+    if value := envvars.first(environ, envvars.STATE_URL):
+        found = _state_url(r, envvars.STATE_URL[0], value, local)
+        if found is not None:
+            return found
     if value := environ.get("CCCATALOG_STATE_FILE"):
         return StateConfig(Path.cwd() / value, "CCCATALOG_STATE_FILE")
     if db_url := environ.get("CC_CATALOG_DB_URL"):
         if (sqlite_path := _sqlite_path(db_url)) is not None:
             return StateConfig(Path.cwd() / sqlite_path, "CC_CATALOG_DB_URL")
+        if (pg_url := _postgres_url(db_url)) is not None:
+            return StateConfig(local, "CC_CATALOG_DB_URL", pg_url)
         # Never echo the URL: it may carry a database password.
         r.ctx.warnings.append(
-            "CC_CATALOG_DB_URL: ignored — only sqlite:///<path> URLs can be used; "
+            "CC_CATALOG_DB_URL: ignored — only sqlite:///<path> and postgresql://… URLs can be used; "
             "set CCCATALOG_STATE_FILE or state.path instead"
         )
+    if yaml_url is not None:
+        if url_password(yaml_url):
+            r.problem(
+                "url",
+                "embeds a password; secrets do not belong in the config file: put the URL in "
+                "CCCATALOG_STATE_URL (from a secret), or the password in PGPASSWORD",
+            )
+        elif (found := _state_url(r, r.key("url"), yaml_url, local)) is not None:
+            return found
     if from_yaml is not None:
         return StateConfig(from_yaml)
-    return StateConfig(data_dir / ".cccatalog" / "state.sqlite3", "git.data_dir (the state file is under it)")
+    return StateConfig(local, "git.data_dir (the state file is under it)")
+
+
+def _state_url(r: _Reader, setting: str, url: str, local: Path) -> StateConfig | None:
+    """A state URL of cccatalog's own (an environment variable or state.url): postgresql:// or
+    sqlite:///; anything else is a problem (its value never shown: it may carry a password)."""
+    if (sqlite_path := _sqlite_path(url)) is not None:
+        return StateConfig(Path.cwd() / sqlite_path if setting.isupper() else r.ctx.base_dir / sqlite_path,
+                           setting)  # fmt: skip
+    if (pg_url := _postgres_url(url)) is not None:
+        return StateConfig(local, setting, pg_url)
+    r.ctx.problems.append(
+        f"{setting}: expected a postgresql://user@host:port/database or sqlite:///<path> URL"
+    )
+    return None
+
+
+def _postgres_url(url: str) -> str | None:
+    """`url` in libpq's form when it names a PostgreSQL database (`postgres://`, SQLAlchemy's
+    `postgresql+psycopg2://` and the like are the same database), else None."""
+    scheme, sep, rest = url.strip().partition("://")
+    scheme = scheme.lower()
+    if not sep or not (scheme in ("postgresql", "postgres") or scheme.startswith("postgresql+")):
+        return None
+    return f"postgresql://{rest}"
+
+
+def display_url(url: str) -> str:
+    """A database URL as messages show it: the password masked wherever it was given."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            user, _, host = netloc.rpartition("@")
+            netloc = f"{user.partition(':')[0]}:***@{host}"
+        query = [(k, "***" if k.lower() == "password" else v) for k, v in parse_qsl(parts.query, True)]
+        return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="*/")))
+    except ValueError:
+        return "<the state database URL, which cannot be parsed>"
+
+
+def url_password(url: str) -> str | None:
+    """The password a database URL carries (in its userinfo or as `?password=`), for redaction."""
+    from urllib.parse import parse_qs, unquote, urlsplit
+
+    try:
+        parts = urlsplit(url)
+        if parts.password:
+            return unquote(parts.password)
+        return next(iter(parse_qs(parts.query).get("password", [])), None)
+    except ValueError:
+        return None
 
 
 def _sqlite_path(url: str) -> str | None:

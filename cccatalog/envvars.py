@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 
 CONFIG = ("CCCATALOG_CONFIG", "CC_CATALOG_CONFIG_FILE")
 STATE_FILE = ("CCCATALOG_STATE_FILE",)
+STATE_URL = ("CCCATALOG_STATE_URL",)
 DB_URL = ("CC_CATALOG_DB_URL",)
 HOST = ("CCCATALOG_HOST", "CC_CATALOG_HOST")
 PORT = ("CCCATALOG_PORT", "CC_CATALOG_PORT")
@@ -18,8 +19,13 @@ DISABLE_SCHEDULER = ("CCCATALOG_DISABLE_SCHEDULER", "CC_CATALOG_DISABLE_SCHEDULE
 # What each one is for: docs/configuration.md's table of variables is generated from this.
 DOCS: dict[tuple[str, ...], str] = {
     CONFIG: "the config file (`--config` wins)",
+    STATE_URL: "the state database, `postgresql://user:password@host:5432/db` (wins over "
+    "`CCCATALOG_STATE_FILE`, `CC_CATALOG_DB_URL` and the file's `state.*`); a `sqlite:///<path>` "
+    "names a state file",
     STATE_FILE: "the SQLite state file (wins over `state.path`)",
-    DB_URL: "the predecessor's database URL: a `sqlite:///<path>` names the state file",
+    DB_URL: "the predecessor's database URL: a `sqlite:///<path>` names the state file, a "
+    "`postgresql://…` the database replicas share",
+    ("PGPASSWORD",): "libpq's: the state database's password when `state.url` names none",
     HOST: "`serve`'s listen address (`--host` wins; `serve.host` is the default)",
     PORT: "`serve`'s listen port (`--port` wins; `serve.port` is the default)",
     ADMIN_TOKEN: "the admin API's bearer token; unset, the admin endpoints answer 503",

@@ -38,6 +38,11 @@ class StateError(CCCatalogError):
     """The state database cannot be opened, migrated or written."""
 
 
+class StateUnavailable(StateError):
+    """The state database cannot be reached right now (a PostgreSQL server down or unreachable); it
+    may come back without anything being changed here."""
+
+
 class GitError(CCCatalogError):
     """A git command failed. `command` and `stderr` are redacted before they get here."""
 

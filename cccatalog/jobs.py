@@ -24,7 +24,6 @@ from cccatalog.config import Config
 from cccatalog.errors import LockBusy, UsageError
 from cccatalog.gitmirror.git import Git
 from cccatalog.gitmirror.layout import Layout
-from cccatalog.gitmirror.locks import file_lock
 from cccatalog.gitmirror.sync import (
     Action,
     MirrorSyncer,
@@ -36,6 +35,7 @@ from cccatalog.gitmirror.sync import (
 )
 from cccatalog.paths import require_writable_dir
 from cccatalog.redact import Redactor
+from cccatalog.runlocks import Locks
 
 if TYPE_CHECKING:
     from cccatalog.catalog.images import ImageSyncResult
@@ -85,25 +85,28 @@ class SyncReport:
 
 
 def run_lock_path(config: Config, half: str) -> Path:
-    """The run lock of one half of a sync (`git`, `images`), beside the state file (always writable):
-    a cron `sync`, serve's scheduler and an admin job never run the same half at the same time (a git
-    sync of named repos only takes their repo locks: see `run_locks`)."""
-    return config.state.path.parent / "locks" / f"sync-{half}.lock"
+    """The run lock of one half of a sync (`git`, `images`) of an SQLite state, beside the state file
+    (always writable): a cron `sync`, serve's scheduler and an admin job never run the same half at the
+    same time (a git sync of named repos only takes their repo locks: see `run_locks`). A PostgreSQL
+    state locks in the database instead (`cccatalog.runlocks`)."""
+    return config.state.local_dir / "locks" / f"sync-{half}.lock"
 
 
 log = logging.getLogger("cccatalog.sync")
 
 
 @contextmanager
-def run_locks(config: Config, request: SyncRequest) -> Iterator[SyncRequest]:
-    """Hold the run locks `request` needs, waiting up to git.lock_timeout_seconds (0 with no_wait);
-    yields the request to run, with the halves another run holds marked skipped under no_wait.
+def run_locks(config: Config, request: SyncRequest, store: Store | None = None) -> Iterator[SyncRequest]:
+    """Hold the run locks `request` needs, waiting up to git.lock_timeout_seconds (0 with no_wait):
+    files beside an SQLite state, advisory locks in a PostgreSQL `store`. Yields the request to run,
+    with the halves another run holds marked skipped under no_wait.
 
     A git run of every repo takes the git run lock; an `--only` run takes only the locks of the repos
     it names (per repo, in `MirrorSyncer`), so it waits for or skips just the repos that are busy, not
     a whole run of others. The image half has no per-collection lock: every run takes its run lock.
     """
     wait = 0 if request.no_wait else config.git.lock_timeout_seconds
+    locks = Locks.for_state(config, store)
     skipped: dict[str, str] = {}
     with ExitStack() as stack:
         for half, wanted in (("git", request.git and not request.only), ("images", request.images)):
@@ -117,9 +120,8 @@ def run_locks(config: Config, request: SyncRequest) -> Iterator[SyncRequest]:
                     half, by, wait,
                 )  # fmt: skip
 
-            lock = run_lock_path(config, half)
             try:
-                stack.enter_context(file_lock(lock, timeout=wait, what=f"the {half} sync", on_wait=waiting))
+                stack.enter_context(locks.run(half).hold(timeout=wait, on_wait=waiting))
             except LockBusy as exc:
                 if not request.no_wait:
                     raise
@@ -149,10 +151,11 @@ def recorder(store: Store) -> Record:
 
 
 def image_cache(config: Config) -> BlobCache:
-    """Registry documents are cached beside the state file: both belong to this host, not the image."""
+    """Registry documents are cached beside the state file (this host's own directory with a
+    PostgreSQL state): they belong to this host, not the image."""
     from cccatalog.oci.cache import BlobCache
 
-    return BlobCache(config.state.path.parent / "oci-cache")
+    return BlobCache(config.state.local_dir / "oci-cache")
 
 
 def run_sync(
@@ -300,12 +303,17 @@ def perform_sync(
     git_half = request.git and config.git.enabled and bool(plan_sync(config, only=request.only))
     if git_half:
         require_writable_dir(config.git.data_dir, setting="git.data_dir")
-    require_writable_dir(config.state.path.parent, setting=config.state.setting)
+    require_writable_dir(config.state.local_dir, setting=config.state.setting)
     warnings = credential_warnings(config, environ) if git_half else []
     if request.git and not config.git.enabled and any(cc.git_url for cc in config.codecollections):
         warnings.append(f"git mirroring is disabled (git.enabled is false in {config.path})")
-    # The state file first: a corrupt or newer one is refused before any lock file is made.
-    with Store.open(config.state.path) as store, run_locks(config, request) as granted:
+    secrets = config.state.secrets(environ)
+    redactor.add(*secrets)
+    if git_half and config.state.url:
+        # the volume id lives in the data directory this run is about to fill anyway
+        config.git.data_dir.mkdir(parents=True, exist_ok=True)
+    # The state first: a corrupt or newer one is refused before any lock file is made.
+    with Store.for_config(config, environ=environ) as store, run_locks(config, request, store) as granted:
         report = run_sync(config, store, granted, redactor=redactor, environ=environ, run_git=run_git)
     report.warnings[:0] = warnings
     return report

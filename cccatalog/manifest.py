@@ -221,11 +221,11 @@ def site_manifest(config: Config, git: Git, store: Store | None) -> dict[str, An
 
 def describe_site(config: Config, git: Git) -> bytes:
     """`cccatalog manifest`: this site's manifest, reading the state file only when there is one."""
-    if not config.state.path.is_file():
+    if config.state.url is None and not config.state.path.is_file():
         return dumps(site_manifest(config, git, None))
     from cccatalog.catalog.store import Store
 
-    with Store.open(config.state.path) as store:
+    with Store.for_config(config) as store:
         return dumps(site_manifest(config, git, store))
 
 

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from cccatalog.catalog.models import ImageRefRecord, MirrorStatus
+from cccatalog.catalog.pointers import pointers
 from cccatalog.catalog.store import Store
-from cccatalog.catalog.views import pointers
 from cccatalog.config import CodeCollection, Config
 from cccatalog.errors import UsageError
 from cccatalog.gitmirror.servable import mirrored_slugs
@@ -139,7 +139,7 @@ class CollectionStatus:
 @dataclass(frozen=True, slots=True)
 class StatusReport:
     config: Path
-    state: Path | None  # None: there is no state file yet
+    state: str | None  # the state file, or the database (password masked); None: no state yet
     budget_seconds: int
     generated_at: datetime
     repos: Sequence[RepoStatus] = ()
@@ -257,9 +257,15 @@ def collect(
     if not config.git.enabled:
         notes.append("git mirroring is off (git.enabled: false): no repositories to check")
     if store is None:
-        notes.append(f"no state file at {config.state.path}: nothing has been synced yet")
+        state = config.state
+        missing = (
+            f"no state file at {state.path}"
+            if state.url is None
+            else f"no cccatalog state in {state.display}"
+        )
+        notes.append(f"{missing}: nothing has been synced yet")
     return StatusReport(
-        config.path, store.path if store else None, budget_seconds, now, repos, collections, tuple(notes)
+        config.path, store.location if store else None, budget_seconds, now, repos, collections, tuple(notes)
     )
 
 
@@ -269,7 +275,9 @@ def status_from_state(config: Config, *, max_age_seconds: int | None = None) -> 
     from cccatalog.manifest import baked_at
 
     budget = max_age_seconds or config.serve.freshness_budget_minutes * 60
-    store = Store.open_readonly(config.state.path)
+    from cccatalog.replica import mirror_volume, replica_id
+
+    store = Store.open_readonly(config.state, volume=mirror_volume(config, replica_id(config)))
     try:
         return collect(config, store, budget_seconds=budget, baked_at=baked_at(config.git.data_dir))
     finally:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.gitfixtures import GIT_ENV, Upstream
+from tests.pgfixtures import PgServer, running_postgres
 from tests.registry import RunningRegistry, running_registry
 
 
@@ -19,7 +20,10 @@ def _isolated_git(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HOME", str(home))
     for key, value in GIT_ENV.items():
         monkeypatch.setenv(key, value)
-    for key in ("CCCATALOG_CONFIG", "CC_CATALOG_CONFIG_FILE", "CCCATALOG_STATE_FILE", "CC_CATALOG_DB_URL"):
+    for key in (
+        *("CCCATALOG_CONFIG", "CC_CATALOG_CONFIG_FILE", "CCCATALOG_STATE_FILE", "CC_CATALOG_DB_URL"),
+        *("CCCATALOG_STATE_URL", "PGPASSWORD", "PGHOST", "PGDATABASE", "PGUSER"),
+    ):
         monkeypatch.delenv(key, raising=False)
 
 
@@ -78,6 +82,23 @@ def registry_token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running
     """distribution 2.8 with token auth; `registry.token_server` records every token request."""
     with running_registry(tmp_path_factory.mktemp("registry-token"), "token") as registry:
         yield registry
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """A PostgreSQL 15 server of the session (tests/pgfixtures.py); each test takes its own database."""
+    with running_postgres() as server:
+        yield server
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> Iterator[str]:
+    """The URL (password included) of a new, empty database on the session's server."""
+    url = pg_server.create_database()
+    try:
+        yield url
+    finally:
+        pg_server.drop_database(url)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -1,6 +1,7 @@
 """A database as the predecessor (cc-catalog-svc) leaves it: its schema exactly as SQLAlchemy 2's
-`create_all` emits it for SQLite (statement text included), its engine's pragmas, and rows written the
-way its catalog poll and git sync write them (naive UTC times, booleans as 0/1)."""
+`create_all` emits it for SQLite (statement text included) and for PostgreSQL, its engine's pragmas,
+and rows written the way its catalog poll and git sync write them (naive UTC times, booleans as 0/1 in
+SQLite and as booleans in PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import psycopg
 
 # The statements SQLAlchemy sends for the predecessor's models, in its order.
 SCHEMA: tuple[str, ...] = (
@@ -117,6 +120,10 @@ REFS: tuple[tuple[object, ...], ...] = (
 class PredecessorDb:
     path: Path
 
+    @property
+    def target(self) -> Path:
+        return self.path
+
     def connect(self) -> sqlite3.Connection:
         """A connection set up as the predecessor's engine sets up each of its connections."""
         conn = sqlite3.connect(self.path, isolation_level=None)
@@ -191,3 +198,105 @@ def make_predecessor_db(
     finally:
         conn.close()
     return db
+
+
+# --- the same database on PostgreSQL (the predecessor's HA "split" mode) -----------------------------
+
+
+def postgres_schema(schema: Sequence[str] = SCHEMA) -> tuple[str, ...]:
+    """The statements SQLAlchemy 2's `create_all` sends for the same models to PostgreSQL: integer
+    primary keys become SERIAL, DateTime is TIMESTAMP WITHOUT TIME ZONE, `func.now()` is now();
+    BOOLEAN, JSON, VARCHAR and TEXT, indexes and constraints are written as for SQLite."""
+    return tuple(
+        s.replace("\tid INTEGER NOT NULL", "\tid SERIAL NOT NULL")
+        .replace(" DATETIME", " TIMESTAMP WITHOUT TIME ZONE")
+        .replace("DEFAULT CURRENT_TIMESTAMP", "DEFAULT now()")
+        for s in schema
+    )
+
+
+PG_SCHEMA = postgres_schema()
+PG_SCHEMA_BEFORE_GIT = postgres_schema(SCHEMA_BEFORE_GIT)
+
+
+@dataclass(frozen=True)
+class PgPredecessorDb:
+    url: str
+
+    @property
+    def target(self) -> str:
+        return self.url
+
+    def schema(self) -> list[tuple[object, ...]]:
+        """Every column, index and constraint of the predecessor's tables, as the catalog shows them."""
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            columns = conn.execute(
+                "SELECT table_name, column_name, data_type, character_maximum_length, is_nullable, "
+                "column_default FROM information_schema.columns WHERE table_schema = 'public' "
+                "AND table_name NOT LIKE 'cccatalog_%' ORDER BY table_name, ordinal_position"
+            ).fetchall()
+            indexes = conn.execute(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' "
+                "AND tablename NOT LIKE 'cccatalog_%' ORDER BY indexname"
+            ).fetchall()
+            constraints = conn.execute(
+                "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
+                "WHERE connamespace = 'public'::regnamespace AND conname NOT LIKE 'cccatalog_%' "
+                "ORDER BY conname"
+            ).fetchall()
+        return [*columns, *indexes, *constraints]
+
+    def dump(self) -> dict[str, list[tuple[object, ...]]]:
+        tables = ("codecollections", "image_refs", "destinations", "mirror_targets", "mirror_jobs")
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            return {t: conn.execute(f"SELECT * FROM {t} ORDER BY id").fetchall() for t in tables}  # noqa: S608
+
+
+_FLAGS = slice(8, 12)  # is_latest, is_stable, is_prerelease, is_active in a REFS row without its slug
+
+
+def make_predecessor_pg(
+    url: str,
+    *,
+    schema: Sequence[str] = PG_SCHEMA,
+    collections: Sequence[tuple[object, ...]] = COLLECTIONS,
+    refs: Sequence[tuple[object, ...]] = REFS,
+) -> PgPredecessorDb:
+    """Create the predecessor's schema in the (empty) database at `url` and write its rows, as its
+    PostgreSQL engine would: booleans as booleans, times as naive UTC timestamps."""
+    has_git = "git_head_commit" in schema[0]
+    with psycopg.connect(url) as conn:  # one transaction, as create_all and the first poll
+        for statement in schema:
+            conn.execute(statement)
+        for row in collections:
+            values = row if has_git else row[:9] + row[12:]
+            columns = (
+                "slug, name, git_url, image_registry, default_ref, visibility, source_name, last_synced, "
+                "last_sync_error, "
+                + ("git_head_commit, git_last_synced, git_last_sync_error, " if has_git else "")
+                + "created_at, updated_at"
+            )
+            marks = ", ".join(["%s"] * len(values))
+            conn.execute(f"INSERT INTO codecollections ({columns}) VALUES ({marks})", values)  # noqa: S608
+        for slug, *ref in refs:
+            ref_values = [*ref[:8], *(bool(flag) for flag in ref[_FLAGS]), *ref[12:]]
+            conn.execute(
+                "INSERT INTO image_refs (cc_id, ref_name, ref_type, image_registry, image_tag, image_digest, "
+                "commit_hash, rt_revision, image_built_at, is_latest, is_stable, is_prerelease, is_active, "
+                "synced_at) SELECT id, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s "
+                "FROM codecollections WHERE slug = %s",
+                (*ref_values, slug),
+            )
+        conn.execute(
+            "INSERT INTO destinations (name, type, config_json, enabled) VALUES (%s, %s, %s, %s)",
+            ("acme-jfrog", "jfrog", '{"base_url": "https://acme.jfrog.io"}', True),
+        )
+        conn.execute(
+            "INSERT INTO mirror_jobs (cc_id, destination_id, source_image_ref, target_image_ref, status, "
+            "attempts, max_attempts) VALUES (1, 1, %s, %s, 'done', 1, 3)",
+            (
+                f"{REGISTRY}:main-10792f4-6e4bc81",
+                "acme.jfrog.io/cc/rw-cli-codecollection:main-10792f4-6e4bc81",
+            ),
+        )
+    return PgPredecessorDb(url)

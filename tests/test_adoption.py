@@ -1,8 +1,10 @@
 """The predecessor's database is adopted in place: its rows carried into cccatalog's tables once, in one
-transaction, its own tables left exactly as they were, whatever processes open it at the same time."""
+transaction, its own tables left exactly as they were, whatever processes open it at the same time.
+Tests taking `predecessor` run on its SQLite file and on its PostgreSQL database (its HA mode)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -18,16 +20,20 @@ from cccatalog.catalog import migrations
 from cccatalog.catalog.store import Store
 from cccatalog.cli import run
 from cccatalog.errors import StateError
+from tests.pgfixtures import connect
 from tests.predecessorfixtures import (
     GIT_COLUMNS,
     HEAD_CLI,
     LEAKED,
     SCHEMA_BEFORE_GIT,
+    PgPredecessorDb,
     PredecessorDb,
     make_predecessor_db,
+    make_predecessor_pg,
 )
 
 PROCESSES = 8
+AnyPredecessor = PredecessorDb | PgPredecessorDb
 CLI = "rw-cli-codecollection"
 PUBLIC = "rw-public-codecollection"
 FORK = "ss-rw-cli-codecollection"
@@ -37,13 +43,33 @@ def utc(text: str) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=UTC)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def predecessor(request: pytest.FixtureRequest, tmp_path: Path) -> AnyPredecessor:
+    if request.param == "sqlite":
+        return make_predecessor_db(tmp_path / "data" / "catalog.db")
+    return make_predecessor_pg(request.getfixturevalue("pg_url"))
+
+
 @pytest.fixture
-def predecessor(tmp_path: Path) -> PredecessorDb:
+def sqlite_predecessor(tmp_path: Path) -> PredecessorDb:
     return make_predecessor_db(tmp_path / "data" / "catalog.db")
 
 
-def test_collections_and_every_image_ref_are_carried_with_flags_and_times(predecessor: PredecessorDb) -> None:
-    with Store.open(predecessor.path) as store:
+def _count(target: Path | str, table: str) -> int:
+    sql = f"SELECT count(*) FROM {table}"  # noqa: S608
+    if isinstance(target, Path):
+        with contextlib.closing(sqlite3.connect(target)) as conn:
+            return int(conn.execute(sql).fetchone()[0])
+    with connect(target) as pg:
+        row = pg.execute(sql).fetchone()
+        assert row is not None
+        return int(str(row[0]))
+
+
+def test_collections_and_every_image_ref_are_carried_with_flags_and_times(
+    predecessor: AnyPredecessor,
+) -> None:
+    with Store.open(predecessor.target) as store:
         assert store.schema_version == len(migrations.MIGRATIONS)
         collections = {c.slug: c for c in store.list_collections()}
         refs = {r.ref: r for r in store.list_image_refs(CLI, include_inactive=True)}
@@ -81,8 +107,8 @@ def test_collections_and_every_image_ref_are_carried_with_flags_and_times(predec
     assert [(r.ref, r.is_latest, r.is_stable) for r in public_refs] == [("main", True, True)]
 
 
-def test_git_status_and_poll_status_are_carried(predecessor: PredecessorDb) -> None:
-    with Store.open(predecessor.path) as store:
+def test_git_status_and_poll_status_are_carried(predecessor: AnyPredecessor) -> None:
+    with Store.open(predecessor.target) as store:
         cli, public, fork = (store.get_mirror(s) for s in (CLI, PUBLIC, FORK))
         polls = {s: store.get_image_sync(s) for s in (CLI, PUBLIC, FORK)}
 
@@ -104,9 +130,11 @@ def test_git_status_and_poll_status_are_carried(predecessor: PredecessorDb) -> N
     assert polls[FORK] is None
 
 
-def test_a_credential_the_predecessor_stored_in_an_error_is_not_carried(predecessor: PredecessorDb) -> None:
+def test_a_credential_the_predecessor_stored_in_an_error_is_not_carried(
+    predecessor: AnyPredecessor,
+) -> None:
     """Its failed git syncs stored the command line with the Authorization header (its bug 8)."""
-    with Store.open(predecessor.path) as store:
+    with Store.open(predecessor.target) as store:
         mirror = store.get_mirror(PUBLIC)
     assert mirror is not None
     assert mirror.last_error is not None
@@ -114,23 +142,25 @@ def test_a_credential_the_predecessor_stored_in_an_error_is_not_carried(predeces
     assert "***" in mirror.last_error
 
 
-def test_the_predecessors_tables_are_left_exactly_as_they_were(predecessor: PredecessorDb) -> None:
+def test_the_predecessors_tables_are_left_exactly_as_they_were(
+    predecessor: AnyPredecessor,
+) -> None:
     schema, rows = predecessor.schema(), predecessor.dump()
     assert all(rows[table] for table in ("codecollections", "image_refs", "mirror_jobs"))
 
-    Store.open(predecessor.path).close()
+    Store.open(predecessor.target).close()
 
     assert predecessor.schema() == schema
     assert predecessor.dump() == rows
 
 
 def test_the_predecessor_can_run_on_the_file_again_and_a_second_open_carries_nothing(
-    predecessor: PredecessorDb,
+    sqlite_predecessor: PredecessorDb,
 ) -> None:
     """A rollback: the predecessor writes to its tables as before; cccatalog, started again, keeps
     what it carried the first time and does not adopt again."""
-    Store.open(predecessor.path).close()
-    with predecessor.connect() as conn:  # what the predecessor's poll does, with its engine's pragmas
+    Store.open(sqlite_predecessor.path).close()
+    with sqlite_predecessor.connect() as conn:  # what the predecessor's poll does, with its engine's pragmas
         conn.execute(
             "INSERT INTO codecollections (slug, name, default_ref, visibility) "
             "VALUES ('new-cc', 'n', 'main', 'public')"
@@ -145,28 +175,30 @@ def test_the_predecessor_can_run_on_the_file_again_and_a_second_open_carries_not
         assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
 
-    with Store.open(predecessor.path) as store:
+    with Store.open(sqlite_predecessor.path) as store:
         assert [c.slug for c in store.list_collections()] == [CLI, PUBLIC, FORK]
         assert store.list_image_refs("new-cc", include_inactive=True) == []
         login = next(r for r in store.list_image_refs(CLI) if r.ref == "feature/login")
         assert login.is_active
 
 
-def _open_in_child(path: str, barrier: Barrier, results: Queue[tuple[str, object]]) -> None:
+def _open_in_child(target: Path | str, barrier: Barrier, results: Queue[tuple[str, object]]) -> None:
     try:
         barrier.wait(timeout=20)
-        with Store.open(Path(path), busy_timeout_s=30) as opened:
+        with Store.open(target, busy_timeout_s=30) as opened:
             results.put(("ok", len(opened.list_image_refs(CLI, include_inactive=True))))
     except Exception as exc:
         results.put(("error", f"{type(exc).__name__}: {exc}"))
 
 
-def test_processes_opening_the_predecessors_file_together_adopt_it_once(predecessor: PredecessorDb) -> None:
+def test_processes_opening_the_predecessors_database_together_adopt_it_once(
+    predecessor: AnyPredecessor,
+) -> None:
     ctx = multiprocessing.get_context("fork")
     barrier = ctx.Barrier(PROCESSES)
     results: Queue[tuple[str, object]] = ctx.Queue()
     procs = [
-        ctx.Process(target=_open_in_child, args=(str(predecessor.path), barrier, results))
+        ctx.Process(target=_open_in_child, args=(predecessor.target, barrier, results))
         for _ in range(PROCESSES)
     ]
     for proc in procs:
@@ -176,13 +208,9 @@ def test_processes_opening_the_predecessors_file_together_adopt_it_once(predeces
         proc.join(timeout=10)
 
     assert outcomes == [("ok", 5)] * PROCESSES
-    conn = sqlite3.connect(predecessor.path)
-    try:
-        counts = [conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in (  # noqa: S608
-            "cccatalog_collections", "cccatalog_image_refs", "cccatalog_git_mirrors", "cccatalog_image_syncs",
-        )]  # fmt: skip
-    finally:
-        conn.close()
+    counts = [_count(predecessor.target, t) for t in (
+        "cccatalog_collections", "cccatalog_image_refs", "cccatalog_git_mirrors", "cccatalog_image_syncs",
+    )]  # fmt: skip
     assert counts == [3, 6, 2, 2]
 
 
@@ -224,28 +252,28 @@ def test_a_database_whose_git_columns_were_added_by_its_upgrade_is_adopted(tmp_p
 
 
 def test_a_predecessor_file_a_newer_cccatalog_wrote_to_is_refused_untouched(
-    predecessor: PredecessorDb,
+    sqlite_predecessor: PredecessorDb,
 ) -> None:
-    with predecessor.connect() as conn:
+    with sqlite_predecessor.connect() as conn:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         conn.execute("PRAGMA user_version = 999")
-    before = predecessor.path.read_bytes()
+    before = sqlite_predecessor.path.read_bytes()
     with pytest.raises(StateError, match="newer cccatalog"):
-        Store.open(predecessor.path)
-    assert predecessor.path.read_bytes() == before
+        Store.open(sqlite_predecessor.target)
+    assert sqlite_predecessor.path.read_bytes() == before
 
 
-def test_a_failed_adoption_leaves_the_file_as_it_was(predecessor: PredecessorDb) -> None:
+def test_a_failed_adoption_leaves_the_file_as_it_was(sqlite_predecessor: PredecessorDb) -> None:
     """One transaction: when part of it fails (here a half-made file already holds one of
     cccatalog's tables), nothing of it stays and the version is still 0."""
-    with predecessor.connect() as conn:
+    with sqlite_predecessor.connect() as conn:
         conn.execute("CREATE TABLE cccatalog_image_syncs (slug TEXT PRIMARY KEY)")
-    schema, rows = predecessor.schema(), predecessor.dump()
+    schema, rows = sqlite_predecessor.schema(), sqlite_predecessor.dump()
     with pytest.raises(StateError):
-        Store.open(predecessor.path)
-    assert predecessor.schema() == schema
-    assert predecessor.dump() == rows
-    with sqlite3.connect(predecessor.path) as conn:
+        Store.open(sqlite_predecessor.target)
+    assert sqlite_predecessor.schema() == schema
+    assert sqlite_predecessor.dump() == rows
+    with sqlite3.connect(sqlite_predecessor.path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone() == (0,)
         names = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert names & {"cccatalog_collections", "cccatalog_image_refs", "cccatalog_git_mirrors"} == set()
@@ -292,14 +320,14 @@ def _get(path: Path, target: str, capsys: pytest.CaptureFixture[str]) -> tuple[i
 
 def test_the_predecessors_db_url_serves_its_catalog_then_sync_updates_it(
     tmp_path: Path,
-    predecessor: PredecessorDb,
+    sqlite_predecessor: PredecessorDb,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setenv("CC_CATALOG_DB_URL", f"sqlite:///{predecessor.path}")
+    monkeypatch.setenv("CC_CATALOG_DB_URL", f"sqlite:///{sqlite_predecessor.path}")
     monkeypatch.chdir(tmp_path)
     config = _predecessor_config(tmp_path)
-    schema, rows = predecessor.schema(), predecessor.dump()
+    schema, rows = sqlite_predecessor.schema(), sqlite_predecessor.dump()
 
     status, detail = _get(config, f"/api/v1/catalog/codecollections/{CLI}", capsys)
     assert status == 200
@@ -325,7 +353,7 @@ def test_the_predecessors_db_url_serves_its_catalog_then_sync_updates_it(
     assert (detail["latest_image_tag"], detail["stable_image_tag"]) == (
         "main-abcdef1-6e4bc81", "v1.3.0-abcdef2-6e4bc81",
     )  # fmt: skip
-    assert predecessor.schema() == schema
-    assert predecessor.dump() == rows
+    assert sqlite_predecessor.schema() == schema
+    assert sqlite_predecessor.dump() == rows
     assert not (tmp_path / "git" / ".cccatalog").exists()  # the state is the predecessor's file
-    assert os.path.getsize(predecessor.path) > 0
+    assert os.path.getsize(sqlite_predecessor.path) > 0

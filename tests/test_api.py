@@ -10,6 +10,7 @@ import base64
 import calendar
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -75,7 +76,7 @@ RESOLVE_FIELDS = {
 }
 REPO_FIELDS = {
     "slug", "upstream_url", "public_url", "present", "head_commit", "last_synced", "last_sync_error",
-    "freshness_seconds", "default_branch",
+    "freshness_seconds", "default_branch", "replica",
 }  # fmt: skip
 
 DIGEST = "sha256:" + "e" * 64
@@ -553,6 +554,7 @@ def test_git_repos_report_every_mirror(site: Site, client: httpx.Client) -> None
         assert RFC3339_UTC.fullmatch(repo["last_synced"])
         assert isinstance(repo["freshness_seconds"], int)
         assert 0 <= repo["freshness_seconds"] < 120
+        assert repo["replica"] == socket.gethostname()  # whose disk: serve.replica_id is not set
 
 
 def test_git_repo_detail_adds_the_local_path(site: Site, client: httpx.Client) -> None:

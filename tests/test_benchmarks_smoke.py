@@ -84,6 +84,23 @@ def test_sync_benchmark_times_every_contender_in_every_scenario(tmp_path: Path) 
 
 
 @pytest.mark.timeout(SMOKE_SECONDS + 30)
+def test_catalog_benchmark_compares_today_and_now_on_both_engines_and_replicas(tmp_path: Path) -> None:
+    data = run_benchmark("benchmarks.catalog.bench_catalog", tmp_path / "catalog.json")
+    scaling = {(r["engine"], r["request"], r["implementation"]) for r in data["scaling"]}
+    assert scaling == {
+        (engine, request, impl)
+        for engine in ("SQLite", "PostgreSQL")
+        for request in ("list", "one collection")
+        for impl in ("today", "now")
+    }
+    assert all(r["median_ms"] > 0 and r["speedup_vs_today"] > 0 for r in data["scaling"])
+    setups = [(r["setup"], r["replicas"]) for r in data["replicas"]]
+    assert setups == [("1 replica, SQLite", 1), ("1 replica, PostgreSQL", 1), ("3 replicas, PostgreSQL", 3)]
+    assert all(r["requests"] > 0 and r["errors"] == 0 for r in data["replicas"])
+    assert len(data["targets"]) == 4
+
+
+@pytest.mark.timeout(SMOKE_SECONDS + 30)
 @pytest.mark.skipif(
     shutil.which("ssh-keygen") is None, reason="needs ssh-keygen (apt-get install openssh-client)"
 )

@@ -15,6 +15,7 @@ from cccatalog.config import (
     Config,
     GitConfig,
     SchedulerConfig,
+    StateConfig,
     config_path_from_env,
     load_config,
     parse_config,
@@ -253,7 +254,7 @@ def test_config_error_names_the_file_and_lists_one_problem_per_line(tmp_path: Pa
         ),
         ("git: {enabeld: true}\n", "git.enabeld: unknown key (expected one of: "),
         ("git: {auth: {tokn_env: X}}\n", "git.auth.tokn_env: unknown key (expected one of: "),
-        ("state: {paht: x}\n", "state.paht: unknown key (expected one of: path); did you mean path?"),
+        ("state: {paht: x}\n", "state.paht: unknown key (expected one of: path, url); did you mean path?"),
         (
             "sources: [{name: s, type: oci, options: {plain-http: true}}]\n",
             "sources[0].options.plain-http: unknown key "
@@ -850,7 +851,10 @@ def test_load_config_reads_the_file_named_by_the_predecessors_env_var(tmp_path: 
             "/srv/new.db",
         ),
         ({"CCCATALOG_STATE_FILE": "", "CC_CATALOG_DB_URL": "sqlite:////srv/old.db"}, "/srv/old.db"),
-        ({"CC_CATALOG_DB_URL": "postgresql://cc:pw@db/cc"}, "etc/from-yaml.db"),
+        (
+            {"CCCATALOG_STATE_URL": "sqlite:////srv/url.db", "CCCATALOG_STATE_FILE": "/srv/new.db"},
+            "/srv/url.db",
+        ),
     ],
 )
 def test_state_path_env_overrides_take_precedence_over_the_file(
@@ -866,15 +870,82 @@ def test_state_path_env_overrides_take_precedence_over_the_file(
     assert config.state.path.is_absolute()
 
 
-@pytest.mark.parametrize("url", ["postgresql://catalog:Sup3rS3cret@db.internal:5432/catalog", "sqlite://"])
-def test_unusable_db_url_is_ignored_with_a_warning_that_hides_its_value(tmp_path: Path, url: str) -> None:
-    config = load(tmp_path, "", environ={"CC_CATALOG_DB_URL": url})
+def test_unusable_db_url_is_ignored_with_a_warning_that_hides_its_value(tmp_path: Path) -> None:
+    config = load(tmp_path, "", environ={"CC_CATALOG_DB_URL": "mysql://catalog:Sup3rS3cret@db.internal/c"})
 
     [warning] = config.warnings
     assert warning.startswith("CC_CATALOG_DB_URL: ignored — ")
     assert "Sup3rS3cret" not in warning
-    assert "postgresql" not in warning
+    assert "mysql" not in warning
+    assert config.state.url is None
     assert config.state.path == Path("/opt/cc-catalog/git/.cccatalog/state.sqlite3")
+
+
+@pytest.mark.parametrize(
+    ("environ", "yaml", "url", "setting"),
+    [
+        # the predecessor's HA deployments: its variable, in SQLAlchemy's spellings
+        ({"CC_CATALOG_DB_URL": "postgresql://cc:pw@db:5432/cc"}, "", "postgresql://cc:pw@db:5432/cc",
+         "CC_CATALOG_DB_URL"),
+        ({"CC_CATALOG_DB_URL": "postgresql+psycopg2://cc:pw@db/cc"}, "", "postgresql://cc:pw@db/cc",
+         "CC_CATALOG_DB_URL"),
+        ({"CC_CATALOG_DB_URL": "postgres://cc@db/cc?sslmode=require"}, "",
+         "postgresql://cc@db/cc?sslmode=require", "CC_CATALOG_DB_URL"),
+        # cccatalog's own: the variable wins over the file and over the predecessor's variable
+        ({"CCCATALOG_STATE_URL": "postgresql://a:pw@one/a", "CC_CATALOG_DB_URL": "postgresql://b@two/b"},
+         "state: {url: 'postgresql://c@three/c'}\n", "postgresql://a:pw@one/a", "CCCATALOG_STATE_URL"),
+        ({}, "state: {url: 'postgresql://cccatalog@db.internal:5432/catalog'}\n",
+         "postgresql://cccatalog@db.internal:5432/catalog", "state.url"),
+    ],
+)  # fmt: skip
+def test_a_postgresql_url_selects_the_shared_database(
+    tmp_path: Path, environ: dict[str, str], yaml: str, url: str, setting: str
+) -> None:
+    config = load(tmp_path, yaml, environ=environ)
+
+    assert (config.state.url, config.state.setting, config.state.backend) == (url, setting, "postgresql")
+    assert config.warnings == ()
+    # this host's own files (lock files, registry cache) stay under the data directory
+    assert config.state.local_dir == Path("/opt/cc-catalog/git/.cccatalog")
+    assert ":pw@" not in repr(config)
+    assert ":pw@" not in config.state.display
+
+
+def test_the_database_password_is_masked_wherever_the_url_carries_it() -> None:
+    state = StateConfig(
+        Path("/x"), "CCCATALOG_STATE_URL", "postgresql://cc:Sup3r%40S3cret@db/cc?password=Q1w2e3r4"
+    )
+
+    assert state.display == "postgresql://cc:***@db/cc?password=***"
+    assert state.secrets({"PGPASSWORD": "from-env-9"}) == ["Sup3r@S3cret", "from-env-9"]
+    assert StateConfig(Path("/x")).secrets({"PGPASSWORD": "from-env-9"}) == []
+
+
+@pytest.mark.parametrize(
+    ("environ", "yaml", "expected"),
+    [
+        ({}, "state: {url: 'postgresql://cc:Sup3rS3cret@db/cc'}\n",
+         "state.url: embeds a password; secrets do not belong in the config file"),
+        ({}, "state: {url: 'postgresql://cc@db/cc', path: x.db}\n",
+         "state: set state.url (a database) or state.path (a file), not both"),
+        ({}, "state: {url: 'mysql://cc@db/cc'}\n", "state.url: expected a postgresql://"),
+        ({"CCCATALOG_STATE_URL": "mysql://cc:Sup3rS3cret@db/cc"}, "",
+         "CCCATALOG_STATE_URL: expected a postgresql://"),
+    ],
+)  # fmt: skip
+def test_a_bad_state_url_is_a_config_problem_that_hides_its_value(
+    tmp_path: Path, environ: dict[str, str], yaml: str, expected: str
+) -> None:
+    path = write(tmp_path, yaml)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ=environ)
+    assert any(p.startswith(expected) for p in err.value.problems), err.value.problems
+    assert "Sup3rS3cret" not in str(err.value)
+
+
+def test_serve_replica_id_names_the_replica(tmp_path: Path) -> None:
+    assert load(tmp_path, "serve: {replica_id: catalog-0}\n").serve.replica_id == "catalog-0"
+    assert load(tmp_path, "").serve.replica_id is None
 
 
 # --- robustness ---------------------------------------------------------------------------------------

@@ -131,3 +131,23 @@ def test_the_migration_guide_is_linked_and_names_each_difference_the_predecessor
         assert topic in guide, topic
     for bug in range(1, 13):
         assert f"bug {bug})" in guide or f"bug {bug}:" in guide or f"bug {bug} " in guide, bug
+
+
+def test_the_replicas_guide_is_linked_and_says_what_is_shared_and_what_is_not() -> None:
+    guide = (ROOT / "docs" / "ha.md").read_text()
+    assert "(docs/ha.md)" in README
+    for topic in (
+        "CCCATALOG_STATE_URL",
+        "CC_CATALOG_DB_URL",
+        "PGPASSWORD",
+        "cccatalog[postgres]",
+        "ReadWriteMany",
+        "serve.replica_id",
+        "advisory lock",
+        '"status": "degraded"',
+        "Retry-After",
+        "examples/kubernetes/ha/",
+        "volume-id",
+        "max_connections",
+    ):
+        assert topic in guide, topic

@@ -268,6 +268,92 @@ def test_cronjob_syncs_onto_the_claim_one_run_at_a_time(tmp_path: Path) -> None:
     assert _collections(config) == _collections(_load(EXAMPLES / "config.bake.yaml"))
 
 
+# --- Kubernetes, replicas on PostgreSQL (examples/kubernetes/ha) ------------------------------------
+
+HA = K8S / "ha"
+
+
+def _ha_docs() -> dict[str, Doc]:
+    """kind -> the one document of that kind in ha/."""
+    docs = [d for p in sorted(HA.glob("*.yaml")) if p.name != "kustomization.yaml" for d in _docs(p)]
+    kinds = [d["kind"] for d in docs]
+    assert len(kinds) == len(set(kinds)), kinds
+    return {d["kind"]: d for d in docs}
+
+
+@pytest.mark.parametrize(
+    "manifest", sorted(p for p in HA.glob("*.yaml") if p.name != "kustomization.yaml"), ids=lambda p: p.name
+)
+def test_ha_manifest_is_valid_against_the_schemas(manifest: Path) -> None:
+    kv = pytest.importorskip("kubernetes_validate", minversion="1.28")
+    for doc in _docs(manifest):
+        for version in (OLDEST_K8S, kv.latest_version()):
+            kv.validate(doc, version, strict=True)
+
+
+def test_ha_kustomization_applies_everything_but_the_secret_template() -> None:
+    text = (HA / "kustomization.yaml").read_text()
+    resources = yaml.safe_load(text)["resources"]
+    assert set(resources) == {"configmap.yaml", "deployment.yaml", "service.yaml", "pdb.yaml"}
+    assert "secret.yaml" in text  # mentioned, with how to create the real one
+    assert "kubectl -n cc-catalog create secret generic cccatalog-database" in text
+
+
+def test_ha_runs_three_hardened_replicas_that_a_drain_takes_one_at_a_time() -> None:
+    docs = _ha_docs()
+    deployment, pdb, service = docs["Deployment"], docs["PodDisruptionBudget"], docs["Service"]
+    assert deployment["spec"]["replicas"] == 3
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 1
+    assert service["spec"]["selector"].items() <= labels.items()
+    pod = deployment["spec"]["template"]["spec"]
+    container = _container(pod)
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["automountServiceAccountToken"] is False
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert "emptyDir" in _mounts(pod, container)["/tmp"]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert pod["terminationGracePeriodSeconds"] > 30
+
+
+def test_ha_replicas_read_the_database_url_from_the_secret_and_keep_only_caches_locally(
+    tmp_path: Path,
+) -> None:
+    docs = _ha_docs()
+    pod = docs["Deployment"]["spec"]["template"]["spec"]
+    container = _container(pod)
+    [url_env] = [e for e in container["env"] if e["name"] == "CCCATALOG_STATE_URL"]
+    ref = url_env["valueFrom"]["secretKeyRef"]
+    secret = docs["Secret"]
+    assert (ref["name"], ref["key"]) == (secret["metadata"]["name"], "url")
+    assert "optional" not in ref  # without its database a replica has no catalog to serve
+    for env in container["env"]:
+        assert "value" not in env or not SECRET_NAME.search(env["name"]), env["name"]
+
+    mounts = _mounts(pod, container)
+    config_map = docs["ConfigMap"]
+    assert mounts["/etc/cccatalog"]["configMap"]["name"] == config_map["metadata"]["name"]
+    path = tmp_path / "config.yaml"
+    path.write_text(config_map["data"]["config.yaml"])
+    environ = {"CCCATALOG_STATE_URL": secret["stringData"]["url"]}
+    config = load_config(path, environ=environ)
+    assert config.warnings == ()
+    assert config.state.backend == "postgresql"
+    assert "CHANGE-ME" not in config.state.display
+    assert config.state.secrets(environ) == ["CHANGE-ME"]
+    assert "CHANGE-ME" not in config_map["data"]["config.yaml"]
+    # this replica's own files go to its emptyDir; the mirrors are baked into the image
+    assert "emptyDir" in mounts["/data"]
+    assert _under(config.state.local_dir, "/data")
+    assert not any(_under(config.git.data_dir, m) for m in mounts)
+    assert not config.git.runtime_sync
+    assert config.images.runtime_sync
+    assert _collections(config) == _collections(_load(EXAMPLES / "config.bake.yaml"))
+
+
 # --- systemd ---------------------------------------------------------------------------------------
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from cccatalog.catalog.models import ImageRefRecord
+from cccatalog.catalog.pointers import pointers
 from cccatalog.catalog.store import Store
-from cccatalog.catalog.views import pointers
 from cccatalog.cli import run
 from cccatalog.config import load_config
 

@@ -1,4 +1,5 @@
-"""The state store against real SQLite files: migrations under concurrency, mirror status, collections."""
+"""The state store against real SQLite files and a real PostgreSQL server: migrations under concurrency,
+mirror status, collections. Tests taking `target` or `store` run once per engine."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
@@ -16,14 +18,18 @@ from pathlib import Path
 import pytest
 
 from cccatalog.catalog import migrations
-from cccatalog.catalog.models import MirrorStatus
+from cccatalog.catalog.backends import Conn
+from cccatalog.catalog.models import CatalogPointers, ImageRefRecord, JobRecord, MirrorStatus
+from cccatalog.catalog.pointers import pointers
 from cccatalog.catalog.store import Store
 from cccatalog.config import CodeCollection
 from cccatalog.errors import StateError
+from tests.pgfixtures import connect
 
 PROCESSES = 12
 SCHEMA_TABLES = [
-    "cccatalog_collections", "cccatalog_git_mirrors", "cccatalog_image_refs", "cccatalog_image_syncs"
+    "cccatalog_catalog_pointers", "cccatalog_collections", "cccatalog_git_mirrors", "cccatalog_image_refs",
+    "cccatalog_image_syncs", "cccatalog_jobs",
 ]  # fmt: skip
 T0 = datetime(2026, 11, 25, 21, 0, 0, 123456, tzinfo=UTC)
 
@@ -50,7 +56,7 @@ def _pragma(path: Path, name: str) -> object:
     return value
 
 
-def _count_runs(conn: sqlite3.Connection) -> None:
+def _count_runs(conn: Conn) -> None:
     """An extra migration that records every time it runs."""
     conn.execute("CREATE TABLE IF NOT EXISTS migration_runs (pid INTEGER NOT NULL)")
     time.sleep(0.05)  # widen the window in which a racing process could run it a second time
@@ -65,10 +71,31 @@ def counting_migration(monkeypatch: pytest.MonkeyPatch) -> int:
     return len(patched)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
+    """Where a state lives: an SQLite file, or the URL of an empty PostgreSQL database."""
+    if request.param == "sqlite":
+        return tmp_path / "state.db"
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    with Store.open(tmp_path / "state.db") as opened:
+def store(target: Path | str) -> Iterator[Store]:
+    with Store.open(target) as opened:
         yield opened
+
+
+def _query(target: Path | str, sql: str) -> list[tuple[object, ...]]:
+    """Rows of `sql` as the engine itself stores them, read without cccatalog."""
+    if isinstance(target, Path):
+        conn = _raw(target)
+        try:
+            return conn.execute(sql).fetchall()
+        finally:
+            conn.close()
+    with connect(target) as pg:
+        return pg.execute(sql).fetchall()
 
 
 def _open_in_child(path: str, barrier: Barrier, results: Queue[tuple[str, object]]) -> None:
@@ -188,7 +215,7 @@ def test_failed_migration_rolls_back_and_leaves_the_previous_version(
     path = tmp_path / "state.db"
     Store.open(path).close()
 
-    def broken(conn: sqlite3.Connection) -> None:
+    def broken(conn: Conn) -> None:
         conn.execute("CREATE TABLE half_done (x)")
         conn.execute("INSERT INTO no_such_table VALUES (1)")
 
@@ -299,23 +326,20 @@ def test_failure_of_a_never_synced_mirror_has_no_head_or_success_time(store: Sto
     assert store.get_mirror("unknown") is None
 
 
-def test_times_round_trip_as_aware_utc_with_microseconds(tmp_path: Path) -> None:
-    path = tmp_path / "state.db"
+def test_times_round_trip_as_aware_utc_with_microseconds(target: Path | str) -> None:
     plus_two = datetime(2026, 11, 25, 23, 0, 0, 123456, tzinfo=timezone(timedelta(hours=2)))
-    with Store.open(path) as opened:
+    with Store.open(target) as opened:
         _succeed(opened, "cc", "c" * 40, plus_two)
-    with Store.open(path) as reopened:
+    with Store.open(target) as reopened:
         status = reopened.get_mirror("cc")
 
     assert status is not None
     assert status.last_attempt_at == T0
     assert status.last_attempt_at is not None
     assert status.last_attempt_at.tzinfo == UTC
-    conn = _raw(path)
-    assert conn.execute("SELECT last_attempt_at FROM cccatalog_git_mirrors").fetchone() == (
-        "2026-11-25T21:00:00.123456Z",
-    )
-    conn.close()
+    assert _query(target, "SELECT last_attempt_at FROM cccatalog_git_mirrors") == [
+        ("2026-11-25T21:00:00.123456Z",)
+    ]
 
 
 def test_naive_datetimes_are_refused(store: Store) -> None:
@@ -366,7 +390,7 @@ def test_upsert_collections_is_all_or_nothing_and_errors_carry_no_row_data(store
         store.upsert_collections([good, bad])
 
     assert store.list_collections() == []
-    assert str(store.path) in str(err.value)
+    assert store.location in str(err.value)
     assert "secret-looking-name" not in str(err.value)
     assert "good-cc" not in str(err.value)
 
@@ -392,9 +416,147 @@ def test_threads_sharing_one_store_can_write_at_the_same_time(store: Store) -> N
     assert [m.head_commit for m in store.list_mirrors()] == [f"{19:040d}"] * 8
 
 
-def test_using_a_closed_store_raises_state_error(tmp_path: Path) -> None:
-    opened = Store.open(tmp_path / "state.db")
+def test_using_a_closed_store_raises_state_error(target: Path | str) -> None:
+    opened = Store.open(target)
     opened.close()
 
     with pytest.raises(StateError, match="closed"):
         opened.list_mirrors()
+
+
+# --- catalog pointers, jobs, mirror volumes (both engines) ---------------------------------------------
+
+
+def _image(slug: str, ref: str, tag: str, **flags: bool) -> ImageRefRecord:
+    _, commit, rt_revision = tag.rsplit("-", 2)
+    return ImageRefRecord(
+        slug, ref, "tag" if ref.startswith("v") else "branch", f"ghcr.io/org/{slug}", tag, None,
+        commit, rt_revision, T0, "config",
+        is_latest=flags.get("latest", False), is_prerelease=flags.get("pre", False),
+        is_stable=flags.get("stable", False),
+    )  # fmt: skip
+
+
+def _computed(store: Store, slug: str) -> tuple[str | None, str | None, bool]:
+    refs = store.list_image_refs(slug)
+    latest, stable = pointers(refs)
+    return (latest.image_tag if latest else None, stable.image_tag if stable else None,
+            any(r.image_tag for r in refs))  # fmt: skip
+
+
+def _kept(store: Store, slug: str) -> tuple[str | None, str | None, bool]:
+    kept = store.catalog_pointers().get(slug, CatalogPointers(slug))
+    assert store.catalog_pointer(slug) == kept
+    return kept.latest_tag, kept.stable_tag, kept.has_image
+
+
+def test_the_pointers_kept_with_the_rows_are_the_pointers_of_the_rows(store: Store) -> None:
+    writes = [
+        [_image("a", "main", "main-1111111-aaaaaaa", latest=True),
+         _image("a", "v1.2.0", "v1.2.0-2222222-aaaaaaa", stable=True),
+         _image("a", "v1.1.0", "v1.1.0-3333333-aaaaaaa")],
+        [],  # a transient empty listing keeps everything
+        [_image("a", "main", "main-4444444-aaaaaaa", latest=True),
+         _image("a", "v1.1.0", "v1.1.0-3333333-aaaaaaa")],  # v1.2.0 gone: inactive, no stable flag
+        [_image("a", "v1.3.0", "v1.3.0-5555555-aaaaaaa", stable=True)],  # no latest at all
+    ]  # fmt: skip
+    seen = []
+    for rows in writes:
+        store.replace_image_refs("a", rows, synced_at=T0, deactivate_missing=bool(rows))
+        assert _kept(store, "a") == _computed(store, "a")
+        seen.append(_kept(store, "a"))
+
+    assert seen == [
+        ("main-1111111-aaaaaaa", "v1.2.0-2222222-aaaaaaa", True),
+        ("main-1111111-aaaaaaa", "v1.2.0-2222222-aaaaaaa", True),
+        ("main-4444444-aaaaaaa", "v1.1.0-3333333-aaaaaaa", True),  # semver stable among the rest
+        (None, "v1.3.0-5555555-aaaaaaa", True),
+    ]
+    assert store.catalog_pointers()["a"].last_synced == T0
+    assert store.catalog_pointers()["a"].latest_registry is None
+    assert "unknown" not in store.catalog_pointers()
+
+
+def test_a_collection_polled_with_nothing_to_show_has_its_poll_time_and_no_image(store: Store) -> None:
+    store.replace_image_refs("empty", [], synced_at=T0, deactivate_missing=False)
+    store.record_image_failure("failed", error="registry said 503", attempted_at=T0)
+
+    kept = store.catalog_pointers()
+    assert kept["empty"] == CatalogPointers("empty", False, last_synced=T0)
+    assert kept["failed"] == CatalogPointers("failed", False)
+
+
+def test_rows_written_before_the_pointers_were_kept_get_theirs_when_the_state_is_migrated(
+    target: Path | str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = next(i for i, m in enumerate(migrations.MIGRATIONS) if m.__name__ == "m006_catalog_pointers")
+    monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:before])
+    Store.open(target).close()
+    rows = [("main", "main-1111111-aaaaaaa", 1, 0), ("v2.0.0", "v2.0.0-2222222-aaaaaaa", 0, 0),
+            ("v10.0.0", "v10.0.0-3333333-aaaaaaa", 0, 0)]  # fmt: skip
+    for ref, tag, latest, stable in rows:  # what the older cccatalog wrote: no stable flag anywhere
+        _execute(
+            target,
+            "INSERT INTO cccatalog_image_refs (slug, ref, image_tag, is_latest, is_stable) "
+            "VALUES ('a', ?, ?, ?, ?)",
+            (ref, tag, latest, stable),
+        )
+    monkeypatch.undo()
+
+    with Store.open(target) as store:
+        assert _kept(store, "a") == ("main-1111111-aaaaaaa", "v10.0.0-3333333-aaaaaaa", True)
+        assert _kept(store, "a") == _computed(store, "a")
+
+
+def _execute(target: Path | str, sql: str, params: tuple[object, ...]) -> None:
+    if isinstance(target, Path):
+        conn = _raw(target)
+        try:
+            conn.execute(sql, params)
+        finally:
+            conn.close()
+        return
+    with connect(target) as pg:
+        pg.execute(sql.replace("?", "%s"), params)
+
+
+def test_jobs_are_kept_and_the_oldest_finished_ones_forgotten(store: Store) -> None:
+    running = JobRecord("sync-git-1", "sync-git", "running", "replica-a", T0)
+    store.record_job(running)
+    assert store.get_job("sync-git-1") == running
+    done = replace(running, state="succeeded", finished_at=T0 + timedelta(seconds=3), result={"n": [1, 2]})
+    store.record_job(done)
+    assert store.get_job("sync-git-1") == done
+    for i in range(5):
+        started = T0 + timedelta(minutes=i + 1)
+        job = JobRecord(f"sync-catalog-{i}", "sync-catalog", "failed", None, started, started, None, "boom")
+        store.record_job(job)
+
+    store.prune_jobs(keep=3)
+
+    kept = [j for j in ("sync-git-1", *(f"sync-catalog-{i}" for i in range(5))) if store.get_job(j)]
+    assert kept == ["sync-catalog-2", "sync-catalog-3", "sync-catalog-4"]
+    assert store.get_job("nope") is None
+
+
+def test_a_mirror_status_belongs_to_its_volume(target: Path | str) -> None:
+    with Store.open(target) as shared:  # an SQLite state, or what an older schema recorded
+        _succeed(shared, "alpha", "a" * 40, T0)
+        _succeed(shared, "beta", "b" * 40, T0)
+    with Store.open(target, volume="disk-1") as one, Store.open(target, volume="disk-2") as two:
+        _succeed(one, "alpha", "1" * 40, T0)
+        one.record_mirror_failure("beta", upstream_url="u", action="fetch", error="e", attempted_at=T0)
+
+        assert [(m.slug, m.head_commit, m.last_error) for m in one.list_mirrors()] == [
+            ("alpha", "1" * 40, None), ("beta", None, "e"),
+        ]  # fmt: skip
+        assert [(m.slug, m.head_commit) for m in two.list_mirrors()] == [
+            ("alpha", "a" * 40),
+            ("beta", "b" * 40),
+        ]
+        one_alpha, two_alpha = one.get_mirror("alpha"), two.get_mirror("alpha")
+        assert one_alpha is not None
+        assert two_alpha is not None
+        assert (one_alpha.head_commit, two_alpha.head_commit) == ("1" * 40, "a" * 40)
+        assert two.backfill_mirror("gamma", upstream_url="u", head_commit="c" * 40, default_branch="main")
+        assert one.get_mirror("gamma") is None

@@ -1,1 +1,1 @@
-"""State and catalog views: the SQLite store (the only SQL), its migrations, and records."""
+"""State and catalog views: the store (SQLite or PostgreSQL; the only SQL), its migrations, and records."""

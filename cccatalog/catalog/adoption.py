@@ -7,19 +7,20 @@ Its tables are only read, never changed, so the predecessor can be started again
 Its times are naive UTC; they are stored here in cccatalog's form (RFC 3339 with `Z`). Error texts it
 stored may hold credentials (its git errors carried the Authorization header), so they are redacted.
 
-The statements are plain SQL (SELECT with a JOIN, INSERT ... VALUES); only `_columns` and the `?`
-placeholders are SQLite's, which is what PostgreSQL will need in its own form.
+The statements are plain SQL (SELECT with a JOIN, INSERT ... VALUES) that both engines run; the
+columns a table has are listed by the engine's dialect. On PostgreSQL the predecessor's times come
+back as datetimes and its flags as booleans, on SQLite as text and 0/1: both are read here.
 """
 
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from cccatalog.catalog.backends import Conn
 from cccatalog.catalog.models import to_db_time
 from cccatalog.redact import Redactor, strip_url_credentials
 
@@ -52,13 +53,10 @@ class PredecessorSchema:
     ref_columns: frozenset[str]
 
 
-def _columns(conn: sqlite3.Connection, table: str) -> frozenset[str]:
-    return frozenset(str(row[1]) for row in conn.execute(f"PRAGMA table_info({table})"))
-
-
-def detect(conn: sqlite3.Connection) -> PredecessorSchema | None:
+def detect(conn: Conn) -> PredecessorSchema | None:
     """The predecessor's schema when this database holds it, else None."""
-    collections, refs = _columns(conn, "codecollections"), _columns(conn, "image_refs")
+    collections = conn.dialect.columns(conn, "codecollections")
+    refs = conn.dialect.columns(conn, "image_refs")
     if collections >= _CC_REQUIRED and refs >= _REF_REQUIRED:
         return PredecessorSchema(collections, refs)
     return None
@@ -81,7 +79,7 @@ def _select(wanted: Sequence[str], present: frozenset[str], prefix: str = "") ->
     return ", ".join(f"{prefix}{c}" if c in present else "NULL" for c in wanted)
 
 
-def carry(conn: sqlite3.Connection, schema: PredecessorSchema) -> None:
+def carry(conn: Conn, schema: PredecessorSchema) -> None:
     """Copy the predecessor's collections, image refs, poll status and git status into cccatalog's
     (empty, just created) tables. Runs inside the caller's transaction."""
     redact = Redactor()
@@ -89,7 +87,7 @@ def carry(conn: sqlite3.Connection, schema: PredecessorSchema) -> None:
     select_cc = _select(_CC_COLUMNS, schema.collection_columns)
     ccs = [
         dict(zip(_CC_COLUMNS, row, strict=True))
-        for row in conn.execute(f"SELECT {select_cc} FROM codecollections ORDER BY slug")  # noqa: S608
+        for row in conn.execute(f"SELECT {select_cc} FROM codecollections ORDER BY slug").fetchall()  # noqa: S608
     ]
     for cc in ccs:
         _carry_collection(conn, cc, redact, now)
@@ -108,7 +106,7 @@ def carry(conn: sqlite3.Connection, schema: PredecessorSchema) -> None:
     )
 
 
-def _carry_collection(conn: sqlite3.Connection, cc: dict[str, Any], redact: Redactor, now: str) -> None:
+def _carry_collection(conn: Conn, cc: dict[str, Any], redact: Redactor, now: str) -> None:
     slug = cc["slug"]
     git_url = strip_url_credentials(cc["git_url"]) if cc["git_url"] else None
     conn.execute(
@@ -136,7 +134,7 @@ def _carry_collection(conn: sqlite3.Connection, cc: dict[str, Any], redact: Reda
         )
 
 
-def _carry_ref(conn: sqlite3.Connection, slug: str, ref: dict[str, Any]) -> None:
+def _carry_ref(conn: Conn, slug: str, ref: dict[str, Any]) -> None:
     conn.execute(
         "INSERT INTO cccatalog_image_refs (slug, ref, ref_type, image_registry, image_tag, image_digest, "
         "commit_hash, rt_revision, image_built_at, built_at_source, is_latest, is_prerelease, "

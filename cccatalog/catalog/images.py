@@ -22,9 +22,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cccatalog.catalog.models import ImageRefRecord
+from cccatalog.catalog.pointers import pointers
 from cccatalog.catalog.store import Store
 from cccatalog.catalog.upstream import UpstreamCatalog
-from cccatalog.catalog.views import pointers
 from cccatalog.config import CodeCollection, Config, Source
 from cccatalog.errors import CCCatalogError
 from cccatalog.oci.auth import source_auth

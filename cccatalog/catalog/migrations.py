@@ -1,54 +1,55 @@
-"""Append-only schema migrations of the state file, and the one function that applies them.
+"""Append-only schema migrations of the state database, and the one function that applies them.
 
-Migration N (1-based) brings `PRAGMA user_version` to N. Never edit or reorder a released migration:
-add a new one. `migrate` takes the write lock (`BEGIN IMMEDIATE`) before it re-reads the version, so
-any number of processes opening the same file at once each see either "nothing to do" or "my turn",
-and every migration runs exactly once, in the same transaction as its version bump.
+Migration N (1-based) brings the schema version to N (`PRAGMA user_version` in an SQLite file, the
+table `cccatalog_schema` in PostgreSQL). Never edit or reorder a released migration: add a new one.
+`migrate` takes the migration lock (`BEGIN IMMEDIATE`, or `pg_advisory_xact_lock`) before it re-reads
+the version, so any number of processes opening the same database at once each see either "nothing
+to do" or "my turn", and every migration runs exactly once, in the same transaction as its version
+bump (PostgreSQL's DDL is transactional too).
 
-Migrations must use `conn.execute`, one statement at a time: `executescript` commits the open
-transaction first, which would break the all-or-nothing upgrade.
+Migrations run on both engines, so they use SQL both speak (TEXT and INTEGER columns, `?`
+placeholders, `INSERT ... ON CONFLICT`), through `conn.execute`, one statement at a time:
+`executescript` would commit the open transaction first and break the all-or-nothing upgrade.
 
-A database of the predecessor (cc-catalog-svc: no user_version, its own `codecollections` and
+A database of the predecessor (cc-catalog-svc: no schema version, its own `codecollections` and
 `image_refs` tables) is adopted instead: the first migration would collide with its `image_refs`, so
-the current schema is built by replaying every migration on an empty in-memory database and creating
-the result beside the predecessor's tables (all of cccatalog's names carry the `cccatalog_` prefix
-since migration 3), and the predecessor's rows are carried over — in the same transaction, once.
+the current schema is built by replaying every migration on an empty in-memory SQLite database and
+creating the result beside the predecessor's tables (all of cccatalog's names carry the `cccatalog_`
+prefix since migration 3; the statements are plain enough for PostgreSQL), and the predecessor's rows
+are carried over — in the same transaction, once.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from cccatalog.catalog import adoption
+from cccatalog.catalog.backends import Conn, SqliteDialect
+from cccatalog.catalog.pointers import has_image, pointers
 from cccatalog.errors import StateError
 
-Migration = Callable[[sqlite3.Connection], None]
+Migration = Callable[[Conn], None]
 
 MIGRATIONS: list[Migration] = []
 migration = MIGRATIONS.append
 
 
-def user_version(conn: sqlite3.Connection) -> int:
-    version: int = conn.execute("PRAGMA user_version").fetchone()[0]
-    return version
+def user_version(conn: Conn) -> int:
+    """The schema version of the database behind `conn`, read without writing anything."""
+    return conn.dialect.schema_version(conn)
 
 
-def database_path(conn: sqlite3.Connection) -> str:
-    """The file behind the connection's main database, for messages."""
-    row = conn.execute("PRAGMA database_list").fetchone()
-    return str(row[2]) if row and row[2] else "<in-memory state>"
-
-
-def check_not_newer(conn: sqlite3.Connection) -> int:
-    """Return the file's schema version; refuse a file written by a newer cccatalog (read-only check)."""
+def check_not_newer(conn: Conn, location: str) -> int:
+    """Return the database's schema version; refuse one written by a newer cccatalog (read-only check)."""
     found = user_version(conn)
     known = len(MIGRATIONS)
     if found > known:
         raise StateError(
-            f"state file {database_path(conn)} was written by a newer cccatalog (schema version {found}; "
+            f"state database {location} was written by a newer cccatalog (schema version {found}; "
             f"this cccatalog knows up to {known}). It was left untouched: upgrade cccatalog, "
-            "or point it at another state file."
+            "or point it at another state database."
         )
     return found
 
@@ -57,45 +58,44 @@ def check_not_newer(conn: sqlite3.Connection) -> int:
 PREDECESSOR_TABLES = frozenset({"codecollections", "image_refs"})
 
 
-def check_is_state_file(conn: sqlite3.Connection) -> None:
+def check_is_state_file(conn: Conn, location: str) -> None:
     """Refuse (read-only check) a database that is neither new, nor cccatalog's, nor the predecessor's:
-    migrating it would add tables to some other program's file."""
+    migrating it would add tables to some other program's database."""
     if user_version(conn) != 0:
         return
-    tables = {
-        row[0]
-        for row in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
-        )
-    }
+    tables = conn.dialect.tables(conn)
     if tables and not tables >= PREDECESSOR_TABLES:
         shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+        what = "file" if conn.dialect.name == "sqlite" else "database"
+        setting = "state.path at a new file" if what == "file" else "state.url at a database of its own"
         raise StateError(
-            f"{database_path(conn)} is not a cccatalog state file (it holds other tables: {shown}); "
-            "it was left untouched: point state.path at a new file"
+            f"{location} is not a cccatalog state {what} (it holds other tables: {shown}); "
+            f"it was left untouched: point {setting}"
         )
 
 
-def migrate(conn: sqlite3.Connection) -> int:
-    """Apply pending migrations; return the schema version now in the file.
+def migrate(conn: Conn, location: str = "<in-memory state>") -> int:
+    """Apply pending migrations; return the schema version now in the database.
 
-    The connection must be in autocommit mode (`isolation_level=None`): the transaction is explicit.
+    The connection must be in autocommit mode: the transaction is explicit.
     """
-    if check_not_newer(conn) == len(MIGRATIONS):
+    if check_not_newer(conn, location) == len(MIGRATIONS):
         return len(MIGRATIONS)
-    conn.execute("BEGIN IMMEDIATE")
+    conn.dialect.begin_migration(conn)
     try:
         # Another process may have migrated between our first look and taking the lock.
-        current = check_not_newer(conn)
+        current = check_not_newer(conn, location)
+        check_is_state_file(conn, location)
         if current == 0 and (found := adoption.detect(conn)) is not None:
             for statement in current_schema():
                 conn.execute(statement)
             adoption.carry(conn, found)
-            conn.execute(f"PRAGMA user_version = {len(MIGRATIONS):d}")
+            fill_pointers(conn)
+            conn.dialect.set_schema_version(conn, len(MIGRATIONS))
         else:
             for number in range(current + 1, len(MIGRATIONS) + 1):
                 MIGRATIONS[number - 1](conn)
-                conn.execute(f"PRAGMA user_version = {number:d}")
+                conn.dialect.set_schema_version(conn, number)
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
@@ -109,8 +109,9 @@ def current_schema() -> list[str]:
     tables first, then what depends on them (indexes)."""
     scratch = sqlite3.connect(":memory:", isolation_level=None)
     try:
-        migrate(scratch)
-        rows = scratch.execute(
+        conn = Conn(scratch, SqliteDialect())
+        migrate(conn)
+        rows = conn.execute(
             "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY type <> 'table', rowid"
         ).fetchall()
     finally:
@@ -118,8 +119,39 @@ def current_schema() -> list[str]:
     return [sql for (sql,) in rows]
 
 
+@dataclass(frozen=True, slots=True)
+class _Ref:
+    ref: str
+    image_tag: str | None
+    is_active: bool
+    is_latest: bool
+    is_stable: bool
+
+
+def fill_pointers(conn: Conn) -> None:
+    """Write every collection's latest/stable pointers from its refs (after an adoption carried rows
+    in, and once for the rows written before the pointers were kept)."""
+    by_slug: dict[str, list[_Ref]] = {}
+    for slug, ref, tag, active, latest, stable in conn.execute(
+        "SELECT slug, ref, image_tag, is_active, is_latest, is_stable FROM cccatalog_image_refs "
+        "ORDER BY slug, ref"
+    ).fetchall():
+        by_slug.setdefault(slug, []).append(_Ref(ref, tag, bool(active), bool(latest), bool(stable)))
+    for slug, refs in by_slug.items():
+        latest_row, stable_row = pointers(refs)
+        conn.execute(
+            "INSERT INTO cccatalog_catalog_pointers (slug, latest_ref, stable_ref, has_image) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT (slug) DO UPDATE SET latest_ref = excluded.latest_ref, "
+            "stable_ref = excluded.stable_ref, has_image = excluded.has_image",
+            (
+                slug, latest_row.ref if latest_row else None, stable_row.ref if stable_row else None,
+                int(has_image(refs)),
+            ),
+        )  # fmt: skip
+
+
 @migration
-def m001_initial(conn: sqlite3.Connection) -> None:
+def m001_initial(conn: Conn) -> None:
     conn.execute(
         """
         CREATE TABLE collections (
@@ -173,7 +205,7 @@ def m001_initial(conn: sqlite3.Connection) -> None:
 
 
 @migration
-def m002_image_sync_status(conn: sqlite3.Connection) -> None:
+def m002_image_sync_status(conn: Conn) -> None:
     # When a collection's image refs were last polled, and why the last poll failed: a failed
     # registry keeps the previous refs, so the reason must be recorded somewhere visible.
     conn.execute(
@@ -189,7 +221,7 @@ def m002_image_sync_status(conn: sqlite3.Connection) -> None:
 
 
 @migration
-def m003_prefix_tables(conn: sqlite3.Connection) -> None:
+def m003_prefix_tables(conn: Conn) -> None:
     # The predecessor's database has its own `image_refs`; with a prefix on every name, cccatalog's
     # tables live beside its tables in one file, and a rollback to the predecessor finds its own intact.
     for table in ("collections", "git_mirrors", "image_refs", "image_syncs"):
@@ -197,7 +229,78 @@ def m003_prefix_tables(conn: sqlite3.Connection) -> None:
 
 
 @migration
-def m004_image_ref_stable_flag(conn: sqlite3.Connection) -> None:
+def m004_image_ref_stable_flag(conn: Conn) -> None:
     # The row `stable` points at is decided when refs are written: a static file names it
     # (stable_ref), the predecessor's rows carry it, and is_prerelease depends on it.
     conn.execute("ALTER TABLE cccatalog_image_refs ADD COLUMN is_stable INTEGER NOT NULL DEFAULT 0")
+
+
+@migration
+def m005_jobs(conn: Conn) -> None:
+    # Admin and scheduled sync jobs as rows: any replica answers GET /api/v1/admin/jobs/{id}, and a
+    # job outlives the request (and the replica) that started it.
+    conn.execute(
+        """
+        CREATE TABLE cccatalog_jobs (
+            id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            state TEXT NOT NULL,
+            replica TEXT,
+            started_at TEXT NOT NULL,
+            finished_at TEXT,
+            result TEXT,
+            error TEXT,
+            lock TEXT
+        )
+        """
+    )
+    conn.execute("CREATE INDEX cccatalog_jobs_started ON cccatalog_jobs (started_at)")
+
+
+@migration
+def m006_catalog_pointers(conn: Conn) -> None:
+    # Latest and stable per collection, decided when refs are written: the catalog list reads one
+    # row per collection instead of loading and ranking every ref of every collection per request.
+    conn.execute(
+        """
+        CREATE TABLE cccatalog_catalog_pointers (
+            slug TEXT PRIMARY KEY,
+            latest_ref TEXT,
+            stable_ref TEXT,
+            has_image INTEGER NOT NULL DEFAULT 0
+        )
+        """
+    )
+    fill_pointers(conn)
+
+
+@migration
+def m007_mirror_status_per_volume(conn: Conn) -> None:
+    # Replicas on PostgreSQL each have their own mirror volume (or share one): a mirror's status
+    # belongs to the volume it describes. Rows written before are kept under the empty volume, which
+    # is also the only one an SQLite state has.
+    conn.execute(
+        """
+        CREATE TABLE cccatalog_git_mirrors_v (
+            volume TEXT NOT NULL DEFAULT '',
+            slug TEXT NOT NULL,
+            upstream_url TEXT,
+            head_commit TEXT,
+            default_branch TEXT,
+            refs_fingerprint TEXT,
+            last_action TEXT,
+            last_attempt_at TEXT,
+            last_success_at TEXT,
+            last_error TEXT,
+            PRIMARY KEY (volume, slug)
+        )
+        """
+    )
+    conn.execute(
+        "INSERT INTO cccatalog_git_mirrors_v (volume, slug, upstream_url, head_commit, default_branch, "
+        "refs_fingerprint, last_action, last_attempt_at, last_success_at, last_error) "
+        "SELECT '', slug, upstream_url, head_commit, default_branch, refs_fingerprint, last_action, "
+        "last_attempt_at, last_success_at, last_error FROM cccatalog_git_mirrors"
+    )
+    conn.execute("DROP TABLE cccatalog_git_mirrors")
+    conn.execute("ALTER TABLE cccatalog_git_mirrors_v RENAME TO cccatalog_git_mirrors")

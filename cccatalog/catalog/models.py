@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 
 def to_db_time(value: datetime) -> str:
@@ -79,3 +80,34 @@ class ImageSyncStatus:
     attempted_at: datetime | None
     succeeded_at: datetime | None
     error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogPointers:
+    """What the catalog list shows of one collection's images: its latest and stable builds (kept
+    with the rows when they are written) and its last successful poll."""
+
+    slug: str
+    has_image: bool = False
+    latest_tag: str | None = None
+    latest_registry: str | None = None
+    stable_tag: str | None = None
+    stable_registry: str | None = None
+    last_synced: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """An admin or scheduled sync job as the database keeps it, for any replica to answer about."""
+
+    id: str
+    kind: str
+    state: str  # running | succeeded | failed
+    replica: str | None
+    started_at: datetime
+    finished_at: datetime | None = None
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    # the run lock it holds while running (`RunLock.name`): free while the row says running means
+    # its replica stopped
+    lock: str | None = None

@@ -1,22 +1,39 @@
-"""The state database: one SQLite file behind the `Store` class. The only module that contains SQL.
+"""The state database behind the `Store` class: one SQLite file, or a PostgreSQL database shared by
+replicas. The SQL of the catalog lives here (the engines' differences in `backends`, the schema in
+`migrations`).
 
-The file is opened in WAL mode so `serve` can read while `sync` writes, and migrated on open (see
-`migrations`). Every write is one `BEGIN IMMEDIATE ... COMMIT` transaction. Times are stored as
-RFC 3339 UTC strings with `Z` and come back as timezone-aware UTC datetimes. sqlite3 errors leave
-this module as `StateError` with the path and a hint, never with row data.
+An SQLite file is opened in WAL mode so `serve` can read while `sync` writes; a PostgreSQL database
+through a small connection pool. Both are migrated on open (see `migrations`). Every write is one
+transaction. Times are stored as RFC 3339 UTC strings with `Z` and come back as timezone-aware UTC
+datetimes. Driver errors leave this module as `StateError` naming the database (its password
+masked) with a hint, never with row data.
+
+While a PostgreSQL database cannot be reached, the reads `serve` answers the catalog from come from
+the last good read of the same question (`StateUnavailable` only when there is none), and
+`unreachable()` says why, for /readyz. Writes fail: a sync cannot record what it did.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from cccatalog.catalog.backends import (
+    Conn,
+    Database,
+    PostgresDatabase,
+    SqliteDatabase,
+    is_busy,
+    sqlite_error,
+)
 from cccatalog.catalog.migrations import (
     MIGRATIONS,
     check_is_state_file,
@@ -25,40 +42,49 @@ from cccatalog.catalog.migrations import (
     user_version,
 )
 from cccatalog.catalog.models import (
+    CatalogPointers,
     CollectionRecord,
     ImageRefRecord,
     ImageSyncStatus,
+    JobRecord,
     MirrorStatus,
     from_db_time,
     to_db_time,
 )
-from cccatalog.config import CodeCollection
-from cccatalog.errors import StateError
+from cccatalog.catalog.pointers import has_image, pointers
+from cccatalog.config import CodeCollection, Config, StateConfig, display_url
+from cccatalog.errors import StateError, StateUnavailable
 
-# Values always travel as `?` parameters, never inside the SQL text.
+T = TypeVar("T")
+
+# Values always travel as `?` parameters, never inside the SQL text. Lists are sorted in Python, not by
+# ORDER BY: PostgreSQL sorts text by its collation, SQLite by code point, and answers must not differ.
+# A mirror's status is kept per mirror volume (`Store.volume`); rows under the empty volume (an SQLite
+# state's only one, and what an older schema or the predecessor recorded) answer where a volume has none.
 _SELECT_MIRRORS = (
     "SELECT slug, upstream_url, head_commit, default_branch, refs_fingerprint, last_action, "
-    "last_attempt_at, last_success_at, last_error FROM cccatalog_git_mirrors"
+    "last_attempt_at, last_success_at, last_error, volume FROM cccatalog_git_mirrors "
+    "WHERE volume IN ('', ?)"
 )
 _UPSERT_MIRROR_SUCCESS = """
-    INSERT INTO cccatalog_git_mirrors (slug, upstream_url, head_commit, default_branch, refs_fingerprint,
-        last_action, last_attempt_at, last_success_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-    ON CONFLICT (slug) DO UPDATE SET upstream_url = excluded.upstream_url,
+    INSERT INTO cccatalog_git_mirrors (volume, slug, upstream_url, head_commit, default_branch,
+        refs_fingerprint, last_action, last_attempt_at, last_success_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (volume, slug) DO UPDATE SET upstream_url = excluded.upstream_url,
         head_commit = excluded.head_commit, default_branch = excluded.default_branch,
         refs_fingerprint = excluded.refs_fingerprint, last_action = excluded.last_action,
         last_attempt_at = excluded.last_attempt_at, last_success_at = excluded.last_success_at,
         last_error = NULL
 """
 _UPSERT_MIRROR_FAILURE = """
-    INSERT INTO cccatalog_git_mirrors (slug, upstream_url, last_action, last_attempt_at, last_error)
-        VALUES (?, ?, ?, ?, ?)
-    ON CONFLICT (slug) DO UPDATE SET upstream_url = excluded.upstream_url,
+    INSERT INTO cccatalog_git_mirrors (volume, slug, upstream_url, last_action, last_attempt_at, last_error)
+        VALUES (?, ?, ?, ?, ?, ?)
+    ON CONFLICT (volume, slug) DO UPDATE SET upstream_url = excluded.upstream_url,
         last_action = excluded.last_action, last_attempt_at = excluded.last_attempt_at,
         last_error = excluded.last_error
 """
 _SELECT_COLLECTIONS = (
     "SELECT slug, source, name, git_url, image_registry, default_ref, visibility, updated_at "
-    "FROM cccatalog_collections ORDER BY slug"
+    "FROM cccatalog_collections"
 )
 _UPSERT_COLLECTION = """
     INSERT INTO cccatalog_collections (slug, source, name, git_url, image_registry, default_ref, visibility,
@@ -87,6 +113,31 @@ _UPSERT_IMAGE_REF = """
 """
 
 
+_UPSERT_POINTERS = """
+    INSERT INTO cccatalog_catalog_pointers (slug, latest_ref, stable_ref, has_image) VALUES (?, ?, ?, ?)
+    ON CONFLICT (slug) DO UPDATE SET latest_ref = excluded.latest_ref, stable_ref = excluded.stable_ref,
+        has_image = excluded.has_image
+"""
+# One row per collection the state knows images of: the catalog list in one query.
+_SELECT_POINTERS = """
+    SELECT k.slug, p.has_image, l.image_tag, l.image_registry, s.image_tag, s.image_registry,
+        y.succeeded_at
+    FROM (SELECT slug FROM cccatalog_catalog_pointers UNION SELECT slug FROM cccatalog_image_syncs) k
+    LEFT JOIN cccatalog_catalog_pointers p ON p.slug = k.slug
+    LEFT JOIN cccatalog_image_refs l ON l.slug = p.slug AND l.ref = p.latest_ref
+    LEFT JOIN cccatalog_image_refs s ON s.slug = p.slug AND s.ref = p.stable_ref
+    LEFT JOIN cccatalog_image_syncs y ON y.slug = k.slug
+"""
+_JOB_COLUMNS = "id, kind, state, replica, started_at, finished_at, result, error, lock"
+_UPSERT_JOB = f"""
+    INSERT INTO cccatalog_jobs ({_JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (id) DO UPDATE SET state = excluded.state, finished_at = excluded.finished_at,
+        result = excluded.result, error = excluded.error
+"""  # noqa: S608 - column names only
+# Entries of the last-good-read cache (one per question: a slug's refs, the pointers, the mirrors).
+_LAST_GOOD_ENTRIES = 1024
+
+
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _USER_VERSION_OFFSET = 60  # the header field behind PRAGMA user_version (sqlite.org/fileformat.html)
 
@@ -113,13 +164,13 @@ def state_file_version(path: Path) -> int | None:
     version = int.from_bytes(header[_USER_VERSION_OFFSET : _USER_VERSION_OFFSET + 4], "big")
     if Path(f"{path}-wal").exists() and Path(f"{path}-shm").exists():
         try:
-            conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=5)
+            raw = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=5)
             try:
-                version = user_version(conn)
+                version = user_version(SqliteDatabase(raw, path).conn)
             finally:
-                conn.close()
+                raw.close()
         except sqlite3.Error as exc:
-            raise _state_error(path, "read", exc) from None
+            raise sqlite_error(str(path), "read", exc) from None
     if version > len(MIGRATIONS):
         raise StateError(
             f"state file {path} was written by a newer cccatalog (schema version {version}; "
@@ -128,86 +179,170 @@ def state_file_version(path: Path) -> int | None:
     return version
 
 
-class Store:
-    """An open state file. Safe to share across threads; several processes may open the same file."""
+def state_database_version(url: str, *, secrets: Iterable[str] = ()) -> int | None:
+    """The schema version of the PostgreSQL state database at `url`, read without writing anything:
+    0 for an empty database, None for the predecessor's (adopted on first open).
 
-    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
-        """Wrap an autocommit connection that is already migrated; prefer `Store.open`."""
-        self._conn = conn
-        self.path = path
-        # One connection serves every thread: a transaction must not interleave with another
-        # thread's statements, so reads and writes alike take this lock.
-        self._lock = threading.Lock()
+    Raises StateError when it cannot be reached, is another program's, or is newer than this cccatalog.
+    """
+    from cccatalog.catalog import adoption
+
+    db = PostgresDatabase(url, pool_size=1, secrets=tuple(secrets))
+
+    def look(conn: Conn) -> int | None:
+        version = check_not_newer(conn, db.location)
+        check_is_state_file(conn, db.location)
+        return None if version == 0 and adoption.detect(conn) is not None else version
+
+    try:
+        return db.read("read the schema version of", look)
+    finally:
+        db.close()
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    path: Path | None = None
+    url: str | None = None
+
+
+def _target(state: Path | str | StateConfig) -> _Target:
+    if isinstance(state, StateConfig):
+        return _Target(url=state.url) if state.url else _Target(path=state.path)
+    if isinstance(state, str) and state.startswith(("postgresql://", "postgres://")):
+        return _Target(url=state)
+    return _Target(path=Path(state))
+
+
+class Store:
+    """An open state database. Safe to share across threads; several processes (and, on PostgreSQL,
+    several hosts) may open the same database."""
+
+    def __init__(self, db: Database, *, volume: str = "", ready: bool = True) -> None:
+        """Wrap a database that is already migrated (or, with `ready=False`, will be on first use);
+        prefer `Store.open`. `volume` names the mirror volume whose git status this store records."""
+        self._db = db
+        self.volume = volume
+        self._ready = ready
+        self._ready_lock = threading.Lock()
+        self._last_good: OrderedDict[Hashable, Any] = OrderedDict()
+        self._last_good_lock = threading.Lock()
 
     @classmethod
-    def open(cls, path: Path, *, busy_timeout_s: float = 30.0) -> Store:
-        """Open (creating if needed) and migrate the state file at `path`."""
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StateError(
-                f"cannot create the directory for state file {path}: {exc.strerror or exc}; "
-                "check that the parent path is a writable directory"
-            ) from None
-        try:
-            conn = sqlite3.connect(
-                path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
-            )
-        except sqlite3.Error as exc:
-            raise _state_error(path, "open", exc) from None
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000):d}")
-            # Before anything writes: a newer cccatalog's file must stay byte-for-byte untouched.
-            check_not_newer(conn)
-            check_is_state_file(conn)
-            _enable_wal(conn, deadline=time.monotonic() + busy_timeout_s)
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute("PRAGMA foreign_keys = ON")
-            migrate(conn)
-        except sqlite3.Error as exc:
-            conn.close()
-            raise _state_error(path, "open", exc) from None
-        except BaseException:
-            conn.close()
-            raise
-        return cls(conn, path)
+    def open(
+        cls,
+        state: Path | str | StateConfig,
+        *,
+        busy_timeout_s: float = 30.0,
+        volume: str = "",
+        secrets: Iterable[str] = (),
+        connect_later: bool = False,
+    ) -> Store:
+        """Open (creating if needed) and migrate the state: an SQLite file at a path, or the PostgreSQL
+        database of a `postgresql://` URL (a StateConfig says which). `secrets` are masked in errors.
+
+        `connect_later`: a PostgreSQL database that cannot be reached now is connected to and migrated
+        on first use instead (serve keeps serving git meanwhile); anything else still raises."""
+        target = _target(state)
+        if target.url is not None:
+            db = PostgresDatabase(target.url, secrets=tuple(secrets))
+            store = cls(db, volume=volume, ready=False)
+            try:
+                store._ensure_ready()
+            except StateUnavailable:
+                if not connect_later:
+                    db.close()
+                    raise
+            except BaseException:
+                db.close()
+                raise
+            return store
+        assert target.path is not None
+        return cls(_open_sqlite(target.path, busy_timeout_s), volume=volume)
 
     @classmethod
     def memory(cls) -> Store:
         """A state that lives only in this process (serve's fallback when the state file is unusable)."""
-        conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-        migrate(conn)
-        return cls(conn, Path(":memory:"))
+        raw = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        db = SqliteDatabase(raw, Path(":memory:"))
+        migrate(db.conn)
+        return cls(db)
+
+    @property
+    def location(self) -> str:
+        """The state file, or the database URL with its password masked: for messages."""
+        return self._db.location
+
+    @property
+    def path(self) -> Path | None:
+        """The SQLite state file; None for a PostgreSQL state."""
+        return self._db.path if isinstance(self._db, SqliteDatabase) else None
+
+    @property
+    def in_memory(self) -> bool:
+        return self.location == ":memory:"
+
+    @property
+    def shared(self) -> bool:
+        """True when the state is a database other hosts use too (PostgreSQL)."""
+        return self._db.shared
+
+    @property
+    def database(self) -> Database:
+        """The engine underneath, for the locks that live in it (`cccatalog.runlocks`)."""
+        return self._db
 
     @classmethod
-    def open_readonly(cls, path: Path) -> Store | None:
-        """Open the state file at `path` for reading only (`cccatalog status`); None when there is none.
+    def for_config(
+        cls, config: Config, *, environ: Mapping[str, str] | None = None, connect_later: bool = False
+    ) -> Store:
+        """`config`'s state (its file or its database), opened as `open` does, recording git status
+        for this host's mirror volume; the database password (`environ`'s PGPASSWORD too) is masked
+        in errors."""
+        from cccatalog.replica import mirror_volume, replica_id
+
+        return cls.open(
+            config.state, volume=mirror_volume(config, replica_id(config)),
+            secrets=config.state.secrets(environ or {}), connect_later=connect_later,
+        )  # fmt: skip
+
+    @classmethod
+    def open_readonly(
+        cls, state: Path | StateConfig, *, volume: str = "", secrets: Iterable[str] = ()
+    ) -> Store | None:
+        """Open the state for reading only (`cccatalog status`); None when there is none yet (no state
+        file; a database without cccatalog's schema).
 
         Nothing is created or written: not the file, not a migration, not the -wal/-shm files a
         read-only connection makes when they are missing. With both present (a writer has the file
         open) they are used, so its latest commits are seen; without them the file holds every commit
-        and is read as it is, immutable. A file of an older schema is refused with what to run.
+        and is read as it is, immutable. A database is read in read-only transactions. A state of an
+        older schema is refused with what to run.
         """
+        target = _target(state)
+        if target.url is not None:
+            found = state_database_version(target.url, secrets=secrets)
+            if not found:
+                return None
+            _refuse_older(display_url(target.url), found, "database")
+            return cls(PostgresDatabase(target.url, secrets=tuple(secrets), read_only=True), volume=volume)
+        path = target.path
+        assert path is not None
         version = state_file_version(path)
         if version is None:
             return None
-        if version < len(MIGRATIONS):
-            raise StateError(
-                f"state file {path} has schema version {version}, older than this cccatalog's "
-                f"{len(MIGRATIONS)}; run `cccatalog sync` (or start `serve`) once to upgrade it"
-            )
+        _refuse_older(str(path), version, "file")
         sidecars = Path(f"{path}-wal").exists() and Path(f"{path}-shm").exists()
         uri = f"{path.absolute().as_uri()}?mode=ro" + ("" if sidecars else "&immutable=1")
         try:
             conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=5)
             conn.execute("PRAGMA query_only = 1")
         except sqlite3.Error as exc:
-            raise _state_error(path, "open", exc) from None
-        return cls(conn, path)
+            raise sqlite_error(str(path), "open", exc) from None
+        return cls(SqliteDatabase(conn, path), volume=volume)
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        self._db.close()
 
     def __enter__(self) -> Store:
         return self
@@ -215,10 +350,62 @@ class Store:
     def __exit__(self, *_: object) -> None:
         self.close()
 
+    # -- reaching the database --
+
+    def _ensure_ready(self) -> None:
+        if self._ready:
+            return
+        with self._ready_lock:
+            if self._ready:
+                return
+            location = self.location
+
+            def prepare(conn: Conn) -> None:
+                # Before anything writes: a newer cccatalog's database must stay untouched.
+                check_not_newer(conn, location)
+                check_is_state_file(conn, location)
+                migrate(conn, location)
+
+            self._db.migrate_with(prepare)
+            self._ready = True
+
+    def _read(self, what: str, fn: Callable[[Conn], T], key: Hashable | None = None) -> T:
+        """`fn` on the database; for a `key`ed question, the last good answer while it is unreachable."""
+        try:
+            self._ensure_ready()
+            result = self._db.read(what, fn)
+        except StateUnavailable:
+            if key is not None:
+                with self._last_good_lock:
+                    if key in self._last_good:
+                        cached: T = self._last_good[key]
+                        return cached
+            raise
+        if key is not None and self._db.shared:
+            with self._last_good_lock:
+                self._last_good[key] = result
+                self._last_good.move_to_end(key)
+                while len(self._last_good) > _LAST_GOOD_ENTRIES:
+                    self._last_good.popitem(last=False)
+        return result
+
+    def _write(self, what: str, fn: Callable[[Conn], T]) -> T:
+        self._ensure_ready()
+        return self._db.write(what, fn)
+
+    def unreachable(self) -> str | None:
+        """Why the database cannot be reached now (answers then come from the last good read), or None."""
+        return self._db.unreachable()
+
+    def ping(self) -> None:
+        """One real read of the state; raises StateError (StateUnavailable when unreachable)."""
+        self._read("read", lambda conn: conn.execute("SELECT count(*) FROM cccatalog_image_syncs").fetchone())
+
     @property
     def schema_version(self) -> int:
-        with self._reading("read the schema version from") as conn:
-            return user_version(conn)
+        return self._read("read the schema version from", user_version)
+
+    # -- collections and image refs --
 
     def upsert_collections(self, collections: Iterable[CodeCollection]) -> None:
         """Insert or update each collection by slug, all in one transaction."""
@@ -227,61 +414,20 @@ class Store:
             (c.slug, c.source, c.name, c.git_url, c.image_registry, c.default_ref, c.visibility, now)
             for c in collections
         ]
-        with self._writing("save collections in") as conn:
-            conn.executemany(_UPSERT_COLLECTION, rows)
+        self._write("save collections in", lambda conn: conn.executemany(_UPSERT_COLLECTION, rows))
 
     def list_collections(self) -> list[CollectionRecord]:
-        """Every collection in the state file, ordered by slug."""
-        with self._reading("read collections from") as conn:
-            rows = conn.execute(_SELECT_COLLECTIONS).fetchall()
-        return [_collection(row) for row in rows]
-
-    def get_mirror(self, slug: str) -> MirrorStatus | None:
-        with self._reading("read mirror status from") as conn:
-            row = conn.execute(_SELECT_MIRRORS + " WHERE slug = ?", (slug,)).fetchone()
-        return None if row is None else _mirror(row)
-
-    def list_mirrors(self) -> list[MirrorStatus]:
-        """Every mirror the state file knows, ordered by slug."""
-        with self._reading("read mirror status from") as conn:
-            rows = conn.execute(_SELECT_MIRRORS + " ORDER BY slug").fetchall()
-        return [_mirror(row) for row in rows]
-
-    def record_mirror_success(
-        self,
-        slug: str,
-        *,
-        upstream_url: str,
-        action: str,
-        head_commit: str,
-        default_branch: str,
-        refs_fingerprint: str,
-        attempted_at: datetime,
-        finished_at: datetime,
-    ) -> None:
-        """Remember a successful clone/fetch: the new head and fingerprint; clears the last error."""
-        attempted, finished = to_db_time(attempted_at), to_db_time(finished_at)
-        row = (slug, upstream_url, head_commit, default_branch, refs_fingerprint, action, attempted, finished)
-        with self._writing("record a mirror sync in") as conn:
-            conn.execute(_UPSERT_MIRROR_SUCCESS, row)
-
-    def record_mirror_failure(
-        self, slug: str, *, upstream_url: str, action: str, error: str, attempted_at: datetime
-    ) -> None:
-        """Remember a failed attempt; what the last success recorded (head, time) is kept.
-
-        `error` must already be redacted: it is served by the unauthenticated status API.
-        """
-        row = (slug, upstream_url, action, to_db_time(attempted_at), error)
-        with self._writing("record a mirror sync failure in") as conn:
-            conn.execute(_UPSERT_MIRROR_FAILURE, row)
+        """Every collection in the state, ordered by slug."""
+        rows = self._read("read collections from", lambda conn: conn.execute(_SELECT_COLLECTIONS).fetchall())
+        return sorted((_collection(row) for row in rows), key=lambda c: c.slug)
 
     def replace_image_refs(
         self, slug: str, refs: Iterable[ImageRefRecord], *, synced_at: datetime, deactivate_missing: bool
     ) -> tuple[int, int]:
         """Upsert the newest build of each ref; refs not given become inactive when `deactivate_missing`.
 
-        One transaction, so readers never see a collection with no latest. Returns (upserted, deactivated).
+        One transaction, so readers never see a collection with no latest; the collection's
+        latest/stable pointers are decided in it. Returns (upserted, deactivated).
         """
         when = to_db_time(synced_at)
         rows = [
@@ -290,7 +436,8 @@ class Store:
              int(r.is_latest), int(r.is_prerelease), when, int(r.is_stable))
             for r in refs
         ]  # fmt: skip
-        with self._writing("save image refs in") as conn:
+
+        def write(conn: Conn) -> int:
             if rows:  # an empty (transient) listing must not take the pointers away
                 conn.execute(
                     "UPDATE cccatalog_image_refs SET is_latest = 0, is_stable = 0 WHERE slug = ?", (slug,)
@@ -306,6 +453,7 @@ class Store:
                     (slug, *kept),
                 )
                 deactivated = cur.rowcount
+            _refresh_pointers(conn, slug)
             conn.execute(
                 "INSERT INTO cccatalog_image_syncs (slug, attempted_at, succeeded_at, error) "
                 "VALUES (?, ?, ?, NULL) "
@@ -313,77 +461,201 @@ class Store:
                 "succeeded_at = excluded.succeeded_at, error = NULL",
                 (slug, when, when),
             )
-        return len(rows), deactivated
+            return deactivated
+
+        return len(rows), self._write("save image refs in", write)
 
     def record_image_failure(self, slug: str, *, error: str, attempted_at: datetime) -> None:
         """A poll that failed as a whole: the refs stay as they were; `error` must be redacted."""
-        with self._writing("record an image poll failure in") as conn:
-            conn.execute(
+        self._write(
+            "record an image poll failure in",
+            lambda conn: conn.execute(
                 "INSERT INTO cccatalog_image_syncs (slug, attempted_at, error) VALUES (?, ?, ?) "
                 "ON CONFLICT (slug) DO UPDATE SET attempted_at = excluded.attempted_at, "
                 "error = excluded.error",
                 (slug, to_db_time(attempted_at), error),
-            )
+            ),
+        )
 
     def list_image_refs(self, slug: str, *, include_inactive: bool = False) -> list[ImageRefRecord]:
         """The refs of a collection, ordered by ref."""
         where = "slug = ?" if include_inactive else "slug = ? AND is_active = 1"
-        with self._reading("read image refs from") as conn:
-            rows = conn.execute(
-                f"SELECT {_IMAGE_COLUMNS} FROM cccatalog_image_refs WHERE {where} ORDER BY ref",  # noqa: S608
+        rows = self._read(
+            "read image refs from",
+            lambda conn: conn.execute(
+                f"SELECT {_IMAGE_COLUMNS} FROM cccatalog_image_refs WHERE {where}",  # noqa: S608
                 (slug,),
-            ).fetchall()
-        return [_image_ref(row) for row in rows]
+            ).fetchall(),
+            key=("refs", slug, include_inactive),
+        )
+        return sorted((_image_ref(row) for row in rows), key=lambda r: r.ref)
+
+    def catalog_pointers(self) -> dict[str, CatalogPointers]:
+        """Latest, stable and last poll of every collection the state knows images of, in one query."""
+        rows = self._read(
+            "read the catalog from",
+            lambda conn: conn.execute(_SELECT_POINTERS).fetchall(),
+            key=("pointers",),
+        )
+        return {row[0]: _pointers(row) for row in rows}
+
+    def catalog_pointer(self, slug: str) -> CatalogPointers:
+        """Latest, stable and last poll of one collection (empty when the state knows none)."""
+        rows = self._read(
+            "read the catalog from",
+            lambda conn: conn.execute(_SELECT_POINTERS + " WHERE k.slug = ?", (slug,)).fetchall(),
+            key=("pointers", slug),
+        )
+        return _pointers(rows[0]) if rows else CatalogPointers(slug)
 
     def get_image_sync(self, slug: str) -> ImageSyncStatus | None:
-        with self._reading("read image poll status from") as conn:
-            row = conn.execute(
+        row = self._read(
+            "read image poll status from",
+            lambda conn: conn.execute(
                 "SELECT slug, attempted_at, succeeded_at, error FROM cccatalog_image_syncs WHERE slug = ?",
                 (slug,),
-            ).fetchone()
+            ).fetchone(),
+            key=("image-sync", slug),
+        )
         if row is None:
             return None
         return ImageSyncStatus(row[0], from_db_time(row[1]), from_db_time(row[2]), row[3])
+
+    # -- git mirrors --
+
+    def get_mirror(self, slug: str) -> MirrorStatus | None:
+        rows = self._read(
+            "read mirror status from",
+            lambda conn: conn.execute(_SELECT_MIRRORS + " AND slug = ?", (self.volume, slug)).fetchall(),
+            key=("mirror", slug),
+        )
+        found = _own_volume_first(rows)
+        return found[0] if found else None
+
+    def list_mirrors(self) -> list[MirrorStatus]:
+        """Every mirror the state knows on this store's volume, ordered by slug."""
+        rows = self._read(
+            "read mirror status from",
+            lambda conn: conn.execute(_SELECT_MIRRORS, (self.volume,)).fetchall(),
+            key=("mirrors",),
+        )
+        return _own_volume_first(rows)
+
+    def record_mirror_success(
+        self,
+        slug: str,
+        *,
+        upstream_url: str,
+        action: str,
+        head_commit: str,
+        default_branch: str,
+        refs_fingerprint: str,
+        attempted_at: datetime,
+        finished_at: datetime,
+    ) -> None:
+        """Remember a successful clone/fetch: the new head and fingerprint; clears the last error."""
+        attempted, finished = to_db_time(attempted_at), to_db_time(finished_at)
+        row = (self.volume, slug, upstream_url, head_commit, default_branch, refs_fingerprint, action,
+               attempted, finished)  # fmt: skip
+        self._write("record a mirror sync in", lambda conn: conn.execute(_UPSERT_MIRROR_SUCCESS, row))
+
+    def record_mirror_failure(
+        self, slug: str, *, upstream_url: str, action: str, error: str, attempted_at: datetime
+    ) -> None:
+        """Remember a failed attempt; what the last success recorded (head, time) is kept.
+
+        `error` must already be redacted: it is served by the unauthenticated status API.
+        """
+        row = (self.volume, slug, upstream_url, action, to_db_time(attempted_at), error)
+        self._write("record a mirror sync failure in", lambda conn: conn.execute(_UPSERT_MIRROR_FAILURE, row))
 
     def backfill_mirror(self, slug: str, *, upstream_url: str, head_commit: str, default_branch: str) -> bool:
         """Record the head of a mirror found on disk (baked, or synced under another config) unless
         the state already knows one; the rest of a known row (its errors, its times) stays. True if
         recorded."""
-        with self._writing("record a baked mirror in") as conn:
-            cur = conn.execute(
-                "INSERT INTO cccatalog_git_mirrors (slug, upstream_url, head_commit, default_branch, "
-                "last_action) VALUES (?, ?, ?, ?, 'baked') "
-                "ON CONFLICT (slug) DO UPDATE SET head_commit = excluded.head_commit, "
+        cur = self._write(
+            "record a baked mirror in",
+            lambda conn: conn.execute(
+                "INSERT INTO cccatalog_git_mirrors (volume, slug, upstream_url, head_commit, default_branch, "
+                "last_action) VALUES (?, ?, ?, ?, ?, 'baked') "
+                "ON CONFLICT (volume, slug) DO UPDATE SET head_commit = excluded.head_commit, "
                 "default_branch = excluded.default_branch "
                 "WHERE cccatalog_git_mirrors.head_commit IS NULL",
-                (slug, upstream_url, head_commit, default_branch),
-            )
-            return cur.rowcount == 1
+                (self.volume, slug, upstream_url, head_commit, default_branch),
+            ),
+        )
+        return cur.rowcount == 1
 
-    @contextmanager
-    def _reading(self, what: str) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                yield self._conn
-            except sqlite3.Error as exc:
-                raise _state_error(self.path, what, exc) from None
+    # -- jobs --
 
-    @contextmanager
-    def _writing(self, what: str) -> Iterator[sqlite3.Connection]:
-        """One write transaction that takes the database write lock up front; rolled back on any error."""
-        with self._lock:
-            try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self._conn
-                    self._conn.execute("COMMIT")
-                except BaseException:
-                    # Some errors (disk full, I/O) already ended the transaction.
-                    if self._conn.in_transaction:
-                        self._conn.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                raise _state_error(self.path, what, exc) from None
+    def record_job(self, job: JobRecord) -> None:
+        """Insert or update a job (its state, end, result and error)."""
+        row = (
+            job.id, job.kind, job.state, job.replica, to_db_time(job.started_at),
+            to_db_time(job.finished_at) if job.finished_at else None,
+            None if job.result is None else json.dumps(job.result), job.error, job.lock,
+        )  # fmt: skip
+        self._write("record a job in", lambda conn: conn.execute(_UPSERT_JOB, row))
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        row = self._read(
+            "read a job from",
+            lambda conn: conn.execute(
+                f"SELECT {_JOB_COLUMNS} FROM cccatalog_jobs WHERE id = ?",  # noqa: S608
+                (job_id,),
+            ).fetchone(),
+        )
+        return None if row is None else _job(row)
+
+    def prune_jobs(self, *, keep: int) -> None:
+        """Forget all but the newest `keep` finished jobs."""
+        self._write(
+            "forget old jobs in",
+            lambda conn: conn.execute(
+                "DELETE FROM cccatalog_jobs WHERE state <> 'running' AND id NOT IN "
+                "(SELECT id FROM cccatalog_jobs ORDER BY started_at DESC LIMIT ?)",
+                (keep,),
+            ),
+        )
+
+
+def _refuse_older(location: str, version: int, what: str) -> None:
+    if version < len(MIGRATIONS):
+        raise StateError(
+            f"state {what} {location} has schema version {version}, older than this cccatalog's "
+            f"{len(MIGRATIONS)}; run `cccatalog sync` (or start `serve`) once to upgrade it"
+        )
+
+
+def _open_sqlite(path: Path, busy_timeout_s: float) -> SqliteDatabase:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StateError(
+            f"cannot create the directory for state file {path}: {exc.strerror or exc}; "
+            "check that the parent path is a writable directory"
+        ) from None
+    try:
+        raw = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise sqlite_error(str(path), "open", exc) from None
+    db = SqliteDatabase(raw, path)
+    try:
+        raw.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000):d}")
+        # Before anything writes: a newer cccatalog's file must stay byte-for-byte untouched.
+        check_not_newer(db.conn, str(path))
+        check_is_state_file(db.conn, str(path))
+        _enable_wal(raw, deadline=time.monotonic() + busy_timeout_s)
+        raw.execute("PRAGMA synchronous = NORMAL")
+        raw.execute("PRAGMA foreign_keys = ON")
+        migrate(db.conn, str(path))
+    except sqlite3.Error as exc:
+        raw.close()
+        raise sqlite_error(str(path), "open", exc) from None
+    except BaseException:
+        raw.close()
+        raise
+    return db
 
 
 def _enable_wal(conn: sqlite3.Connection, *, deadline: float) -> None:
@@ -396,22 +668,52 @@ def _enable_wal(conn: sqlite3.Connection, *, deadline: float) -> None:
             conn.execute("PRAGMA journal_mode = WAL")
             return
         except sqlite3.OperationalError as exc:
-            if not _is_busy(exc) or time.monotonic() > deadline:
+            if not is_busy(exc) or time.monotonic() > deadline:
                 raise
             time.sleep(0.01)
 
 
-def _is_busy(exc: sqlite3.Error) -> bool:
-    # Errors raised by the sqlite3 module itself (e.g. "closed database") carry no SQLite code.
-    return bool((getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF == sqlite3.SQLITE_BUSY)
+def _refresh_pointers(conn: Conn, slug: str) -> None:
+    """Decide a collection's latest and stable from its rows, inside the transaction that wrote them."""
+    refs = [
+        _image_ref(row)
+        for row in conn.execute(
+            f"SELECT {_IMAGE_COLUMNS} FROM cccatalog_image_refs WHERE slug = ? AND is_active = 1",  # noqa: S608
+            (slug,),
+        ).fetchall()
+    ]
+    refs.sort(key=lambda r: r.ref)
+    latest, stable = pointers(refs)
+    conn.execute(
+        _UPSERT_POINTERS,
+        (slug, latest.ref if latest else None, stable.ref if stable else None, int(has_image(refs))),
+    )
 
 
-def _state_error(path: Path, what: str, exc: sqlite3.Error) -> StateError:
-    if _is_busy(exc):
-        hint = "another process kept it locked for longer than the busy timeout; try again"
-    else:
-        hint = "is the directory writable, the disk not full, and the file a cccatalog state file?"
-    return StateError(f"cannot {what} state file {path}: {exc}; {hint}")
+def _own_volume_first(rows: list[tuple[Any, ...]]) -> list[MirrorStatus]:
+    """One status per slug: the store's own volume's row where there is one, else the shared one."""
+    by_slug: dict[str, tuple[Any, ...]] = {}
+    for row in rows:
+        if row[0] not in by_slug or row[-1] != "":
+            by_slug[row[0]] = row
+    return [_mirror(by_slug[slug][:-1]) for slug in sorted(by_slug)]
+
+
+def _pointers(row: tuple[Any, ...]) -> CatalogPointers:
+    slug, has, latest_tag, latest_registry, stable_tag, stable_registry, synced = row
+    return CatalogPointers(
+        slug, bool(has), latest_tag, latest_registry, stable_tag, stable_registry, from_db_time(synced)
+    )
+
+
+def _job(row: tuple[Any, ...]) -> JobRecord:
+    job_id, kind, state, replica, started, finished, result, error, lock = row
+    started_at = from_db_time(started)
+    assert started_at is not None
+    return JobRecord(
+        job_id, kind, state, replica, started_at, from_db_time(finished),
+        None if result is None else json.loads(result), error, lock,
+    )  # fmt: skip
 
 
 def _mirror(row: tuple[Any, ...]) -> MirrorStatus:

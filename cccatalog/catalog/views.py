@@ -11,10 +11,10 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from cccatalog.catalog.models import ImageRefRecord, MirrorStatus
+from cccatalog.catalog.models import CatalogPointers, ImageRefRecord, MirrorStatus
+from cccatalog.catalog.pointers import pointers
 from cccatalog.config import CodeCollection, Config
 from cccatalog.gitmirror.layout import Layout
-from cccatalog.oci.tags import stable_ref
 from cccatalog.redact import strip_url_credentials
 from cccatalog.timestamps import rfc3339
 
@@ -32,20 +32,6 @@ def git_url(config: Config, cc: CodeCollection, servable: Servable) -> str | Non
     if mirror and servable(cc.slug):
         return mirror
     return strip_url_credentials(cc.git_url) if cc.git_url else None
-
-
-def pointers(refs: Sequence[ImageRefRecord]) -> tuple[ImageRefRecord | None, ImageRefRecord | None]:
-    """(latest, stable) among active refs with an image. Stable is the row flagged when the refs were
-    written; rows written before that flag existed have none, and then stable is the highest release
-    semver ref, falling back to latest as the predecessor did."""
-    with_image = [r for r in refs if r.is_active and r.image_tag]
-    latest = next((r for r in with_image if r.is_latest), None)
-    flagged = next((r for r in with_image if r.is_stable), None)
-    if flagged is not None:
-        return latest, flagged
-    stable_name = stable_ref(r.ref for r in with_image)
-    stable = next((r for r in with_image if r.ref == stable_name), None) if stable_name else latest
-    return latest, stable
 
 
 def image_ref(r: ImageRefRecord) -> dict[str, Any]:
@@ -71,16 +57,29 @@ def catalog_entry(
     servable: Servable,
 ) -> dict[str, Any]:  # fmt: skip
     latest, stable = pointers(refs)
-    shown = latest or stable
+    row = CatalogPointers(
+        cc.slug, any(r.is_active and r.image_tag for r in refs),
+        latest.image_tag if latest else None, latest.image_registry if latest else None,
+        stable.image_tag if stable else None, stable.image_registry if stable else None, last_synced,
+    )  # fmt: skip
+    return pointers_entry(config, cc, row, servable)
+
+
+def pointers_entry(
+    config: Config, cc: CodeCollection, row: CatalogPointers, servable: Servable
+) -> dict[str, Any]:
+    """A collection as the catalog list shows it, from its pointers as the store keeps them."""
+    shown_registry = row.latest_registry if row.latest_tag else row.stable_registry
+    shown = row.latest_tag or row.stable_tag
     return {
         "slug": cc.slug,
         "name": cc.display_name,
         "git_url": git_url(config, cc, servable),
         "visibility": cc.visibility,
-        "latest_image_tag": latest.image_tag if latest else None,
-        "stable_image_tag": stable.image_tag if stable else None,
-        "image_registry": shown.image_registry if shown else cc.image_registry,
-        "last_synced": rfc3339(last_synced),
+        "latest_image_tag": row.latest_tag,
+        "stable_image_tag": row.stable_tag,
+        "image_registry": shown_registry if shown else cc.image_registry,
+        "last_synced": rfc3339(row.last_synced),
     }
 
 
@@ -105,8 +104,16 @@ def resolve_payload(
 
 
 def repo_status(
-    config: Config, cc: CodeCollection, status: MirrorStatus | None, servable: Servable, *, detail: bool
+    config: Config,
+    cc: CodeCollection,
+    status: MirrorStatus | None,
+    servable: Servable,
+    *,
+    detail: bool,
+    replica: str = "",
 ) -> dict[str, Any]:
+    """A mirror's status as this replica sees it: `present` and `local_path` are its own disk's,
+    `replica` says whose (replicas each have a disk, unless they share a volume)."""
     success = status.last_success_at if status else None
     payload: dict[str, Any] = {
         "slug": cc.slug,
@@ -118,6 +125,7 @@ def repo_status(
         "last_synced": rfc3339(success),
         "last_sync_error": status.last_error if status else None,
         "freshness_seconds": round(time.time() - success.timestamp()) if success else None,
+        "replica": replica or None,
     }
     if detail:
         payload["local_path"] = str(Layout(config.git.data_dir).repo(cc.slug))

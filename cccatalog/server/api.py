@@ -4,11 +4,17 @@
 The predecessor's contract: catalog, git status and admin endpoints with the same paths, fields,
 status codes and `{"detail": ...}` errors. Wrong admin tokens are rate-limited per client
 (`auth_limit`): past the limit, 429 + Retry-After before any token is compared.
+
+The catalog list reads one row per collection (latest and stable are kept with the rows when they are
+written). While a PostgreSQL state cannot be reached, catalog answers come from the store's last good
+read, /readyz says "degraded" and why, and a question never answered before gets 503 + Retry-After.
+Git status answers name the replica that answered: mirrors live on each replica's own disk.
 """
 
 from __future__ import annotations
 
 import hmac
+import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -17,11 +23,13 @@ from urllib.parse import parse_qs, unquote
 
 from cccatalog import envvars
 from cccatalog.catalog import views
+from cccatalog.catalog.models import CatalogPointers
+from cccatalog.catalog.pointers import pointers
 from cccatalog.catalog.store import Store
 from cccatalog.config import CodeCollection, Config
-from cccatalog.errors import CCCatalogError, LockBusy
+from cccatalog.errors import CCCatalogError, LockBusy, StateError, StateUnavailable
 from cccatalog.gitmirror.servable import Servability, mirrored_slugs
-from cccatalog.jobs import run_lock_path
+from cccatalog.runlocks import Locks
 from cccatalog.server.admin_jobs import Job, JobRunner
 from cccatalog.server.auth_limit import FailureLimiter
 from cccatalog.server.live_config import LiveConfig
@@ -31,6 +39,10 @@ CATALOG = "/api/v1/catalog/codecollections"
 GIT_REPOS = "/api/v1/git/repos"
 ADMIN = "/api/v1/admin/"
 MANIFEST = "/api/v1/manifest"
+# How long a client should wait before asking again while the state database cannot be reached.
+STATE_RETRY_SECONDS = 5
+
+log = logging.getLogger("cccatalog.serve")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,10 +69,22 @@ class ApiContext:
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     ready_checks: list[Callable[[Config], str | None]] = field(default_factory=list)
     admin_failures: FailureLimiter = field(default_factory=FailureLimiter)
+    locks: Locks | None = None
+    # how this replica names itself in answers about its own disk
+    replica: str = ""
+
+    def __post_init__(self) -> None:
+        if self.locks is None:
+            self.locks = Locks.for_state(self.live.current, self.store)
 
     @property
     def config(self) -> Config:
         return self.live.current
+
+    @property
+    def run_locks(self) -> Locks:
+        assert self.locks is not None
+        return self.locks
 
     def servable(self, config: Config) -> Callable[[str], bool]:
         return lambda slug: self.servability.is_servable(config, slug)
@@ -95,6 +119,15 @@ def handle(
         raise HttpError(404, "Not Found")
     except HttpError as exc:
         return ApiResponse(exc.status, {"detail": exc.detail}, exc.headers)
+    except StateError as exc:
+        # the details (which database, why) go to the log, not to an unauthenticated client
+        log.warning("answering %s %s without the state: %s", method, path, exc)
+        what = "cannot be reached" if isinstance(exc, StateUnavailable) else "cannot be read"
+        return ApiResponse(
+            503,
+            {"detail": f"the state database {what} right now; retry later (git is served as usual)"},
+            (("Retry-After", str(STATE_RETRY_SECONDS)),),
+        )
 
 
 def _method_not_allowed() -> ApiResponse:
@@ -121,8 +154,15 @@ def _health(ctx: ApiContext, path: str) -> ApiResponse:
         return ApiResponse(200, {"status": "ok"})
     config = ctx.config
     problems = [p for check in ctx.ready_checks if (p := check(config))]
+    warnings = []
     try:
-        ctx.store.list_mirrors()
+        ctx.store.ping()
+    except StateUnavailable:
+        # still ready: git serving works, and taking the pod out of service would stop every clone
+        warnings.append(
+            f"state database {ctx.store.location} {ctx.store.unreachable() or 'unreachable'}; "
+            "catalog answers come from the last good read"
+        )
     except CCCatalogError as exc:
         problems.append(f"state unreachable: {exc}")
     if config.git.enabled and not config.git.data_dir.is_dir():
@@ -130,10 +170,10 @@ def _health(ctx: ApiContext, path: str) -> ApiResponse:
     slugs = sorted(mirrored_slugs(config))
     served = [s for s in slugs if ctx.servability.is_servable(config, s)]
     body: dict[str, Any] = {"status": "ok", "repos_configured": len(slugs), "repos_servable": len(served)}
-    if str(ctx.store.path) == ":memory:":
-        # still ready: git serving works, and taking the pod out of service would stop every clone
-        warning = f"state file {config.state.path} is unusable; state is in memory"
-        body.update(status="degraded", warnings=[warning])
+    if ctx.store.in_memory:
+        warnings.append(f"state {config.state.display} is unusable; state is in memory")
+    if warnings:
+        body.update(status="degraded", warnings=warnings)
     if problems:
         body.update(status="unavailable", problems=problems)
         return ApiResponse(503, body)
@@ -167,14 +207,21 @@ def _catalog(ctx: ApiContext, rest: str, params: Mapping[str, str]) -> ApiRespon
         if visibility not in (None, "public", "hidden"):
             raise HttpError(422, f"query parameter visibility: expected public or hidden, got {visibility!r}")
         only_with_image = _bool(params, "only_with_image", True)
+        found = ctx.store.catalog_pointers()
+        # one membership test per row instead of re-reading the config for each (the list is long)
+        mirrored = mirrored_slugs(config)
+
+        def listed_servable(slug: str) -> bool:
+            return slug in mirrored and ctx.servability.is_complete(config.git.data_dir / f"{slug}.git")
+
         entries = []
         for cc in sorted(config.codecollections, key=lambda c: c.slug):
             if visibility and cc.visibility != visibility:
                 continue
-            refs = ctx.store.list_image_refs(cc.slug)
-            if only_with_image and not any(r.image_tag for r in refs):
+            kept = found.get(cc.slug) or CatalogPointers(cc.slug)
+            if only_with_image and not kept.has_image:
                 continue
-            entries.append(views.catalog_entry(config, cc, refs, _last_synced(ctx, cc.slug), servable))
+            entries.append(views.pointers_entry(config, cc, kept, listed_servable))
         return ApiResponse(200, entries)
     slug, _, sub = rest.lstrip("/").partition("/")
     cc = _collection(config, unquote(slug))
@@ -207,7 +254,7 @@ def _resolve(ctx: ApiContext, cc: CodeCollection, params: Mapping[str, str]) -> 
     refs = [r for r in ctx.store.list_image_refs(cc.slug) if r.image_tag]
     if not refs:
         raise HttpError(404, f"no images tracked for {cc.slug}")
-    latest, stable = views.pointers(refs)
+    latest, stable = pointers(refs)
     selected = {"latest": latest, "stable": stable}.get(pointer or "") if pointer else None
     if ref:
         selected = next((r for r in refs if r.ref == ref), None)
@@ -228,13 +275,20 @@ def _git_repos(ctx: ApiContext, rest: str) -> ApiResponse:
     if rest in ("", "/"):
         ccs = sorted((cc for cc in config.codecollections if cc.slug in mirrored), key=lambda c: c.slug)
         return ApiResponse(
-            200, [views.repo_status(config, cc, statuses.get(cc.slug), servable, detail=False) for cc in ccs]
+            200,
+            [
+                views.repo_status(
+                    config, cc, statuses.get(cc.slug), servable, detail=False, replica=ctx.replica
+                )
+                for cc in ccs
+            ],
         )
     slug = unquote(rest.lstrip("/"))
     cc = config.collection(slug)
     if cc is None or slug not in mirrored:
         raise HttpError(404, f"unknown git repo: {slug}")
-    return ApiResponse(200, views.repo_status(config, cc, statuses.get(slug), servable, detail=True))
+    status = statuses.get(slug)
+    return ApiResponse(200, views.repo_status(config, cc, status, servable, detail=True, replica=ctx.replica))
 
 
 def admin_token(environ: Mapping[str, str]) -> str | None:
@@ -268,6 +322,7 @@ def _job_body(job: Job) -> dict[str, Any]:
         "finished_at": rfc3339(job.finished_at),
         "result": job.result,
         "error": job.error,
+        "replica": job.replica,
         "url": f"{ADMIN}jobs/{job.id}",
     }
 
@@ -315,7 +370,7 @@ def _admin(
     config = ctx.config
     work = ctx.sync[kind]
     try:
-        job = ctx.jobs.start(action, run_lock_path(config, kind), lambda: work(config, allow))
+        job = ctx.jobs.start(action, ctx.run_locks.run(kind), lambda: work(config, allow))
     except LockBusy as exc:
         raise HttpError(409, str(exc)) from None
     if _bool(params, "wait", False):

@@ -143,6 +143,11 @@ _SCHEMAS: dict[str, Any] = {
             "last_sync_error": _S,
             "freshness_seconds": _nullable("integer"),
             "local_path": {"type": "string"},
+            "replica": {
+                **_S,
+                "description": "The replica that answered: present, local_path and the status are of its "
+                "own mirror volume (serve.replica_id, else its hostname)",
+            },
         },
     },
     "Job": {
@@ -156,6 +161,7 @@ _SCHEMAS: dict[str, Any] = {
             "finished_at": _T,
             "result": _nullable("object"),
             "error": _S,
+            "replica": {**_S, "description": "The replica that runs (or ran) the job"},
             "url": {"type": "string"},
         },
     },

@@ -8,6 +8,11 @@ every 60, each first run at start-up. `scheduler.*: 0` turns one off, `CC_CATALO
 `--catalog-poll-minutes` override either. The air-gap guards hold: with `git.runtime_sync: false` the
 git runs are skipped (no git egress ever), with `images.runtime_sync: false` the image runs read only
 `static` sources.
+
+Several `serve` processes on one state (replicas on one PostgreSQL database, or processes sharing one
+SQLite file) elect a leader per kind of run: whoever holds the kind's leader lock runs its schedule,
+the others try to take the lock at each of their own ticks, so when the leader dies another replica
+runs the next scheduled sync (`cccatalog.runlocks`). Git leadership is per mirror volume.
 """
 
 from __future__ import annotations
@@ -34,10 +39,11 @@ from cccatalog.jobs import (
     catalog_summary,
     git_summary,
     held_git,
-    run_lock_path,
     run_sync,
 )
 from cccatalog.redact import Redactor, strip_url_credentials
+from cccatalog.replica import replica_id
+from cccatalog.runlocks import Held, Locks
 from cccatalog.server.admin_jobs import JobRunner
 from cccatalog.server.api import ApiContext
 from cccatalog.server.live_config import LiveConfig
@@ -105,16 +111,8 @@ def build_service(
     (`serve --get`, a container health check): a missing state file is not created, and the answers
     come from an empty in-memory state instead; an existing one is used as `serve` uses it."""
     live = LiveConfig(config, environ=environ)
-    if not create_state and not config.state.path.exists():
-        log.info("no state file at %s yet; answering from an empty state", config.state.path)
-        store = Store.memory()
-    else:
-        try:
-            store = Store.open(config.state.path)
-        except StateError as exc:
-            # Git serving does not need the state; refusing to start would take every clone down.
-            log.error("%s; serving with an in-memory state until this is fixed (catalog starts empty)", exc)
-            store = Store.memory()
+    replica = replica_id(config)
+    store = open_state(config, environ=environ, redactor=redactor, replica=replica, create=create_state)
     servability = Servability(Git(redactor=redactor))
 
     def sync_git(cfg: Config, allow_runtime_sync: bool) -> dict[str, Any]:
@@ -130,18 +128,50 @@ def build_service(
         request = SyncRequest(git=False, images=True, allow_runtime_sync=allow_runtime_sync)
         return catalog_summary(run_sync(cfg, store, request, redactor=redactor, environ=environ))
 
+    locks = Locks.for_state(config, store)
+    jobs = JobRunner(store, replica=replica, lock_held=locks.held)
     api = ApiContext(
-        live, store, servability, JobRunner(), {"git": sync_git, "images": sync_catalog}, environ
-    )
-    backfill(config, store, servability)
+        live, store, servability, jobs, {"git": sync_git, "images": sync_catalog}, environ,
+        locks=locks, replica=replica,
+    )  # fmt: skip
+    try:
+        backfill(config, store, servability)
+    except StateError as exc:
+        # git is served from disk all the same; the status API fills in once the state is back
+        log.warning("cannot record the mirrors found on disk: %s", exc)
     # a collection a reload adds may have its mirror on disk already: its status must say so
     live.listeners.append(functools.partial(_backfill_after_reload, store=store, servability=servability))
     api.ready_checks.append(ManifestCheck(config, store, servability, environ))
     return Service(api, environ=environ)
 
 
+def open_state(
+    config: Config, *, environ: Mapping[str, str], redactor: Redactor, replica: str, create: bool = True
+) -> Store:
+    """The state serve answers from. Git serving does not need it, so an unusable state never stops
+    `serve`: a PostgreSQL database that cannot be reached yet is connected to when it can be (the
+    catalog answers 503 until then); an unusable state file, or a database that refuses cccatalog
+    (a newer schema, another program's tables), leaves an in-memory state (the catalog starts empty).
+    `create=False` is for a one-off reader: a missing state file is not created, and the answers come
+    from an empty in-memory state instead."""
+    state = config.state
+    secrets = state.secrets(environ)
+    redactor.add(*secrets)
+    if state.url is None and not create and not state.path.exists():
+        log.info("no state file at %s yet; answering from an empty state", state.path)
+        return Store.memory()
+    try:
+        return Store.for_config(config, environ=environ, connect_later=create)
+    except StateError as exc:
+        log.error("%s; serving with an in-memory state until this is fixed (catalog starts empty)", exc)
+        return Store.memory()
+
+
 def _backfill_after_reload(config: Config, *, store: Store, servability: Servability) -> None:
-    backfill(config, store, servability)
+    try:
+        backfill(config, store, servability)
+    except StateError as exc:
+        log.warning("cannot record the mirrors found on disk: %s", exc)
 
 
 def run_server(
@@ -153,9 +183,10 @@ def run_server(
     redactor: Redactor,
     git_sync_minutes: int | None = None,
     catalog_poll_minutes: int | None = None,
+    minute_seconds: float = 60.0,
 ) -> None:
     """`cccatalog serve`: bind first (a taken port writes nothing), then open the state, start the
-    scheduler when asked for, and serve until SIGTERM/SIGINT."""
+    scheduler when asked for, and serve until SIGTERM/SIGINT. `minute_seconds`: the scheduler's minute."""
     from cccatalog.server.app import CatalogServer, serve_forever
     from cccatalog.server.sockets import listen_socket
 
@@ -167,7 +198,9 @@ def run_server(
         raise
     try:
         server = CatalogServer((host, port), service.api, config.serve, sock=sock)
-        service.start_scheduler(git_minutes=git_sync_minutes, catalog_minutes=catalog_poll_minutes)
+        service.start_scheduler(
+            git_minutes=git_sync_minutes, catalog_minutes=catalog_poll_minutes, unit=minute_seconds
+        )
         log.info("serving %s (git under %s/)", server.url, config.git.mount_path)
         serve_forever(server)
     finally:
@@ -242,7 +275,12 @@ class ManifestCheck:
             key = (path, None)
         with self._lock:
             if key != self._key:
-                self._problems = baked_mismatches(config, self._store, self._servability, self._environ)
+                try:
+                    self._problems = baked_mismatches(config, self._store, self._servability, self._environ)
+                except StateError as exc:
+                    # which mirrors a sync here changed is in the state: checked again once it is back
+                    log.warning("manifest check postponed: %s", exc)
+                    return None
                 self._key = key
             return "; ".join(self._problems) if self._problems else None
 
@@ -279,7 +317,8 @@ class Scheduler:
     """Runs the git and image syncs every N minutes (jittered ±10 %), each first at start-up.
 
     Never overlaps a cron `sync`, an admin job or another replica: a run whose lock is taken is
-    skipped. Never passes the air-gap guards. `unit` is the length of a minute in seconds.
+    skipped. Among processes sharing the state, only the leader of a kind runs its schedule (see the
+    module's docstring). Never passes the air-gap guards. `unit` is the length of a minute in seconds.
     """
 
     def __init__(
@@ -287,6 +326,7 @@ class Scheduler:
     ) -> None:
         self.api = api
         self._stop = threading.Event()
+        self._leading: dict[str, Held] = {}
         self.threads: list[threading.Thread] = []
         for kind, minutes in (("git", git_minutes), ("images", catalog_minutes)):
             if minutes > 0:
@@ -299,12 +339,39 @@ class Scheduler:
 
     def _loop(self, kind: str, seconds: float) -> None:
         delay = 0.0  # the first run at start-up, as the predecessor did
-        while not self._stop.wait(delay):
-            self.run_once(kind)
-            delay = seconds * random.uniform(0.9, 1.1)  # noqa: S311 - jitter, not crypto
+        try:
+            while not self._stop.wait(delay):
+                self.run_once(kind)
+                delay = seconds * random.uniform(0.9, 1.1)  # noqa: S311 - jitter, not crypto
+        finally:
+            if (held := self._leading.pop(kind, None)) is not None:
+                held.release()
+
+    def lead(self, kind: str) -> bool:
+        """Whether this process leads the scheduled runs of `kind`, taking the lead when it is free."""
+        action = "sync-git" if kind == "git" else "sync-catalog"
+        held = self._leading.get(kind)
+        if held is not None:
+            if held.alive():
+                return True
+            del self._leading[kind]
+            log.warning("lost the lead of the scheduled %s runs (the state database went away)", action)
+        lock = self.api.run_locks.leader(kind)
+        try:
+            held = lock.try_acquire()
+        except (StateError, OSError) as exc:  # the database is away; a lock directory is read-only
+            log.warning("scheduled %s skipped: cannot take the lead: %s", action, exc)
+            return False
+        if held is None:
+            log.info("scheduled %s skipped: another replica leads the scheduled runs", action)
+            return False
+        self._leading[kind] = held
+        log.info("this replica (%s) now leads the scheduled %s runs", self.api.replica, action)
+        return True
 
     def run_once(self, kind: str) -> None:
-        """Start one scheduled run of `kind` (git, images) unless something holds it back."""
+        """Start one scheduled run of `kind` (git, images) unless something holds it back (a guard,
+        another replica's lead, a run in progress)."""
         action = "sync-git" if kind == "git" else "sync-catalog"
         config = self.api.config
         if kind == "git":
@@ -313,14 +380,18 @@ class Scheduler:
             if held_git(config, SyncRequest(git=True, images=False)):
                 log.info("scheduled %s skipped: %s", action, GIT_GUARD)
                 return
+        if not self.lead(kind):
+            return
         # False: a scheduled run never passes the air-gap guards
         work = functools.partial(self.api.sync[kind], config, False)
         try:
-            job = self.api.jobs.start(action, run_lock_path(config, kind), work)
-        except LockBusy as exc:
+            job = self.api.jobs.start(action, self.api.run_locks.run(kind), work)
+        except (LockBusy, StateError) as exc:
             log.info("scheduled %s skipped: %s", action, exc)
             return
         log.info("scheduled %s started (job %s)", action, job.id)
 
     def stop(self) -> None:
+        """Stop scheduling; each loop lets go of the lead it holds as it ends (at once: it waits on
+        the stop event)."""
         self._stop.set()

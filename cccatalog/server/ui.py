@@ -380,11 +380,12 @@ def _server(view: _View, metrics: ServerMetrics, redactor: Redactor) -> str:
                 f"{_error_text(live.last_reload_error, redactor)}</pre>",
             )
         )
-    store_path = str(metrics.api.store.path)
-    if store_path == ":memory:":
-        state = f'<span class="warn-text">unusable ({_e(view.config.state.path)}); state is in memory</span>'
+    if metrics.api.store.in_memory:
+        state = (
+            f'<span class="warn-text">unusable ({_e(view.config.state.display)}); state is in memory</span>'
+        )
     else:
-        state = f"<code>{_e(store_path)}</code>"
+        state = f"<code>{_e(metrics.api.store.location)}</code>"
     rows.append(("State file", state))
     cells = "".join(f"<dt>{_e(label)}</dt><dd>{value}</dd>" for label, value in rows)
     return f'<section id="server"><h2>Server</h2><dl class="facts">{cells}</dl></section>'

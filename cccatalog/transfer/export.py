@@ -186,11 +186,11 @@ def _bundled(slug: str, kind: str, moved: int, name: str, path: Path) -> RepoExp
 
 def _catalog_rows(config: Config) -> dict[str, list[ImageRefRecord]]:
     """The newest build of every ref of every collection, from this host's state file (none yet: no rows)."""
-    if not config.state.path.is_file():
+    if config.state.url is None and not config.state.path.is_file():
         return {}
     from cccatalog.catalog.store import Store
 
-    with Store.open(config.state.path) as store:
+    with Store.for_config(config) as store:
         found = {
             cc.slug: [r for r in store.list_image_refs(cc.slug) if r.image_tag]
             for cc in config.codecollections

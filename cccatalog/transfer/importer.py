@@ -98,14 +98,14 @@ def import_update(
         raise UsageError(f"{path}: no such file")
     path = path.absolute()
     require_writable_dir(config.git.data_dir, setting="git.data_dir")
-    require_writable_dir(config.state.path.parent, setting=config.state.setting)
+    require_writable_dir(config.state.local_dir, setting=config.state.setting)
     # Unpacked under $TMPDIR, not data_dir: a refused update leaves nothing behind where mirrors live.
     with tempfile.TemporaryDirectory(prefix="cccatalog-import-") as staging:
         update = check_update(
             config, git, path, Path(staging), allowed_signers=allowed, signer=signer,
             allow_unsigned=allow_unsigned, environ=environ,
         )  # fmt: skip
-        lock = config.state.path.parent / "locks" / "import.lock"
+        lock = config.state.local_dir / "locks" / "import.lock"
         with file_lock(lock, timeout=config.git.lock_timeout_seconds, what="another import"):
             return _apply(config, git, path, update)
 
@@ -114,7 +114,7 @@ def _apply(config: Config, git: Git, path: Path, update: Update) -> ImportResult
     result = ImportResult(path, update.signed_by)
     layout = Layout(config.git.data_dir)
     layout.data_dir.mkdir(parents=True, exist_ok=True)
-    with Store.open(config.state.path) as store:
+    with Store.for_config(config) as store:
         for plan in update.repos:
             result.repos.append(_apply_repo(config, git, layout, store, plan))
         result.catalog_replaced = _replace_catalog(config, store, update.catalog)
