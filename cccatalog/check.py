@@ -89,6 +89,8 @@ def check(
     for cc in config.codecollections:
         if cc.static_path is not None:
             add(_static_file(cc.slug, cc.static_path))
+    if (signers := config.transfer.allowed_signers) is not None:
+        add(_allowed_signers(signers))
     if network:
         report.checks.extend(_network(config, git, environ, redactor))
     return report
@@ -197,6 +199,23 @@ def _static_file(slug: str, path: Path) -> Check:
     if not isinstance(refs, list):
         return Check(subject, Status.FAIL, f"{path}: expected an object with a 'refs' list")
     return Check(subject, Status.OK, f"{path}: {len(refs)} builds listed")
+
+
+def _allowed_signers(path: Path) -> Check:
+    subject = "transfer.allowed_signers"
+    try:
+        lines = [
+            ln
+            for ln in path.read_text(encoding="utf-8").splitlines()
+            if ln.strip() and not ln.startswith("#")
+        ]
+    except OSError as exc:
+        return Check(subject, Status.FAIL, f"{path}: {exc.strerror or type(exc).__name__}")
+    except UnicodeDecodeError:
+        return Check(subject, Status.FAIL, f"{path}: not a text file")
+    if not lines:
+        return Check(subject, Status.FAIL, f"{path}: no signer in it: every signed update would be refused")
+    return Check(subject, Status.OK, f"{path}: {len(lines)} signers")
 
 
 def _network(config: Config, git: Git, environ: Mapping[str, str], redactor: Redactor) -> Iterator[Check]:

@@ -452,3 +452,22 @@ def test_check_network_names_an_upstream_that_does_not_answer(
     assert err.startswith("error: 1 check failed")
     assert "upstream gone:" in err
     assert "fail" in out
+
+
+def test_check_reads_the_allowed_signers_file_it_will_verify_updates_with(
+    capsys: pytest.CaptureFixture[str], write_config: MakeConfig, tmp_path: Path
+) -> None:
+    path = write_config({}, git_extra="")
+    path.write_text(path.read_text() + "transfer:\n  allowed_signers: signers\n")
+    code, _, err = cli(capsys, "check", "-c", str(path))
+    assert code == 1
+    assert "transfer.allowed_signers:" in err
+    (tmp_path / "signers").write_text("# nobody yet\n")
+    code, _, err = cli(capsys, "check", "-c", str(path))
+    assert code == 1
+    assert "no signer in it" in err
+    (tmp_path / "signers").write_text("release@example.invalid ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA\n")
+    code, out, _ = cli(capsys, "check", "-c", str(path), "--json")
+    assert code == 0
+    checks = {c["subject"]: c for c in json.loads(out)["checks"]}
+    assert checks["transfer.allowed_signers"]["detail"].endswith("1 signers")
