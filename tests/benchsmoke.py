@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -36,3 +37,16 @@ def run_benchmark(target: str, output: Path, *, seconds: float) -> tuple[dict[st
     assert data["size"] == "smoke"
     assert data["machine"]["nproc"]
     return data, out
+
+
+def _tool(name: str) -> str | None:
+    return shutil.which(name) or next(
+        (str(p) for d in ("/usr/sbin", "/sbin") if (p := Path(d) / name).exists()), None
+    )
+
+
+# The serving and fleet benchmarks run nginx + fcgiwrap beside cccatalog.
+needs_nginx = pytest.mark.skipif(
+    _tool("nginx") is None or _tool("fcgiwrap") is None,
+    reason="needs nginx and fcgiwrap (apt-get install nginx-light fcgiwrap)",
+)

@@ -4,13 +4,12 @@ chosen client addresses, the platform's shallow fetch, and what a clone holds.
 
 from __future__ import annotations
 
-import http.client
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from tests.gitfixtures import git
-from tests.robustfixtures import Reply, address, git_wrapper, pkt_line
+from tests.robustfixtures import Reply, git_wrapper, pkt_line, raw_request
 
 UP = "?service=git-upload-pack"
 UPLOAD_HEADERS = {
@@ -59,14 +58,7 @@ def request_from(
     timeout: float = 30,
 ) -> Reply:
     """One request on a fresh connection from the loopback address `source` (any 127.x.y.z)."""
-    host, port = address(base_url)
-    conn = http.client.HTTPConnection(host, port, timeout=timeout, source_address=(source, 0))
-    try:
-        conn.request(method, target, body=body, headers=headers or {})
-        resp = conn.getresponse()
-        return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
-    finally:
-        conn.close()
+    return raw_request(base_url, method, target, headers=headers, body=body, timeout=timeout, source=source)
 
 
 def want_request(*wants: str, depth: int | None = None) -> bytes:

@@ -52,10 +52,14 @@ def raw_request(
     headers: dict[str, str] | None = None,
     body: bytes | None = None,
     timeout: float = 10,
+    source: str | None = None,
 ) -> Reply:
-    """One request with `target` sent verbatim (no normalisation), on a fresh connection."""
+    """One request with `target` sent verbatim (no normalisation), on a fresh connection; from the
+    loopback address `source` (any 127.x.y.z) when given."""
     host, port = address(base_url)
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    conn = http.client.HTTPConnection(
+        host, port, timeout=timeout, source_address=(source, 0) if source else None
+    )
     try:
         conn.request(method, target, body=body, headers=headers or {})
         resp = conn.getresponse()

@@ -8,28 +8,18 @@ nothing about speed (a shared CI machine cannot). Without nginx and fcgiwrap it 
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.benchsmoke import run_benchmark
+from tests.benchsmoke import needs_nginx, run_benchmark
 
 pytestmark = pytest.mark.bench
 SMOKE_SECONDS = 90  # about 10 s alone
 
 
-def _tool(name: str) -> str | None:
-    return shutil.which(name) or next(
-        (str(p) for d in ("/usr/sbin", "/sbin") if (p := Path(d) / name).exists()), None
-    )
-
-
 @pytest.mark.timeout(SMOKE_SECONDS + 20)
-@pytest.mark.skipif(
-    _tool("nginx") is None or _tool("fcgiwrap") is None,
-    reason="needs nginx and fcgiwrap (apt-get install nginx-light fcgiwrap)",
-)
+@needs_nginx
 def test_fleet_benchmark_fetches_with_every_server_in_every_cell(tmp_path: Path) -> None:
     data, out = run_benchmark("benchmarks.fleet.bench_fleet", tmp_path / "fleet.json", seconds=SMOKE_SECONDS)
     servers = {"cccatalog", "cccatalog-nocache", "nginx-fcgiwrap", "nginx-fcgiwrap-hook"}

@@ -7,12 +7,11 @@ fcgiwrap with `apt-get install nginx-light fcgiwrap`; without them the test is s
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.benchsmoke import run_benchmark
+from tests.benchsmoke import needs_nginx, run_benchmark
 
 pytestmark = pytest.mark.bench
 
@@ -21,17 +20,8 @@ SCRIPT = ROOT / "benchmarks" / "serving" / "bench_serving.py"
 SMOKE_SECONDS = 55  # about 10 s alone
 
 
-def _tool(name: str) -> str | None:
-    return shutil.which(name) or next(
-        (str(p) for d in ("/usr/sbin", "/sbin") if (p := Path(d) / name).exists()), None
-    )
-
-
 @pytest.mark.timeout(SMOKE_SECONDS + 20)
-@pytest.mark.skipif(
-    _tool("nginx") is None or _tool("fcgiwrap") is None,
-    reason="needs nginx and fcgiwrap (apt-get install nginx-light fcgiwrap)",
-)
+@needs_nginx
 def test_serving_benchmark_replays_every_mix_against_every_server(tmp_path: Path) -> None:
     data, out = run_benchmark(str(SCRIPT), tmp_path / "serving.json", seconds=SMOKE_SECONDS)
     rows = data["rows"]

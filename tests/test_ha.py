@@ -31,7 +31,7 @@ from tests.apifixtures import (
 )
 from tests.gitfixtures import git, http_upstream
 from tests.hafixtures import Replica, SlowCatalog, refs, replica_config, replicas, slow_catalog, wait_for
-from tests.pgfixtures import PASSWORD, PgServer, connect
+from tests.pgfixtures import PASSWORD, PgServer, connect, running_postgres
 
 # replicas are processes of their own, and the database stops and starts: seconds each
 pytestmark = pytest.mark.slow
@@ -227,12 +227,8 @@ OUTAGE_SECONDS = 8
 @pytest.fixture
 def own_server() -> Iterator[PgServer]:
     """A server of this test's own, which it stops and starts."""
-    server = PgServer.create()
-    try:
-        server.start()
+    with running_postgres() as server:
         yield server
-    finally:
-        server.remove()
 
 
 class Clients:

@@ -24,7 +24,7 @@ from cccatalog.cli import run
 from cccatalog.config import CodeCollection, load_config
 from cccatalog.errors import StateError, StateUnavailable
 from cccatalog.runlocks import Locks
-from tests.pgfixtures import PASSWORD, PgServer, connect
+from tests.pgfixtures import PASSWORD, PgServer, connect, running_postgres
 from tests.predecessorfixtures import make_predecessor_pg
 
 PROCESSES = 8
@@ -205,12 +205,8 @@ def test_connections_the_server_dropped_are_replaced_without_an_error(pg_url: st
 @pytest.fixture
 def own_server() -> Iterator[PgServer]:
     """A server of this test's own, which it may stop and start."""
-    server = PgServer.create()
-    try:
-        server.start()
+    with running_postgres() as server:
         yield server
-    finally:
-        server.remove()
 
 
 def _wait(condition: object, what: str, timeout: float = 20.0) -> None:

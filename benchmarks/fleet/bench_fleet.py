@@ -38,11 +38,10 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager, suppress
+from collections.abc import Sequence
+from contextlib import ExitStack, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO
@@ -646,22 +645,6 @@ def report(rows: Sequence[Row], targets: Sequence[Target], hook: dict[str, float
 # --- main --------------------------------------------------------------------------------------------
 
 
-@contextmanager
-def work_dir(path: Path | None, keep: bool) -> Iterator[Path]:
-    if path is not None:
-        path.mkdir(parents=True, exist_ok=True)
-        yield path.resolve()
-        return
-    tmp = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
-    try:
-        yield tmp
-    finally:
-        if keep:
-            bs.log(f"kept the work dir {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="A fleet of `git fetch --depth=2 --tags` against cccatalog serve (pack cache on and "
@@ -701,7 +684,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         bs.ensure_tools(install=False)
     json_out = (args.json_out or Path(f"bench-fleet-{size.name}.json")).resolve()
     started = time.monotonic()
-    with work_dir(args.work_dir, args.keep) as work, ExitStack() as stack:
+    with bs.work_dir(args.work_dir, args.keep, prefix="bench-fleet-") as work, ExitStack() as stack:
         _, info = prepare(work, size, args.seed)
         env = bs.git_env(work / "home")
         servers = start_servers(work, size, names, args.compare_src, stack)

@@ -1506,12 +1506,13 @@ def ensure_tools(install: bool) -> None:
 
 
 @contextmanager
-def work_dir(path: Path | None, keep: bool) -> Iterator[Path]:
+def work_dir(path: Path | None, keep: bool, *, prefix: str = "bench-serving-") -> Iterator[Path]:
+    """`path` (kept), or a temporary directory removed afterwards unless `keep`."""
     if path is not None:
         path.mkdir(parents=True, exist_ok=True)
         yield path.resolve()
         return
-    tmp = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
     try:
         yield tmp
     finally:
