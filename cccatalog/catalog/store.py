@@ -711,13 +711,19 @@ class Store:
         return self._write("add mirror jobs to", write)
 
     def claim_mirror_jobs(
-        self, *, limit: int, stale_before: datetime, destination: str | None = None
+        self,
+        *,
+        limit: int,
+        stale_before: datetime,
+        destination: str | None = None,
+        exclude: Iterable[int] = (),
     ) -> list[MirrorJobRecord]:
         """Mark up to `limit` pending jobs running (oldest first) and return them. A job still running
         since before `stale_before` belongs to a process that stopped: it is taken over. Each job is
         claimed with a conditional UPDATE, so two replicas never run the same one."""
         now = to_db_time(datetime.now(UTC))
         stale = to_db_time(stale_before)
+        skipped = sorted(exclude)
 
         def write(conn: Conn) -> list[MirrorJobRecord]:
             sql = (
@@ -727,6 +733,8 @@ class Store:
             args: tuple[object, ...] = (stale,)
             if destination is not None:
                 sql, args = sql + " AND destination = ?", (*args, destination)
+            if skipped:
+                sql, args = sql + f" AND id NOT IN ({','.join('?' * len(skipped))})", (*args, *skipped)
             rows = conn.execute(sql + " ORDER BY created_at, id LIMIT ?", (*args, limit)).fetchall()
             claimed = []
             for row in rows:

@@ -292,6 +292,24 @@ class RegistryClient:
             raise RegistryError(f"{repo.name}: the registry stored {reference} as {stored}, not {digest}")
         return digest
 
+    def head_status(self, repo: Repository, url: str) -> tuple[int, str | None]:
+        """HEAD a manifest at a URL of the registry's own origin that is not its `/v2/` path
+        (Artifactory's Docker API path): the status and digest, nothing raised for a 4xx or 5xx (the
+        caller says what each means). A 401 after presenting the credentials raises, as everywhere."""
+        resp = self._send(repo, "HEAD", url, kind="manifest-head", headers={"Accept": MANIFEST_ACCEPT})
+        resp.close()
+        return resp.status_code, resp.headers.get("Docker-Content-Digest")
+
+    def post_json(self, repo: Repository, url: str, body: Mapping[str, object]) -> int:
+        """POST a JSON body to an API beside the registry, on its origin and with its credentials
+        (Xray's scan request); the status, nothing raised for a 4xx or 5xx. Sent once."""
+        resp = self._send(
+            repo, "POST", url, kind="api", content=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"}, retry=False,
+        )  # fmt: skip
+        resp.close()
+        return resp.status_code
+
     # --- internals --------------------------------------------------------------------------
 
     def _get_manifest_uncached(self, repo: Repository, reference: str) -> Manifest:

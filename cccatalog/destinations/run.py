@@ -1,0 +1,332 @@
+"""Mirror runs: jobs enqueued from the plan, then drained by copying each image with cccatalog's own
+copy (`oci.copy`), as the predecessor's two phases did. `sync`, serve's scheduler and the admin API
+all run these functions; the state (`Store`) keeps the jobs, so any replica answers about them.
+
+One job: ask the destination whether it holds the tag (Artifactory's Docker API path for `jfrog`, the
+registry's manifest URL otherwise): 200 = there (recorded, nothing copied), 404 = copy, 401/403 = a
+permission error naming the URL, anything else = an error, never "copy again". After a copy to
+Artifactory with `enable_xray_scan`, Xray is asked to scan; a failure to ask is a warning in the job's
+log, not a failed mirror.
+
+Credentials: each destination's only ever go to that destination's host, and a collection's source
+credentials only to the host of its `image_registry`; every secret is registered with the redactor
+before it is used, and every error stored or shown is redacted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from cccatalog.catalog.models import MirrorJobRecord, NewMirrorJob
+from cccatalog.catalog.store import Store
+from cccatalog.config import Config, Destination
+from cccatalog.credentials import BasicCredentials, TokenCredentials, credentials_from, url_host
+from cccatalog.destinations.plan import Target, exists_url, plan, xray_request
+from cccatalog.errors import CCCatalogError, RegistryError
+from cccatalog.oci.auth import RegistryAuth
+from cccatalog.oci.client import RegistryClient
+from cccatalog.oci.copy import CopyProgress, copy_image
+from cccatalog.oci.reference import Repository, parse_reference
+from cccatalog.redact import Redactor
+
+log = logging.getLogger("cccatalog.destinations")
+
+SKIPPED = "[skip: already exists on destination]"
+Progress = Callable[[CopyProgress], None]
+# Build a registry client from "which credentials go to which host" (tests pass fewer retries).
+ClientFactory = Callable[[Callable[[str], RegistryAuth | None]], RegistryClient]
+
+
+@dataclass(slots=True)
+class DestinationRun:
+    """What one run did for one destination: the summary line of `sync` and its `--json`."""
+
+    name: str
+    jobs_enqueued: int = 0
+    refs_already_mirrored: int = 0
+    copied: int = 0
+    already_there: int = 0
+    failed: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class MirrorReport:
+    destinations: list[DestinationRun] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return any(d.failed for d in self.destinations)
+
+    def to_json(self) -> list[dict[str, object]]:
+        return [d.to_json() for d in self.destinations]
+
+
+def save_destinations(store: Store, config: Config) -> None:
+    """One state row per configured destination; its config without secrets (only variable names)."""
+    store.save_destinations(
+        (d.name, d.type, json.dumps(asdict(d), sort_keys=True, default=list)) for d in config.destinations
+    )
+
+
+def enqueue(
+    store: Store, config: Config, *, only_destination: str | None = None, only_slug: str | None = None
+) -> dict[str, tuple[int, int]]:
+    """Add jobs for the builds each destination lacks: name -> (jobs enqueued, refs already mirrored)."""
+    save_destinations(store, config)
+    counts: dict[str, tuple[int, int]] = {}
+    for destination in config.destinations:
+        if only_destination is not None and destination.name != only_destination:
+            continue
+        wanted = []
+        for cc in config.codecollections:
+            if only_slug is not None and cc.slug != only_slug:
+                continue
+            for work in plan(destination, cc.slug, store.list_image_refs(cc.slug)):
+                wanted.append(
+                    NewMirrorJob(
+                        work.destination, work.slug, work.source_ref, work.source_image_tag, work.target.ref
+                    )
+                )
+        counts[destination.name] = store.enqueue_mirror_jobs(wanted)
+    return counts
+
+
+class Mirrorer:
+    """Drains mirror jobs: claims them from the state and copies each, `workers` at a time."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        *,
+        environ: Mapping[str, str],
+        redactor: Redactor,
+        client_factory: ClientFactory | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        self.config, self.store, self.environ, self.redactor = config, store, environ, redactor
+        self.client_factory = client_factory or (lambda auth_for: RegistryClient(auth_for=auth_for))
+        self.progress = progress
+
+    def drain(
+        self, *, workers: int | None = None, only_destination: str | None = None
+    ) -> list[tuple[MirrorJobRecord, str]]:
+        """Run pending jobs until none is left, each at most once (a failed one is retried by the
+        next drain, as the predecessor's next pass did); returns each job run with its status now."""
+        workers = workers or self.config.scheduler.mirror_workers
+        ran: list[tuple[MirrorJobRecord, str]] = []
+        # A job is only taken over from another process once it has run far past its time.
+        stale = timedelta(seconds=self.config.scheduler.per_job_timeout_seconds * 2 + 60)
+        with ThreadPoolExecutor(workers, thread_name_prefix="mirror") as pool:
+            while True:
+                jobs = self.store.claim_mirror_jobs(
+                    limit=max(workers * 4, 8),
+                    stale_before=datetime.now(UTC) - stale,
+                    destination=only_destination,
+                    exclude=[job.id for job, _ in ran],
+                )
+                if not jobs:
+                    return ran
+                ran.extend(pool.map(self.run_one, jobs))
+
+    def run_one(self, job: MirrorJobRecord) -> tuple[MirrorJobRecord, str]:
+        lines: list[str] = []
+        digest = error = None
+        try:
+            digest = self._mirror(job, lines)
+        except (CCCatalogError, ValueError) as exc:
+            error = self.redactor(str(exc))
+        except Exception as exc:  # a job that fails must say so, not stay "running" until it is stale
+            log.exception("mirror job %d failed unexpectedly", job.id)
+            error = self.redactor(f"{type(exc).__name__}: {exc}")
+        log_text = self.redactor("\n".join(lines))
+        status = self.store.finish_mirror_job(job, error=error, log_text=log_text, target_digest=digest)
+        if error:
+            log.warning(
+                "mirror job %d (%s -> %s) failed: %s",
+                job.id,
+                job.source_image_ref,
+                job.target_image_ref,
+                error,
+            )
+        return job, status
+
+    def _mirror(self, job: MirrorJobRecord, lines: list[str]) -> str | None:
+        destination = self.config.destination(job.destination)
+        if destination is None:
+            raise ValueError(f"destination {job.destination!r} is no longer configured")
+        target = _target(destination, job.target_image_ref)
+        dst_repo = Repository(
+            target.host, target.path, plain_http=target.scheme == "http", given=f"{target.host}/{target.path}"
+        )
+        with self.client_factory(self._destination_auth(destination)) as dst:
+            there = self._exists(dst, dst_repo, destination, target)
+            if there is not None:
+                lines.append(SKIPPED)
+                return there
+            src_repo, reference = self._source(job)
+            with self.client_factory(self._source_auth(job.cc_slug, src_repo.host)) as src:
+                result = copy_image(
+                    src, src_repo, reference, dst, dst_repo, target.tag,
+                    workers=4, progress=self.progress,
+                )  # fmt: skip
+            lines.append(
+                f"copied {job.source_image_ref} -> {job.target_image_ref} ({result.digest}): "
+                f"{result.blobs_copied} blobs copied, {result.blobs_skipped} already there, "
+                f"{result.blobs_mounted} mounted, {result.bytes_copied} bytes"
+            )
+            if destination.type == "jfrog" and destination.enable_xray_scan:
+                lines.append(self._xray(dst, dst_repo, destination, target))
+            return result.digest
+
+    def _exists(
+        self, client: RegistryClient, repo: Repository, destination: Destination, target: Target
+    ) -> str | None:
+        """The digest the destination holds under the tag, None when it holds none (404); raises for
+        anything else, so an unhealthy destination is never pushed to again and again."""
+        url = exists_url(destination, target)
+        try:
+            status, digest = client.head_status(repo, url)
+        except RegistryError as exc:
+            if exc.status in (401, 403):
+                raise RegistryError(_permission(destination, url, exc.status), status=exc.status) from None
+            raise
+        if status == 200:
+            return digest or client.find_manifest(repo, target.tag)
+        if status == 404:
+            return None
+        if status in (401, 403):
+            raise RegistryError(_permission(destination, url, status), status=status)
+        raise RegistryError(
+            f"destination {destination.name!r}: {url} answered HTTP {status}; nothing is pushed until it "
+            "answers 200 or 404",
+            status=status,
+        )
+
+    def _xray(
+        self, client: RegistryClient, repo: Repository, destination: Destination, target: Target
+    ) -> str:
+        url, body = xray_request(destination, target)
+        try:
+            status = client.post_json(repo, url, body)
+        except RegistryError as exc:
+            return f"[xray scan trigger failed: {exc}]"
+        if status >= 300:
+            return f"[xray scan trigger failed: {url} answered HTTP {status}]"
+        return f"xray scan requested for {target.ref}"
+
+    def _source(self, job: MirrorJobRecord) -> tuple[Repository, str]:
+        name, _, digest = job.source_image_ref.partition("@")
+        cc = self.config.collection(job.cc_slug)
+        source = self.config.source(cc.source) if cc else None
+        repo, tag = parse_reference(name, allow_plain_http=bool(source and source.plain_http))
+        reference = digest or tag
+        if not reference:
+            raise ValueError(f"{job.source_image_ref}: names no tag or digest to copy")
+        return repo, reference
+
+    def _destination_auth(self, destination: Destination) -> Callable[[str], RegistryAuth | None]:
+        def auth_for(host: str) -> RegistryAuth | None:
+            if host != destination.host:
+                return None  # its credentials belong to its own host alone
+            creds = credentials_from(
+                destination.auth.as_auth(), key=f"destinations[{destination.name}].auth", host=host,
+                environ=self.environ,
+            )  # fmt: skip
+            if isinstance(creds, TokenCredentials) and destination.type == "jfrog":
+                # Artifactory takes an access token as the password of `_` (the predecessor's way).
+                creds = BasicCredentials("_", creds.token)
+            auth = RegistryAuth.of(creds)
+            if auth is not None:
+                self.redactor.add(*auth.secrets)
+            return auth
+
+        return auth_for
+
+    def _source_auth(self, slug: str, host: str) -> Callable[[str], RegistryAuth | None]:
+        cc = self.config.collection(slug)
+        source = self.config.source(cc.source) if cc else None
+        own_host = url_host(cc.image_registry) if cc and cc.image_registry else None
+
+        def auth_for(asked: str) -> RegistryAuth | None:
+            if source is None or source.type != "oci" or asked != own_host:
+                return None
+            creds = credentials_from(
+                source.auth, key=f"sources[{source.name}].auth", host=asked, environ=self.environ
+            )
+            auth = RegistryAuth.of(creds)
+            if auth is not None:
+                self.redactor.add(*auth.secrets)
+            return auth
+
+        return auth_for
+
+
+def run_mirrors(
+    config: Config,
+    store: Store,
+    *,
+    environ: Mapping[str, str],
+    redactor: Redactor,
+    only_slugs: Sequence[str] = (),
+    progress: Progress | None = None,
+    client_factory: ClientFactory | None = None,
+) -> MirrorReport:
+    """The mirror half of a sync: enqueue what each destination lacks, drain every pending job, and
+    say per destination what happened."""
+    report = MirrorReport()
+    runs = {d.name: DestinationRun(d.name) for d in config.destinations}
+    slugs: list[str | None] = [*only_slugs] or [None]
+    for slug in slugs:
+        for name, (enqueued, already) in enqueue(store, config, only_slug=slug).items():
+            runs[name].jobs_enqueued += enqueued
+            runs[name].refs_already_mirrored += already
+    mirrorer = Mirrorer(config, store, environ=environ, redactor=redactor, client_factory=client_factory,
+                        progress=progress)  # fmt: skip
+    for job, status in mirrorer.drain():
+        run = runs.get(job.destination)
+        if run is None:
+            continue
+        if status == "done":
+            finished = store.get_mirror_job(job.id)
+            if finished is not None and finished.log_text == SKIPPED:
+                run.already_there += 1
+            else:
+                run.copied += 1
+        else:
+            run.failed += 1
+            finished = store.get_mirror_job(job.id)
+            if finished is not None and finished.last_error:
+                run.errors.append(f"{job.target_image_ref}: {finished.last_error}")
+    report.destinations = list(runs.values())
+    return report
+
+
+def _target(destination: Destination, ref: str) -> Target:
+    """A job's target back from its text (`host/path:tag`), spoken to with the destination's scheme."""
+    rest, _, tag = ref.rpartition(":")
+    host, _, path = rest.partition("/")
+    if not (tag and host and path):
+        raise ValueError(f"{ref!r} is not a target image reference (host/path:tag)")
+    scheme = "https"
+    if destination.type == "jfrog" and (destination.base_url or "").startswith("http://"):
+        scheme = "http"
+    elif destination.type == "registry":
+        scheme = parse_reference(rest)[0].base_url.partition(":")[0]
+    return Target(host, path, tag, scheme)
+
+
+def _permission(destination: Destination, url: str, status: int) -> str:
+    return (
+        f"destination {destination.name!r} cannot read {url}: HTTP {status}; check that its credentials "
+        f"may read and write the repository"
+    )
