@@ -8,6 +8,11 @@ list, verified by digest and cached on disk; retries with backoff on 429/5xx hon
 a per-host concurrency limit. `counts` says how many requests of each kind were sent.
 A tag's manifest costs one request either way: a HEAD when the cache already holds where the tag
 pointed last time, else a GET by tag (body and digest at once).
+
+The write path (for `oci.copy`): HEAD of blobs and manifests, a streamed blob GET verified as it
+passes, uploads (one streamed PUT, or PATCHed chunks) with relative or absolute `Location`s,
+cross-repository mounts and manifest PUTs, on `pull,push` tokens. An upload `Location` on another
+origin is sent no credentials at all.
 """
 
 from __future__ import annotations

@@ -1,0 +1,342 @@
+"""Copying images between real registries (distribution 2.8: a token-auth source, an htpasswd
+destination, an anonymous one) and OCI image layouts: digests kept, shared blobs skipped or mounted,
+a wrong source blob refused, credentials kept to their origin, SIGKILL at several points, and
+layouts that skopeo and umoci read."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cccatalog.credentials import BasicCredentials
+from cccatalog.errors import RegistryError
+from cccatalog.oci.auth import RegistryAuth
+from cccatalog.oci.cache import sha256_digest
+from cccatalog.oci.client import RegistryClient
+from cccatalog.oci.copy import CopyProgress, RegistrySource, RegistryTarget, copy_between, copy_image
+from cccatalog.oci.layout import LayoutSource, LayoutTarget, read_index
+from cccatalog.oci.reference import Repository, parse_reference
+from tests.imagefixtures import OtherOriginFront, layer, push_build, tag_is_whole
+from tests.registry import (
+    ALL_MANIFESTS,
+    OCI_CONFIG,
+    OCI_LAYER,
+    OCI_MANIFEST,
+    PASSWORD,
+    USERNAME,
+    RunningRegistry,
+    push_image,
+    registry_client,
+    skopeo_inspect_config,
+)
+
+ROBOT = RegistryAuth(basic=BasicCredentials(USERNAME, PASSWORD))
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}/{uuid.uuid4().hex[:10]}"
+
+
+def repo(host: str, path: str) -> Repository:
+    found, _ = parse_reference(f"{host}/{path}")
+    return found
+
+
+def robot_client() -> RegistryClient:
+    return RegistryClient(auth_for=lambda host: ROBOT)
+
+
+def test_copy_keeps_every_digest_of_a_multi_platform_index_with_its_attestation(
+    registry_token: RunningRegistry, registry_basic: RunningRegistry
+) -> None:
+    src, dst = unique("team/cc"), unique("mirror/cc")
+    pushed = push_image(
+        registry_token, src, "main-1111111-2222222", created="2026-01-02T00:00:00Z", kind="oci-index"
+    )
+    seen: list[CopyProgress] = []
+    with robot_client() as source, robot_client() as target:
+        result = copy_image(
+            source, repo(registry_token.host, src), pushed.tag,
+            target, repo(registry_basic.host, dst), pushed.tag, progress=seen.append,
+        )  # fmt: skip
+    assert result.digest == pushed.digest
+    assert (result.blobs_copied, result.blobs_skipped, result.blobs_mounted) == (6, 0, 0)
+    assert seen[-1].blobs_done == seen[-1].blobs_total == 6
+    assert seen[-1].bytes_done == seen[-1].bytes_total == result.bytes_copied
+    assert tag_is_whole(registry_basic, dst, pushed.tag) is True
+    with registry_client(registry_basic) as client:
+        head = client.head(f"/v2/{dst}/manifests/{pushed.tag}", headers={"Accept": pushed.media_type})
+        assert head.headers["Docker-Content-Digest"] == pushed.digest
+        for digest in pushed.platform_digests.values():  # every platform and the attestation
+            found = client.head(f"/v2/{dst}/manifests/{digest}", headers={"Accept": ALL_MANIFESTS})
+            assert found.status_code == 200
+    # a second opinion: skopeo reads the arm64 image at the destination as it reads the source
+    mirrored = skopeo_inspect_config(
+        registry_basic, f"{dst}:{pushed.tag}", creds=registry_basic.creds, arch="arm64"
+    )
+    original = skopeo_inspect_config(
+        registry_token, f"{src}:{pushed.tag}", creds=registry_token.creds, arch="arm64"
+    )
+    assert mirrored == original
+
+
+def test_a_second_build_copies_only_its_new_blobs_and_a_copy_again_nothing(
+    registry_anon: RunningRegistry, registry_basic: RunningRegistry
+) -> None:
+    src, dst = unique("team/cc"), unique("mirror/cc")
+    first = push_build(registry_anon, src, "main-aaaaaaa-1111111", base=["os", "python"], own="v1")
+    second = push_build(registry_anon, src, "main-bbbbbbb-1111111", base=["os", "python"], own="v2")
+    with RegistryClient() as source, robot_client() as target:
+        source_repo, target_repo = repo(registry_anon.host, src), repo(registry_basic.host, dst)
+        cold = copy_image(source, source_repo, first.tag, target, target_repo, first.tag)
+        update = copy_image(source, source_repo, second.tag, target, target_repo, second.tag)
+        again = copy_image(source, source_repo, second.tag, target, target_repo, second.tag)
+    assert cold.blobs_copied == len(first.blobs) == 8
+    # per platform: the two base layers are there; its own layer and config are new
+    assert (update.blobs_copied, update.blobs_skipped) == (4, 4)
+    assert update.bytes_copied < cold.bytes_copied
+    assert again.digest == second.digest
+    assert (again.blobs_copied, again.blobs_skipped, again.bytes_copied) == (0, 0, 0)
+    assert tag_is_whole(registry_basic, dst, second.tag) is True
+
+
+def test_blobs_are_mounted_across_repositories_of_one_registry(registry_basic: RunningRegistry) -> None:
+    src, dst = unique("team/cc"), unique("mirror/cc")
+    build = push_build(registry_basic, src, "v1.0.0", base=["os"], own="v1")
+    with robot_client() as client:
+        result = copy_image(
+            client, repo(registry_basic.host, src), "v1.0.0", client, repo(registry_basic.host, dst), "v1.0.0"
+        )
+        assert client.counts["PUT upload"] == 0  # not a byte of a blob went over the wire
+    assert (result.blobs_mounted, result.blobs_copied, result.digest) == (len(build.blobs), 0, build.digest)
+    assert tag_is_whole(registry_basic, dst, "v1.0.0") is True
+
+
+def test_chunked_uploads_and_a_digest_reference_keep_the_digest(
+    registry_anon: RunningRegistry, registry_basic: RunningRegistry
+) -> None:
+    src, dst = unique("team/cc"), unique("mirror/cc")
+    build = push_build(registry_anon, src, "main-ccccccc-1111111", base=["big"], own="v1", size=300_000)
+    with RegistryClient() as source, robot_client() as target:
+        result = copy_between(
+            RegistrySource(source, repo(registry_anon.host, src)), build.digest,
+            RegistryTarget(target, repo(registry_basic.host, dst), chunk_size=64 * 1024), "pinned",
+        )  # fmt: skip
+        assert target.counts["PATCH upload"] >= 2 * 5  # each 300 kB layer in 64 kB pieces
+    assert result.digest == build.digest
+    assert tag_is_whole(registry_basic, dst, "pinned") is True
+
+
+def test_a_source_blob_that_does_not_match_its_digest_is_refused_and_nothing_is_tagged(
+    registry_basic: RunningRegistry,
+) -> None:
+    """distribution never serves wrong content, so the lying source is a MockTransport."""
+    good, config = layer("honest"), b'{"architecture": "amd64", "os": "linux"}'
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": sha256_digest(config), "size": len(config)},
+        "layers": [{"mediaType": OCI_LAYER, "digest": sha256_digest(good), "size": len(good)}],
+    }).encode()  # fmt: skip
+    bad = bytearray(good)
+    bad[-1] ^= 1  # the last byte: a stream cut before it would look like a whole blob
+
+    def lying(request: httpx.Request) -> httpx.Response:
+        if "/manifests/" in request.url.path:
+            return httpx.Response(200, content=manifest, headers={"Content-Type": OCI_MANIFEST})
+        if request.url.path.endswith(sha256_digest(good)):
+            return httpx.Response(200, content=bytes(bad))
+        return httpx.Response(200, content=config)
+
+    dst = unique("mirror/cc")
+    source = RegistryClient(http=httpx.Client(transport=httpx.MockTransport(lying)))
+    with (
+        source,
+        robot_client() as target,
+        pytest.raises(RegistryError, match="does not match its digest") as caught,
+    ):
+        copy_image(
+            source,
+            repo("registry.example.com", "team/cc"),
+            "v1",
+            target,
+            repo(registry_basic.host, dst),
+            "v1",
+        )
+    assert "registry.example.com/team/cc:v1" in str(caught.value)
+    assert tag_is_whole(registry_basic, dst, "v1") is None
+    with registry_client(registry_basic) as client:
+        assert client.head(f"/v2/{dst}/blobs/{sha256_digest(good)}").status_code == 404
+
+
+def test_credentials_never_reach_the_origin_blobs_are_redirected_to(
+    registry_anon: RunningRegistry, registry_basic: RunningRegistry
+) -> None:
+    """Blob downloads answered with a 307 to another origin, upload Locations on another origin:
+    the source's token goes to the source alone, the destination's to the destination alone."""
+    src, dst = unique("team/cc"), unique("mirror/cc")
+    build = push_build(registry_anon, src, "v2.0.0", base=["os"], own="v2")
+    source_front = OtherOriginFront(registry_anon, token="source-canary-token")
+    target_front = OtherOriginFront(registry_basic, token="target-canary-token")
+    try:
+        bearer = {source_front.host: "source-canary-token", target_front.host: "target-canary-token"}
+        with RegistryClient(auth_for=lambda h: RegistryAuth(bearer=bearer.get(h))) as client:
+            result = copy_image(
+                client, repo(source_front.host, src), "v2.0.0", client, repo(target_front.host, dst), "v2.0.0"
+            )
+    finally:
+        source_front.stop()
+        target_front.stop()
+    assert result.digest == build.digest
+    assert result.blobs_copied == len(build.blobs)
+    assert tag_is_whole(registry_basic, dst, "v2.0.0") is True
+    downloads = [s for s in source_front.seen if s.origin == "storage"]
+    uploads = [s for s in target_front.seen if s.origin == "storage"]
+    assert len(downloads) == len(uploads) == len(build.blobs)
+    assert all(s.authorization is None for s in downloads + uploads)
+    assert {s.authorization for s in source_front.seen if s.origin == "front"} <= {
+        None,
+        "Bearer source-canary-token",
+    }
+    assert {s.authorization for s in target_front.seen if s.origin == "front"} <= {
+        None,
+        "Bearer target-canary-token",
+    }
+
+
+_KILLED_COPY = textwrap.dedent("""
+    import os, signal, sys
+    from cccatalog.credentials import BasicCredentials
+    from cccatalog.oci.auth import RegistryAuth
+    from cccatalog.oci.client import RegistryClient
+    from cccatalog.oci.copy import copy_image
+    from cccatalog.oci.reference import parse_reference
+    src, dst, tag, after = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    robot = RegistryAuth(basic=BasicCredentials(sys.argv[5], sys.argv[6]))
+    def progress(p):
+        if p.blobs_done >= after:
+            os.kill(os.getpid(), signal.SIGKILL)
+    with RegistryClient() as s, RegistryClient(auth_for=lambda h: robot) as t:
+        copy_image(s, parse_reference(src)[0], tag, t, parse_reference(dst)[0], tag,
+                   workers=1, progress=progress)
+""")
+
+
+@pytest.mark.parametrize("after", [1, 4, 8], ids=["first-blob", "half", "every-blob-no-manifest"])
+def test_a_copy_killed_anywhere_leaves_no_broken_tag_and_the_next_run_completes(
+    after: int, registry_anon: RunningRegistry, registry_basic: RunningRegistry
+) -> None:
+    src, dst = unique("team/cc"), unique("mirror/cc")
+    build = push_build(registry_anon, src, "main-ddddddd-1111111", base=["os", "python"], own="v1")
+    argv = [sys.executable, "-c", _KILLED_COPY, f"{registry_anon.host}/{src}", f"{registry_basic.host}/{dst}",
+            build.tag, str(after), USERNAME, PASSWORD]  # fmt: skip
+    killed = subprocess.run(argv, capture_output=True, timeout=60, check=False)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert tag_is_whole(registry_basic, dst, build.tag) is None  # the tag is the last thing written
+    with RegistryClient() as source, robot_client() as target:
+        result = copy_image(
+            source,
+            repo(registry_anon.host, src),
+            build.tag,
+            target,
+            repo(registry_basic.host, dst),
+            build.tag,
+        )
+    assert result.digest == build.digest
+    assert result.blobs_skipped == after  # what the killed run finished stays done
+    assert tag_is_whole(registry_basic, dst, build.tag) is True
+
+
+def test_a_layout_holds_an_index_that_skopeo_and_umoci_read_and_pushes_back_unchanged(
+    tmp_path: Path, registry_anon: RunningRegistry
+) -> None:
+    src, back = unique("team/cc"), unique("back/cc")
+    build = push_build(registry_anon, src, "v3.0.0", base=["os"], own="v3")
+    layout = tmp_path / "layout"
+    with RegistryClient() as client:
+        written = copy_between(
+            RegistrySource(client, repo(registry_anon.host, src)), "v3.0.0", LayoutTarget(layout), "cc-v3"
+        )
+        pushed = copy_between(
+            LayoutSource(layout), "cc-v3", RegistryTarget(client, repo(registry_anon.host, back)), "v3.0.0"
+        )
+    assert written.digest == pushed.digest == build.digest
+    assert [(e.ref_name, e.digest) for e in read_index(layout)] == [("cc-v3", build.digest)]
+    assert tag_is_whole(registry_anon, back, "v3.0.0") is True
+    inspected = subprocess.run(
+        ["skopeo", "inspect", "--raw", f"oci:{layout}:cc-v3"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert sha256_digest(inspected.stdout.encode()) == build.digest
+    listed = subprocess.run(
+        ["umoci", "ls", "--layout", str(layout)], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert listed.stdout.split() == ["cc-v3"]
+    # umoci resolves a name to one manifest (an index of two platforms is "ambiguous" to it): a
+    # single-platform build in the same layout, read through its config and layers
+    single = push_build(registry_anon, src, "v3.0.1", base=["os"], own="v3.1", platforms=("amd64",))
+    with RegistryClient() as client:
+        copy_between(
+            RegistrySource(client, repo(registry_anon.host, src)), "v3.0.1", LayoutTarget(layout), "cc-v3.1"
+        )
+    listed = subprocess.run(
+        ["umoci", "ls", "--layout", str(layout)], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert sorted(listed.stdout.split()) == ["cc-v3", "cc-v3.1"]
+    stat = subprocess.run(
+        ["umoci", "stat", "--json", "--image", f"{layout}:cc-v3.1"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert "history" in json.loads(stat.stdout)  # it read the manifest and the config through the index
+    assert single.digest == json.loads((layout / "index.json").read_text())["manifests"][-1]["digest"]
+
+
+def test_a_layout_without_the_blobs_its_reader_holds_completes_only_there(
+    tmp_path: Path, registry_anon: RunningRegistry
+) -> None:
+    src, site, empty = unique("team/cc"), unique("site/cc"), unique("empty/cc")
+    base = push_build(registry_anon, src, "v1", base=["os"], own="v1")
+    update = push_build(registry_anon, src, "v2", base=["os"], own="v2")
+    with RegistryClient() as client:
+        copy_image(
+            client,
+            repo(registry_anon.host, src),
+            "v1",
+            RegistryClient(),
+            repo(registry_anon.host, site),
+            "v1",
+        )
+        layout = LayoutTarget(tmp_path / "layout", present=base.blobs)
+        written = copy_between(RegistrySource(client, repo(registry_anon.host, src)), "v2", layout, "v2")
+        carried = {p.name for p in (tmp_path / "layout" / "blobs" / "sha256").iterdir()}
+        assert written.blobs_copied == len(update.blobs - base.blobs) == 4
+        pushed = copy_between(
+            LayoutSource(tmp_path / "layout"),
+            "v2",
+            RegistryTarget(client, repo(registry_anon.host, site)),
+            "v2",
+        )
+        assert pushed.digest == update.digest
+        with pytest.raises(RegistryError, match="is not in the layout"):
+            copy_between(
+                LayoutSource(tmp_path / "layout"),
+                "v2",
+                RegistryTarget(client, repo(registry_anon.host, empty)),
+                "v2",
+            )
+    assert len(carried) == 4 + 3  # the new blobs, the two platform manifests and the index
+    assert tag_is_whole(registry_anon, site, "v2") is True
+    assert tag_is_whole(registry_anon, empty, "v2") is None
