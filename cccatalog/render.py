@@ -23,9 +23,12 @@ from cccatalog.logs import LOGGER_NAME, emits_json
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from rich.progress import TaskID
+
     from cccatalog.check import CheckReport
     from cccatalog.gitmirror.sync import MirrorSyncer, RepoResult, RepoTask
     from cccatalog.jobs import SyncReport
+    from cccatalog.oci.copy import CopyProgress
     from cccatalog.oci.resolve import RefResolution
     from cccatalog.status import RepoStatus, StatusReport
     from cccatalog.transfer.export import ExportResult
@@ -67,6 +70,7 @@ def sync_report(report: SyncReport, *, as_json: bool, quiet: bool) -> None:
             log.error("%s: images: %s", image.slug, image.error)
         else:
             log.info("%s: images: %d refs, latest %s", image.slug, image.refs, image.latest_tag or "none")
+    _narrate_mirrors(report)
     if as_json:
         write_json(report.to_json())
         return
@@ -92,6 +96,30 @@ def sync_report(report: SyncReport, *, as_json: bool, quiet: bool) -> None:
                 i.slug, str(i.refs), str(i.deactivated), i.latest_tag or "", i.stable_tag or "", problem
             )
         out.print(table)
+    if report.mirrors and report.mirrors.destinations:
+        out.print(_destinations_table(report))
+
+
+def _narrate_mirrors(report: SyncReport) -> None:
+    """One line per destination (an error line when a copy failed, and one per failure)."""
+    for d in report.mirrors.destinations if report.mirrors else ():
+        line = (
+            f"destination {d.name}: {d.copied} copied, {d.already_there} already there, {d.failed} failed "
+            f"({d.jobs_enqueued} new jobs, {d.refs_already_mirrored} builds mirrored before)"
+        )
+        log.log(logging.ERROR if d.failed else logging.INFO, "%s", line)
+        for error in d.errors:
+            log.error("destination %s: %s", d.name, error)
+
+
+def _destinations_table(report: SyncReport) -> Table:
+    columns = ("destination", "new jobs", "copied", "already there", "failed", "mirrored before")
+    table = _table("destinations", columns, ("destination",))
+    for d in report.mirrors.destinations if report.mirrors else ():
+        failed = f"[red]{d.failed}[/]" if d.failed else "0"
+        table.add_row(d.name, str(d.jobs_enqueued), str(d.copied), str(d.already_there), failed,
+                      str(d.refs_already_mirrored))  # fmt: skip
+    return table
 
 
 def narrate(result: RepoResult) -> None:
@@ -123,6 +151,32 @@ def sync_progress(*, quiet: bool) -> Callable[[MirrorSyncer, list[RepoTask]], li
             return syncer.run(tasks, on_done=done)
 
     return run
+
+
+def copy_progress(*, quiet: bool) -> tuple[Callable[[CopyProgress], None] | None, Callable[[], None]]:
+    """A progress bar per image copied to a destination on a terminal (nothing otherwise): the
+    callback for the copy, and what to call when the run is over."""
+    if quiet or not sys.stderr.isatty() or emits_json():
+        return None, lambda: None
+    import threading
+
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+    progress = Progress(
+        TextColumn("[bold]copy"), BarColumn(), DownloadColumn(), TextColumn("{task.description}"),
+        console=Console(stderr=True), transient=True,
+    )  # fmt: skip
+    bars: dict[str, TaskID] = {}
+    lock = threading.Lock()
+    progress.start()
+
+    def update(event: CopyProgress) -> None:
+        with lock:
+            if event.image not in bars:
+                bars[event.image] = progress.add_task(event.image, total=event.bytes_total)
+            progress.update(bars[event.image], completed=event.bytes_done, total=event.bytes_total)
+
+    return update, progress.stop
 
 
 # --- resolve-latest ------------------------------------------------------------------------------

@@ -65,10 +65,14 @@ def sync(
 
     inv = invocation(ctx)
     request = SyncRequest(git=git_half, images=images, only=tuple(only or ()), jobs=jobs, no_wait=no_wait)
-    report = perform_sync(
-        load(config), request, allow_runtime_sync=allow_runtime_sync, redactor=inv.redactor,
-        environ=os.environ, run_git=render.sync_progress(quiet=inv.quiet),
-    )  # fmt: skip
+    progress, stop_progress = render.copy_progress(quiet=inv.quiet)
+    try:
+        report = perform_sync(
+            load(config), request, allow_runtime_sync=allow_runtime_sync, redactor=inv.redactor,
+            environ=os.environ, run_git=render.sync_progress(quiet=inv.quiet), copy_progress=progress,
+        )  # fmt: skip
+    finally:
+        stop_progress()
     render.sync_report(report, as_json=as_json, quiet=inv.quiet)
     _failed_if(report.failed)
 

@@ -1,0 +1,283 @@
+"""Mirroring to destinations against real registries: a source with token auth, a destination with
+htpasswd behind nginx answering Artifactory's Docker API path (the `jfrog` type), the same registry
+as a plain `registry` destination. Digests are equal after a mirror, the exists check's 500 and 403
+are errors and never a push, Xray is asked and its failure is only a warning, and each registry only
+ever sees its own credentials."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cccatalog.catalog.store import Store
+from cccatalog.cli import run
+from cccatalog.config import load_config
+from cccatalog.destinations.run import SKIPPED, run_mirrors
+from cccatalog.oci.client import RegistryClient
+from cccatalog.redact import Redactor
+from tests.artifactoryfixtures import FakeArtifactory, fake_artifactory
+from tests.imagefixtures import Build, push_build, tag_is_whole
+from tests.registry import ALL_MANIFESTS, USERNAME, RunningRegistry, registry_client, running_registry
+
+DEST_PASSWORD = "dest-only-pw-" + "7" * 12
+MAIN = "main-1234567-abcdef0"
+RELEASE = "v1.0.0-7654321-abcdef0"
+
+
+@pytest.fixture(scope="module")
+def destination_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningRegistry]:
+    """htpasswd with a password of its own: the source's must never be sent here, nor this one there."""
+    with running_registry(tmp_path_factory.mktemp("dest"), "basic", password=DEST_PASSWORD) as registry:
+        yield registry
+
+
+@pytest.fixture(scope="module")
+def artifactory(
+    tmp_path_factory: pytest.TempPathFactory, destination_registry: RunningRegistry
+) -> Iterator[FakeArtifactory]:
+    with fake_artifactory(tmp_path_factory.mktemp("nginx"), destination_registry) as front:
+        yield front
+
+
+@dataclass(frozen=True)
+class Registries:
+    source: RunningRegistry  # token auth
+    destination: RunningRegistry  # htpasswd, a password of its own
+    artifactory: FakeArtifactory  # nginx in front of `destination`
+
+
+@pytest.fixture
+def regs(
+    registry_token: RunningRegistry, destination_registry: RunningRegistry, artifactory: FakeArtifactory
+) -> Registries:
+    return Registries(registry_token, destination_registry, artifactory)
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, registry_token: RunningRegistry) -> dict[str, str]:
+    values = {
+        "SRC_USER": USERNAME, "SRC_PASS": str(registry_token.password),
+        "DST_USER": USERNAME, "DST_PASS": DEST_PASSWORD,
+        "XDG_CACHE_HOME": str(tmp_path / "xdg"),
+    }  # fmt: skip
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    for name in ("REGISTRY_AUTH_FILE", "DOCKER_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    return values
+
+
+def push_builds(registry: RunningRegistry) -> tuple[str, Build, Build]:
+    repo = f"org/rw-cli-{uuid.uuid4().hex[:8]}"
+    main = push_build(registry, repo, MAIN, base=["base-os", "python"], own=f"{repo}-main")
+    release = push_build(registry, repo, RELEASE, base=["base-os", "python"], own=f"{repo}-v1")
+    return repo, main, release
+
+
+def write_config(tmp_path: Path, source: RunningRegistry, repo: str, destination: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "git: {enabled: false, data_dir: mirrors}\n"
+        "sources:\n"
+        "  - name: ghcr\n    type: oci\n    auth: {user_env: SRC_USER, pass_env: SRC_PASS}\n"
+        f"    codecollections:\n      - {{slug: rw-cli, image_registry: {source.host}/{repo}}}\n"
+        f"destinations:\n{destination}"
+    )
+    return path
+
+
+def jfrog(artifactory: FakeArtifactory, repo_key: str, *, xray: bool = False) -> str:
+    return (
+        f"  - name: acme-jfrog\n    type: jfrog\n    base_url: {artifactory.base_url}\n"
+        f"    repo_key: {repo_key}\n    path_prefix: codecollections\n"
+        f"    auth: {{user_env: DST_USER, pass_env: DST_PASS}}\n    enable_xray_scan: {str(xray).lower()}\n"
+        "    mirror: {include_pointers: [latest, stable], include_branches: [main],\n"
+        "             include_semver_tags: true}\n"
+    )
+
+
+def manifest_digest(registry: RunningRegistry, repo: str, tag: str) -> str | None:
+    with registry_client(registry) as client:
+        answer = client.head(f"/v2/{repo}/manifests/{tag}", headers={"Accept": ALL_MANIFESTS})
+    return answer.headers.get("Docker-Content-Digest") if answer.status_code == 200 else None
+
+
+def sync(config: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, object], str]:
+    code = run(["sync", "-c", str(config), "--no-git", "--json"])
+    captured = capsys.readouterr()
+    return code, json.loads(captured.out), captured.err
+
+
+def secret_forms(user: str, password: str) -> list[str]:
+    return [password, base64.b64encode(f"{user}:{password}".encode()).decode()]
+
+
+@pytest.mark.parametrize("kind", ["jfrog", "registry"])
+def test_sync_mirrors_the_newest_builds_with_equal_digests_and_each_registry_sees_only_its_credentials(
+    kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], env: dict[str, str], regs: Registries
+) -> None:
+    registry_token, destination_registry, artifactory = regs.source, regs.destination, regs.artifactory
+    repo, main, release = push_builds(registry_token)
+    key = f"k{uuid.uuid4().hex[:8]}"
+    if kind == "jfrog":
+        destination, target_repo = jfrog(artifactory, key), f"{key}/codecollections/rw-cli"
+    else:
+        destination = (
+            f"  - name: site\n    type: registry\n    registry: {destination_registry.host}/{key}\n"
+            "    auth: {user_env: DST_USER, pass_env: DST_PASS}\n"
+        )
+        target_repo = f"{key}/rw-cli"
+    config = write_config(tmp_path, registry_token, repo, destination)
+    registry_token.token_server.clear()  # type: ignore[union-attr]
+
+    code, report, err = sync(config, capsys)
+
+    assert code == 0, err
+    summaries = report["destinations"]
+    assert isinstance(summaries, list)
+    [summary] = summaries
+    assert (summary["jobs_enqueued"], summary["copied"], summary["failed"]) == (2, 2, 0)
+    for build in (main, release):
+        assert manifest_digest(destination_registry, target_repo, build.tag) == build.digest
+        assert tag_is_whole(destination_registry, target_repo, build.tag) is True
+    with Store.open(load_config(config, environ={}).state.path) as store:
+        targets = {t.source_image_tag: t for t in store.mirror_targets(slug="rw-cli")}
+        assert set(targets) == {MAIN, RELEASE}
+        assert targets[MAIN].target_digest == main.digest
+        assert (
+            targets[MAIN].target_image_ref
+            == f"{destination_registry.host if kind == 'registry' else artifactory.host}/{target_repo}:{MAIN}"
+        )
+    # the source's token server never saw the destination's password, the destination never the source's
+    minted = registry_token.token_server.mints  # type: ignore[union-attr]
+    assert minted
+    assert {m.username for m in minted} <= {USERNAME, None}
+    assert all(m.status == 200 for m in minted)
+    if kind == "jfrog":
+        seen = "\n".join(artifactory.requests())
+        assert "HEAD /artifactory/api/docker/" + key + "/v2/codecollections/rw-cli/manifests/" + MAIN in seen
+        assert 'auth="Basic ' in seen
+        for form in secret_forms(USERNAME, str(registry_token.password)):
+            assert form not in seen
+
+    # the second run finds both mirrored: said in the table a user reads
+    assert run(["-v", "sync", "-c", str(config), "--no-git"]) == 0
+    out, err = capsys.readouterr()
+    said = "0 copied, 0 already there, 0 failed (0 new jobs, 2 builds mirrored before)"
+    assert f"destination {summary['name']}: {said}" in err
+    [row] = [line for line in out.splitlines() if str(summary["name"]) in line]
+    assert [cell.strip() for cell in row.split("│")[1:-1]] == [summary["name"], "0", "0", "0", "0", "2"]
+
+
+def catalog_only(
+    tmp_path: Path, registry_token: RunningRegistry, repo: str, capsys: pytest.CaptureFixture[str]
+) -> Path:
+    """The catalog half synced (no destination yet); returns the config path to add one to."""
+    config = write_config(tmp_path, registry_token, repo, "  []\n")
+    code, _, err = sync(config, capsys)
+    assert code == 0, err
+    return config
+
+
+def mirror(config_path: Path, destination: str, env: dict[str, str]) -> tuple[Store, list[str]]:
+    text = config_path.read_text().replace("destinations:\n  []\n", "destinations:\n" + destination)
+    config_path.write_text(text)
+    config = load_config(config_path, environ=env)
+    store = Store.open(config.state.path)
+    report = run_mirrors(
+        config, store, environ=env, redactor=Redactor(),
+        client_factory=lambda auth_for: RegistryClient(auth_for=auth_for, retries=0),
+    )  # fmt: skip
+    [summary] = report.destinations
+    return store, summary.errors
+
+
+@pytest.mark.parametrize("repo_key", ["answers500", "answers403"])
+def test_an_exists_check_that_answers_neither_200_nor_404_is_an_error_and_nothing_is_pushed(
+    repo_key: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    env: dict[str, str],
+    regs: Registries,
+) -> None:
+    registry_token, destination_registry, artifactory = regs.source, regs.destination, regs.artifactory
+    repo, _, _ = push_builds(registry_token)
+    config = catalog_only(tmp_path, registry_token, repo, capsys)
+
+    store, errors = mirror(config, jfrog(artifactory, repo_key), env)
+
+    with store:
+        assert len(errors) == 2
+        url = f"{artifactory.base_url}/artifactory/api/docker/{repo_key}/v2/codecollections/rw-cli/manifests/"
+        if repo_key == "answers403":
+            assert all(f"cannot read {url}" in e and "HTTP 403" in e for e in errors), errors
+        else:
+            assert all(f"{url}" in e and "answered HTTP 500; nothing is pushed" in e for e in errors), errors
+        assert all(DEST_PASSWORD not in e for e in errors)
+        assert store.mirror_targets() == []
+        total, jobs = store.list_mirror_jobs()
+        assert total == 2
+        assert {j.status for j in jobs} == {"pending"}  # retried by the next run, up to max_attempts
+        assert store.list_destinations()["acme-jfrog"].last_sync_error
+    assert manifest_digest(destination_registry, f"{repo_key}/codecollections/rw-cli", MAIN) is None
+
+
+def test_xray_is_asked_after_a_push_and_its_failure_is_a_warning_not_a_failed_mirror(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], env: dict[str, str], regs: Registries
+) -> None:
+    registry_token, destination_registry = regs.source, regs.destination
+    repo, main, _ = push_builds(registry_token)
+    config = catalog_only(tmp_path, registry_token, repo, capsys)
+    key = f"k{uuid.uuid4().hex[:8]}"
+    with fake_artifactory(tmp_path / "nginx", destination_registry, xray_status=503) as front:
+        store, errors = mirror(config, jfrog(front, key, xray=True), env)
+        requests = front.requests()
+    with store:
+        assert errors == []
+        _, jobs = store.list_mirror_jobs(status="done")
+        assert len(jobs) == 2
+        detail = store.get_mirror_job(jobs[0].id)
+        assert detail is not None
+        assert "[xray scan trigger failed:" in str(detail.log_text)
+        assert "answered HTTP 503" in str(detail.log_text)
+    assert sum(line.startswith("POST /xray/api/v1/scanArtifact 503") for line in requests) == 2
+    assert manifest_digest(destination_registry, f"{key}/codecollections/rw-cli", MAIN) == main.digest
+
+
+def test_a_tag_already_on_the_destination_is_recorded_without_a_copy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], env: dict[str, str], regs: Registries
+) -> None:
+    registry_token, destination_registry, artifactory = regs.source, regs.destination, regs.artifactory
+    repo, main, _ = push_builds(registry_token)
+    key = f"k{uuid.uuid4().hex[:8]}"
+    # someone pushed the main build there by hand
+    push_build(
+        destination_registry,
+        f"{key}/codecollections/rw-cli",
+        MAIN,
+        base=["base-os", "python"],
+        own=f"{repo}-main",
+    )
+    config = catalog_only(tmp_path, registry_token, repo, capsys)
+
+    store, errors = mirror(config, jfrog(artifactory, key), env)
+
+    with store:
+        assert errors == []
+        targets = {t.source_image_tag: t for t in store.mirror_targets()}
+        assert targets[MAIN].target_digest == main.digest
+        logs = {
+            j.target_image_ref.rpartition(":")[2]: store.get_mirror_job(j.id)
+            for j in store.list_mirror_jobs()[1]
+        }
+        assert logs[MAIN].log_text == SKIPPED  # type: ignore[union-attr]
+        assert "copied" in str(logs[RELEASE].log_text)  # type: ignore[union-attr]
+    with httpx.Client() as client:
+        assert client.get(f"{artifactory.base_url}/v2/").status_code == 401  # the front does want credentials
