@@ -281,3 +281,124 @@ def test_a_tag_already_on_the_destination_is_recorded_without_a_copy(
         assert "copied" in str(logs[RELEASE].log_text)  # type: ignore[union-attr]
     with httpx.Client() as client:
         assert client.get(f"{artifactory.base_url}/v2/").status_code == 401  # the front does want credentials
+
+
+# The predecessor's pydantic schemas (app/schemas/mirror.py): field -> the JSON types it may take.
+DESTINATION_SUMMARY = {
+    "name": (str,), "type": (str,), "enabled": (bool,), "base_url": (str, type(None)),
+    "repo_key": (str, type(None)), "path_prefix": (str, type(None)), "enable_xray_scan": (bool,),
+    "last_synced": (str, type(None)), "last_sync_error": (str, type(None)),
+    "tracked_codecollections": (list,), "mirrored_tag_count": (int,),
+}  # fmt: skip
+MIRROR_JOB_VIEW = {
+    "id": (int,), "cc_slug": (str,), "destination": (str,), "source_image_ref": (str,),
+    "target_image_ref": (str,), "status": (str,), "attempts": (int,), "max_attempts": (int,),
+    "last_error": (str, type(None)), "created_at": (str,), "started_at": (str, type(None)),
+    "finished_at": (str, type(None)),
+}  # fmt: skip
+TRIGGER = {
+    "destination": (str,), "codecollection_slug": (str, type(None)), "jobs_enqueued": (int,),
+    "refs_already_mirrored": (int,), "detail": (str,),
+}  # fmt: skip
+
+
+def assert_shape(body: object, schema: dict[str, tuple[type, ...]]) -> None:
+    assert isinstance(body, dict)
+    assert set(body) == set(schema)
+    for name, types in schema.items():
+        assert isinstance(body[name], types), (name, body[name])
+        if types[0] is int:
+            assert not isinstance(body[name], bool), name
+
+
+def test_the_mirror_api_and_resolve_answer_with_the_predecessors_shapes(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    env: dict[str, str],
+    regs: Registries,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tests.apifixtures import ADMIN_TOKEN, RFC3339_UTC, bearer
+    from tests.servefixtures import running_server
+    from tests.test_api import check_against_doc, documented
+
+    repo, main, _ = push_builds(regs.source)
+    key = f"k{uuid.uuid4().hex[:8]}"
+    config = write_config(tmp_path, regs.source, repo, jfrog(regs.artifactory, key, xray=True))
+    code, _, err = sync(config, capsys)
+    assert code == 0, err
+    monkeypatch.setenv("CCCATALOG_ADMIN_TOKEN", ADMIN_TOKEN)
+
+    with (
+        running_server(load_config(config)) as server,
+        httpx.Client(base_url=f"http://127.0.0.1:{server.server_address[1]}", timeout=30) as client,
+    ):
+        [destination] = client.get("/api/v1/mirror/destinations").json()
+        assert_shape(destination, DESTINATION_SUMMARY)
+        assert (destination["name"], destination["type"], destination["base_url"]) == (
+            "acme-jfrog", "jfrog", regs.artifactory.base_url,
+        )  # fmt: skip
+        assert (destination["repo_key"], destination["path_prefix"]) == (key, "codecollections")
+        assert (destination["mirrored_tag_count"], destination["tracked_codecollections"]) == (2, ["*"])
+        assert RFC3339_UTC.match(destination["last_synced"])
+
+        listing = client.get("/api/v1/mirror/jobs", params={"status": "done", "limit": 1}).json()
+        assert set(listing) == {"total", "items"}
+        assert listing["total"] == 2
+        [item] = listing["items"]
+        assert_shape(item, MIRROR_JOB_VIEW)
+        assert (
+            item["source_image_ref"]
+            == f"{regs.source.host}/{repo}:{item['target_image_ref'].rpartition(':')[2]}"
+        )
+        detail = client.get(f"/api/v1/mirror/jobs/{item['id']}").json()
+        assert_shape(detail, {**MIRROR_JOB_VIEW, "log_text": (str, type(None))})
+        assert "xray scan requested" in detail["log_text"]
+        assert client.get("/api/v1/mirror/jobs/999").json() == {"detail": "unknown mirror job: 999"}
+        assert client.get("/api/v1/mirror/jobs", params={"limit": 0}).status_code == 422
+        assert client.get("/api/v1/mirror/jobs", params={"status": "stuck"}).status_code == 422
+        assert client.get("/api/v1/mirror/jobs", params={"destination": "nope"}).status_code == 404
+
+        resolved = client.get(
+            "/api/v1/catalog/codecollections/rw-cli/resolve",
+            params={"pointer": "latest", "destination": "acme-jfrog"},
+        ).json()
+        assert resolved["target_image_ref"] == f"{regs.artifactory.host}/{key}/codecollections/rw-cli:{MAIN}"
+        assert (resolved["destination"], resolved["target_digest"]) == ("acme-jfrog", main.digest)
+        unknown = client.get(
+            "/api/v1/catalog/codecollections/rw-cli/resolve",
+            params={"pointer": "latest", "destination": "nope"},
+        )
+        assert (unknown.status_code, unknown.json()) == (404, {"detail": "unknown destination: nope"})
+
+        trigger = client.post("/api/v1/mirror/destinations/acme-jfrog/sync")
+        assert trigger.status_code == 401
+        trigger = client.post(
+            "/api/v1/mirror/destinations/acme-jfrog/codecollections/rw-cli/sync", headers=bearer()
+        )
+        assert trigger.status_code == 202
+        assert_shape(trigger.json(), TRIGGER)
+        assert (trigger.json()["jobs_enqueued"], trigger.json()["refs_already_mirrored"]) == (0, 2)
+        assert client.post("/api/v1/mirror/destinations/nope/sync", headers=bearer()).status_code == 404
+        drained = client.post("/api/v1/mirror/drain", params={"workers": 2}, headers=bearer())
+        assert (drained.status_code, drained.json()) == (
+            200,
+            {"jobs_run": 0, "jobs_succeeded": 0, "jobs_failed": 0},
+        )
+        assert (
+            client.post("/api/v1/mirror/drain", params={"workers": 33}, headers=bearer()).status_code == 422
+        )
+        reloaded = client.post("/api/v1/admin/reload-config", headers=bearer()).json()
+        assert reloaded["destinations"] == 1
+
+        # every mirror path of the OpenAPI document answers as it documents
+        doc = client.get("/api/openapi.json").json()
+        values = {"name": "acme-jfrog", "slug": "rw-cli", "id": str(item["id"])}
+        checked = 0
+        for path, method, operation in documented(doc):
+            if path.startswith("/api/v1/mirror/"):
+                response = client.request(method, path.format(**values), headers=bearer())
+                assert response.status_code in (200, 202), (path, response.text)
+                check_against_doc(doc, operation, response)
+                checked += 1
+        assert checked == 6
