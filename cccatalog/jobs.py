@@ -48,6 +48,8 @@ if TYPE_CHECKING:
 class SyncRequest:
     git: bool = True
     images: bool = True
+    # copy the newest builds to the destinations after the image half (serve runs that on its own)
+    mirror: bool = True
     only: tuple[str, ...] = ()
     jobs: int | None = None
     no_wait: bool = False
@@ -203,12 +205,18 @@ def run_sync(
         else:
             report.images = images.run(planned, jobs=request.jobs or config.git.parallelism)
         # After the catalog half, which decides the builds; a held-back image half copies nothing either.
-        if config.destinations and not request.skip_images and images_allowed(config, request):
+        if (
+            config.destinations
+            and request.mirror
+            and not request.skip_images
+            and images_allowed(config, request)
+        ):
             from cccatalog.destinations.run import run_mirrors
+            from cccatalog.runlocks import Locks
 
             report.mirrors = run_mirrors(
                 config, store, environ=environ, redactor=redactor, only_slugs=request.only,
-                progress=copy_progress,
+                progress=copy_progress, locks=Locks.for_state(config, store),
             )  # fmt: skip
     return report
 

@@ -102,6 +102,9 @@ def sync_report(report: SyncReport, *, as_json: bool, quiet: bool) -> None:
 
 def _narrate_mirrors(report: SyncReport) -> None:
     """One line per destination (an error line when a copy failed, and one per failure)."""
+    if report.mirrors and report.mirrors.skipped:
+        log.warning("destinations: %s", report.mirrors.skipped)
+        return
     for d in report.mirrors.destinations if report.mirrors else ():
         line = (
             f"destination {d.name}: {d.copied} copied, {d.already_there} already there, {d.failed} failed "

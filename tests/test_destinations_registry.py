@@ -402,3 +402,77 @@ def test_the_mirror_api_and_resolve_answer_with_the_predecessors_shapes(
                 check_against_doc(doc, operation, response)
                 checked += 1
         assert checked == 6
+
+
+def test_serves_scheduler_mirrors_on_its_own_interval(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], env: dict[str, str], regs: Registries
+) -> None:
+    from tests.test_scheduler import service_for, wait_for
+
+    repo, main, _ = push_builds(regs.source)
+    key = f"k{uuid.uuid4().hex[:8]}"
+    config_path = write_config(tmp_path, regs.source, repo, jfrog(regs.artifactory, key))
+    target_repo = f"{key}/codecollections/rw-cli"
+    with service_for(load_config(config_path, environ=env), environ=env) as service:
+        scheduler = service.start_scheduler(git_minutes=0, catalog_minutes=1, unit=0.05)
+        assert scheduler is not None
+        assert len(scheduler.threads) == 2  # the image poll and the mirror runs (every 5 "minutes")
+        wait_for(
+            lambda: manifest_digest(regs.destination, target_repo, MAIN) == main.digest, "the mirror run"
+        )
+        wait_for(lambda: service.api.store.list_destinations()["acme-jfrog"].mirrored_tag_count == 2, "both")
+    assert tag_is_whole(regs.destination, target_repo, MAIN) is True
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("after", [0.0, 0.2])
+def test_a_sync_killed_while_copying_leaves_no_broken_tag_and_the_next_sync_completes(
+    after: float, tmp_path: Path, env: dict[str, str], regs: Registries
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    repo = f"org/big-{uuid.uuid4().hex[:8]}"
+    build = push_build(regs.source, repo, MAIN, base=["os", "py", "libs"], own=repo, size=3 * 1024 * 1024)
+    key = f"k{uuid.uuid4().hex[:8]}"
+    config_path = write_config(tmp_path, regs.source, repo, jfrog(regs.artifactory, key))
+    state = load_config(config_path, environ=env).state.path
+    target_repo = f"{key}/codecollections/rw-cli"
+    argv = [sys.executable, "-m", "cccatalog", "sync", "-c", str(config_path), "--no-git"]
+    proc = subprocess.Popen(
+        argv, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not (state.exists() and _running_job(state)):
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        time.sleep(after)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(10)
+    assert tag_is_whole(regs.destination, target_repo, MAIN) in (None, True)  # never a tag naming nothing
+
+    assert run(["sync", "-c", str(config_path), "--no-git"]) == 0
+    assert tag_is_whole(regs.destination, target_repo, MAIN) is True
+    assert manifest_digest(regs.destination, target_repo, MAIN) == build.digest
+    with Store.open(state) as store:
+        total, [job] = store.list_mirror_jobs()
+        assert (total, job.status, job.attempts) == (1, "done", 2)
+
+
+def _running_job(state: Path) -> bool:
+    import sqlite3
+
+    try:
+        with sqlite3.connect(f"file:{state}?mode=ro", uri=True, timeout=1) as conn:
+            return (
+                conn.execute("SELECT 1 FROM cccatalog_mirror_jobs WHERE status = 'running'").fetchone()
+                is not None
+            )
+    except sqlite3.Error:
+        return False

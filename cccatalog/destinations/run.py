@@ -33,6 +33,7 @@ from cccatalog.oci.client import RegistryClient
 from cccatalog.oci.copy import CopyProgress, copy_image
 from cccatalog.oci.reference import Repository, parse_reference
 from cccatalog.redact import Redactor
+from cccatalog.runlocks import Locks
 
 log = logging.getLogger("cccatalog.destinations")
 
@@ -61,13 +62,17 @@ class DestinationRun:
 @dataclass(slots=True)
 class MirrorReport:
     destinations: list[DestinationRun] = field(default_factory=list)
+    # why nothing was copied this time (another mirror run holds the lock), or None
+    skipped: str | None = None
 
     @property
     def failed(self) -> bool:
         return any(d.failed for d in self.destinations)
 
     def to_json(self) -> list[dict[str, object]]:
-        return [d.to_json() for d in self.destinations]
+        return [
+            {**d.to_json(), **({"skipped": self.skipped} if self.skipped else {})} for d in self.destinations
+        ]
 
 
 def save_destinations(store: Store, config: Config) -> None:
@@ -118,19 +123,23 @@ class Mirrorer:
         self.progress = progress
 
     def drain(
-        self, *, workers: int | None = None, only_destination: str | None = None
+        self, *, workers: int | None = None, only_destination: str | None = None, holds_lock: bool = False
     ) -> list[tuple[MirrorJobRecord, str]]:
         """Run pending jobs until none is left, each at most once (a failed one is retried by the
-        next drain, as the predecessor's next pass did); returns each job run with its status now."""
+        next drain, as the predecessor's next pass did); returns each job run with its status now.
+
+        `holds_lock`: the caller holds the mirror run lock (`Locks.run("mirror")`), as every drain
+        does that may be running elsewhere, so a job still marked running was left by a run that
+        was killed: it is taken over at once. Without the lock, only once it is far past its time."""
         workers = workers or self.config.scheduler.mirror_workers
         ran: list[tuple[MirrorJobRecord, str]] = []
-        # A job is only taken over from another process once it has run far past its time.
         stale = timedelta(seconds=self.config.scheduler.per_job_timeout_seconds * 2 + 60)
+        stale_before = datetime.now(UTC) + timedelta(seconds=1) if holds_lock else datetime.now(UTC) - stale
         with ThreadPoolExecutor(workers, thread_name_prefix="mirror") as pool:
             while True:
                 jobs = self.store.claim_mirror_jobs(
                     limit=max(workers * 4, 8),
-                    stale_before=datetime.now(UTC) - stale,
+                    stale_before=stale_before,
                     destination=only_destination,
                     exclude=[job.id for job, _ in ran],
                 )
@@ -280,9 +289,36 @@ def run_mirrors(
     only_slugs: Sequence[str] = (),
     progress: Progress | None = None,
     client_factory: ClientFactory | None = None,
+    locks: Locks | None = None,
 ) -> MirrorReport:
     """The mirror half of a sync: enqueue what each destination lacks, drain every pending job, and
-    say per destination what happened."""
+    say per destination what happened. With `locks`, under the mirror run lock (skipped, with a
+    note, while another run holds it); without, the caller holds it (serve's jobs)."""
+    held = None
+    if locks is not None:
+        held = locks.run("mirror").try_acquire()
+        if held is None:
+            report = MirrorReport([DestinationRun(d.name) for d in config.destinations])
+            report.skipped = (
+                "another mirror run (serve's scheduler, another sync) holds the lock; nothing copied"
+            )
+            return report
+    try:
+        return _run_mirrors(config, store, environ, redactor, only_slugs, progress, client_factory)
+    finally:
+        if held is not None:
+            held.release()
+
+
+def _run_mirrors(  # noqa: PLR0917 - run_mirrors's arguments, passed on
+    config: Config,
+    store: Store,
+    environ: Mapping[str, str],
+    redactor: Redactor,
+    only_slugs: Sequence[str],
+    progress: Progress | None,
+    client_factory: ClientFactory | None,
+) -> MirrorReport:
     report = MirrorReport()
     runs = {d.name: DestinationRun(d.name) for d in config.destinations}
     slugs: list[str | None] = [*only_slugs] or [None]
@@ -292,7 +328,7 @@ def run_mirrors(
             runs[name].refs_already_mirrored += already
     mirrorer = Mirrorer(config, store, environ=environ, redactor=redactor, client_factory=client_factory,
                         progress=progress)  # fmt: skip
-    for job, status in mirrorer.drain():
+    for job, status in mirrorer.drain(holds_lock=True):
         run = runs.get(job.destination)
         if run is None:
             continue

@@ -67,7 +67,16 @@ def handle(
     config: Config = ctx.config
     if parts == ["drain"]:
         workers = _int(params, "workers", None, 1, 32)
-        ran = Mirrorer(config, ctx.store, environ=ctx.environ, redactor=Redactor()).drain(workers=workers)
+        held = ctx.run_locks.run("mirror").try_acquire()
+        if held is None:
+            raise MirrorApiError(
+                409, "another mirror run holds the lock (the scheduler, or a sync); retry later"
+            )
+        try:
+            mirrorer = Mirrorer(config, ctx.store, environ=ctx.environ, redactor=Redactor())
+            ran = mirrorer.drain(workers=workers, holds_lock=True)
+        finally:
+            held.release()
         succeeded = sum(status == "done" for _, status in ran)
         return 200, {"jobs_run": len(ran), "jobs_succeeded": succeeded, "jobs_failed": len(ran) - succeeded}
     name, slug = parts[1], (parts[3] if len(parts) == 5 else None)

@@ -168,7 +168,12 @@ PATHS: dict[str, Any] = {
             "parameters": [
                 _query("workers", {"type": "integer", "minimum": 1, "maximum": 32}, "Copies at once.")
             ],
-            "responses": {"200": _json(_ref("MirrorDrained")), "422": _ERROR, **_ADMIN_ERRORS},
+            "responses": {
+                "200": _json(_ref("MirrorDrained")),
+                "409": _json(_ref("Error"), "Another mirror run holds the lock"),
+                "422": _ERROR,
+                **_ADMIN_ERRORS,
+            },
         }
     },
 }
