@@ -122,7 +122,12 @@ NoWait = Annotated[
     bool, typer.Option("--no-wait", help="Skip what another process is syncing instead of waiting.")
 ]
 GitHalf = Annotated[bool, typer.Option("--git/--no-git", help="Sync the git mirrors.")]
-ImagesHalf = Annotated[bool, typer.Option("--images/--no-images", help="Poll the newest image builds.")]
+ImagesHalf = Annotated[
+    bool,
+    typer.Option(
+        "--images/--no-images", help="Poll the newest image builds (and copy them to destinations)."
+    ),
+]
 Network = Annotated[
     bool, typer.Option("--network", help="Also ask each upstream and registry (read-only requests).")
 ]

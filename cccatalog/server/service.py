@@ -4,11 +4,11 @@ each config reload).
 
 The scheduler is on by default, as in the predecessor: an image poll every 5 minutes and a git sync
 every 60, each first run at start-up, and with `destinations` configured, a mirror run (copies of the
-newest builds to them) every `scheduler.mirror_poll_minutes`. `scheduler.*: 0` turns one off, `CC_CATALOG_DISABLE_SCHEDULER`
-(or `CCCATALOG_DISABLE_SCHEDULER`) set to 1/true/yes/on turns both off, `serve --git-sync-minutes` and
-`--catalog-poll-minutes` override either. The air-gap guards hold: with `git.runtime_sync: false` the
-git runs are skipped (no git egress ever), with `images.runtime_sync: false` the image runs read only
-`static` sources.
+newest builds to them) every `scheduler.mirror_poll_minutes`. `scheduler.*: 0` turns one off,
+`CC_CATALOG_DISABLE_SCHEDULER` (or `CCCATALOG_DISABLE_SCHEDULER`) set to 1/true/yes/on turns all off,
+`serve --git-sync-minutes` and `--catalog-poll-minutes` override either. The air-gap guards hold:
+with `git.runtime_sync: false` the git runs are skipped (no git egress ever), with
+`images.runtime_sync: false` the image runs read only `static` sources and copy nothing.
 
 Several `serve` processes on one state (replicas on one PostgreSQL database, or processes sharing one
 SQLite file) elect a leader per kind of run: whoever holds the kind's leader lock runs its schedule,
