@@ -476,3 +476,37 @@ def _running_job(state: Path) -> bool:
             )
     except sqlite3.Error:
         return False
+
+
+@pytest.mark.security
+def test_a_destinations_token_never_reaches_the_origin_its_blobs_are_sent_to(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    env: dict[str, str],
+    regs: Registries,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tests.imagefixtures import OtherOriginFront
+
+    token = "dest-token-" + uuid.uuid4().hex
+    monkeypatch.setenv("DST_TOKEN", token)
+    env = {**env, "DST_TOKEN": token}
+    repo, main, _ = push_builds(regs.source)
+    config = catalog_only(tmp_path, regs.source, repo, capsys)
+    front = OtherOriginFront(regs.destination, token)
+    try:
+        destination = (
+            f"  - name: fronted\n    type: registry\n    registry: {front.host}/fronted\n"
+            "    auth: {token_env: DST_TOKEN}\n"
+        )
+        store, errors = mirror(config, destination, env)
+        with store:
+            assert errors == []
+            assert {t.target_digest for t in store.mirror_targets()} >= {main.digest}
+    finally:
+        front.stop()
+    assert manifest_digest(regs.destination, "fronted/rw-cli", MAIN) == main.digest
+    to_storage = [seen for seen in front.seen if seen.origin == "storage"]
+    assert to_storage  # blobs and uploads did go to the other origin
+    assert all(seen.authorization is None for seen in to_storage)
+    assert {seen.authorization for seen in front.seen if seen.origin == "front"} <= {f"Bearer {token}", None}

@@ -131,3 +131,17 @@ def assert_adopted(adopted: Store) -> None:
     # ids go on from the predecessor's
     adopted.enqueue_mirror_jobs([NewMirrorJob("acme-jfrog", "rw-cli-codecollection", "x:v1", "v1", "y:v1")])
     assert adopted.list_mirror_jobs(limit=1)[1][0].id == 2
+
+
+def test_a_database_adopted_before_mirroring_was_kept_gets_the_predecessors_rows_on_upgrade(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cccatalog.catalog import migrations
+
+    predecessor = make_predecessor_db(tmp_path / "catalog.db")
+    full = list(migrations.MIGRATIONS)
+    monkeypatch.setattr(migrations, "MIGRATIONS", full[:7])  # the cccatalog that adopted it first
+    Store.open(predecessor.path).close()
+    monkeypatch.setattr(migrations, "MIGRATIONS", full)
+    with Store.open(predecessor.path) as upgraded:
+        assert_adopted(upgraded)

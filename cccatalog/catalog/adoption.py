@@ -168,6 +168,8 @@ def carry_mirroring(conn: Conn) -> None:
     its database has them, into cccatalog's mirroring tables. Job ids are kept (the API shows them);
     texts it stored are redacted, as its other errors."""
     tables = conn.dialect.tables(conn)
+    if "cccatalog_mirror_job_ids" not in tables:
+        return  # a schema from before migration 8, which carries them when it runs
     if {"destinations", "mirror_targets", "mirror_jobs", "codecollections"} <= tables:
         _carry_mirror_rows(conn)
     # The job id counter's one row, going on from the ids carried over.
