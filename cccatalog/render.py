@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TextIO
 
@@ -274,12 +275,23 @@ def export_result(result: ExportResult, *, as_json: bool, quiet: bool) -> None:
     sys.stdout.write(
         f"{result.collections} collections with image refs, {result.images} images in images.txt\n"
     )
+    if result.carried is not None:
+        blobs = sum(c.blobs for c in result.carried)
+        sent = sum(c.bytes for c in result.carried)
+        sys.stdout.write(
+            f"{len(result.carried)} images carried, {blobs} blobs ({_size(sent)}) the site lacks\n"
+        )
 
 
 def import_result(result: ImportResult, *, as_json: bool, quiet: bool) -> None:
     for r in result.repos:
         if r.error:
             log.error("%s: %s", r.slug, r.error)
+    for image in result.images or []:
+        if image.error:
+            log.error(
+                "%s: image %s not pushed, its catalog rows kept: %s", image.slug, image.tag, image.error
+            )
     if as_json:
         write_json(result.to_json())
         return
@@ -299,6 +311,13 @@ def import_result(result: ImportResult, *, as_json: bool, quiet: bool) -> None:
             escape(r.error or ""),
         )
     console().print(table)
+    if result.images is not None:
+        actions = Counter(i.action for i in result.images)
+        blobs = sum(i.blobs_pushed for i in result.images)
+        sys.stdout.write(
+            f"images: {actions['pushed']} pushed ({blobs} blobs), {actions['present']} there already, "
+            f"{actions['failed']} failed\n"
+        )
     replaced = ", ".join(result.catalog_replaced) or "none changed"
     sys.stdout.write(f"catalog: {replaced}; signed by {result.signed_by or 'nobody (--allow-unsigned)'}\n")
 

@@ -67,6 +67,7 @@ def push_build(
     own: str,
     platforms: Sequence[str] = ("amd64", "arm64"),
     size: int = 2048,
+    created: str = "2026-01-02T00:00:00Z",
 ) -> Build:
     """An index with one manifest per platform: layers `base` (shared between builds) and one layer
     of its own, per platform; its config says when it was built."""
@@ -76,7 +77,7 @@ def push_build(
         for arch in platforms:
             layers = [layer(f"{b}/{arch}", size) for b in base] + [layer(f"{own}/{arch}", size)]
             config = json.dumps(
-                {"architecture": arch, "os": "linux", "created": "2026-01-02T00:00:00Z", "own": own,
+                {"architecture": arch, "os": "linux", "created": created, "own": own,
                  "rootfs": {"type": "layers", "diff_ids": [sha256(b) for b in layers]}},
                 sort_keys=True,
             ).encode()  # fmt: skip

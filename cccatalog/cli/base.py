@@ -185,6 +185,13 @@ Since = Annotated[
     Path | None,
     typer.Option("--since", metavar="FILE", help="The site's manifest; without it, a full export."),
 ]
+NoImages = Annotated[
+    bool,
+    typer.Option(
+        "--no-images",
+        help="Carry no images: only name them in images.txt, for the tool the site moves images with.",
+    ),
+]
 UpdateFile = Annotated[Path, typer.Argument(metavar="FILE", help="The update file `export` wrote.")]
 AllowedSigners = Annotated[
     Path | None,

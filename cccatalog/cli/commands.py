@@ -192,12 +192,15 @@ def bake(
 
 @app.command(epilog=example("cccatalog manifest -c config.yaml --out site.json"))
 def manifest(ctx: typer.Context, config: base.ConfigOpt = None, out: base.ManifestOut = None) -> None:
-    """What this site has (every ref of every mirror, the image refs): carry it to export --since."""
+    """What this site has (every ref of every mirror, the image refs, what its registry holds of them):
+    carry it to export --since."""
     from cccatalog import render
     from cccatalog.gitmirror.git import Git
     from cccatalog.manifest import describe_site
 
-    render.manifest(describe_site(load(config), Git(redactor=invocation(ctx).redactor)), out)
+    render.manifest(
+        describe_site(load(config), Git(redactor=invocation(ctx).redactor), environ=os.environ), out
+    )
 
 
 @app.command(
@@ -209,17 +212,19 @@ def export(
     config: base.ConfigOpt = None,
     since: base.Since = None,
     sign_key: base.SignKeyOpt = None,
+    no_images: base.NoImages = False,
     as_json: base.JsonOpt = False,
 ) -> None:
-    """Write one file that brings a site from its manifest to these mirrors and this catalog."""
+    """Write one file that brings a site from its manifest to these mirrors, this catalog and its images."""
     from cccatalog import render
     from cccatalog.gitmirror.git import Git
     from cccatalog.transfer.export import export_update
 
     inv = invocation(ctx)
     result = export_update(
-        load(config), Git(redactor=inv.redactor), out=out, since=since, sign_key=sign_key, environ=os.environ
-    )
+        load(config), Git(redactor=inv.redactor), out=out, since=since, sign_key=sign_key, environ=os.environ,
+        images=not no_images, redactor=inv.redactor,
+    )  # fmt: skip
     render.export_result(result, as_json=as_json, quiet=inv.quiet)
 
 

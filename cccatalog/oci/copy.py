@@ -175,6 +175,27 @@ def copy_between(
 
 
 @dataclass(frozen=True, slots=True)
+class ImageContents:
+    """Everything an image is made of: its top-level manifest, the manifests under it, its blobs."""
+
+    top: Manifest
+    manifests: list[Manifest]  # deepest first
+    blobs: dict[str, int]  # digest -> size
+
+    @property
+    def digests(self) -> set[str]:
+        """Every digest a registry holds for this image: manifests and blobs."""
+        return {self.top.digest, *(m.digest for m in self.manifests), *self.blobs}
+
+
+def image_contents(source: ImageSource, reference: str) -> ImageContents:
+    """Walk the image `reference` names: every manifest under it and every blob they name."""
+    top = source.manifest(reference)
+    plan = _plan(source, None, top)
+    return ImageContents(top, plan.children, plan.blobs)
+
+
+@dataclass(frozen=True, slots=True)
 class _Plan:
     top: Manifest
     children: list[Manifest]  # deepest first: each before any index that lists it
@@ -202,7 +223,7 @@ def _copy(
     return CopyResult(top.digest, *counts)
 
 
-def _plan(source: ImageSource, target: ImageTarget, top: Manifest) -> _Plan:
+def _plan(source: ImageSource, target: ImageTarget | None, top: Manifest) -> _Plan:
     children: list[Manifest] = []
     blobs: dict[str, int] = {}
 
@@ -211,7 +232,9 @@ def _plan(source: ImageSource, target: ImageTarget, top: Manifest) -> _Plan:
         if _type_of(manifest) in INDEX_TYPES or "manifests" in doc:
             for entry in _descriptors(doc.get("manifests"), manifest):
                 digest = entry["digest"]
-                if any(c.digest == digest for c in children) or target.find_manifest(digest) == digest:
+                if any(c.digest == digest for c in children):
+                    continue
+                if target is not None and target.find_manifest(digest) == digest:
                     continue  # present at the target: so is everything it names
                 walk(source.manifest(digest), is_top=False)
         else:

@@ -80,8 +80,9 @@ def read_index(root: Path) -> list[LayoutEntry]:
 
 
 class LayoutTarget:
-    """Writes images into the layout at `root` (created when missing). `present`: blob digests the
-    layout's eventual reader holds — reported as held and never written."""
+    """Writes images into the layout at `root` (created when missing). `present`: digests (blobs
+    and manifests) the layout's eventual reader holds — reported as held and never written, except
+    a manifest named by a tag, which is always written (the reader learns the name from it)."""
 
     def __init__(self, root: Path, *, present: Collection[str] = ()) -> None:
         self.root = root
@@ -99,7 +100,8 @@ class LayoutTarget:
 
     def find_manifest(self, reference: str) -> str | None:
         if reference.startswith("sha256:"):
-            return reference if blob_path(self.root, reference).is_file() else None
+            held = reference in self.present or blob_path(self.root, reference).is_file()
+            return reference if held else None
         found = [e.digest for e in read_index(self.root) if e.ref_name == reference]
         return found[-1] if found else None
 
