@@ -510,3 +510,37 @@ def test_a_destinations_token_never_reaches_the_origin_its_blobs_are_sent_to(
     assert to_storage  # blobs and uploads did go to the other origin
     assert all(seen.authorization is None for seen in to_storage)
     assert {seen.authorization for seen in front.seen if seen.origin == "front"} <= {f"Bearer {token}", None}
+
+
+def test_a_copy_past_per_job_timeout_fails_before_its_tag_and_the_next_attempt_completes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], env: dict[str, str], regs: Registries
+) -> None:
+    from dataclasses import replace
+
+    from cccatalog.destinations.run import Mirrorer, enqueue
+
+    repo, main, _ = push_builds(regs.source)
+    config_path = catalog_only(tmp_path, regs.source, repo, capsys)
+    key = f"k{uuid.uuid4().hex[:8]}"
+    config_path.write_text(
+        config_path.read_text().replace(
+            "destinations:\n  []\n", "destinations:\n" + jfrog(regs.artifactory, key)
+        )
+    )
+    config = load_config(config_path, environ=env)
+    # no time at all (the config refuses less than 10 s): every copy is past its deadline after one blob
+    hurried = replace(config, scheduler=replace(config.scheduler, per_job_timeout_seconds=0))
+    target_repo = f"{key}/codecollections/rw-cli"
+    with Store.open(config.state.path) as store:
+        enqueue(store, hurried)
+        ran = Mirrorer(hurried, store, environ=env, redactor=Redactor()).drain(holds_lock=True)
+        assert [status for _, status in ran] == ["pending", "pending"]
+        failed = store.get_mirror_job(ran[0][0].id)
+        assert failed is not None
+        assert "ran past per_job_timeout_seconds (0 s)" in str(failed.last_error)
+        assert manifest_digest(regs.destination, target_repo, MAIN) is None  # no tag naming a missing blob
+
+        ran = Mirrorer(config, store, environ=env, redactor=Redactor()).drain(holds_lock=True)
+        assert [status for _, status in ran] == ["done", "done"]
+    assert manifest_digest(regs.destination, target_repo, MAIN) == main.digest
+    assert tag_is_whole(regs.destination, target_repo, MAIN) is True

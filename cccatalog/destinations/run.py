@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -186,7 +187,7 @@ class Mirrorer:
             with self.client_factory(self._source_auth(job.cc_slug, src_repo.host)) as src:
                 result = copy_image(
                     src, src_repo, reference, dst, dst_repo, target.tag,
-                    workers=4, progress=self.progress,
+                    workers=4, progress=self._watch(job),
                 )  # fmt: skip
             lines.append(
                 f"copied {job.source_image_ref} -> {job.target_image_ref} ({result.digest}): "
@@ -196,6 +197,24 @@ class Mirrorer:
             if destination.type == "jfrog" and destination.enable_xray_scan:
                 lines.append(self._xray(dst, dst_repo, destination, target))
             return result.digest
+
+    def _watch(self, job: MirrorJobRecord) -> Progress:
+        """The copy's progress callback: passed on to ours, and the job's deadline checked after each
+        blob (`per_job_timeout_seconds`). Past it the copy stops before any manifest is pushed, so the
+        tag stays as it was; the next attempt skips the blobs already there."""
+        seconds = self.config.scheduler.per_job_timeout_seconds
+        deadline = time.monotonic() + seconds
+
+        def progress(event: CopyProgress) -> None:
+            if self.progress is not None:
+                self.progress(event)
+            if time.monotonic() > deadline and event.blobs_done < event.blobs_total:
+                raise RegistryError(
+                    f"{job.target_image_ref}: the copy ran past per_job_timeout_seconds ({seconds} s); the "
+                    "blobs copied so far are kept for the next attempt"
+                )
+
+        return progress
 
     def _exists(
         self, client: RegistryClient, repo: Repository, destination: Destination, target: Target
