@@ -198,3 +198,23 @@ def test_an_unknown_slug_in_the_filter_warns_and_names_the_closest() -> None:
 )
 def test_scheduler_mirror_keys_have_the_predecessors_ranges(key: str, value: int, expected: str) -> None:
     assert problems({"sources": [SOURCE], "scheduler": {key: value}}) == [expected]
+
+
+def test_check_names_a_destinations_unset_variables(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from cccatalog.cli import run
+
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "git: {enabled: false, data_dir: mirrors}\n"
+        "sources: [{name: s, type: static, codecollections: [{slug: a, static_path: a.json}]}]\n"
+        "destinations:\n  - {name: acme, base_url: https://acme.jfrog.io, repo_key: docker,\n"
+        "     auth: {user_env: CCTEST_JFROG_USER, pass_env: CCTEST_JFROG_PASS}}\n"
+    )
+    assert run(["check", "-c", str(path), "--json"]) == 1
+    checks = {c["subject"]: c for c in json.loads(capsys.readouterr().out)["checks"]}
+    assert checks["destinations[0].auth.user_env"]["status"] == "fail"
+    assert "CCTEST_JFROG_PASS is not set" in checks["destinations[0].auth.pass_env"]["detail"]
