@@ -40,7 +40,8 @@ from cccatalog.runlocks import Locks
 if TYPE_CHECKING:
     from cccatalog.catalog.images import ImageSyncResult
     from cccatalog.catalog.store import Store
-    from cccatalog.destinations.run import MirrorReport, Progress
+    from cccatalog.destinations.run import Progress
+    from cccatalog.destinations.sync import MirrorReport
     from cccatalog.oci.cache import BlobCache
 
 
@@ -211,7 +212,7 @@ def run_sync(
             and not request.skip_images
             and images_allowed(config, request)
         ):
-            from cccatalog.destinations.run import run_mirrors
+            from cccatalog.destinations.sync import run_mirrors
             from cccatalog.runlocks import Locks
 
             report.mirrors = run_mirrors(

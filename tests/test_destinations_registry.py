@@ -19,7 +19,8 @@ import pytest
 from cccatalog.catalog.store import Store
 from cccatalog.cli import run
 from cccatalog.config import load_config
-from cccatalog.destinations.run import SKIPPED, run_mirrors
+from cccatalog.destinations.run import SKIPPED
+from cccatalog.destinations.sync import run_mirrors
 from cccatalog.oci.client import RegistryClient
 from cccatalog.redact import Redactor
 from tests.artifactoryfixtures import FakeArtifactory, fake_artifactory

@@ -1,6 +1,7 @@
-"""Mirror runs: jobs enqueued from the plan, then drained by copying each image with cccatalog's own
-copy (`oci.copy`), as the predecessor's two phases did. `sync`, serve's scheduler and the admin API
-all run these functions; the state (`Store`) keeps the jobs, so any replica answers about them.
+"""Mirror jobs: enqueued from the plan, then drained by copying each image with cccatalog's own copy
+(`oci.copy`), as the predecessor's two phases did. `sync` (through `destinations.sync`), serve's
+scheduler and the admin API all run these; the state (`Store`) keeps the jobs, so any replica answers
+about them.
 
 One job: ask the destination whether it holds the tag (Artifactory's Docker API path for `jfrog`, the
 registry's manifest URL otherwise): 200 = there (recorded, nothing copied), 404 = copy, 401/403 = a
@@ -8,9 +9,8 @@ permission error naming the URL, anything else = an error, never "copy again". A
 Artifactory with `enable_xray_scan`, Xray is asked to scan; a failure to ask is a warning in the job's
 log, not a failed mirror.
 
-Credentials: each destination's only ever go to that destination's host, and a collection's source
-credentials only to the host of its `image_registry`; every secret is registered with the redactor
-before it is used, and every error stored or shown is redacted.
+Credentials go only where they belong (`destinations.credentials`); every error stored or shown is
+redacted.
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 
 from cccatalog.catalog.models import MirrorJobRecord, NewMirrorJob
 from cccatalog.catalog.store import Store
 from cccatalog.config import Config, Destination
-from cccatalog.credentials import BasicCredentials, TokenCredentials, credentials_from, url_host
+from cccatalog.destinations.credentials import destination_auth, source_auth
 from cccatalog.destinations.plan import Target, exists_url, plan, xray_request
 from cccatalog.errors import CCCatalogError, RegistryError
 from cccatalog.oci.auth import RegistryAuth
@@ -34,7 +34,6 @@ from cccatalog.oci.client import RegistryClient
 from cccatalog.oci.copy import CopyProgress, copy_image
 from cccatalog.oci.reference import Repository, parse_reference
 from cccatalog.redact import Redactor
-from cccatalog.runlocks import Locks
 
 log = logging.getLogger("cccatalog.destinations")
 
@@ -42,38 +41,6 @@ SKIPPED = "[skip: already exists on destination]"
 Progress = Callable[[CopyProgress], None]
 # Build a registry client from "which credentials go to which host" (tests pass fewer retries).
 ClientFactory = Callable[[Callable[[str], RegistryAuth | None]], RegistryClient]
-
-
-@dataclass(slots=True)
-class DestinationRun:
-    """What one run did for one destination: the summary line of `sync` and its `--json`."""
-
-    name: str
-    jobs_enqueued: int = 0
-    refs_already_mirrored: int = 0
-    copied: int = 0
-    already_there: int = 0
-    failed: int = 0
-    errors: list[str] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, object]:
-        return asdict(self)
-
-
-@dataclass(slots=True)
-class MirrorReport:
-    destinations: list[DestinationRun] = field(default_factory=list)
-    # why nothing was copied this time (another mirror run holds the lock), or None
-    skipped: str | None = None
-
-    @property
-    def failed(self) -> bool:
-        return any(d.failed for d in self.destinations)
-
-    def to_json(self) -> list[dict[str, object]]:
-        return [
-            {**d.to_json(), **({"skipped": self.skipped} if self.skipped else {})} for d in self.destinations
-        ]
 
 
 def save_destinations(store: Store, config: Config) -> None:
@@ -178,13 +145,15 @@ class Mirrorer:
         dst_repo = Repository(
             target.host, target.path, plain_http=target.scheme == "http", given=f"{target.host}/{target.path}"
         )
-        with self.client_factory(self._destination_auth(destination)) as dst:
+        with self.client_factory(destination_auth(destination, self.environ, self.redactor)) as dst:
             there = self._exists(dst, dst_repo, destination, target)
             if there is not None:
                 lines.append(SKIPPED)
                 return there
             src_repo, reference = self._source(job)
-            with self.client_factory(self._source_auth(job.cc_slug, src_repo.host)) as src:
+            with self.client_factory(
+                source_auth(self.config, job.cc_slug, self.environ, self.redactor)
+            ) as src:
                 result = copy_image(
                     src, src_repo, reference, dst, dst_repo, target.tag,
                     workers=4, progress=self._watch(job),
@@ -261,109 +230,6 @@ class Mirrorer:
         if not reference:
             raise ValueError(f"{job.source_image_ref}: names no tag or digest to copy")
         return repo, reference
-
-    def _destination_auth(self, destination: Destination) -> Callable[[str], RegistryAuth | None]:
-        def auth_for(host: str) -> RegistryAuth | None:
-            if host != destination.host:
-                return None  # its credentials belong to its own host alone
-            creds = credentials_from(
-                destination.auth.as_auth(), key=f"destinations[{destination.name}].auth", host=host,
-                environ=self.environ,
-            )  # fmt: skip
-            if isinstance(creds, TokenCredentials) and destination.type == "jfrog":
-                # Artifactory takes an access token as the password of `_` (the predecessor's way).
-                creds = BasicCredentials("_", creds.token)
-            auth = RegistryAuth.of(creds)
-            if auth is not None:
-                self.redactor.add(*auth.secrets)
-            return auth
-
-        return auth_for
-
-    def _source_auth(self, slug: str, host: str) -> Callable[[str], RegistryAuth | None]:
-        cc = self.config.collection(slug)
-        source = self.config.source(cc.source) if cc else None
-        own_host = url_host(cc.image_registry) if cc and cc.image_registry else None
-
-        def auth_for(asked: str) -> RegistryAuth | None:
-            if source is None or source.type != "oci" or asked != own_host:
-                return None
-            creds = credentials_from(
-                source.auth, key=f"sources[{source.name}].auth", host=asked, environ=self.environ
-            )
-            auth = RegistryAuth.of(creds)
-            if auth is not None:
-                self.redactor.add(*auth.secrets)
-            return auth
-
-        return auth_for
-
-
-def run_mirrors(
-    config: Config,
-    store: Store,
-    *,
-    environ: Mapping[str, str],
-    redactor: Redactor,
-    only_slugs: Sequence[str] = (),
-    progress: Progress | None = None,
-    client_factory: ClientFactory | None = None,
-    locks: Locks | None = None,
-) -> MirrorReport:
-    """The mirror half of a sync: enqueue what each destination lacks, drain every pending job, and
-    say per destination what happened. With `locks`, under the mirror run lock (skipped, with a
-    note, while another run holds it); without, the caller holds it (serve's jobs)."""
-    held = None
-    if locks is not None:
-        held = locks.run("mirror").try_acquire()
-        if held is None:
-            report = MirrorReport([DestinationRun(d.name) for d in config.destinations])
-            report.skipped = (
-                "another mirror run (serve's scheduler, another sync) holds the lock; nothing copied"
-            )
-            return report
-    try:
-        return _run_mirrors(config, store, environ, redactor, only_slugs, progress, client_factory)
-    finally:
-        if held is not None:
-            held.release()
-
-
-def _run_mirrors(  # noqa: PLR0917 - run_mirrors's arguments, passed on
-    config: Config,
-    store: Store,
-    environ: Mapping[str, str],
-    redactor: Redactor,
-    only_slugs: Sequence[str],
-    progress: Progress | None,
-    client_factory: ClientFactory | None,
-) -> MirrorReport:
-    report = MirrorReport()
-    runs = {d.name: DestinationRun(d.name) for d in config.destinations}
-    slugs: list[str | None] = [*only_slugs] or [None]
-    for slug in slugs:
-        for name, (enqueued, already) in enqueue(store, config, only_slug=slug).items():
-            runs[name].jobs_enqueued += enqueued
-            runs[name].refs_already_mirrored += already
-    mirrorer = Mirrorer(config, store, environ=environ, redactor=redactor, client_factory=client_factory,
-                        progress=progress)  # fmt: skip
-    for job, status in mirrorer.drain(holds_lock=True):
-        run = runs.get(job.destination)
-        if run is None:
-            continue
-        if status == "done":
-            finished = store.get_mirror_job(job.id)
-            if finished is not None and finished.log_text == SKIPPED:
-                run.already_there += 1
-            else:
-                run.copied += 1
-        else:
-            run.failed += 1
-            finished = store.get_mirror_job(job.id)
-            if finished is not None and finished.last_error:
-                run.errors.append(f"{job.target_image_ref}: {finished.last_error}")
-    report.destinations = list(runs.values())
-    return report
 
 
 def _target(destination: Destination, ref: str) -> Target:

@@ -146,7 +146,7 @@ def build_service(
         # the job holds the mirror run lock; images.runtime_sync holds copies back as it holds polls
         if not (cfg.images.runtime_sync or allow_runtime_sync):
             return {"destinations": [], "skipped": "images.runtime_sync is false: nothing is copied"}
-        from cccatalog.destinations.run import run_mirrors
+        from cccatalog.destinations.sync import run_mirrors
 
         return {"destinations": run_mirrors(cfg, store, environ=environ, redactor=redactor).to_json()}
 
