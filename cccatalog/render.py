@@ -159,7 +159,8 @@ def sync_progress(*, quiet: bool) -> Callable[[MirrorSyncer, list[RepoTask]], li
 
 def copy_progress(*, quiet: bool) -> tuple[Callable[[CopyProgress], None] | None, Callable[[], None]]:
     """A progress bar per image copied to a destination on a terminal (nothing otherwise): the
-    callback for the copy, and what to call when the run is over."""
+    callback for the copy, and what to call when the run is over. The bars appear with the first
+    copy, after the git half's own bar is gone (one live display at a time)."""
     if quiet or not sys.stderr.isatty() or emits_json():
         return None, lambda: None
     import threading
@@ -172,15 +173,21 @@ def copy_progress(*, quiet: bool) -> tuple[Callable[[CopyProgress], None] | None
     )  # fmt: skip
     bars: dict[str, TaskID] = {}
     lock = threading.Lock()
-    progress.start()
 
     def update(event: CopyProgress) -> None:
         with lock:
+            if not bars:
+                progress.start()
             if event.image not in bars:
                 bars[event.image] = progress.add_task(event.image, total=event.bytes_total)
             progress.update(bars[event.image], completed=event.bytes_done, total=event.bytes_total)
 
-    return update, progress.stop
+    def stop() -> None:
+        with lock:
+            if bars:
+                progress.stop()
+
+    return update, stop
 
 
 # --- resolve-latest ------------------------------------------------------------------------------

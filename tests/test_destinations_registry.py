@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from cccatalog.destinations.sync import run_mirrors
 from cccatalog.oci.client import RegistryClient
 from cccatalog.redact import Redactor
 from tests.artifactoryfixtures import FakeArtifactory, fake_artifactory
+from tests.gitfixtures import Upstream
 from tests.imagefixtures import Build, push_build, tag_is_whole
 from tests.registry import ALL_MANIFESTS, USERNAME, RunningRegistry, registry_client, running_registry
 
@@ -545,3 +546,48 @@ def test_a_copy_past_per_job_timeout_fails_before_its_tag_and_the_next_attempt_c
         assert [status for _, status in ran] == ["done", "done"]
     assert manifest_digest(regs.destination, target_repo, MAIN) == main.digest
     assert tag_is_whole(regs.destination, target_repo, MAIN) is True
+
+
+@pytest.mark.slow
+def test_on_a_terminal_sync_shows_the_git_bar_then_a_copy_bar_per_image(
+    tmp_path: Path, env: dict[str, str], regs: Registries, make_upstream: Callable[[str], Upstream]
+) -> None:
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    repo, _, _ = push_builds(regs.source)
+    key = f"k{uuid.uuid4().hex[:8]}"
+    config = write_config(tmp_path, regs.source, repo, jfrog(regs.artifactory, key))
+    upstream = make_upstream("rw-cli")
+    config.write_text(
+        config.read_text()
+        .replace("git: {enabled: false, data_dir: mirrors}", "git: {enabled: true, data_dir: mirrors}")
+        .replace(
+            "{slug: rw-cli, image_registry:", f"{{slug: rw-cli, git_url: '{upstream.url}', image_registry:"
+        )
+    )
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cccatalog", "sync", "-c", str(config)],
+        env={**os.environ, **env, "COLUMNS": "160", "TERM": "xterm"},
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=follower,
+    )  # fmt: skip
+    os.close(follower)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the other end closed
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(leader)
+    assert proc.wait(60) == 0, seen.decode(errors="replace")[-2000:]
+    text = seen.decode(errors="replace")
+    assert "Traceback" not in text
+    assert "sync" in text  # the git half's bar
+    assert "copy" in text  # a bar per image copied, named after it
+    assert f"{regs.source.host}/{repo}" in text
