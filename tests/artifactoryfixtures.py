@@ -1,8 +1,9 @@
 """A stand-in for JFrog Artifactory made of real parts: nginx in front of a real registry (Debian's
 `docker-registry`, htpasswd), answering the registry API on `/v2/` and Artifactory's Docker API path
 `/artifactory/api/docker/<repo_key>/v2/...` (the same repository, as Artifactory does), plus Xray's
-scan endpoint. Repository keys `answers500` and `answers403` make the API path answer 500 and 403.
-The access log records every request with its Authorization header, to check where credentials go."""
+scan endpoint. Repository keys `answers500`, `answers403` and `answers401` make the API path answer
+that status. The access log records every request with its Authorization header, to check where
+credentials go."""
 
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ http {
         listen 127.0.0.1:@PORT@;
         location ^~ /artifactory/api/docker/answers500/ { return 500; }
         location ^~ /artifactory/api/docker/answers403/ { return 403; }
+        location ^~ /artifactory/api/docker/answers401/ { return 401; }
         location ~ ^/artifactory/api/docker/([^/]+)/v2/(.*)$ {
             proxy_set_header Host $http_host;
             proxy_pass http://@REGISTRY@/v2/$1/$2$is_args$args;

@@ -201,7 +201,7 @@ def mirror(config_path: Path, destination: str, env: dict[str, str]) -> tuple[St
     return store, summary.errors
 
 
-@pytest.mark.parametrize("repo_key", ["answers500", "answers403"])
+@pytest.mark.parametrize("repo_key", ["answers500", "answers403", "answers401"])
 def test_an_exists_check_that_answers_neither_200_nor_404_is_an_error_and_nothing_is_pushed(
     repo_key: str,
     tmp_path: Path,
@@ -218,8 +218,9 @@ def test_an_exists_check_that_answers_neither_200_nor_404_is_an_error_and_nothin
     with store:
         assert len(errors) == 2
         url = f"{artifactory.base_url}/artifactory/api/docker/{repo_key}/v2/codecollections/rw-cli/manifests/"
-        if repo_key == "answers403":
-            assert all(f"cannot read {url}" in e and "HTTP 403" in e for e in errors), errors
+        if repo_key != "answers500":
+            status = repo_key.removeprefix("answers")
+            assert all(f"cannot read {url}" in e and f"HTTP {status}" in e for e in errors), errors
         else:
             assert all(f"{url}" in e and "answered HTTP 500; nothing is pushed" in e for e in errors), errors
         assert all(DEST_PASSWORD not in e for e in errors)
