@@ -340,3 +340,69 @@ def test_a_layout_without_the_blobs_its_reader_holds_completes_only_there(
     assert len(carried) == 4 + 3  # the new blobs, the two platform manifests and the index
     assert tag_is_whole(registry_anon, site, "v2") is True
     assert tag_is_whole(registry_anon, empty, "v2") is None
+
+
+def test_writes_ask_for_push_and_a_mount_for_pull_on_the_repository_it_mounts_from(
+    registry_token: RunningRegistry,
+) -> None:
+    assert registry_token.token_server is not None
+    src, dst = unique("team/cc"), unique("mirror/cc")
+    build = push_build(registry_token, src, "v1.2.3", base=["os"], own="v1")
+    registry_token.token_server.clear()
+    with robot_client() as client:
+        result = copy_image(
+            client, repo(registry_token.host, src), "v1.2.3", client, repo(registry_token.host, dst), "v1.2.3"
+        )
+    assert result.blobs_mounted == len(build.blobs)  # the token allowed pulling from the source
+    scopes = [" ".join(r.query["scope"]) for r in registry_token.token_server.mints]
+    assert f"repository:{dst}:pull,push repository:{src}:pull" in scopes
+    granted = {g for r in registry_token.token_server.mints for g in r.granted}
+    assert ("repository", dst, ("pull", "push")) in granted
+
+
+def test_upload_locations_relative_or_absolute_are_followed_chunk_by_chunk() -> None:
+    """distribution answers absolute Locations; other registries answer relative ones (a real
+    registry cannot be made to, hence a MockTransport)."""
+    blob = layer("chunks", 10_000)
+    digest = sha256_digest(blob)
+    received = bytearray()
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(f"{request.method} {request.url.path}")
+        if request.method == "POST":
+            return httpx.Response(202, headers={"Location": "/v2/team/cc/blobs/uploads/u1?_state=a"})
+        if request.method == "PATCH":
+            received.extend(request.content)
+            step = len(seen)
+            return httpx.Response(202, headers={"Location": f"u1?_state={step}"})  # relative to the path
+        assert request.url.params["digest"] == digest
+        return httpx.Response(201)
+
+    target_repo = repo("registry.example.com", "team/cc")
+    with RegistryClient(http=httpx.Client(transport=httpx.MockTransport(handler))) as client:
+        upload = client.mount_or_start_upload(target_repo, digest, mount_from=None)
+        assert upload == "https://registry.example.com/v2/team/cc/blobs/uploads/u1?_state=a"
+        client.upload_blob(target_repo, upload, digest, len(blob), iter([blob]), chunk_size=4096)
+    assert bytes(received) == blob
+    assert seen == [
+        "POST /v2/team/cc/blobs/uploads/",
+        *["PATCH /v2/team/cc/blobs/uploads/u1"] * 3,
+        "PUT /v2/team/cc/blobs/uploads/u1",
+    ]
+
+
+def test_a_declined_mount_uploads_into_the_session_the_registry_started(
+    registry_anon: RunningRegistry,
+) -> None:
+    src, dst, elsewhere = unique("team/cc"), unique("mirror/cc"), unique("empty/cc")
+    build = push_build(registry_anon, src, "v4", base=["os"], own="v4")
+    with RegistryClient() as client:
+        target = RegistryTarget(
+            client, repo(registry_anon.host, dst), mount_from=repo(registry_anon.host, elsewhere)
+        )
+        result = copy_between(RegistrySource(client, repo(registry_anon.host, src)), "v4", target, "v4")
+        # one POST per blob: the declined mount's, whose upload session took the bytes
+        assert client.counts["POST upload"] == len(build.blobs)
+    assert (result.blobs_copied, result.blobs_mounted, result.digest) == (len(build.blobs), 0, build.digest)
+    assert tag_is_whole(registry_anon, dst, "v4") is True
