@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, TextIO
 
 from rich.console import Console
@@ -24,9 +26,12 @@ from cccatalog.logs import LOGGER_NAME, emits_json
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from rich.progress import TaskID
+
     from cccatalog.check import CheckReport
     from cccatalog.gitmirror.sync import MirrorSyncer, RepoResult, RepoTask
     from cccatalog.jobs import SyncReport
+    from cccatalog.oci.copy import CopyProgress
     from cccatalog.oci.resolve import RefResolution
     from cccatalog.status import RepoStatus, StatusReport
     from cccatalog.transfer.export import ExportResult
@@ -124,6 +129,32 @@ def sync_progress(*, quiet: bool) -> Callable[[MirrorSyncer, list[RepoTask]], li
             return syncer.run(tasks, on_done=done)
 
     return run
+
+
+@contextmanager
+def copy_progress(what: str, *, quiet: bool) -> Iterator[Callable[[CopyProgress], None] | None]:
+    """Image copies (`export`, `import`): a bar per image, in bytes, on a terminal; nothing otherwise
+    (each image is narrated when it is done)."""
+    if quiet or not sys.stderr.isatty() or emits_json():
+        yield None
+        return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(
+        TextColumn(f"[bold]{what}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
+        TextColumn("{task.description}"), console=Console(stderr=True), transient=True,
+    )  # fmt: skip
+    bars: dict[str, TaskID] = {}
+    lock = threading.Lock()
+
+    def update(p: CopyProgress) -> None:
+        with lock:
+            if p.image not in bars:
+                bars[p.image] = progress.add_task(p.image, total=p.bytes_total)
+            progress.update(bars[p.image], completed=p.bytes_done, total=p.bytes_total)
+
+    with progress:
+        yield update
 
 
 # --- resolve-latest ------------------------------------------------------------------------------
