@@ -406,3 +406,40 @@ def test_a_declined_mount_uploads_into_the_session_the_registry_started(
         assert client.counts["POST upload"] == len(build.blobs)
     assert (result.blobs_copied, result.blobs_mounted, result.digest) == (len(build.blobs), 0, build.digest)
     assert tag_is_whole(registry_anon, dst, "v4") is True
+
+
+_MEASURED_COPY = textwrap.dedent("""
+    import os, sys
+    from cccatalog.credentials import BasicCredentials
+    from cccatalog.oci.auth import RegistryAuth
+    from cccatalog.oci.client import RegistryClient
+    from cccatalog.oci.copy import copy_image
+    from cccatalog.oci.reference import parse_reference
+    from tests.securityfixtures import rss_kib
+    src, dst, tag = sys.argv[1], sys.argv[2], sys.argv[3]
+    robot = RegistryAuth(basic=BasicCredentials(sys.argv[4], sys.argv[5]))
+    with RegistryClient() as s, RegistryClient(auth_for=lambda h: robot) as t:
+        s.list_tags(parse_reference(src)[0])  # connections, TLS contexts, imports: all before the mark
+        before = rss_kib(os.getpid())
+        result = copy_image(s, parse_reference(src)[0], tag, t, parse_reference(dst)[0], tag)
+    print(rss_kib(os.getpid()) - before, result.bytes_copied)
+""")
+
+
+@pytest.mark.slow
+def test_memory_stays_flat_however_big_the_blob(
+    registry_anon: RunningRegistry, registry_basic: RunningRegistry
+) -> None:
+    """A 48 MB layer crosses in 1 MB chunks: the copying process grows by a few of them, not by the blob."""
+    src, dst = unique("team/cc"), unique("mirror/cc")
+    build = push_build(registry_anon, src, "big", base=[], own="big", platforms=("amd64",), size=48_000_000)
+    source, target = f"{registry_anon.host}/{src}", f"{registry_basic.host}/{dst}"
+    argv = [sys.executable, "-c", _MEASURED_COPY, source, target, build.tag, USERNAME, PASSWORD]
+    done = subprocess.run(
+        argv, capture_output=True, text=True, timeout=120, check=False, cwd=Path(__file__).parents[1]
+    )
+    assert done.returncode == 0, done.stderr
+    grown_kib, copied = (int(n) for n in done.stdout.split())
+    assert copied > 48_000_000  # the layer crossed through this process, not mounted
+    assert grown_kib < 16 * 1024, f"the copy grew the process by {grown_kib} KiB for a 48 MB blob"
+    assert tag_is_whole(registry_basic, dst, build.tag) is True
