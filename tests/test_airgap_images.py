@@ -173,6 +173,7 @@ def test_no_images_carries_only_their_names(gap: Gap) -> None:
     assert tag_is_whole(gap.site, gap.site_repo, first.tag) is None  # left to the site's own tool
 
 
+@pytest.mark.security
 def test_a_tampered_blob_is_refused_before_anything_is_pushed(
     gap: Gap, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -194,6 +195,7 @@ def test_a_tampered_blob_is_refused_before_anything_is_pushed(
     assert gap.site_rows() == {}
 
 
+@pytest.mark.security
 def test_an_unreachable_site_registry_fails_the_import_and_keeps_the_rows(
     gap: Gap, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -135,6 +135,7 @@ def test_chunked_uploads_and_a_digest_reference_keep_the_digest(
     assert tag_is_whole(registry_basic, dst, "pinned") is True
 
 
+@pytest.mark.security
 def test_a_source_blob_that_does_not_match_its_digest_is_refused_and_nothing_is_tagged(
     registry_basic: RunningRegistry,
 ) -> None:
@@ -176,6 +177,7 @@ def test_a_source_blob_that_does_not_match_its_digest_is_refused_and_nothing_is_
         assert client.head(f"/v2/{dst}/blobs/{sha256_digest(good)}").status_code == 404
 
 
+@pytest.mark.security
 def test_credentials_never_reach_the_origin_blobs_are_redirected_to(
     registry_anon: RunningRegistry, registry_basic: RunningRegistry
 ) -> None:
@@ -229,6 +231,7 @@ _KILLED_COPY = textwrap.dedent("""
 """)
 
 
+@pytest.mark.security
 @pytest.mark.parametrize("after", [1, 4, 8], ids=["first-blob", "half", "every-blob-no-manifest"])
 def test_a_copy_killed_anywhere_leaves_no_broken_tag_and_the_next_run_completes(
     after: int, registry_anon: RunningRegistry, registry_basic: RunningRegistry
@@ -342,6 +345,7 @@ def test_a_layout_without_the_blobs_its_reader_holds_completes_only_there(
     assert tag_is_whole(registry_anon, empty, "v2") is None
 
 
+@pytest.mark.security
 def test_writes_ask_for_push_and_a_mount_for_pull_on_the_repository_it_mounts_from(
     registry_token: RunningRegistry,
 ) -> None:
