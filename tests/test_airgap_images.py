@@ -246,3 +246,29 @@ def test_an_image_gone_from_the_connected_registry_fails_the_export_and_writes_n
     assert PASSWORD not in err
     assert not update.exists()
     assert [p.name for p in gap.root.iterdir() if p.name.startswith(".update.tar")] == []
+
+
+def test_a_stale_site_manifest_fails_that_image_with_what_to_do_and_a_fresh_one_completes_it(
+    gap: Gap, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = gap.build("first", own="v1")
+    _update, imported = gap.cross("first")
+    assert imported == 0
+    stale = gap.root / "stale.site.json"
+    assert run(["-q", "manifest", "-c", str(gap.site_config), "--out", str(stale)]) == 0
+    with registry_client(gap.site) as client:  # someone cleans the site registry after the manifest
+        for digest in (first.digest, *first.manifests):
+            assert client.delete(f"/v2/{gap.site_repo}/manifests/{digest}").status_code == 202
+    update = gap.root / "after-cleanup.tar"
+    assert (
+        run(["-q", "export", "-c", str(gap.connected_config), "--since", str(stale), "--out", str(update)])
+        == 0
+    )
+    capsys.readouterr()
+    assert run(["-q", "import", str(update), "-c", str(gap.site_config), "--allow-unsigned"]) == 1
+    assert "run cccatalog manifest at the site again" in capsys.readouterr().err
+    assert tag_is_whole(gap.site, gap.site_repo, first.tag) is None
+
+    _update, imported = gap.cross("fresh")
+    assert imported == 0
+    assert tag_is_whole(gap.site, gap.site_repo, first.tag) is True

@@ -447,3 +447,23 @@ def test_memory_stays_flat_however_big_the_blob(
     assert copied > 48_000_000  # the layer crossed through this process, not mounted
     assert grown_kib < 16 * 1024, f"the copy grew the process by {grown_kib} KiB for a 48 MB blob"
     assert tag_is_whole(registry_basic, dst, build.tag) is True
+
+
+def test_a_docker_v2_manifest_keeps_its_media_type_and_digest(
+    registry_anon: RunningRegistry, registry_basic: RunningRegistry
+) -> None:
+    src, dst = unique("team/cc"), unique("mirror/cc")
+    pushed = push_image(registry_anon, src, "v0.9.0", created="2025-06-01T00:00:00Z", kind="docker-v2")
+    with RegistryClient() as source, robot_client() as target:
+        result = copy_image(
+            source, repo(registry_anon.host, src), "v0.9.0", target, repo(registry_basic.host, dst), "v0.9.0"
+        )
+    assert result.digest == pushed.digest
+    with registry_client(registry_basic) as client:
+        got = client.get(f"/v2/{dst}/manifests/v0.9.0", headers={"Accept": ALL_MANIFESTS})
+    assert (
+        got.headers["Content-Type"]
+        == pushed.media_type
+        == "application/vnd.docker.distribution.manifest.v2+json"
+    )
+    assert sha256_digest(got.content) == pushed.digest

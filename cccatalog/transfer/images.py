@@ -38,6 +38,10 @@ _DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 _TAG_RE = re.compile(r"[\w][\w.-]{0,127}")
 
 log = logging.getLogger("cccatalog.transfer")
+_STALE_HINT = (
+    "the site registry no longer holds what the site's manifest said it did: run cccatalog manifest "
+    "at the site again and export --since it"
+)
 
 
 def is_member(name: str) -> bool:
@@ -279,9 +283,10 @@ def push_images(
                 there = target.find_manifest(image.tag) == image.digest
                 result = copy_between(source, image.ref, target, image.tag, progress=progress)
             except CCCatalogError as exc:
-                done.append(
-                    ImageImport(image.slug, image.tag, image.digest, "failed", error=redactor(str(exc)))
-                )
+                error = str(exc)
+                if "is not in the layout" in error:  # the site's manifest said it held what it no longer does
+                    error += f"; {_STALE_HINT}"
+                done.append(ImageImport(image.slug, image.tag, image.digest, "failed", error=redactor(error)))
                 continue
             action = "present" if there else "pushed"
             done.append(ImageImport(image.slug, image.tag, result.digest, action, result.blobs_copied))
