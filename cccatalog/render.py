@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, TextIO
 
 from rich.console import Console
@@ -157,37 +159,37 @@ def sync_progress(*, quiet: bool) -> Callable[[MirrorSyncer, list[RepoTask]], li
     return run
 
 
-def copy_progress(*, quiet: bool) -> tuple[Callable[[CopyProgress], None] | None, Callable[[], None]]:
-    """A progress bar per image copied to a destination on a terminal (nothing otherwise): the
-    callback for the copy, and what to call when the run is over. The bars appear with the first
-    copy, after the git half's own bar is gone (one live display at a time)."""
+@contextmanager
+def copy_progress(what: str, *, quiet: bool) -> Iterator[Callable[[CopyProgress], None] | None]:
+    """Image copies (`export`, `import`, `sync` to destinations): a bar per image, in bytes, on a
+    terminal; nothing otherwise (each image is narrated when it is done). The bars appear with the
+    first copy, so nothing is shown while a run copies nothing (or while `sync`'s git bar is up)."""
     if quiet or not sys.stderr.isatty() or emits_json():
-        return None, lambda: None
-    import threading
-
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+        yield None
+        return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
     progress = Progress(
-        TextColumn("[bold]copy"), BarColumn(), DownloadColumn(), TextColumn("{task.description}"),
-        console=Console(stderr=True), transient=True,
+        TextColumn(f"[bold]{what}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
+        TextColumn("{task.description}"), console=Console(stderr=True), transient=True,
     )  # fmt: skip
     bars: dict[str, TaskID] = {}
     lock = threading.Lock()
 
-    def update(event: CopyProgress) -> None:
+    def update(p: CopyProgress) -> None:
         with lock:
             if not bars:
                 progress.start()
-            if event.image not in bars:
-                bars[event.image] = progress.add_task(event.image, total=event.bytes_total)
-            progress.update(bars[event.image], completed=event.bytes_done, total=event.bytes_total)
+            if p.image not in bars:
+                bars[p.image] = progress.add_task(p.image, total=p.bytes_total)
+            progress.update(bars[p.image], completed=p.bytes_done, total=p.bytes_total)
 
-    def stop() -> None:
+    try:
+        yield update
+    finally:
         with lock:
             if bars:
                 progress.stop()
-
-    return update, stop
 
 
 # --- resolve-latest ------------------------------------------------------------------------------

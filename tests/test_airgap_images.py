@@ -173,6 +173,7 @@ def test_no_images_carries_only_their_names(gap: Gap) -> None:
     assert tag_is_whole(gap.site, gap.site_repo, first.tag) is None  # left to the site's own tool
 
 
+@pytest.mark.security
 def test_a_tampered_blob_is_refused_before_anything_is_pushed(
     gap: Gap, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -194,6 +195,7 @@ def test_a_tampered_blob_is_refused_before_anything_is_pushed(
     assert gap.site_rows() == {}
 
 
+@pytest.mark.security
 def test_an_unreachable_site_registry_fails_the_import_and_keeps_the_rows(
     gap: Gap, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -208,3 +210,65 @@ def test_an_unreachable_site_registry_fails_the_import_and_keeps_the_rows(
     assert "not pushed, its catalog rows kept" in err
     assert PASSWORD not in err
     assert gap.site_rows() == {}  # no row names an image the site registry does not hold
+
+
+def test_a_site_without_an_image_registry_is_refused_and_nothing_is_written(
+    gap: Gap, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gap.build("first", own="v1")
+    assert run(["-q", "sync", "-c", str(gap.connected_config)]) == 0
+    update = gap.root / "update.tar"
+    assert run(["-q", "export", "-c", str(gap.connected_config), "--out", str(update)]) == 0
+    site = yaml.safe_load(gap.site_config.read_text())
+    del site["sources"][0]["codecollections"][0]["image_registry"]
+    gap.site_config.write_text(yaml.safe_dump(site))
+    capsys.readouterr()
+    assert run(["-q", "import", str(update), "-c", str(gap.site_config), "--allow-unsigned"]) == 2
+    err = capsys.readouterr().err
+    assert "alpha: the update carries its images" in err
+    assert "--no-images" in err
+    assert not (gap.root / "site" / "mirrors").exists()
+    assert not (gap.root / "site" / "state").exists() or gap.site_rows() == {}
+
+
+def test_an_image_gone_from_the_connected_registry_fails_the_export_and_writes_nothing(
+    gap: Gap, capsys: pytest.CaptureFixture[str]
+) -> None:
+    build = gap.build("first", own="v1")
+    assert run(["-q", "sync", "-c", str(gap.connected_config)]) == 0
+    with registry_client(gap.source) as client:  # a retention policy removed it after the sync
+        assert client.delete(f"/v2/{gap.source_repo}/manifests/{build.digest}").status_code == 202
+    update = gap.root / "update.tar"
+    capsys.readouterr()
+    assert run(["-q", "export", "-c", str(gap.connected_config), "--out", str(update)]) == 1
+    err = capsys.readouterr().err
+    assert f"copying {gap.source.host}/{gap.source_repo}:{build.tag}" in err
+    assert PASSWORD not in err
+    assert not update.exists()
+    assert [p.name for p in gap.root.iterdir() if p.name.startswith(".update.tar")] == []
+
+
+def test_a_stale_site_manifest_fails_that_image_with_what_to_do_and_a_fresh_one_completes_it(
+    gap: Gap, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = gap.build("first", own="v1")
+    _update, imported = gap.cross("first")
+    assert imported == 0
+    stale = gap.root / "stale.site.json"
+    assert run(["-q", "manifest", "-c", str(gap.site_config), "--out", str(stale)]) == 0
+    with registry_client(gap.site) as client:  # someone cleans the site registry after the manifest
+        for digest in (first.digest, *first.manifests):
+            assert client.delete(f"/v2/{gap.site_repo}/manifests/{digest}").status_code == 202
+    update = gap.root / "after-cleanup.tar"
+    assert (
+        run(["-q", "export", "-c", str(gap.connected_config), "--since", str(stale), "--out", str(update)])
+        == 0
+    )
+    capsys.readouterr()
+    assert run(["-q", "import", str(update), "-c", str(gap.site_config), "--allow-unsigned"]) == 1
+    assert "run cccatalog manifest at the site again" in capsys.readouterr().err
+    assert tag_is_whole(gap.site, gap.site_repo, first.tag) is None
+
+    _update, imported = gap.cross("fresh")
+    assert imported == 0
+    assert tag_is_whole(gap.site, gap.site_repo, first.tag) is True

@@ -135,6 +135,7 @@ def test_chunked_uploads_and_a_digest_reference_keep_the_digest(
     assert tag_is_whole(registry_basic, dst, "pinned") is True
 
 
+@pytest.mark.security
 def test_a_source_blob_that_does_not_match_its_digest_is_refused_and_nothing_is_tagged(
     registry_basic: RunningRegistry,
 ) -> None:
@@ -176,6 +177,7 @@ def test_a_source_blob_that_does_not_match_its_digest_is_refused_and_nothing_is_
         assert client.head(f"/v2/{dst}/blobs/{sha256_digest(good)}").status_code == 404
 
 
+@pytest.mark.security
 def test_credentials_never_reach_the_origin_blobs_are_redirected_to(
     registry_anon: RunningRegistry, registry_basic: RunningRegistry
 ) -> None:
@@ -229,6 +231,7 @@ _KILLED_COPY = textwrap.dedent("""
 """)
 
 
+@pytest.mark.security
 @pytest.mark.parametrize("after", [1, 4, 8], ids=["first-blob", "half", "every-blob-no-manifest"])
 def test_a_copy_killed_anywhere_leaves_no_broken_tag_and_the_next_run_completes(
     after: int, registry_anon: RunningRegistry, registry_basic: RunningRegistry
@@ -340,3 +343,127 @@ def test_a_layout_without_the_blobs_its_reader_holds_completes_only_there(
     assert len(carried) == 4 + 3  # the new blobs, the two platform manifests and the index
     assert tag_is_whole(registry_anon, site, "v2") is True
     assert tag_is_whole(registry_anon, empty, "v2") is None
+
+
+@pytest.mark.security
+def test_writes_ask_for_push_and_a_mount_for_pull_on_the_repository_it_mounts_from(
+    registry_token: RunningRegistry,
+) -> None:
+    assert registry_token.token_server is not None
+    src, dst = unique("team/cc"), unique("mirror/cc")
+    build = push_build(registry_token, src, "v1.2.3", base=["os"], own="v1")
+    registry_token.token_server.clear()
+    with robot_client() as client:
+        result = copy_image(
+            client, repo(registry_token.host, src), "v1.2.3", client, repo(registry_token.host, dst), "v1.2.3"
+        )
+    assert result.blobs_mounted == len(build.blobs)  # the token allowed pulling from the source
+    scopes = [" ".join(r.query["scope"]) for r in registry_token.token_server.mints]
+    assert f"repository:{dst}:pull,push repository:{src}:pull" in scopes
+    granted = {g for r in registry_token.token_server.mints for g in r.granted}
+    assert ("repository", dst, ("pull", "push")) in granted
+
+
+def test_upload_locations_relative_or_absolute_are_followed_chunk_by_chunk() -> None:
+    """distribution answers absolute Locations; other registries answer relative ones (a real
+    registry cannot be made to, hence a MockTransport)."""
+    blob = layer("chunks", 10_000)
+    digest = sha256_digest(blob)
+    received = bytearray()
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(f"{request.method} {request.url.path}")
+        if request.method == "POST":
+            return httpx.Response(202, headers={"Location": "/v2/team/cc/blobs/uploads/u1?_state=a"})
+        if request.method == "PATCH":
+            received.extend(request.content)
+            step = len(seen)
+            return httpx.Response(202, headers={"Location": f"u1?_state={step}"})  # relative to the path
+        assert request.url.params["digest"] == digest
+        return httpx.Response(201)
+
+    target_repo = repo("registry.example.com", "team/cc")
+    with RegistryClient(http=httpx.Client(transport=httpx.MockTransport(handler))) as client:
+        upload = client.mount_or_start_upload(target_repo, digest, mount_from=None)
+        assert upload == "https://registry.example.com/v2/team/cc/blobs/uploads/u1?_state=a"
+        client.upload_blob(target_repo, upload, digest, len(blob), iter([blob]), chunk_size=4096)
+    assert bytes(received) == blob
+    assert seen == [
+        "POST /v2/team/cc/blobs/uploads/",
+        *["PATCH /v2/team/cc/blobs/uploads/u1"] * 3,
+        "PUT /v2/team/cc/blobs/uploads/u1",
+    ]
+
+
+def test_a_declined_mount_uploads_into_the_session_the_registry_started(
+    registry_anon: RunningRegistry,
+) -> None:
+    src, dst, elsewhere = unique("team/cc"), unique("mirror/cc"), unique("empty/cc")
+    build = push_build(registry_anon, src, "v4", base=["os"], own="v4")
+    with RegistryClient() as client:
+        target = RegistryTarget(
+            client, repo(registry_anon.host, dst), mount_from=repo(registry_anon.host, elsewhere)
+        )
+        result = copy_between(RegistrySource(client, repo(registry_anon.host, src)), "v4", target, "v4")
+        # one POST per blob: the declined mount's, whose upload session took the bytes
+        assert client.counts["POST upload"] == len(build.blobs)
+    assert (result.blobs_copied, result.blobs_mounted, result.digest) == (len(build.blobs), 0, build.digest)
+    assert tag_is_whole(registry_anon, dst, "v4") is True
+
+
+_MEASURED_COPY = textwrap.dedent("""
+    import os, sys
+    from cccatalog.credentials import BasicCredentials
+    from cccatalog.oci.auth import RegistryAuth
+    from cccatalog.oci.client import RegistryClient
+    from cccatalog.oci.copy import copy_image
+    from cccatalog.oci.reference import parse_reference
+    from tests.securityfixtures import rss_kib
+    src, dst, tag = sys.argv[1], sys.argv[2], sys.argv[3]
+    robot = RegistryAuth(basic=BasicCredentials(sys.argv[4], sys.argv[5]))
+    with RegistryClient() as s, RegistryClient(auth_for=lambda h: robot) as t:
+        s.list_tags(parse_reference(src)[0])  # connections, TLS contexts, imports: all before the mark
+        before = rss_kib(os.getpid())
+        result = copy_image(s, parse_reference(src)[0], tag, t, parse_reference(dst)[0], tag)
+    print(rss_kib(os.getpid()) - before, result.bytes_copied)
+""")
+
+
+@pytest.mark.slow
+def test_memory_stays_flat_however_big_the_blob(
+    registry_anon: RunningRegistry, registry_basic: RunningRegistry
+) -> None:
+    """A 48 MB layer crosses in 1 MB chunks: the copying process grows by a few of them, not by the blob."""
+    src, dst = unique("team/cc"), unique("mirror/cc")
+    build = push_build(registry_anon, src, "big", base=[], own="big", platforms=("amd64",), size=48_000_000)
+    source, target = f"{registry_anon.host}/{src}", f"{registry_basic.host}/{dst}"
+    argv = [sys.executable, "-c", _MEASURED_COPY, source, target, build.tag, USERNAME, PASSWORD]
+    done = subprocess.run(
+        argv, capture_output=True, text=True, timeout=120, check=False, cwd=Path(__file__).parents[1]
+    )
+    assert done.returncode == 0, done.stderr
+    grown_kib, copied = (int(n) for n in done.stdout.split())
+    assert copied > 48_000_000  # the layer crossed through this process, not mounted
+    assert grown_kib < 16 * 1024, f"the copy grew the process by {grown_kib} KiB for a 48 MB blob"
+    assert tag_is_whole(registry_basic, dst, build.tag) is True
+
+
+def test_a_docker_v2_manifest_keeps_its_media_type_and_digest(
+    registry_anon: RunningRegistry, registry_basic: RunningRegistry
+) -> None:
+    src, dst = unique("team/cc"), unique("mirror/cc")
+    pushed = push_image(registry_anon, src, "v0.9.0", created="2025-06-01T00:00:00Z", kind="docker-v2")
+    with RegistryClient() as source, robot_client() as target:
+        result = copy_image(
+            source, repo(registry_anon.host, src), "v0.9.0", target, repo(registry_basic.host, dst), "v0.9.0"
+        )
+    assert result.digest == pushed.digest
+    with registry_client(registry_basic) as client:
+        got = client.get(f"/v2/{dst}/manifests/v0.9.0", headers={"Accept": ALL_MANIFESTS})
+    assert (
+        got.headers["Content-Type"]
+        == pushed.media_type
+        == "application/vnd.docker.distribution.manifest.v2+json"
+    )
+    assert sha256_digest(got.content) == pushed.digest

@@ -65,14 +65,11 @@ def sync(
 
     inv = invocation(ctx)
     request = SyncRequest(git=git_half, images=images, only=tuple(only or ()), jobs=jobs, no_wait=no_wait)
-    progress, stop_progress = render.copy_progress(quiet=inv.quiet)
-    try:
+    with render.copy_progress("copy", quiet=inv.quiet) as progress:
         report = perform_sync(
             load(config), request, allow_runtime_sync=allow_runtime_sync, redactor=inv.redactor,
             environ=os.environ, run_git=render.sync_progress(quiet=inv.quiet), copy_progress=progress,
         )  # fmt: skip
-    finally:
-        stop_progress()
     render.sync_report(report, as_json=as_json, quiet=inv.quiet)
     _failed_if(report.failed)
 
@@ -221,10 +218,11 @@ def export(
     from cccatalog.transfer.export import export_update
 
     inv = invocation(ctx)
-    result = export_update(
-        load(config), Git(redactor=inv.redactor), out=out, since=since, sign_key=sign_key, environ=os.environ,
-        images=not no_images, redactor=inv.redactor,
-    )  # fmt: skip
+    with render.copy_progress("export", quiet=inv.quiet) as progress:
+        result = export_update(
+            load(config), Git(redactor=inv.redactor), out=out, since=since, sign_key=sign_key,
+            environ=os.environ, images=not no_images, redactor=inv.redactor, progress=progress,
+        )  # fmt: skip
     render.export_result(result, as_json=as_json, quiet=inv.quiet)
 
 
@@ -244,10 +242,11 @@ def import_(
     from cccatalog.transfer.importer import import_update
 
     inv = invocation(ctx)
-    result = import_update(
-        load(config), Git(redactor=inv.redactor), update, allowed_signers=allowed_signers, signer=signer,
-        allow_unsigned=allow_unsigned, environ=os.environ,
-    )  # fmt: skip
+    with render.copy_progress("import", quiet=inv.quiet) as progress:
+        result = import_update(
+            load(config), Git(redactor=inv.redactor), update, allowed_signers=allowed_signers,
+            signer=signer, allow_unsigned=allow_unsigned, environ=os.environ, progress=progress,
+        )  # fmt: skip
     render.import_result(result, as_json=as_json, quiet=inv.quiet)
     _failed_if(result.failed)
 

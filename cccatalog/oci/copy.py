@@ -101,12 +101,25 @@ class RegistrySource:
         return self.client.iter_blob(self.repo, digest)
 
 
-@dataclass(frozen=True, slots=True)
 class RegistryTarget:
-    client: RegistryClient
-    repo: Repository
-    mount_from: Repository | None = None  # a repository on the same registry that may hold the blobs
-    chunk_size: int | None = None  # None: one streamed PUT per blob; else PATCHes of this size
+    """A repository to copy into. `mount_from`: a repository on the same registry that may hold
+    the blobs; `chunk_size`: None for one streamed PUT per blob, else PATCHes of that size."""
+
+    def __init__(
+        self,
+        client: RegistryClient,
+        repo: Repository,
+        *,
+        mount_from: Repository | None = None,
+        chunk_size: int | None = None,
+    ) -> None:
+        self.client = client
+        self.repo = repo
+        self.mount_from = mount_from if mount_from is not None and mount_from.host == repo.host else None
+        self.chunk_size = chunk_size
+        # uploads a declined mount started (the registry answers a mount it will not do with a new
+        # upload): the blob's bytes go there instead of to yet another one
+        self._started: dict[str, str] = {}
 
     @property
     def name(self) -> str:
@@ -119,12 +132,18 @@ class RegistryTarget:
         return self.client.blob_size(self.repo, digest) is not None
 
     def mount_blob(self, digest: str) -> bool:
-        if self.mount_from is None or self.mount_from.host != self.repo.host:
+        if self.mount_from is None:
             return False
-        return self.client.mount_or_start_upload(self.repo, digest, mount_from=self.mount_from) is None
+        upload = self.client.mount_or_start_upload(self.repo, digest, mount_from=self.mount_from)
+        if upload is None:
+            return True
+        self._started[digest] = upload
+        return False
 
     def put_blob(self, digest: str, size: int, chunks: Iterator[bytes]) -> None:
-        upload = self.client.mount_or_start_upload(self.repo, digest, mount_from=None)
+        upload = self._started.pop(digest, None) or self.client.mount_or_start_upload(
+            self.repo, digest, mount_from=None
+        )
         assert upload is not None  # no mount was asked for
         self.client.upload_blob(self.repo, upload, digest, size, chunks, chunk_size=self.chunk_size)
 

@@ -16,7 +16,7 @@ import hashlib
 import json
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -32,6 +32,7 @@ from cccatalog.gitmirror.git import Git
 from cccatalog.gitmirror.layout import Layout
 from cccatalog.gitmirror.locks import file_lock
 from cccatalog.gitmirror.servable import mirrored_slugs
+from cccatalog.oci.copy import CopyProgress
 from cccatalog.paths import require_writable_dir
 from cccatalog.redact import Redactor, strip_url_credentials
 from cccatalog.transfer import archive
@@ -96,6 +97,7 @@ def export_update(
     environ: Mapping[str, str],
     images: bool = True,
     redactor: Redactor | None = None,
+    progress: Callable[[CopyProgress], None] | None = None,
 ) -> ExportResult:
     """Write the update file `out`; everything is checked before anything is written. `images`:
     carry the images the catalog rows point at (`transfer.images`), else only name them."""
@@ -140,7 +142,7 @@ def export_update(
         if images:
             carried = transfer_images.export_images(
                 config, rows, staging, site=site.document if site else None, environ=environ,
-                redactor=redactor or Redactor(),
+                redactor=redactor or Redactor(), progress=progress,
             )  # fmt: skip
             transfer["images"] = transfer_images.manifest_block(carried, staging)
             for name in transfer_images.layout_files(staging)[:2]:  # oci-layout, index.json

@@ -16,17 +16,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cccatalog.catalog.models import ImageRefRecord
 from cccatalog.config import CodeCollection, Config, is_valid_slug
-from cccatalog.errors import RegistryError, UsageError
+from cccatalog.errors import CCCatalogError, UsageError
 from cccatalog.oci.auth import source_auth
 from cccatalog.oci.client import RegistryClient
-from cccatalog.oci.copy import RegistrySource, RegistryTarget, copy_between, image_contents
+from cccatalog.oci.copy import CopyProgress, RegistrySource, RegistryTarget, copy_between, image_contents
 from cccatalog.oci.layout import INDEX_FILE, LAYOUT_FILE, LayoutSource, LayoutTarget, read_index
 from cccatalog.oci.reference import Repository, parse_reference
 from cccatalog.redact import Redactor
@@ -38,6 +38,10 @@ _DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 _TAG_RE = re.compile(r"[\w][\w.-]{0,127}")
 
 log = logging.getLogger("cccatalog.transfer")
+_STALE_HINT = (
+    "the site registry no longer holds what the site's manifest said it did: run cccatalog manifest "
+    "at the site again and export --since it"
+)
 
 
 def is_member(name: str) -> bool:
@@ -75,8 +79,8 @@ def site_images(
             continue
         entry: dict[str, Any] = {"repository": cc.image_registry, "tags": {}, "manifests": [], "blobs": []}
         try:
-            repo, client = _registry(config, cc, environ=environ, redactor=redactor)
-            with client:
+            with _Clients(config, environ=environ, redactor=redactor) as clients:
+                repo, client = clients.get(cc)
                 digests: set[str] = set()
                 blobs: set[str] = set()
                 for tag in tags:
@@ -88,7 +92,7 @@ def site_images(
                     digests |= {digest, *(m.digest for m in contents.manifests)}
                     blobs |= set(contents.blobs)
                 entry["manifests"], entry["blobs"] = sorted(digests), sorted(blobs)
-        except (RegistryError, UsageError) as exc:
+        except CCCatalogError as exc:
             message = redactor(str(exc))
             log.warning("%s: cannot list what %s holds: %s", cc.slug, cc.image_registry, message)
             entry = {"repository": cc.image_registry, "error": message}
@@ -133,33 +137,43 @@ def export_images(
     site: Mapping[str, Any] | None,
     environ: Mapping[str, str],
     redactor: Redactor,
+    progress: Callable[[CopyProgress], None] | None = None,
 ) -> list[CarriedImage]:
     """Copy the image of every active row into the layout under `staging`, without what the site holds."""
     root = staging / LAYOUT
     LayoutTarget(root)  # an update with no images still carries an (empty) layout
     carried: list[CarriedImage] = []
-    for slug, found in sorted(rows.items()):
-        cc = config.collection(slug)
-        wanted = sorted(
-            {
-                (r.image_registry, r.image_tag)
-                for r in found
-                if r.is_active and r.image_registry and r.image_tag
-            }
-        )
-        if cc is None or not wanted:
-            continue
-        target = LayoutTarget(root, present=_held(site, slug))
-        for registry, tag in wanted:
-            assert registry is not None
-            repo, client = _registry(config, cc, environ=environ, redactor=redactor, image_registry=registry)
-            with client:
-                ref = f"{slug}:{tag}"
-                result = copy_between(RegistrySource(client, repo), tag, target, ref)
-            carried.append(
-                CarriedImage(slug, tag, result.digest, ref, result.blobs_copied, result.bytes_copied)
+    with _Clients(config, environ=environ, redactor=redactor) as clients:
+        for slug, found in sorted(rows.items()):
+            carried += _export_collection(
+                config, slug, found, root, site=site, clients=clients, progress=progress
             )
-            log.info("%s: %s:%s carries %d blobs", slug, registry, tag, result.blobs_copied)
+    return carried
+
+
+def _export_collection(
+    config: Config,
+    slug: str,
+    found: Sequence[ImageRefRecord],
+    root: Path,
+    *,
+    site: Mapping[str, Any] | None,
+    clients: _Clients,
+    progress: Callable[[CopyProgress], None] | None,
+) -> list[CarriedImage]:
+    cc = config.collection(slug)
+    active = [r for r in found if r.is_active and r.image_registry and r.image_tag]
+    wanted = sorted({(r.image_registry or "", r.image_tag) for r in active})
+    if cc is None or not wanted:
+        return []
+    target = LayoutTarget(root, present=_held(site, slug))
+    carried = []
+    for registry, tag in wanted:
+        repo, client = clients.get(cc, registry)
+        ref = f"{slug}:{tag}"
+        result = copy_between(RegistrySource(client, repo), tag, target, ref, progress=progress)
+        carried.append(CarriedImage(slug, tag, result.digest, ref, result.blobs_copied, result.bytes_copied))
+        log.info("%s: %s:%s carries %d blobs", slug, registry, tag, result.blobs_copied)
     return carried
 
 
@@ -249,34 +263,33 @@ def check_images(
 
 
 def push_images(
-    config: Config, plan: ImagesPlan, *, environ: Mapping[str, str], redactor: Redactor, workers: int = 4
+    config: Config,
+    plan: ImagesPlan,
+    *,
+    environ: Mapping[str, str],
+    redactor: Redactor,
+    progress: Callable[[CopyProgress], None] | None = None,
 ) -> list[ImageImport]:
     """Every carried image into its collection's site registry, under its tag, digests unchanged."""
     done: list[ImageImport] = []
     source = LayoutSource(plan.layout)
-    for image in plan.images:
-        cc = config.collection(image.slug)
-        assert cc is not None  # check_images made sure, and that it names an image_registry
-        try:
-            repo, client = _registry(config, cc, environ=environ, redactor=redactor)
-            with client:
-                result = copy_between(
-                    source, image.ref, RegistryTarget(client, repo), image.tag, workers=workers
-                )
-        except (RegistryError, UsageError) as exc:
-            done.append(ImageImport(image.slug, image.tag, image.digest, "failed", error=redactor(str(exc))))
-            continue
-        if result.digest != image.digest:  # cannot happen: the layout was checked against the list
-            done.append(
-                ImageImport(image.slug, image.tag, image.digest, "failed", error=f"pushed {result.digest}")
-            )
-            continue
-        moved = result.blobs_copied or result.blobs_skipped or result.blobs_mounted
-        done.append(
-            ImageImport(
-                image.slug, image.tag, image.digest, "pushed" if moved else "present", result.blobs_copied
-            )
-        )
+    with _Clients(config, environ=environ, redactor=redactor) as clients:
+        for image in plan.images:
+            cc = config.collection(image.slug)
+            assert cc is not None  # check_images made sure, and that it names an image_registry
+            try:
+                repo, client = clients.get(cc)
+                target = RegistryTarget(client, repo)
+                there = target.find_manifest(image.tag) == image.digest
+                result = copy_between(source, image.ref, target, image.tag, progress=progress)
+            except CCCatalogError as exc:
+                error = str(exc)
+                if "is not in the layout" in error:  # the site's manifest said it held what it no longer does
+                    error += f"; {_STALE_HINT}"
+                done.append(ImageImport(image.slug, image.tag, image.digest, "failed", error=redactor(error)))
+                continue
+            action = "present" if there else "pushed"
+            done.append(ImageImport(image.slug, image.tag, result.digest, action, result.blobs_copied))
     return done
 
 
@@ -284,20 +297,30 @@ def failed_slugs(done: Collection[ImageImport]) -> set[str]:
     return {d.slug for d in done if d.action == "failed"}
 
 
-def _registry(
-    config: Config,
-    cc: CodeCollection,
-    *,
-    environ: Mapping[str, str],
-    redactor: Redactor,
-    image_registry: str | None = None,
-) -> tuple[Repository, RegistryClient]:
-    """The repository `image_registry` (default: the collection's) and a client with the
-    credentials of the collection's source."""
-    source = config.source(cc.source)
-    if source is None:
-        raise UsageError(f"{cc.slug}: no source {cc.source!r} in {config.path}")
-    repo, _tag = parse_reference(
-        image_registry or cc.image_registry or "", allow_plain_http=source.plain_http
-    )
-    return repo, RegistryClient(auth_for=source_auth(source, environ, redactor))
+class _Clients:
+    """One registry client per source (its credentials, its token cache), closed together."""
+
+    def __init__(self, config: Config, *, environ: Mapping[str, str], redactor: Redactor) -> None:
+        self.config = config
+        self.environ = environ
+        self.redactor = redactor
+        self._clients: dict[str, RegistryClient] = {}
+
+    def get(self, cc: CodeCollection, image_registry: str | None = None) -> tuple[Repository, RegistryClient]:
+        """The repository `image_registry` (default: the collection's) and the client of its source."""
+        source = self.config.source(cc.source)
+        if source is None:
+            raise UsageError(f"{cc.slug}: no source {cc.source!r} in {self.config.path}")
+        where = image_registry or cc.image_registry or ""
+        repo, _tag = parse_reference(where, allow_plain_http=source.plain_http)
+        if source.name not in self._clients:
+            auth_for = source_auth(source, self.environ, self.redactor)
+            self._clients[source.name] = RegistryClient(auth_for=auth_for)
+        return repo, self._clients[source.name]
+
+    def __enter__(self) -> _Clients:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for client in self._clients.values():
+            client.close()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +32,7 @@ from cccatalog.gitmirror.git import Git
 from cccatalog.gitmirror.layout import Layout
 from cccatalog.gitmirror.locks import file_lock
 from cccatalog.gitmirror.mirror import LocalState, Mirror
+from cccatalog.oci.copy import CopyProgress
 from cccatalog.paths import require_writable_dir
 from cccatalog.redact import strip_url_credentials
 from cccatalog.transfer.images import ImageImport, failed_slugs, push_images
@@ -65,7 +66,8 @@ class ImportResult:
 
     @property
     def changed(self) -> bool:
-        return bool(self.catalog_replaced) or any(r.action != "unchanged" for r in self.repos)
+        pushed = any(i.action == "pushed" for i in self.images or [])
+        return pushed or bool(self.catalog_replaced) or any(r.action != "unchanged" for r in self.repos)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -89,6 +91,7 @@ def import_update(
     signer: str | None,
     allow_unsigned: bool,
     environ: Mapping[str, str],
+    progress: Callable[[CopyProgress], None] | None = None,
 ) -> ImportResult:
     """Check the update at `path` whole (UsageError, nothing changed), then apply it."""
     allowed = allowed_signers or config.transfer.allowed_signers
@@ -111,10 +114,18 @@ def import_update(
         )  # fmt: skip
         lock = config.state.local_dir / "locks" / "import.lock"
         with file_lock(lock, timeout=config.git.lock_timeout_seconds, what="another import"):
-            return _apply(config, git, path, update, environ)
+            return _apply(config, git, path, update, environ=environ, progress=progress)
 
 
-def _apply(config: Config, git: Git, path: Path, update: Update, environ: Mapping[str, str]) -> ImportResult:
+def _apply(
+    config: Config,
+    git: Git,
+    path: Path,
+    update: Update,
+    *,
+    environ: Mapping[str, str],
+    progress: Callable[[CopyProgress], None] | None,
+) -> ImportResult:
     result = ImportResult(path, update.signed_by)
     layout = Layout(config.git.data_dir)
     layout.data_dir.mkdir(parents=True, exist_ok=True)
@@ -125,7 +136,9 @@ def _apply(config: Config, git: Git, path: Path, update: Update, environ: Mappin
         # keeps its old rows
         rows = dict(update.catalog)
         if update.images is not None:
-            result.images = push_images(config, update.images, environ=environ, redactor=git.redactor)
+            result.images = push_images(
+                config, update.images, environ=environ, redactor=git.redactor, progress=progress
+            )
             rows = {slug: found for slug, found in rows.items() if slug not in failed_slugs(result.images)}
         result.catalog_replaced = _replace_catalog(config, store, rows)
     if not result.failed:
