@@ -145,3 +145,11 @@ def test_a_database_adopted_before_mirroring_was_kept_gets_the_predecessors_rows
     monkeypatch.setattr(migrations, "MIGRATIONS", full)
     with Store.open(predecessor.path) as upgraded:
         assert_adopted(upgraded)
+
+
+def test_a_claim_narrowed_to_collections_leaves_the_others_pending(store: Store) -> None:
+    other = NewMirrorJob("acme", "other", "ghcr.io/org/other:v1", "v1", "acme.jfrog.io/cc/other:v1")
+    store.enqueue_mirror_jobs([job(), other])
+    [claimed] = store.claim_mirror_jobs(limit=5, stale_before=long_ago(), slugs=["other"])
+    assert claimed.cc_slug == "other"
+    assert store.list_mirror_jobs(status="pending")[1][0].cc_slug == "rw-cli"

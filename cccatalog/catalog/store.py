@@ -716,6 +716,7 @@ class Store:
         limit: int,
         stale_before: datetime,
         destination: str | None = None,
+        slugs: Iterable[str] = (),
         exclude: Iterable[int] = (),
     ) -> list[MirrorJobRecord]:
         """Mark up to `limit` pending jobs running (oldest first) and return them. A job still running
@@ -724,6 +725,7 @@ class Store:
         now = to_db_time(datetime.now(UTC))
         stale = to_db_time(stale_before)
         skipped = sorted(exclude)
+        only = sorted(slugs)
 
         def write(conn: Conn) -> list[MirrorJobRecord]:
             sql = (
@@ -733,6 +735,8 @@ class Store:
             args: tuple[object, ...] = (stale,)
             if destination is not None:
                 sql, args = sql + " AND destination = ?", (*args, destination)
+            if only:
+                sql, args = sql + f" AND cc_slug IN ({','.join('?' * len(only))})", (*args, *only)
             if skipped:
                 sql, args = sql + f" AND id NOT IN ({','.join('?' * len(skipped))})", (*args, *skipped)
             rows = conn.execute(sql + " ORDER BY created_at, id LIMIT ?", (*args, limit)).fetchall()

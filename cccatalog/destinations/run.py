@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
@@ -91,7 +91,12 @@ class Mirrorer:
         self.progress = progress
 
     def drain(
-        self, *, workers: int | None = None, only_destination: str | None = None, holds_lock: bool = False
+        self,
+        *,
+        workers: int | None = None,
+        only_destination: str | None = None,
+        only_slugs: Sequence[str] = (),
+        holds_lock: bool = False,
     ) -> list[tuple[MirrorJobRecord, str]]:
         """Run pending jobs until none is left, each at most once (a failed one is retried by the
         next drain, as the predecessor's next pass did); returns each job run with its status now.
@@ -109,6 +114,7 @@ class Mirrorer:
                     limit=max(workers * 4, 8),
                     stale_before=stale_before,
                     destination=only_destination,
+                    slugs=only_slugs,
                     exclude=[job.id for job, _ in ran],
                 )
                 if not jobs:

@@ -94,7 +94,7 @@ def _run_mirrors(  # noqa: PLR0917 - run_mirrors's arguments, passed on
             runs[name].refs_already_mirrored += already
     mirrorer = Mirrorer(config, store, environ=environ, redactor=redactor, client_factory=client_factory,
                         progress=progress)  # fmt: skip
-    for job, status in mirrorer.drain(holds_lock=True):
+    for job, status in mirrorer.drain(only_slugs=only_slugs, holds_lock=True):
         run = runs.get(job.destination)
         if run is None:
             continue
