@@ -198,7 +198,8 @@ class MirrorFilter:
     include_pr_refs: bool = setting(False, doc="builds of refs named `pr-…`")
 
     def tracks(self, slug: str) -> bool:
-        return "*" in self.codecollections or slug in self.codecollections
+        # An empty list tracks every collection, as the predecessor read it.
+        return not self.codecollections or "*" in self.codecollections or slug in self.codecollections
 
 
 @dataclass(frozen=True, slots=True)

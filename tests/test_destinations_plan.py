@@ -135,3 +135,11 @@ def test_plan_covers_only_tracked_collections() -> None:
     assert (work.destination, work.slug, work.source_image_tag) == ("site", "rw-cli", "main-1234567-abcdef0")
     assert work.source_ref == f"{REGISTRY}:main-1234567-abcdef0"
     assert work.target.ref == "registry.example.com/cc/rw-cli:main-1234567-abcdef0"
+
+
+@pytest.mark.parametrize(
+    ("codecollections", "tracked"),
+    [(("*",), True), (("rw-cli",), True), (("other",), False), ((), True)],  # empty: all, as the predecessor
+)
+def test_which_collections_a_destination_tracks(codecollections: tuple[str, ...], tracked: bool) -> None:
+    assert MirrorFilter(codecollections=codecollections).tracks("rw-cli") is tracked
