@@ -592,3 +592,30 @@ def test_on_a_terminal_sync_shows_the_git_bar_then_a_copy_bar_per_image(
     assert "sync" in text  # the git half's bar
     assert "copy" in text  # a bar per image copied, named after it
     assert f"{regs.source.host}/{repo}" in text
+
+
+@pytest.fixture
+def pg_state(monkeypatch: pytest.MonkeyPatch, pg_url: str) -> str:
+    """The state in a new PostgreSQL database, as a replica's environment names it."""
+    monkeypatch.setenv("CCCATALOG_STATE_URL", pg_url)
+    return pg_url
+
+
+def test_mirroring_with_the_state_on_postgresql(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], env: dict[str, str], regs: Registries, pg_state: str
+) -> None:
+    pg_url = pg_state
+    repo, main, release = push_builds(regs.source)
+    key = f"k{uuid.uuid4().hex[:8]}"
+    config = write_config(tmp_path, regs.source, repo, jfrog(regs.artifactory, key))
+
+    code, report, err = sync(config, capsys)
+
+    assert code == 0, err
+    summaries = report["destinations"]
+    assert isinstance(summaries, list)
+    assert (summaries[0]["copied"], summaries[0]["failed"]) == (2, 0)
+    with Store.open(pg_url) as store:
+        assert {t.target_digest for t in store.mirror_targets(slug="rw-cli")} == {main.digest, release.digest}
+        assert store.list_mirror_jobs(status="done")[0] == 2
+    assert tag_is_whole(regs.destination, f"{key}/codecollections/rw-cli", RELEASE) is True
