@@ -6,6 +6,7 @@ unreachable site registry are refused without the catalog naming an image the si
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import tarfile
@@ -272,3 +273,30 @@ def test_a_stale_site_manifest_fails_that_image_with_what_to_do_and_a_fresh_one_
     _update, imported = gap.cross("fresh")
     assert imported == 0
     assert tag_is_whole(gap.site, gap.site_repo, first.tag) is True
+
+
+@pytest.mark.security
+def test_an_update_whose_layout_is_not_one_is_refused(gap: Gap, capsys: pytest.CaptureFixture[str]) -> None:
+    """Unsigned, so its manifest can be rewritten to match: the layout itself is what is checked."""
+    first = gap.build("first", own="v1")
+    assert run(["-q", "sync", "-c", str(gap.connected_config)]) == 0
+    update = gap.root / "update.tar"
+    assert run(["-q", "export", "-c", str(gap.connected_config), "--out", str(update)]) == 0
+    broken, garbage = gap.root / "broken.tar", b"not an index\n"
+    with tarfile.open(update) as src, tarfile.open(broken, "w", format=tarfile.PAX_FORMAT) as out:
+        members = {m.name: (m, src.extractfile(m).read()) for m in src}  # type: ignore[union-attr]
+        doc = json.loads(members["manifest.json"][1])
+        doc["transfer"]["files"]["images/index.json"] = {
+            "sha256": hashlib.sha256(garbage).hexdigest(),
+            "size": len(garbage),
+        }
+        members["manifest.json"] = (members["manifest.json"][0], json.dumps(doc).encode())
+        members["images/index.json"] = (members["images/index.json"][0], garbage)
+        for member, data in members.values():
+            member.size = len(data)
+            out.addfile(member, io.BytesIO(data))
+    capsys.readouterr()
+    assert run(["-q", "import", str(broken), "-c", str(gap.site_config), "--allow-unsigned"]) == 2
+    assert "images/index.json: " in capsys.readouterr().err
+    assert tag_is_whole(gap.site, gap.site_repo, first.tag) is None
+    assert gap.site_rows() == {}

@@ -23,7 +23,7 @@ from typing import Any
 
 from cccatalog.catalog.models import ImageRefRecord
 from cccatalog.config import CodeCollection, Config, is_valid_slug
-from cccatalog.errors import CCCatalogError, UsageError
+from cccatalog.errors import CCCatalogError, RegistryError, UsageError
 from cccatalog.oci.auth import source_auth
 from cccatalog.oci.client import RegistryClient
 from cccatalog.oci.copy import CopyProgress, RegistrySource, RegistryTarget, copy_between, image_contents
@@ -236,7 +236,10 @@ def check_images(
     listed = block.get("images") if isinstance(block, dict) else None
     if not isinstance(listed, list):
         raise UsageError(f"{source}: transfer.images.images: expected a list")
-    named = {e.ref_name: e.digest for e in read_index(layout)} if (layout / INDEX_FILE).is_file() else {}
+    try:
+        named = {e.ref_name: e.digest for e in read_index(layout)} if (layout / INDEX_FILE).is_file() else {}
+    except RegistryError as exc:  # a layout that is not one: the update is refused, as a bad bundle is
+        raise UsageError(f"{source}: {LAYOUT}/{INDEX_FILE}: {exc}") from None
     images = []
     for i, item in enumerate(listed):
         where = f"{source}: transfer.images.images[{i}]"
