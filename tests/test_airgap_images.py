@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import subprocess
 import tarfile
 import uuid
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from cccatalog.config import load_config
 from tests.apifixtures import image_tag
 from tests.gitfixtures import Upstream
 from tests.imagefixtures import Build, push_build, tag_is_whole
-from tests.registry import ALL_MANIFESTS, PASSWORD, USERNAME, RunningRegistry, registry_client
+from tests.registry import ALL_MANIFESTS, PASSWORD, USERNAME, RunningRegistry, registry_client, sha256
 from tests.servefixtures import serve_process
 
 NO_SCHEDULER = {"CCCATALOG_SCHEDULER": "0"}
@@ -128,6 +129,19 @@ def test_images_cross_the_gap_and_an_update_carries_only_the_new_blobs(gap: Gap)
     update, imported = gap.cross("first")
     assert imported == 0
     assert carried_blobs(update) >= first.blobs  # the site held nothing: every blob crossed
+    # the layout in the file is a standard one: skopeo and umoci read it, unpacked as the docs say
+    (gap.root / "unpacked").mkdir()
+    subprocess.run(
+        ["tar", "-xf", str(update), "-C", str(gap.root / "unpacked"), "images/"], timeout=30, check=True
+    )
+    layout = gap.root / "unpacked" / "images"
+    raw = subprocess.run(["skopeo", "inspect", "--raw", f"oci:{layout}:alpha:{first.tag}"],
+                         capture_output=True, timeout=30, check=True).stdout  # fmt: skip
+    assert sha256(raw) == first.digest
+    listed = subprocess.run(
+        ["umoci", "ls", "--layout", str(layout)], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert listed.stdout.split() == [f"alpha:{first.tag}"]
     assert tag_is_whole(gap.site, gap.site_repo, first.tag) is True
     with registry_client(gap.site) as client:
         head = client.head(f"/v2/{gap.site_repo}/manifests/{first.tag}", headers={"Accept": ALL_MANIFESTS})
