@@ -287,7 +287,14 @@ def _copy_blobs(
         elif target.mount_blob(digest):
             outcome, sent = "mounted", 0
         else:
-            target.put_blob(digest, size, source.blob(digest))
+            chunks = source.blob(digest)
+            try:
+                target.put_blob(digest, size, chunks)
+            finally:
+                # an upload that failed early leaves the download open: end it now, not at collection
+                close = getattr(chunks, "close", None)
+                if close is not None:
+                    close()
             outcome, sent = "copied", size
         with lock:
             done[outcome] += 1
