@@ -318,7 +318,11 @@ class _Clients:
         repo, _tag = parse_reference(where, allow_plain_http=source.plain_http)
         if source.name not in self._clients:
             auth_for = source_auth(source, self.environ, self.redactor)
-            self._clients[source.name] = RegistryClient(auth_for=auth_for)
+            # manifests by digest never change: the cache `sync` keeps beside the state serves them
+            # again to every export and manifest after the first
+            from cccatalog.jobs import image_cache
+
+            self._clients[source.name] = RegistryClient(auth_for=auth_for, cache=image_cache(self.config))
         return repo, self._clients[source.name]
 
     def __enter__(self) -> _Clients:
