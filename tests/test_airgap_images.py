@@ -6,8 +6,10 @@ unreachable site registry are refused without the catalog naming an image the si
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import subprocess
 import tarfile
 import uuid
 from collections.abc import Callable
@@ -24,7 +26,7 @@ from cccatalog.config import load_config
 from tests.apifixtures import image_tag
 from tests.gitfixtures import Upstream
 from tests.imagefixtures import Build, push_build, tag_is_whole
-from tests.registry import ALL_MANIFESTS, PASSWORD, USERNAME, RunningRegistry, registry_client
+from tests.registry import ALL_MANIFESTS, PASSWORD, USERNAME, RunningRegistry, registry_client, sha256
 from tests.servefixtures import serve_process
 
 NO_SCHEDULER = {"CCCATALOG_SCHEDULER": "0"}
@@ -127,6 +129,19 @@ def test_images_cross_the_gap_and_an_update_carries_only_the_new_blobs(gap: Gap)
     update, imported = gap.cross("first")
     assert imported == 0
     assert carried_blobs(update) >= first.blobs  # the site held nothing: every blob crossed
+    # the layout in the file is a standard one: skopeo and umoci read it, unpacked as the docs say
+    (gap.root / "unpacked").mkdir()
+    subprocess.run(
+        ["tar", "-xf", str(update), "-C", str(gap.root / "unpacked"), "images/"], timeout=30, check=True
+    )
+    layout = gap.root / "unpacked" / "images"
+    raw = subprocess.run(["skopeo", "inspect", "--raw", f"oci:{layout}:alpha:{first.tag}"],
+                         capture_output=True, timeout=30, check=True).stdout  # fmt: skip
+    assert sha256(raw) == first.digest
+    listed = subprocess.run(
+        ["umoci", "ls", "--layout", str(layout)], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert listed.stdout.split() == [f"alpha:{first.tag}"]
     assert tag_is_whole(gap.site, gap.site_repo, first.tag) is True
     with registry_client(gap.site) as client:
         head = client.head(f"/v2/{gap.site_repo}/manifests/{first.tag}", headers={"Accept": ALL_MANIFESTS})
@@ -272,3 +287,30 @@ def test_a_stale_site_manifest_fails_that_image_with_what_to_do_and_a_fresh_one_
     _update, imported = gap.cross("fresh")
     assert imported == 0
     assert tag_is_whole(gap.site, gap.site_repo, first.tag) is True
+
+
+@pytest.mark.security
+def test_an_update_whose_layout_is_not_one_is_refused(gap: Gap, capsys: pytest.CaptureFixture[str]) -> None:
+    """Unsigned, so its manifest can be rewritten to match: the layout itself is what is checked."""
+    first = gap.build("first", own="v1")
+    assert run(["-q", "sync", "-c", str(gap.connected_config)]) == 0
+    update = gap.root / "update.tar"
+    assert run(["-q", "export", "-c", str(gap.connected_config), "--out", str(update)]) == 0
+    broken, garbage = gap.root / "broken.tar", b"not an index\n"
+    with tarfile.open(update) as src, tarfile.open(broken, "w", format=tarfile.PAX_FORMAT) as out:
+        members = {m.name: (m, src.extractfile(m).read()) for m in src}  # type: ignore[union-attr]
+        doc = json.loads(members["manifest.json"][1])
+        doc["transfer"]["files"]["images/index.json"] = {
+            "sha256": hashlib.sha256(garbage).hexdigest(),
+            "size": len(garbage),
+        }
+        members["manifest.json"] = (members["manifest.json"][0], json.dumps(doc).encode())
+        members["images/index.json"] = (members["images/index.json"][0], garbage)
+        for member, data in members.values():
+            member.size = len(data)
+            out.addfile(member, io.BytesIO(data))
+    capsys.readouterr()
+    assert run(["-q", "import", str(broken), "-c", str(gap.site_config), "--allow-unsigned"]) == 2
+    assert "images/index.json: " in capsys.readouterr().err
+    assert tag_is_whole(gap.site, gap.site_repo, first.tag) is None
+    assert gap.site_rows() == {}

@@ -9,10 +9,10 @@ a per-host concurrency limit. `counts` says how many requests of each kind were 
 A tag's manifest costs one request either way: a HEAD when the cache already holds where the tag
 pointed last time, else a GET by tag (body and digest at once).
 
-The write path (for `oci.copy`): HEAD of blobs and manifests, a streamed blob GET verified as it
-passes, uploads (one streamed PUT, or PATCHed chunks) with relative or absolute `Location`s,
-cross-repository mounts and manifest PUTs, on `pull,push` tokens. An upload `Location` on another
-origin is sent no credentials at all.
+For `oci.copy`: HEAD of blobs and manifests and a streamed blob GET verified as it passes; the
+writes (uploads, mounts, manifest PUTs) are `oci.push.RegistryPush`'s methods, which this class
+inherits and which send through the same `_send`. An upload `Location` on another origin is sent no
+credentials at all.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode
 
 import httpx
 
@@ -37,19 +36,16 @@ from cccatalog.oci.answers import (
     OCI_MANIFEST,
     Hasher,
     backoff,
-    expect,
     json_object,
-    location,
     media_type,
     next_page,
     origin,
     raise_for,
-    rechunk,
     unauthorized,
-    with_digest,
 )
 from cccatalog.oci.auth import KIND, RegistryAuth, RegistryTokenAuth, TokenCache, TokenRefused
 from cccatalog.oci.cache import BlobCache, DigestMismatch, sha256_digest
+from cccatalog.oci.push import RegistryPush
 from cccatalog.oci.reference import Repository
 
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -81,7 +77,7 @@ class Manifest:
         return data
 
 
-class RegistryClient:
+class RegistryClient(RegistryPush):
     def __init__(
         self,
         *,
@@ -191,10 +187,7 @@ class RegistryClient:
         raise_for(resp, repo, f"fetching blob {digest}")
         return self._verified(digest, resp.content, repo)
 
-    # --- the write path ---------------------------------------------------------------------------
-    # Pushing needs `pull,push` tokens (`oci.auth.scope_of` asks by method) and a mount also `pull` on
-    # the repository it mounts from. Order is the caller's business (`oci.copy`): blobs, then the
-    # manifests naming them, the tag last.
+    # --- what a copy reads (its writes: `oci.push.RegistryPush`) -----------------------------------
 
     def find_manifest(self, repo: Repository, reference: str) -> str | None:
         """The digest `reference` (a tag or digest) names in `repo`, None when there is none."""
@@ -228,74 +221,6 @@ class RegistryClient:
             raise RegistryError(f"{repo.name}: fetching blob {digest} failed: {type(exc).__name__}") from None
         finally:
             resp.close()
-
-    def mount_or_start_upload(
-        self, repo: Repository, digest: str, *, mount_from: Repository | None
-    ) -> str | None:
-        """Mount `digest` from `mount_from` (same registry) when given, else start an upload: None when
-        the blob was mounted, else the upload's URL (its `Location`, made absolute)."""
-        url = f"{repo.base_url}/v2/{repo.path}/blobs/uploads/"
-        if mount_from is not None and mount_from.host == repo.host and mount_from.path != repo.path:
-            url += "?" + urlencode({"mount": digest, "from": mount_from.path})
-        resp = self._send(repo, "POST", url, kind="upload", headers={"Content-Length": "0"})
-        if resp.status_code == 201 and "mount=" in url:
-            return None
-        if resp.status_code != 202:
-            raise_for(resp, repo, f"starting the upload of {digest}")
-            raise RegistryError(
-                f"{repo.name}: starting the upload of {digest}: unexpected HTTP {resp.status_code}"
-            )
-        return location(resp, repo)
-
-    def upload_blob(
-        self,
-        repo: Repository,
-        upload: str,
-        digest: str,
-        size: int,
-        chunks: Iterator[bytes],
-        *,
-        chunk_size: int | None = None,
-    ) -> None:
-        """Send a blob to an upload started by `mount_or_start_upload`: one streamed PUT (monolithic)
-        or, with `chunk_size`, PATCHes of that size and a closing PUT. The registry checks `digest`
-        too; an upload cut short is never committed."""
-        what = f"uploading blob {digest}"
-        if chunk_size is None:
-            resp = self._send(
-                repo, "PUT", with_digest(upload, digest), kind="upload", content=chunks, retry=False,
-                headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
-            )  # fmt: skip
-            expect(resp, repo, what, 201)
-            return
-        offset = 0
-        for piece in rechunk(chunks, chunk_size):
-            end = offset + len(piece) - 1
-            resp = self._send(
-                repo, "PATCH", upload, kind="upload", content=piece, retry=False,
-                headers={"Content-Type": "application/octet-stream", "Content-Range": f"{offset}-{end}"},
-            )  # fmt: skip
-            expect(resp, repo, what, 202)
-            upload = location(resp, repo)
-            offset = end + 1
-        resp = self._send(
-            repo, "PUT", with_digest(upload, digest), kind="upload", headers={"Content-Length": "0"}
-        )
-        expect(resp, repo, what, 201)
-
-    def put_manifest(self, repo: Repository, reference: str, body: bytes, media_type: str) -> str:
-        """Store a manifest under `reference` (its digest, or a tag); returns its digest, checked
-        against what the registry says it stored."""
-        digest = sha256_digest(body)
-        url = f"{repo.base_url}/v2/{repo.path}/manifests/{reference}"
-        resp = self._send(
-            repo, "PUT", url, kind="manifest-put", content=body, headers={"Content-Type": media_type}
-        )
-        expect(resp, repo, f"pushing manifest {reference}", 201)
-        stored = resp.headers.get("Docker-Content-Digest")
-        if stored and stored != digest:
-            raise RegistryError(f"{repo.name}: the registry stored {reference} as {stored}, not {digest}")
-        return digest
 
     def head_status(self, repo: Repository, url: str) -> tuple[int, str | None]:
         """HEAD a manifest at a URL of the registry's own origin that is not its `/v2/` path

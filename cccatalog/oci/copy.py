@@ -234,7 +234,7 @@ def _copy(
     top = source.manifest(reference)
     if target.find_manifest(tag) == top.digest:
         return CopyResult(top.digest, 0, 0, 0, 0)  # already there, whole: a registry holds nothing half
-    plan = _plan(source, target, top)
+    plan = _plan(source, target, top, workers=workers)
     counts = _copy_blobs(source, target, plan.blobs, image=image, workers=workers, progress=progress)
     for child in plan.children:
         target.put_manifest(child.digest, child.body, _type_of(child))
@@ -242,20 +242,27 @@ def _copy(
     return CopyResult(top.digest, *counts)
 
 
-def _plan(source: ImageSource, target: ImageTarget | None, top: Manifest) -> _Plan:
+def _plan(source: ImageSource, target: ImageTarget | None, top: Manifest, *, workers: int = 4) -> _Plan:
+    """What to copy: the manifests under `top` the target lacks (asked about, and fetched, a few at
+    a time: an index of N platforms is N round trips otherwise) and the blobs they name."""
     children: list[Manifest] = []
     blobs: dict[str, int] = {}
+
+    def lacking(digest: str) -> Manifest | None:
+        if target is not None and target.find_manifest(digest) == digest:
+            return None  # present at the target: so is everything it names
+        return source.manifest(digest)
 
     def walk(manifest: Manifest, *, is_top: bool) -> None:
         doc = _document(manifest)
         if _type_of(manifest) in INDEX_TYPES or "manifests" in doc:
-            for entry in _descriptors(doc.get("manifests"), manifest):
-                digest = entry["digest"]
-                if any(c.digest == digest for c in children):
-                    continue
-                if target is not None and target.find_manifest(digest) == digest:
-                    continue  # present at the target: so is everything it names
-                walk(source.manifest(digest), is_top=False)
+            listed = dict.fromkeys(e["digest"] for e in _descriptors(doc.get("manifests"), manifest))
+            wanted = [d for d in listed if not any(c.digest == d for c in children)]
+            with ThreadPoolExecutor(max_workers=max(1, min(workers, len(wanted) or 1))) as pool:
+                found = list(pool.map(lacking, wanted))
+            for child in found:
+                if child is not None:
+                    walk(child, is_top=False)
         else:
             named = [doc.get("config"), *(doc.get("layers") or [])]
             for entry in _descriptors(named, manifest):
@@ -287,7 +294,14 @@ def _copy_blobs(
         elif target.mount_blob(digest):
             outcome, sent = "mounted", 0
         else:
-            target.put_blob(digest, size, source.blob(digest))
+            chunks = source.blob(digest)
+            try:
+                target.put_blob(digest, size, chunks)
+            finally:
+                # an upload that failed early leaves the download open: end it now, not at collection
+                close = getattr(chunks, "close", None)
+                if close is not None:
+                    close()
             outcome, sent = "copied", size
         with lock:
             done[outcome] += 1

@@ -23,7 +23,7 @@ from typing import Any
 
 from cccatalog.catalog.models import ImageRefRecord
 from cccatalog.config import CodeCollection, Config, is_valid_slug
-from cccatalog.errors import CCCatalogError, UsageError
+from cccatalog.errors import CCCatalogError, RegistryError, UsageError
 from cccatalog.oci.auth import source_auth
 from cccatalog.oci.client import RegistryClient
 from cccatalog.oci.copy import CopyProgress, RegistrySource, RegistryTarget, copy_between, image_contents
@@ -236,7 +236,10 @@ def check_images(
     listed = block.get("images") if isinstance(block, dict) else None
     if not isinstance(listed, list):
         raise UsageError(f"{source}: transfer.images.images: expected a list")
-    named = {e.ref_name: e.digest for e in read_index(layout)} if (layout / INDEX_FILE).is_file() else {}
+    try:
+        named = {e.ref_name: e.digest for e in read_index(layout)} if (layout / INDEX_FILE).is_file() else {}
+    except RegistryError as exc:  # a layout that is not one: the update is refused, as a bad bundle is
+        raise UsageError(f"{source}: {LAYOUT}/{INDEX_FILE}: {exc}") from None
     images = []
     for i, item in enumerate(listed):
         where = f"{source}: transfer.images.images[{i}]"
@@ -315,7 +318,11 @@ class _Clients:
         repo, _tag = parse_reference(where, allow_plain_http=source.plain_http)
         if source.name not in self._clients:
             auth_for = source_auth(source, self.environ, self.redactor)
-            self._clients[source.name] = RegistryClient(auth_for=auth_for)
+            # manifests by digest never change: the cache `sync` keeps beside the state serves them
+            # again to every export and manifest after the first
+            from cccatalog.jobs import image_cache
+
+            self._clients[source.name] = RegistryClient(auth_for=auth_for, cache=image_cache(self.config))
         return repo, self._clients[source.name]
 
     def __enter__(self) -> _Clients:
