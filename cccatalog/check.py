@@ -97,30 +97,35 @@ def check(
 
 
 def _credentials(config: Config, environ: Mapping[str, str]) -> Iterator[Check]:
-    blocks: list[tuple[str, AuthConfig, list[str]]] = []
+    blocks: list[tuple[str, list[tuple[str, str | None]], list[str]]] = []
     if mirrored_slugs(config):
         hosts = [h for cc in config.codecollections if cc.git_url and (h := _http_host(cc.git_url))]
-        blocks.append(("git.auth", config.git.auth, hosts))
+        blocks.append(("git.auth", _names(config.git.auth), hosts))
     for i, source in enumerate(config.sources):
         hosts = [url_host(cc.image_registry) or "" for cc in source.codecollections if cc.image_registry]
-        blocks.append((f"sources[{i}].auth", source.auth, hosts))
-    for key, auth, hosts in blocks:
-        for name, var in (
-            ("token_env", auth.token_env),
-            ("user_env", auth.user_env),
-            ("pass_env", auth.pass_env),
-            ("dockerconfigjson_env", auth.dockerconfigjson_env),
-        ):
+        blocks.append((f"sources[{i}].auth", _names(source.auth), hosts))
+    for i, destination in enumerate(config.destinations):
+        auth = destination.auth  # the predecessor's name for the Docker config key
+        names = [("token_env", auth.token_env), ("user_env", auth.user_env), ("pass_env", auth.pass_env),
+                 ("docker_config_env", auth.docker_config_env)]  # fmt: skip
+        blocks.append((f"destinations[{i}].auth", names, [destination.host]))
+    for key, names, hosts in blocks:
+        for name, var in names:
             if var is None:
                 continue
             value = environ.get(var, "")
             if not value:
                 yield Check(f"{key}.{name}", Status.FAIL, f"environment variable {var} is not set or empty")
                 continue
-            if name != "dockerconfigjson_env":
+            if name not in ("dockerconfigjson_env", "docker_config_env"):
                 yield Check(f"{key}.{name}", Status.OK, f"{var} is set")
                 continue
             yield from _docker_config(f"{key}.{name}", var, value, hosts)
+
+
+def _names(auth: AuthConfig) -> list[tuple[str, str | None]]:
+    return [("token_env", auth.token_env), ("user_env", auth.user_env), ("pass_env", auth.pass_env),
+            ("dockerconfigjson_env", auth.dockerconfigjson_env)]  # fmt: skip
 
 
 def _docker_config(subject: str, var: str, value: str, hosts: list[str]) -> Iterator[Check]:

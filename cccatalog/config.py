@@ -25,6 +25,8 @@ from cccatalog.redact import GITHUB_TOKEN, strip_url_credentials
 RefScope = Literal["branches-and-tags", "all"]
 Visibility = Literal["public", "hidden"]
 SourceType = Literal["oci", "static", "upstream"]
+DestinationType = Literal["jfrog", "registry"]
+Pointer = Literal["latest", "stable"]
 
 # The predecessor's default: baked mirrors live outside /data, so a volume on /data cannot hide them.
 DEFAULT_DATA_DIR = Path("/opt/cc-catalog/git")
@@ -153,6 +155,85 @@ class SchedulerConfig:
     git_sync_minutes: int = setting(
         60, doc="git sync interval inside `serve`, first run at start-up; `0` turns it off"
     )
+    mirror_poll_minutes: int = setting(
+        5,
+        doc="image mirroring to `destinations` inside `serve`, first run at start-up; `0` turns it off",
+    )
+    mirror_workers: int = setting(2, doc="images copied to destinations at once")
+    per_job_timeout_seconds: int = setting(600, doc="one image copy running longer than this fails")
+
+
+@dataclass(frozen=True, slots=True)
+class DestinationAuth:
+    """The predecessor's destination auth block: names of environment variables, at most one form."""
+
+    token_env: str | None = setting(
+        doc="an access token: `jfrog` presents it as Basic `_:<token>` (the predecessor's, Artifactory's "
+        "convention), `registry` as a Bearer token; only ever to this destination's host"
+    )
+    user_env: str | None = setting(doc="a user name, with `pass_env`: Basic credentials")
+    pass_env: str | None = setting(doc="the password (or an access token used as one) of `user_env`")
+    docker_config_env: str | None = setting(
+        doc="a Docker `config.json` (a path, or the JSON itself); the destination's host is looked up in it"
+    )
+
+    def as_auth(self) -> AuthConfig:
+        """The same credentials as every other auth block reads them."""
+        return AuthConfig(self.token_env, self.user_env, self.pass_env, self.docker_config_env)
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorFilter:
+    """Which builds a destination receives (the predecessor's defaults)."""
+
+    codecollections: tuple[str, ...] = setting(
+        ("*",), doc='slugs to mirror, or `["*"]` for all', shown='`["*"]`'
+    )
+    include_pointers: tuple[Pointer, ...] = setting(
+        ("latest", "stable"), doc="the builds `latest` and `stable` point at", shown="`[latest, stable]`"
+    )
+    include_branches: tuple[str, ...] = setting(("main",), doc="branches whose newest build is mirrored",
+                                                shown="`[main]`")  # fmt: skip
+    include_semver_tags: bool = setting(True, doc="builds of tags named like `v1.2` or `1.2.3`")
+    include_pr_refs: bool = setting(False, doc="builds of refs named `pr-…`")
+
+    def tracks(self, slug: str) -> bool:
+        # An empty list tracks every collection, as the predecessor read it.
+        return not self.codecollections or "*" in self.codecollections or slug in self.codecollections
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """A registry the newest builds are copied to (the predecessor's `destinations[]`)."""
+
+    name: str = setting(doc="unique destination name", required=True)
+    type: DestinationType = setting(
+        "jfrog",
+        doc="`jfrog` (Artifactory: `base_url` + `repo_key`) or `registry` (any OCI registry: `registry`)",
+    )
+    base_url: str | None = setting(doc="`jfrog`: the Artifactory URL, like `https://acme.jfrog.io`")
+    repo_key: str | None = setting(doc="`jfrog`: the Docker repository key")
+    path_prefix: str | None = setting(doc="`jfrog`: a path under the repository, like `codecollections`")
+    registry: str | None = setting(doc="`registry`: `host[:port]/prefix` images are copied under")
+    auth: DestinationAuth = setting(DestinationAuth(), doc="credentials for this destination only",
+                                    shown="anonymous")  # fmt: skip
+    enable_xray_scan: bool = setting(False, doc="`jfrog`: ask Xray to scan each pushed image (best effort)")
+    mirror: MirrorFilter = setting(MirrorFilter(), doc="which builds to mirror (the keys below)",
+                                   shown="the defaults below")  # fmt: skip
+
+    @property
+    def host(self) -> str:
+        """The registry host (with port) images are pushed to."""
+        if self.type == "jfrog":
+            return urlsplit(self.base_url or "").netloc.lower()
+        return (self.registry or "").split("/", 1)[0].lower()
+
+    @property
+    def repository_prefix(self) -> str:
+        """The repository path every target starts with: `<repo_key>[/<path_prefix>]` or the registry's."""
+        if self.type == "jfrog":
+            return "/".join(p for p in (self.repo_key, (self.path_prefix or "").strip("/")) if p)
+        return (self.registry or "").partition("/")[2].strip("/")
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,7 +375,11 @@ class Config:
     images: ImagesConfig = field(default_factory=ImagesConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
     sources: tuple[Source, ...] = ()
+    destinations: tuple[Destination, ...] = ()
     warnings: tuple[str, ...] = ()
+
+    def destination(self, name: str) -> Destination | None:
+        return next((d for d in self.destinations if d.name == name), None)
 
     @property
     def codecollections(self) -> tuple[CodeCollection, ...]:
@@ -338,19 +423,22 @@ _SCP_RE = re.compile(r"[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:\S+")
 _MOUNT_RE = re.compile(r"(/[A-Za-z0-9_~-][A-Za-z0-9._~-]*)+/?")
 _GIT_SCHEMES = ("https", "http", "ssh", "git", "file")
 
-_TOP_KEYS = ("git", "images", "scheduler", "serve", "sources", "state", "transfer")
+_TOP_KEYS = ("destinations", "git", "images", "scheduler", "serve", "sources", "state", "transfer")
 _LEGACY_TOP = {
-    "destinations": "image mirroring to other registries is not part of cccatalog",
     "storage": "cccatalog keeps its state in an SQLite file or a PostgreSQL database (state.path, state.url)",
     "catalog_api": "not used by cccatalog (serve takes its options on the command line)",
 }
-_LEGACY_SCHEDULER = dict.fromkeys(
-    ("mirror_poll_minutes", "mirror_workers", "per_job_timeout_seconds"), _LEGACY_TOP["destinations"]
-)
 # The keys each block accepts are its dataclass's fields (a field that is not a key, like a
 # collection's `source`, is left out): one list to keep in step with the code.
 _GIT_KEYS = tuple(GitConfig.__dataclass_fields__)
 _AUTH_KEYS = tuple(AuthConfig.__dataclass_fields__)
+_DESTINATION_KEYS = tuple(Destination.__dataclass_fields__)
+_DESTINATION_AUTH_KEYS = tuple(DestinationAuth.__dataclass_fields__)
+_MIRROR_KEYS = tuple(MirrorFilter.__dataclass_fields__)
+# An Artifactory repository key and a path under it: repository components, as a registry reads them.
+_REPO_PATH_RE = re.compile(
+    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+)
 _CC_KEYS = tuple(name for name in CodeCollection.__dataclass_fields__ if name != "source")
 
 _T = TypeVar("_T")
@@ -430,6 +518,7 @@ def parse_config(data: object, *, path: Path, environ: Mapping[str, str] | None 
     serve = _serve(top.child("serve"))
     images = _images(top.child("images"))
     transfer = _transfer(top.child("transfer"))
+    destinations = _destinations(top, slugs)
     if ctx.problems:
         raise ConfigError(str(path), ctx.problems)
     return Config(
@@ -441,6 +530,7 @@ def parse_config(data: object, *, path: Path, environ: Mapping[str, str] | None 
         images=images,
         transfer=transfer,
         sources=sources,
+        destinations=destinations,
         warnings=tuple(ctx.warnings),
     )
 
@@ -543,31 +633,182 @@ class _Reader:
 
 
 def _scheduler(r: _Reader) -> SchedulerConfig:
-    r.check_keys(("catalog_poll_minutes", "git_sync_minutes"), _LEGACY_SCHEDULER)
+    r.check_keys(tuple(SchedulerConfig.__dataclass_fields__))
     d = SchedulerConfig()
     return SchedulerConfig(
         catalog_poll_minutes=r.int_("catalog_poll_minutes", d.catalog_poll_minutes, 0, 1440),
         git_sync_minutes=r.int_("git_sync_minutes", d.git_sync_minutes, 0, 1440),
+        mirror_poll_minutes=r.int_("mirror_poll_minutes", d.mirror_poll_minutes, 0, 1440),
+        # the predecessor's ranges
+        mirror_workers=r.int_("mirror_workers", d.mirror_workers, 1, 32),
+        per_job_timeout_seconds=r.int_("per_job_timeout_seconds", d.per_job_timeout_seconds, 10, 3600),
     )
 
 
 def _auth(r: _Reader) -> AuthConfig:
-    r.check_keys(_AUTH_KEYS)
+    return AuthConfig(**_auth_names(r, _AUTH_KEYS, "dockerconfigjson_env"))
+
+
+def _auth_names(r: _Reader, keys: tuple[str, ...], docker_key: str) -> dict[str, str | None]:
+    """The environment variable names of an auth block whose keys are `keys`: at most one form."""
+    r.check_keys(keys)
     names: dict[str, str | None] = {}
-    for key in _AUTH_KEYS:
+    for key in keys:
         value = r.data.get(key)
         ok = isinstance(value, str) and _ENV_NAME_RE.fullmatch(value) and not GITHUB_TOKEN.fullmatch(value)
         names[key] = value if ok and isinstance(value, str) else None
         # Never echo the value: it may be the secret itself (and a GitHub token is a valid name).
         if value is not None and not ok:
             r.problem(key, "expected the NAME of an environment variable holding the secret, not the secret")
-    given = {key for key in _AUTH_KEYS if r.data.get(key) is not None}
+    given = {key for key in keys if r.data.get(key) is not None}
     pair = given & {"user_env", "pass_env"}
-    if ("token_env" in given) + bool(pair) + ("dockerconfigjson_env" in given) > 1:
-        r.problem(None, "set only one of token_env, user_env+pass_env, dockerconfigjson_env")
+    if ("token_env" in given) + bool(pair) + (docker_key in given) > 1:
+        r.problem(None, f"set only one of token_env, user_env+pass_env, {docker_key}")
     if len(pair) == 1:
         r.problem(None, f"{pair.pop()} is set without {({'user_env', 'pass_env'} - given).pop()}; set both")
-    return AuthConfig(**names)
+    return names
+
+
+def _destinations(top: _Reader, slugs: Mapping[str, str]) -> tuple[Destination, ...]:
+    destinations: list[Destination] = []
+    names: dict[str, str] = {}
+    for where, item in top.items("destinations"):
+        if (r := _Reader.of(top.ctx, where, item)) is not None:
+            destinations.append(_destination(r, names, slugs))
+    return tuple(destinations)
+
+
+def _destination(r: _Reader, names: dict[str, str], slugs: Mapping[str, str]) -> Destination:
+    r.check_keys(_DESTINATION_KEYS)
+    name = r.str_("name", "", required=True)
+    if name:
+        _first_or_duplicate(r, "name", name, names, "destination name")
+    # The predecessor knew only `jfrog`, and made it the default.
+    type_ = cast(DestinationType, r.choice("type", "jfrog", ("jfrog", "registry")))
+    if r.data.get("type", "jfrog") not in ("jfrog", "registry"):
+        # Which keys it needs depends on the type: said once the type is right.
+        return Destination(name=name, type=type_)
+    used = {"jfrog": ("base_url", "repo_key", "path_prefix", "enable_xray_scan"), "registry": ("registry",)}
+    for key in used["registry" if type_ == "jfrog" else "jfrog"]:
+        if key in r.data:
+            r.problem(
+                key,
+                f"is not a key of a {type_} destination (only of "
+                f"{'jfrog' if type_ == 'registry' else 'registry'} ones)",
+            )
+    base_url = repo_key = path_prefix = registry = None
+    if type_ == "jfrog":
+        base_url = _artifactory_url(r)
+        repo_key = _repo_path(r, "repo_key", required=True)
+        path_prefix = _repo_path(r, "path_prefix", required=False)
+    else:
+        registry = _destination_registry(r)
+    auth_reader = r.child("auth")
+    auth = DestinationAuth(**_auth_names(auth_reader, _DESTINATION_AUTH_KEYS, "docker_config_env"))
+    return Destination(
+        name=name,
+        type=type_,
+        base_url=base_url,
+        repo_key=repo_key,
+        path_prefix=path_prefix,
+        registry=registry,
+        auth=auth,
+        enable_xray_scan=r.bool_("enable_xray_scan", False),
+        mirror=_mirror_filter(r.child("mirror"), slugs),
+    )
+
+
+def _artifactory_url(r: _Reader) -> str | None:
+    base_url = r.str_("base_url", None, required=True)
+    if base_url is None:
+        return None
+    base_url = base_url.rstrip("/")
+    if problem := _url_problem(base_url, ("https", "http"), f"name them in {r.key('auth')}"):
+        r.problem("base_url", problem)
+    elif urlsplit(base_url).path.strip("/"):
+        r.problem(
+            "base_url",
+            "expected the Artifactory URL without a path, like https://acme.jfrog.io; "
+            f"got {_quote(base_url)}",
+        )
+    elif urlsplit(base_url).scheme == "http" and not _is_loopback_url(base_url):
+        r.problem("base_url", "plain http is only used for a loopback Artifactory; use https://")
+    return base_url
+
+
+def _destination_registry(r: _Reader) -> str | None:
+    registry = r.str_("registry", None, required=True)
+    if registry is None:
+        return None
+    registry = registry.rstrip("/")
+    if problem := _registry_problem(registry):
+        r.problem("registry", problem)
+    elif split_registry_host(registry)[0] is None:
+        r.problem(
+            "registry",
+            "expected host[:port]/prefix with a registry host, like registry.example.com/cc; "
+            f"got {_quote(registry)}",
+        )
+    return registry
+
+
+def _is_loopback_url(url: str) -> bool:
+    host = (urlsplit(url).hostname or "").lower()
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def _repo_path(r: _Reader, name: str, *, required: bool) -> str | None:
+    value = r.str_(name, None, required=required)
+    if value is None:
+        return None
+    value = value.strip("/")
+    if not _REPO_PATH_RE.fullmatch(value):
+        r.problem(
+            name,
+            "expected a repository path (lowercase letters, digits and . _ - between slashes), "
+            f"got {_quote(value)}",
+        )
+        return None
+    return value
+
+
+def _mirror_filter(r: _Reader, slugs: Mapping[str, str]) -> MirrorFilter:
+    r.check_keys(_MIRROR_KEYS)
+    d = MirrorFilter()
+    collections = _strings(r, "codecollections", d.codecollections)
+    for slug in collections:
+        if slug != "*" and slug not in slugs:
+            close = difflib.get_close_matches(slug, list(slugs), n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            r.warn(
+                "codecollections",
+                f"{_quote(slug)} is not a slug of any configured CodeCollection; "
+                f"nothing is mirrored for it{hint}",
+            )
+    pointers = _strings(r, "include_pointers", d.include_pointers)
+    for pointer in pointers:
+        if pointer not in ("latest", "stable"):
+            r.problem("include_pointers", f"expected latest and/or stable, got {_quote(pointer)}")
+    return MirrorFilter(
+        codecollections=collections,
+        include_pointers=cast("tuple[Pointer, ...]", tuple(p for p in pointers if p in ("latest", "stable"))),
+        include_branches=_strings(r, "include_branches", d.include_branches),
+        include_semver_tags=r.bool_("include_semver_tags", d.include_semver_tags),
+        include_pr_refs=r.bool_("include_pr_refs", d.include_pr_refs),
+    )
+
+
+def _strings(r: _Reader, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """A list of non-empty strings (a YAML null: the default; `[]`: none)."""
+    if r.data.get(name) is None:
+        return default
+    found: list[str] = []
+    for where, item in r.items(name):
+        if isinstance(item, str) and item.strip():
+            found.append(item.strip())
+        else:
+            r.ctx.problems.append(f"{where}: expected a non-empty string, got {_describe(item)}")
+    return tuple(found)
 
 
 def _sources(top: _Reader) -> tuple[tuple[Source, ...], dict[str, str]]:

@@ -40,6 +40,8 @@ from cccatalog.runlocks import Locks
 if TYPE_CHECKING:
     from cccatalog.catalog.images import ImageSyncResult
     from cccatalog.catalog.store import Store
+    from cccatalog.destinations.run import Progress
+    from cccatalog.destinations.sync import MirrorReport
     from cccatalog.oci.cache import BlobCache
 
 
@@ -47,6 +49,8 @@ if TYPE_CHECKING:
 class SyncRequest:
     git: bool = True
     images: bool = True
+    # copy the newest builds to the destinations after the image half (serve runs that on its own)
+    mirror: bool = True
     only: tuple[str, ...] = ()
     jobs: int | None = None
     no_wait: bool = False
@@ -65,10 +69,13 @@ class SyncReport:
     warnings: list[str] = field(default_factory=list)
     # collections whose registry or upstream catalog images.runtime_sync kept this run from polling
     images_held_back: list[str] = field(default_factory=list)
+    # what was copied to each destination (None: no destination, or the image half did not run)
+    mirrors: MirrorReport | None = None
 
     @property
     def failed(self) -> bool:
-        return any(r.failed for r in self.git) or any(r.failed for r in self.images)
+        mirrors_failed = self.mirrors is not None and self.mirrors.failed
+        return any(r.failed for r in self.git) or any(r.failed for r in self.images) or mirrors_failed
 
     def to_json(self) -> dict[str, object]:
         counts: dict[str, int] = {}
@@ -81,6 +88,7 @@ class SyncReport:
             "images": [r.to_json() for r in self.images],
             "warnings": list(self.warnings),
             "images_held_back": list(self.images_held_back),
+            "destinations": self.mirrors.to_json() if self.mirrors is not None else [],
         }
 
 
@@ -166,8 +174,10 @@ def run_sync(
     redactor: Redactor,
     environ: Mapping[str, str],
     run_git: Callable[[MirrorSyncer, list[RepoTask]], list[RepoResult]] | None = None,
+    copy_progress: Progress | None = None,
 ) -> SyncReport:
-    """Sync what `request` asks for. `run_git` lets the caller wrap the git half (progress bars)."""
+    """Sync what `request` asks for. `run_git` lets the caller wrap the git half (progress bars),
+    `copy_progress` follows the image copies to destinations."""
     report = SyncReport()
     tasks = plan_sync(config, only=request.only) if request.git else []  # validates --only either way
     store.upsert_collections(config.codecollections)
@@ -195,6 +205,20 @@ def run_sync(
             report.images = [ImageSyncResult(cc.slug, cc.source, note=request.skip_images) for cc in planned]
         else:
             report.images = images.run(planned, jobs=request.jobs or config.git.parallelism)
+        # After the catalog half, which decides the builds; a held-back image half copies nothing either.
+        if (
+            config.destinations
+            and request.mirror
+            and not request.skip_images
+            and images_allowed(config, request)
+        ):
+            from cccatalog.destinations.sync import run_mirrors
+            from cccatalog.runlocks import Locks
+
+            report.mirrors = run_mirrors(
+                config, store, environ=environ, redactor=redactor, only_slugs=request.only,
+                progress=copy_progress, locks=Locks.for_state(config, store),
+            )  # fmt: skip
     return report
 
 
@@ -291,6 +315,7 @@ def perform_sync(
     redactor: Redactor,
     environ: Mapping[str, str],
     run_git: Callable[[MirrorSyncer, list[RepoTask]], list[RepoResult]] | None = None,
+    copy_progress: Progress | None = None,
 ) -> SyncReport:
     """`cccatalog sync`: refuse what cannot be done before anything is written, then run under the state
     file and the run locks. Usage problems raise UsageError (exit 2) with the disk untouched."""
@@ -314,7 +339,10 @@ def perform_sync(
         config.git.data_dir.mkdir(parents=True, exist_ok=True)
     # The state first: a corrupt or newer one is refused before any lock file is made.
     with Store.for_config(config, environ=environ) as store, run_locks(config, request, store) as granted:
-        report = run_sync(config, store, granted, redactor=redactor, environ=environ, run_git=run_git)
+        report = run_sync(
+            config, store, granted, redactor=redactor, environ=environ, run_git=run_git,
+            copy_progress=copy_progress,
+        )  # fmt: skip
     report.warnings[:0] = warnings
     return report
 

@@ -10,6 +10,8 @@ is a bake manifest of an earlier cccatalog, still read (its repos and refs are t
      "repos": [{"slug", "upstream_url", "default_branch", "head_commit", "refs": {ref: sha},
                 "refs_fingerprint"}],
      "catalog": {"digest": "sha256:...", "refs": {slug: {ref: image_tag}}} | null,
+     "images": {slug: {"repository", "tags": {tag: digest}, "manifests": [...], "blobs": [...]}}
+               (`cccatalog manifest` of a site: what its registry holds; cccatalog.transfer.images),
      "transfer": {...}  (export only: see cccatalog.transfer)}
 """
 
@@ -219,14 +221,22 @@ def site_manifest(config: Config, git: Git, store: Store | None) -> dict[str, An
     return document("site", repos, collections=slugs, catalog=catalog)
 
 
-def describe_site(config: Config, git: Git) -> bytes:
-    """`cccatalog manifest`: this site's manifest, reading the state file only when there is one."""
+def describe_site(config: Config, git: Git, *, environ: Mapping[str, str] | None = None) -> bytes:
+    """`cccatalog manifest`: this site's manifest, reading the state file only when there is one.
+    With `environ` (its credentials), also what the site registry holds of the catalog's images
+    (`images`), so an export leaves out what is there."""
     if config.state.url is None and not config.state.path.is_file():
         return dumps(site_manifest(config, git, None))
     from cccatalog.catalog.store import Store
 
     with Store.for_config(config) as store:
-        return dumps(site_manifest(config, git, store))
+        doc = site_manifest(config, git, store)
+        rows = {cc.slug: store.list_image_refs(cc.slug) for cc in config.codecollections}
+    if environ is not None:
+        from cccatalog.transfer.images import site_images
+
+        doc["images"] = site_images(config, rows, environ=environ, redactor=git.redactor)
+    return dumps(doc)
 
 
 def baked_at(data_dir: Path) -> datetime | None:

@@ -11,7 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, TextIO
 
 from rich.console import Console
@@ -23,9 +26,12 @@ from cccatalog.logs import LOGGER_NAME, emits_json
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from rich.progress import TaskID
+
     from cccatalog.check import CheckReport
     from cccatalog.gitmirror.sync import MirrorSyncer, RepoResult, RepoTask
     from cccatalog.jobs import SyncReport
+    from cccatalog.oci.copy import CopyProgress
     from cccatalog.oci.resolve import RefResolution
     from cccatalog.status import RepoStatus, StatusReport
     from cccatalog.transfer.export import ExportResult
@@ -67,6 +73,7 @@ def sync_report(report: SyncReport, *, as_json: bool, quiet: bool) -> None:
             log.error("%s: images: %s", image.slug, image.error)
         else:
             log.info("%s: images: %d refs, latest %s", image.slug, image.refs, image.latest_tag or "none")
+    _narrate_mirrors(report)
     if as_json:
         write_json(report.to_json())
         return
@@ -92,6 +99,33 @@ def sync_report(report: SyncReport, *, as_json: bool, quiet: bool) -> None:
                 i.slug, str(i.refs), str(i.deactivated), i.latest_tag or "", i.stable_tag or "", problem
             )
         out.print(table)
+    if report.mirrors and report.mirrors.destinations:
+        out.print(_destinations_table(report))
+
+
+def _narrate_mirrors(report: SyncReport) -> None:
+    """One line per destination (an error line when a copy failed, and one per failure)."""
+    if report.mirrors and report.mirrors.skipped:
+        log.warning("destinations: %s", report.mirrors.skipped)
+        return
+    for d in report.mirrors.destinations if report.mirrors else ():
+        line = (
+            f"destination {d.name}: {d.copied} copied, {d.already_there} already there, {d.failed} failed "
+            f"({d.jobs_enqueued} new jobs, {d.refs_already_mirrored} builds mirrored before)"
+        )
+        log.log(logging.ERROR if d.failed else logging.INFO, "%s", line)
+        for error in d.errors:
+            log.error("destination %s: %s", d.name, error)
+
+
+def _destinations_table(report: SyncReport) -> Table:
+    columns = ("destination", "new jobs", "copied", "already there", "failed", "mirrored before")
+    table = _table("destinations", columns, ("destination",))
+    for d in report.mirrors.destinations if report.mirrors else ():
+        failed = f"[red]{d.failed}[/]" if d.failed else "0"
+        table.add_row(d.name, str(d.jobs_enqueued), str(d.copied), str(d.already_there), failed,
+                      str(d.refs_already_mirrored))  # fmt: skip
+    return table
 
 
 def narrate(result: RepoResult) -> None:
@@ -123,6 +157,39 @@ def sync_progress(*, quiet: bool) -> Callable[[MirrorSyncer, list[RepoTask]], li
             return syncer.run(tasks, on_done=done)
 
     return run
+
+
+@contextmanager
+def copy_progress(what: str, *, quiet: bool) -> Iterator[Callable[[CopyProgress], None] | None]:
+    """Image copies (`export`, `import`, `sync` to destinations): a bar per image, in bytes, on a
+    terminal; nothing otherwise (each image is narrated when it is done). The bars appear with the
+    first copy, so nothing is shown while a run copies nothing (or while `sync`'s git bar is up)."""
+    if quiet or not sys.stderr.isatty() or emits_json():
+        yield None
+        return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(
+        TextColumn(f"[bold]{what}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
+        TextColumn("{task.description}"), console=Console(stderr=True), transient=True,
+    )  # fmt: skip
+    bars: dict[str, TaskID] = {}
+    lock = threading.Lock()
+
+    def update(p: CopyProgress) -> None:
+        with lock:
+            if not bars:
+                progress.start()
+            if p.image not in bars:
+                bars[p.image] = progress.add_task(p.image, total=p.bytes_total)
+            progress.update(bars[p.image], completed=p.bytes_done, total=p.bytes_total)
+
+    try:
+        yield update
+    finally:
+        with lock:
+            if bars:
+                progress.stop()
 
 
 # --- resolve-latest ------------------------------------------------------------------------------
@@ -217,12 +284,23 @@ def export_result(result: ExportResult, *, as_json: bool, quiet: bool) -> None:
     sys.stdout.write(
         f"{result.collections} collections with image refs, {result.images} images in images.txt\n"
     )
+    if result.carried is not None:
+        blobs = sum(c.blobs for c in result.carried)
+        sent = sum(c.bytes for c in result.carried)
+        sys.stdout.write(
+            f"{len(result.carried)} images carried, {blobs} blobs ({_size(sent)}) the site lacks\n"
+        )
 
 
 def import_result(result: ImportResult, *, as_json: bool, quiet: bool) -> None:
     for r in result.repos:
         if r.error:
             log.error("%s: %s", r.slug, r.error)
+    for image in result.images or []:
+        if image.error:
+            log.error(
+                "%s: image %s not pushed, its catalog rows kept: %s", image.slug, image.tag, image.error
+            )
     if as_json:
         write_json(result.to_json())
         return
@@ -242,6 +320,13 @@ def import_result(result: ImportResult, *, as_json: bool, quiet: bool) -> None:
             escape(r.error or ""),
         )
     console().print(table)
+    if result.images is not None:
+        actions = Counter(i.action for i in result.images)
+        blobs = sum(i.blobs_pushed for i in result.images)
+        sys.stdout.write(
+            f"images: {actions['pushed']} pushed ({blobs} blobs), {actions['present']} there already, "
+            f"{actions['failed']} failed\n"
+        )
     replaced = ", ".join(result.catalog_replaced) or "none changed"
     sys.stdout.write(f"catalog: {replaced}; signed by {result.signed_by or 'nobody (--allow-unsigned)'}\n")
 

@@ -10,10 +10,11 @@ One interface, two implementations, chosen by where the state lives (`Locks.for_
   the server drops a lock when the connection holding it ends (the process died, the network broke).
 
 What is locked where: image polls write only the state, so every replica shares one `sync-images`
-lock and one `scheduler-images` leader. Git runs write a mirror volume, so their locks are named after
-the volume (`sync-git:<volume>`): replicas with a disk each sync their own, replicas sharing one
-ReadWriteMany volume take turns. The per-repo locks inside a git run stay `flock` on the volume itself
-(see `gitmirror.locks`), whichever the state.
+lock and one `scheduler-images` leader; image mirroring (`sync-mirror`, `scheduler-mirror`) too.
+Git runs write a mirror volume, so their locks are named after the volume (`sync-git:<volume>`):
+replicas with a disk each sync their own, replicas sharing one ReadWriteMany volume take turns. The
+per-repo locks inside a git run stay `flock` on the volume itself (see `gitmirror.locks`), whichever
+the state.
 """
 
 from __future__ import annotations

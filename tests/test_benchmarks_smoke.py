@@ -119,3 +119,17 @@ def test_transfer_benchmark_sizes_a_one_commit_update_against_a_full_export(tmp_
     assert update["ratio"] == round(update["bytes"] / full["bytes"], 5)
     assert all(rows[name]["seconds"] > 0 for name in ("re-bake the mirrors", "import the one-commit update"))
     assert [t["name"] for t in data["targets"]] == ["one-commit update vs full export < 1 %"]
+
+
+@pytest.mark.timeout(SMOKE_SECONDS + 30)
+@pytest.mark.skipif(shutil.which("skopeo") is None, reason="needs skopeo (apt-get install skopeo)")
+def test_images_benchmark_mirrors_cold_and_warm_beside_skopeo_and_sizes_an_update(tmp_path: Path) -> None:
+    data = run_benchmark("benchmarks.images.bench_images", tmp_path / "images.json")
+    rows = {(row["phase"], row["tool"]): row for row in data["rows"]}
+    tools = ("cccatalog", "skopeo copy loop", "skopeo sync")
+    assert set(rows) == {(phase, tool) for phase in ("cold", "warm") for tool in tools}
+    assert all(row["seconds"] > 0 and row["vs_cccatalog"] > 0 for row in rows.values())
+    assert rows[("cold", "cccatalog")]["vs_cccatalog"] == 1.0
+    sizes = data["sizes"]
+    assert 0 < sizes["update_image_bytes"] < sizes["full_export_image_bytes"] / data["parameters"]["images"]
+    assert len(data["targets"]) == 3

@@ -165,6 +165,24 @@ CASES = [
         absent=(TOKEN,),
     ),
     Case(
+        "config-destination-token-pasted-as-variable-name",
+        ("sync",),
+        2,
+        ("destinations[0].auth.token_env", "NAME of an environment"),
+        _config(
+            f"{GIT_OK}destinations:\n  - name: acme\n    base_url: https://acme.jfrog.io\n"
+            f"    repo_key: docker\n    auth: {{token_env: {TOKEN}}}\n"
+        ),
+        absent=(TOKEN,),
+    ),
+    Case(
+        "config-destination-without-repo-key",
+        ("sync",),
+        2,
+        ("destinations[0].repo_key", "is required"),
+        _config(f"{GIT_OK}destinations:\n  - {{name: acme, type: jfrog, base_url: https://acme.jfrog.io}}\n"),
+    ),
+    Case(
         "config-uppercase-image-registry",
         ("sync",),
         2,

@@ -134,9 +134,8 @@ def test_predecessor_bake_config_loads_unchanged_with_its_values(tmp_path: Path)
     assert (config.scheduler.catalog_poll_minutes, config.scheduler.git_sync_minutes) == (5, 60)
     assert config.state.path == Path("/opt/cc-catalog/git/.cccatalog/state.sqlite3")
     assert config.path == tmp_path / "config.yaml"
-    assert config.warnings == (
-        "destinations: ignored — image mirroring to other registries is not part of cccatalog",
-    )
+    assert config.warnings == ()
+    assert config.destinations == ()
     source = config.sources[0]
     assert (source.name, source.type, source.auth.is_anonymous) == ("ghcr-runwhen-contrib", "oci", True)
     fork = config.collection("ss-rw-cli-codecollection")
@@ -149,7 +148,7 @@ def test_predecessor_bake_config_loads_unchanged_with_its_values(tmp_path: Path)
     assert [cc.name for cc in config.codecollections[1:6]] == [None] * 5
 
 
-def test_predecessor_mirroring_keys_load_with_one_warning_each(tmp_path: Path) -> None:
+def test_predecessor_mirroring_keys_load_and_are_used(tmp_path: Path) -> None:
     config = load(
         tmp_path,
         """\
@@ -166,7 +165,8 @@ def test_predecessor_mirroring_keys_load_with_one_warning_each(tmp_path: Path) -
             codecollections:
               - {slug: rw-cli-codecollection, image_registry: example.jfrog.io/cc/rw-cli-codecollection}
         destinations:
-          - {name: jfrog, registry: example.jfrog.io/cc, auth: {user_env: JFROG_USER, pass_env: JFROG_PASS}}
+          - {name: jfrog, base_url: https://example.jfrog.io, repo_key: cc,
+             auth: {user_env: JFROG_USER, pass_env: JFROG_PASS}}
         storage: {url: "s3://bucket/catalog"}
         catalog_api: {host: 0.0.0.0, port: 8000}
         """,
@@ -174,21 +174,14 @@ def test_predecessor_mirroring_keys_load_with_one_warning_each(tmp_path: Path) -
 
     assert config.scheduler.catalog_poll_minutes == 10
     assert config.scheduler.git_sync_minutes == 60  # the predecessor's default
+    assert (config.scheduler.mirror_poll_minutes, config.scheduler.mirror_workers) == (30, 4)
+    assert config.scheduler.per_job_timeout_seconds == 1800
     assert config.sources[0].auth.user_env == "JFROG_USER"
     assert config.sources[0].auth.pass_env == "JFROG_PASS"
-    assert [w.split(":")[0] for w in config.warnings] == [
-        "destinations",
-        "storage",
-        "catalog_api",
-        "scheduler.mirror_poll_minutes",
-        "scheduler.mirror_workers",
-        "scheduler.per_job_timeout_seconds",
-    ]
+    [destination] = config.destinations
+    assert (destination.name, destination.type, destination.host) == ("jfrog", "jfrog", "example.jfrog.io")
+    assert [w.split(":")[0] for w in config.warnings] == ["storage", "catalog_api"]
     assert all(": ignored — " in w for w in config.warnings)
-    assert (
-        "destinations: ignored — image mirroring to other registries is not part of cccatalog"
-        in config.warnings
-    )
 
 
 # --- reporting ----------------------------------------------------------------------------------------
@@ -213,8 +206,8 @@ def test_every_problem_in_the_file_is_reported_at_once_with_its_key_path(tmp_pat
 
     assert sorted(problems) == sorted(
         [
-            "soruces: unknown key (expected one of: git, images, scheduler, serve, sources, state, "
-            "transfer); "
+            "soruces: unknown key (expected one of: destinations, git, images, scheduler, serve, sources, "
+            "state, transfer); "
             "did you mean sources?",
             "sources[0].type: expected 'oci', 'static' or 'upstream', got 'ocii'",
             f"sources[0].codecollections[0].slug: 'Bad Slug!' is not a valid slug ({SLUG_RULE})",
@@ -244,13 +237,14 @@ def test_config_error_names_the_file_and_lists_one_problem_per_line(tmp_path: Pa
     [
         (
             "soruces: []\n",
-            "soruces: unknown key (expected one of: git, images, scheduler, serve, sources, state, "
-            "transfer); "
+            "soruces: unknown key (expected one of: destinations, git, images, scheduler, serve, sources, "
+            "state, transfer); "
             "did you mean sources?",
         ),
         (
             "zzz: 1\n",
-            "zzz: unknown key (expected one of: git, images, scheduler, serve, sources, state, transfer)",
+            "zzz: unknown key (expected one of: destinations, git, images, scheduler, serve, sources, state, "
+            "transfer)",
         ),
         ("git: {enabeld: true}\n", "git.enabeld: unknown key (expected one of: "),
         ("git: {auth: {tokn_env: X}}\n", "git.auth.tokn_env: unknown key (expected one of: "),

@@ -14,21 +14,14 @@ HERE = Path(__file__).resolve().parent
 CORPUS = sorted((HERE / "predecessor_configs").glob("*.yaml"))
 AIRGAP_EXAMPLE = HERE.parent / "examples" / "config.airgap.yaml"
 
-MIRRORING = "ignored — image mirroring to other registries is not part of cccatalog"
 EXPECTED_WARNINGS = {
-    "airgap-jfrog.yaml": {"catalog_api", "scheduler.mirror_poll_minutes"},
+    "airgap-jfrog.yaml": {"catalog_api"},
     "bake-allow-list.yaml": {"git.codecollections[2]"},
-    "connected-example.yaml": {
-        "storage", "catalog_api", "scheduler.mirror_poll_minutes", "scheduler.mirror_workers",
-        "scheduler.per_job_timeout_seconds",
-    },
-    "documented.yaml": {"destinations", "storage"},
+    "connected-example.yaml": {"storage", "catalog_api"},
+    "documented.yaml": {"storage"},
     "jfrog-dockerconfigjson.yaml": {"storage", "catalog_api"},
     "jfrog-token.yaml": {"sources[0].options.timeout"},
-    "mirroring.yaml": {
-        "destinations", "storage", "scheduler.mirror_poll_minutes", "scheduler.mirror_workers",
-        "scheduler.per_job_timeout_seconds",
-    },
+    "mirroring.yaml": {"storage"},
     "static-offline.yaml": set(),
     "upstream-chain.yaml": set(),
 }  # fmt: skip
@@ -56,7 +49,7 @@ def test_the_documented_config_keeps_its_values(tmp_path: Path) -> None:
     assert config.git.auth.token_env == "GITHUB_TOKEN"
     [source] = config.sources
     assert (source.type, source.auth.user_env, source.auth.pass_env) == ("oci", "JFROG_USER", "JFROG_PASS")
-    assert MIRRORING in config.warnings[0]
+    assert config.destinations == ()  # `destinations: []`
 
 
 def test_upstream_sources_of_the_corpus_name_their_catalogs() -> None:
@@ -74,3 +67,23 @@ def test_the_airgap_example_loads_without_warnings_and_polls_no_registry() -> No
     assert config.warnings == ()
     assert not config.git.runtime_sync
     assert not config.images.runtime_sync  # its registries are ghcr.io: unreachable from the site
+
+
+def test_the_mirroring_config_keeps_its_destination_and_scheduler() -> None:
+    config = load_config(HERE / "predecessor_configs" / "mirroring.yaml", environ={})
+    [destination] = config.destinations
+    assert (destination.name, destination.type, destination.base_url) == (
+        "acme-jfrog", "jfrog", "https://acme.jfrog.io",
+    )  # fmt: skip
+    assert (destination.repo_key, destination.path_prefix) == ("runwhen-virtual", "codecollections")
+    assert destination.auth.token_env == "JFROG_ACCESS_TOKEN"
+    assert destination.enable_xray_scan is False
+    mirror = destination.mirror
+    assert (mirror.codecollections, mirror.include_pointers, mirror.include_branches) == (
+        ("*",), ("latest", "stable"), ("main",),
+    )  # fmt: skip
+    assert (mirror.include_semver_tags, mirror.include_pr_refs) == (True, False)
+    scheduler = config.scheduler
+    assert (scheduler.mirror_poll_minutes, scheduler.mirror_workers, scheduler.per_job_timeout_seconds) == (
+        5, 4, 1800,
+    )  # fmt: skip

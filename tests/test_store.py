@@ -29,7 +29,8 @@ from tests.pgfixtures import connect
 PROCESSES = 12
 SCHEMA_TABLES = [
     "cccatalog_catalog_pointers", "cccatalog_collections", "cccatalog_git_mirrors", "cccatalog_image_refs",
-    "cccatalog_image_syncs", "cccatalog_jobs",
+    "cccatalog_image_syncs", "cccatalog_jobs", "cccatalog_destinations", "cccatalog_mirror_targets",
+    "cccatalog_mirror_jobs", "cccatalog_mirror_job_ids",
 ]  # fmt: skip
 T0 = datetime(2026, 11, 25, 21, 0, 0, 123456, tzinfo=UTC)
 
@@ -176,7 +177,7 @@ def test_new_state_file_is_in_wal_mode_at_the_latest_schema_version(tmp_path: Pa
         assert opened.schema_version == len(migrations.MIGRATIONS)
     assert _pragma(path, "journal_mode") == "wal"
     assert _pragma(path, "user_version") == len(migrations.MIGRATIONS)
-    assert _tables(path) == SCHEMA_TABLES
+    assert _tables(path) == sorted(SCHEMA_TABLES)
 
 
 def test_reopening_a_current_file_runs_no_migration(tmp_path: Path, counting_migration: int) -> None:

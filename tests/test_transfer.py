@@ -105,8 +105,8 @@ def test_round_trip_brings_a_baked_site_to_the_connected_side_while_clients_clon
 
         update = tmp_path / "update.tar"
         exported = cli(
-            "export", "-c", str(sides.connected), "--since", str(site_json), "--out", str(update),
-            "--sign-key", str(keys.key), "--json",
+            "export", "--no-images", "-c", str(sides.connected), "--since", str(site_json),
+            "--out", str(update), "--sign-key", str(keys.key), "--json",
         )  # fmt: skip
         assert exported.returncode == 0, exported.stderr
         kinds = {r["slug"]: r["kind"] for r in json.loads(exported.stdout)["repos"]}
@@ -165,7 +165,7 @@ def test_a_full_export_builds_an_empty_site_and_an_unsigned_one_needs_allow_unsi
     sides.write({"alpha": builds_at(up.sha("main"))})
     sides.sync()
     update = tmp_path / "full.tar"
-    assert run(["-q", "export", "-c", str(sides.connected), "--out", str(update)]) == 0
+    assert run(["-q", "export", "--no-images", "-c", str(sides.connected), "--out", str(update)]) == 0
 
     refused = cli("import", str(update), "-c", str(sides.site))
     assert refused.returncode == 2
@@ -199,7 +199,17 @@ def test_export_since_an_earlier_bake_manifest_without_a_format_is_incremental(
     up.commit("after the bake")
     sides.sync()
     update = tmp_path / "u.tar"
-    out = cli("export", "-c", str(sides.connected), "--since", str(since), "--out", str(update), "--json")
+    out = cli(
+        "export",
+        "--no-images",
+        "-c",
+        str(sides.connected),
+        "--since",
+        str(since),
+        "--out",
+        str(update),
+        "--json",
+    )
     assert out.returncode == 0, out.stderr
     [repo] = json.loads(out.stdout)["repos"]
     assert repo["kind"] == "incremental"
@@ -223,7 +233,17 @@ def test_an_export_with_only_moved_refs_carries_no_bundle(
     git("tag", "light", "HEAD", cwd=up.path)
     sides.sync()
     update = tmp_path / "u.tar"
-    out = cli("export", "-c", str(sides.connected), "--since", str(site_json), "--out", str(update), "--json")
+    out = cli(
+        "export",
+        "--no-images",
+        "-c",
+        str(sides.connected),
+        "--since",
+        str(site_json),
+        "--out",
+        str(update),
+        "--json",
+    )
     assert out.returncode == 0, out.stderr
     [repo] = json.loads(out.stdout)["repos"]
     assert (repo["kind"], repo["bundle"], repo["refs_changed"]) == ("refs", None, 2)

@@ -67,7 +67,7 @@ def test_an_import_killed_at_any_step_leaves_each_mirror_old_or_new_and_the_next
     sides.write({slug: builds_at(up.sha("main")) for slug, up in ups.items()})
     sides.sync()
     full = tmp_path / "full.tar"
-    assert cli("export", "-c", str(sides.connected), "--out", str(full)).returncode == 0
+    assert cli("export", "--no-images", "-c", str(sides.connected), "--out", str(full)).returncode == 0
     assert cli("import", str(full), "-c", str(sides.site), "--allow-unsigned").returncode == 0
     site_json = tmp_path / "site.json"
     assert cli("manifest", "-c", str(sides.site), "--out", str(site_json)).returncode == 0
@@ -78,7 +78,9 @@ def test_an_import_killed_at_any_step_leaves_each_mirror_old_or_new_and_the_next
     sides.sync()
     new = {slug: sides.connected_refs(slug) for slug in SLUGS}
     update = tmp_path / "update.tar"
-    done = cli("export", "-c", str(sides.connected), "--since", str(site_json), "--out", str(update))
+    done = cli(
+        "export", "--no-images", "-c", str(sides.connected), "--since", str(site_json), "--out", str(update)
+    )
     assert done.returncode == 0, done.stderr
 
     bindir, reached = blocking_git(tmp_path / "wrapper", command, nth)

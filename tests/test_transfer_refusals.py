@@ -32,7 +32,7 @@ class Applied:
 
     def export(self, name: str, *extra: str, since: Path | None = None) -> Path:
         out = self.tmp / name
-        args = ["export", "-c", str(self.sides.connected), "--out", str(out), *extra]
+        args = ["export", "--no-images", "-c", str(self.sides.connected), "--out", str(out), *extra]
         done = cli(*args, *(["--since", str(since or self.site_json)]))
         assert done.returncode == 0, done.stderr
         return out
@@ -48,7 +48,16 @@ def applied(tmp_path: Path, make_upstream: MakeUpstream) -> Applied:
     sides.sync()
     full = tmp_path / "full.tar"
     assert (
-        cli("export", "-c", str(sides.connected), "--out", str(full), "--sign-key", str(keys.key)).returncode
+        cli(
+            "export",
+            "--no-images",
+            "-c",
+            str(sides.connected),
+            "--out",
+            str(full),
+            "--sign-key",
+            str(keys.key),
+        ).returncode
         == 0
     )
     done = cli("import", str(full), "-c", str(sides.site))

@@ -73,8 +73,9 @@ _BLOCKS: list[tuple[str, type[Any]]] = [
     ("state", cfg.StateConfig),
     ("transfer", cfg.TransferConfig),
     ("sources[]", cfg.Source),
+    ("destinations[]", cfg.Destination),
 ]
-_NESTED = {cfg.AuthConfig, cfg.CodeCollection}
+_NESTED = {cfg.AuthConfig, cfg.CodeCollection, cfg.DestinationAuth, cfg.MirrorFilter}
 
 
 def _shown(f: dataclasses.Field[Any]) -> str:
@@ -106,6 +107,8 @@ def _rows(prefix: str, block: type[Any]) -> Iterator[tuple[str, str, str]]:
             yield from _rows(name, inner)
         elif inner is cfg.CodeCollection:
             yield from _rows(f"{name}[]", inner)
+        elif inner in (cfg.DestinationAuth, cfg.MirrorFilter):
+            yield from _rows(name, inner)
 
 
 def _inner(f: dataclasses.Field[Any]) -> type[Any] | None:

@@ -146,7 +146,7 @@ def bench(size: Size, work: Path) -> tuple[list[Row], dict[str, int]]:
     write_config(site, upstream, site=True)
     cccatalog("sync", "-c", str(connected))
     full = work / "full.tar"
-    cccatalog("export", "-c", str(connected), "--out", str(full))
+    cccatalog("export", "--no-images", "-c", str(connected), "--out", str(full))
     cccatalog("import", str(full), "-c", str(site), "--allow-unsigned")
     facts = {"pack_bytes": pack_bytes(connected.parent / "mirrors" / f"{SLUG}.git")}
 
@@ -157,13 +157,15 @@ def bench(size: Size, work: Path) -> tuple[list[Row], dict[str, int]]:
         one_commit(upstream, rep)
         cccatalog("sync", "-c", str(connected))
         update = work / f"update-{rep}.tar"
-        cccatalog("export", "-c", str(connected), "--since", str(site_json), "--out", str(update))
+        cccatalog(
+            "export", "--no-images", "-c", str(connected), "--since", str(site_json), "--out", str(update)
+        )
         update_bytes.append(update.stat().st_size)
         import_s.append(cccatalog("import", str(update), "-c", str(site), "--allow-unsigned"))
         bake_s.append(cccatalog("bake", "-c", str(connected), "--dest", str(work / f"rebake-{rep}")))
         fresh = work / f"fresh-{rep}" / "config.yaml"
         write_config(fresh, upstream, site=True)
-        cccatalog("export", "-c", str(connected), "--out", str(full))
+        cccatalog("export", "--no-images", "-c", str(connected), "--out", str(full))
         full_import_s.append(cccatalog("import", str(full), "-c", str(fresh), "--allow-unsigned"))
     full_bytes = full.stat().st_size
     upd, imp = statistics.median(update_bytes), statistics.median(import_s)

@@ -14,6 +14,7 @@ back as datetimes and its flags as booleans, on SQLite as text and 0/1: both are
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -98,6 +99,7 @@ def carry(conn: Conn, schema: PredecessorSchema) -> None:
     ).fetchall()
     for slug, *values in refs:
         _carry_ref(conn, slug, dict(zip(_REF_COLUMNS, values, strict=True)))
+    carry_mirroring(conn)
     log.warning(
         "adopted the cc-catalog-svc database: %d CodeCollections, %d image refs "
         "(its tables are kept as they were, for a rollback)",
@@ -151,3 +153,76 @@ def _carry_ref(conn: Conn, slug: str, ref: dict[str, Any]) -> None:
 
 def _flag(value: object, *, default: bool) -> int:
     return int(default if value is None else bool(value))
+
+
+_DESTINATION_COLUMNS = ("name", "type", "enabled", "config_json", "last_synced", "last_sync_error",
+                        "created_at", "updated_at")  # fmt: skip
+_JOB_COLUMNS = (
+    *("id", "source_image_ref", "target_image_ref", "status", "attempts", "max_attempts", "last_error"),
+    *("log_text", "created_at", "started_at", "finished_at"),
+)
+
+
+def carry_mirroring(conn: Conn) -> None:
+    """Copy the predecessor's image mirroring rows (destinations, mirror_targets, mirror_jobs), when
+    its database has them, into cccatalog's mirroring tables. Job ids are kept (the API shows them);
+    texts it stored are redacted, as its other errors."""
+    tables = conn.dialect.tables(conn)
+    if "cccatalog_mirror_job_ids" not in tables:
+        return  # a schema from before migration 8, which carries them when it runs
+    if {"destinations", "mirror_targets", "mirror_jobs", "codecollections"} <= tables:
+        _carry_mirror_rows(conn)
+    # The job id counter's one row, going on from the ids carried over.
+    conn.execute(
+        "INSERT INTO cccatalog_mirror_job_ids (last_id) "
+        "SELECT COALESCE(MAX(id), 0) FROM cccatalog_mirror_jobs"
+    )
+
+
+def _carry_mirror_rows(conn: Conn) -> None:
+    redact = Redactor()
+    now = to_db_time(datetime.now(UTC))
+    present = conn.dialect.columns(conn, "destinations")
+    for row in conn.execute(f"SELECT {_select(_DESTINATION_COLUMNS, present)} FROM destinations").fetchall():  # noqa: S608
+        d = dict(zip(_DESTINATION_COLUMNS, row, strict=True))
+        config = d["config_json"]
+        conn.execute(
+            "INSERT INTO cccatalog_destinations (name, type, enabled, config_json, last_synced, "
+            "last_sync_error, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                d["name"], d["type"], _flag(d["enabled"], default=True),
+                config if isinstance(config, str) or config is None else json.dumps(config),
+                _time(d["last_synced"]), redact(d["last_sync_error"]) if d["last_sync_error"] else None,
+                _time(d["created_at"]) or now, _time(d["updated_at"]) or now,
+            ),
+        )  # fmt: skip
+    for slug, destination, tag, ref, digest, mirrored in conn.execute(
+        "SELECT c.slug, d.name, t.source_image_tag, t.target_image_ref, t.target_digest, t.mirrored_at "
+        "FROM mirror_targets t JOIN codecollections c ON c.id = t.cc_id "
+        "JOIN destinations d ON d.id = t.destination_id"
+    ).fetchall():
+        conn.execute(
+            "INSERT INTO cccatalog_mirror_targets (destination, slug, source_image_tag, target_image_ref, "
+            "target_digest, mirrored_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (destination, slug, tag, ref, digest, _time(mirrored) or now),
+        )
+    columns = _select(_JOB_COLUMNS, conn.dialect.columns(conn, "mirror_jobs"), "j.")
+    for slug, destination, *values in conn.execute(
+        f"SELECT c.slug, d.name, {columns} FROM mirror_jobs j "  # noqa: S608 - column names, no values
+        "JOIN codecollections c ON c.id = j.cc_id JOIN destinations d ON d.id = j.destination_id"
+    ).fetchall():
+        job = dict(zip(_JOB_COLUMNS, values, strict=True))
+        source = str(job["source_image_ref"])
+        conn.execute(
+            "INSERT INTO cccatalog_mirror_jobs (id, cc_slug, destination, source_image_ref, "
+            "source_image_tag, target_image_ref, status, attempts, max_attempts, last_error, log_text, "
+            "created_at, started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                int(job["id"]), slug, destination, source, str(job["target_image_ref"]).rpartition(":")[2],
+                job["target_image_ref"], job["status"], int(job["attempts"] or 0),
+                int(job["max_attempts"] or 3),
+                redact(job["last_error"]) if job["last_error"] else None,
+                redact(job["log_text"]) if job["log_text"] else None,
+                _time(job["created_at"]) or now, _time(job["started_at"]), _time(job["finished_at"]),
+            ),
+        )  # fmt: skip

@@ -304,3 +304,63 @@ def m007_mirror_status_per_volume(conn: Conn) -> None:
     )
     conn.execute("DROP TABLE cccatalog_git_mirrors")
     conn.execute("ALTER TABLE cccatalog_git_mirrors_v RENAME TO cccatalog_git_mirrors")
+
+
+@migration
+def m008_image_mirroring(conn: Conn) -> None:
+    # The predecessor's image mirroring (its destinations, mirror_targets and mirror_jobs), keyed by
+    # destination name and slug as the rest of cccatalog's tables are. Job ids are numbers, as the
+    # predecessor's API shows them; the one row of cccatalog_mirror_job_ids is locked by whoever adds
+    # jobs, so two replicas never hand out the same id (a plain `MAX(id) + 1` would race).
+    conn.execute(
+        """
+        CREATE TABLE cccatalog_destinations (
+            name TEXT PRIMARY KEY,
+            type TEXT NOT NULL,
+            enabled INTEGER NOT NULL DEFAULT 1,
+            config_json TEXT,
+            last_synced TEXT,
+            last_sync_error TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        )
+        """
+    )
+    conn.execute(
+        """
+        CREATE TABLE cccatalog_mirror_targets (
+            destination TEXT NOT NULL,
+            slug TEXT NOT NULL,
+            source_image_tag TEXT NOT NULL,
+            target_image_ref TEXT NOT NULL,
+            target_digest TEXT,
+            mirrored_at TEXT NOT NULL,
+            PRIMARY KEY (destination, slug, source_image_tag)
+        )
+        """
+    )
+    conn.execute(
+        """
+        CREATE TABLE cccatalog_mirror_jobs (
+            id INTEGER PRIMARY KEY,
+            cc_slug TEXT NOT NULL,
+            destination TEXT NOT NULL,
+            source_image_ref TEXT NOT NULL,
+            source_image_tag TEXT NOT NULL,
+            target_image_ref TEXT NOT NULL,
+            status TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            max_attempts INTEGER NOT NULL DEFAULT 3,
+            last_error TEXT,
+            log_text TEXT,
+            created_at TEXT NOT NULL,
+            started_at TEXT,
+            finished_at TEXT
+        )
+        """
+    )
+    conn.execute("CREATE INDEX cccatalog_mirror_jobs_status ON cccatalog_mirror_jobs (status, created_at)")
+    conn.execute("CREATE TABLE cccatalog_mirror_job_ids (last_id INTEGER NOT NULL)")
+    # A database adopted before this migration still holds the predecessor's mirroring tables; the
+    # id counter's one row is written there too (an adoption builds the tables without this migration).
+    adoption.carry_mirroring(conn)

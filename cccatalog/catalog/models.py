@@ -111,3 +111,58 @@ class JobRecord:
     # the run lock it holds while running (`RunLock.name`): free while the row says running means
     # its replica stopped
     lock: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewMirrorJob:
+    """A copy to ask for: one build of one collection to one destination."""
+
+    destination: str
+    cc_slug: str
+    source_image_ref: str
+    source_image_tag: str
+    target_image_ref: str
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorJobRecord:
+    """A mirror job as the predecessor's API shows it (`MirrorJobView`, `log_text` for the detail)."""
+
+    id: int
+    cc_slug: str
+    destination: str
+    source_image_ref: str
+    source_image_tag: str
+    target_image_ref: str
+    status: str  # pending | running | done | failed
+    attempts: int
+    max_attempts: int
+    last_error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    log_text: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DestinationRecord:
+    """What the state knows of one destination: its last mirror and how many tags it holds."""
+
+    name: str
+    type: str
+    enabled: bool
+    last_synced: datetime | None
+    last_sync_error: str | None
+    mirrored_tag_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorTargetRecord:
+    """One build a destination holds (a mirror that succeeded)."""
+
+    destination: str
+    slug: str
+    source_image_tag: str
+    target_image_ref: str
+    target_digest: str | None
+    mirrored_at: datetime

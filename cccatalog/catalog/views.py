@@ -83,12 +83,9 @@ def pointers_entry(
     }
 
 
-def resolve_payload(
-    cc: CodeCollection, requested: str, r: ImageRefRecord, *, destination: str | None = None
-) -> dict[str, Any]:
-    """The predecessor's resolve answer. Its `destination`, `target_image_ref` and `target_digest`
-    described images mirrored to another registry, which cccatalog does not do: the destination asked
-    for is echoed and the targets are null, which tells its clients to use the source image."""
+def resolve_payload(cc: CodeCollection, requested: str, r: ImageRefRecord) -> dict[str, Any]:
+    """The predecessor's resolve answer. `destination`, `target_image_ref` and `target_digest` are
+    filled in by the API when a destination is asked for (and holds the build)."""
     return {
         "slug": cc.slug,
         "requested": requested,
@@ -97,7 +94,7 @@ def resolve_payload(
         "image_digest": r.image_digest,
         "commit_hash": r.commit_hash,
         "rt_revision": r.rt_revision,
-        "destination": destination,
+        "destination": None,
         "target_image_ref": None,
         "target_digest": None,
     }

@@ -122,7 +122,12 @@ NoWait = Annotated[
     bool, typer.Option("--no-wait", help="Skip what another process is syncing instead of waiting.")
 ]
 GitHalf = Annotated[bool, typer.Option("--git/--no-git", help="Sync the git mirrors.")]
-ImagesHalf = Annotated[bool, typer.Option("--images/--no-images", help="Poll the newest image builds.")]
+ImagesHalf = Annotated[
+    bool,
+    typer.Option(
+        "--images/--no-images", help="Poll the newest image builds (and copy them to destinations)."
+    ),
+]
 Network = Annotated[
     bool, typer.Option("--network", help="Also ask each upstream and registry (read-only requests).")
 ]
@@ -179,6 +184,13 @@ UpdateOut = Annotated[Path, typer.Option("--out", metavar="FILE", help="The upda
 Since = Annotated[
     Path | None,
     typer.Option("--since", metavar="FILE", help="The site's manifest; without it, a full export."),
+]
+NoImages = Annotated[
+    bool,
+    typer.Option(
+        "--no-images",
+        help="Carry no images: only name them in images.txt, for the tool the site moves images with.",
+    ),
 ]
 UpdateFile = Annotated[Path, typer.Argument(metavar="FILE", help="The update file `export` wrote.")]
 AllowedSigners = Annotated[

@@ -65,10 +65,11 @@ def sync(
 
     inv = invocation(ctx)
     request = SyncRequest(git=git_half, images=images, only=tuple(only or ()), jobs=jobs, no_wait=no_wait)
-    report = perform_sync(
-        load(config), request, allow_runtime_sync=allow_runtime_sync, redactor=inv.redactor,
-        environ=os.environ, run_git=render.sync_progress(quiet=inv.quiet),
-    )  # fmt: skip
+    with render.copy_progress("copy", quiet=inv.quiet) as progress:
+        report = perform_sync(
+            load(config), request, allow_runtime_sync=allow_runtime_sync, redactor=inv.redactor,
+            environ=os.environ, run_git=render.sync_progress(quiet=inv.quiet), copy_progress=progress,
+        )  # fmt: skip
     render.sync_report(report, as_json=as_json, quiet=inv.quiet)
     _failed_if(report.failed)
 
@@ -188,12 +189,15 @@ def bake(
 
 @app.command(epilog=example("cccatalog manifest -c config.yaml --out site.json"))
 def manifest(ctx: typer.Context, config: base.ConfigOpt = None, out: base.ManifestOut = None) -> None:
-    """What this site has (every ref of every mirror, the image refs): carry it to export --since."""
+    """What this site has (every ref of every mirror, the image refs, what its registry holds of them):
+    carry it to export --since."""
     from cccatalog import render
     from cccatalog.gitmirror.git import Git
     from cccatalog.manifest import describe_site
 
-    render.manifest(describe_site(load(config), Git(redactor=invocation(ctx).redactor)), out)
+    render.manifest(
+        describe_site(load(config), Git(redactor=invocation(ctx).redactor), environ=os.environ), out
+    )
 
 
 @app.command(
@@ -205,17 +209,20 @@ def export(
     config: base.ConfigOpt = None,
     since: base.Since = None,
     sign_key: base.SignKeyOpt = None,
+    no_images: base.NoImages = False,
     as_json: base.JsonOpt = False,
 ) -> None:
-    """Write one file that brings a site from its manifest to these mirrors and this catalog."""
+    """Write one file that brings a site from its manifest to these mirrors, this catalog and its images."""
     from cccatalog import render
     from cccatalog.gitmirror.git import Git
     from cccatalog.transfer.export import export_update
 
     inv = invocation(ctx)
-    result = export_update(
-        load(config), Git(redactor=inv.redactor), out=out, since=since, sign_key=sign_key, environ=os.environ
-    )
+    with render.copy_progress("export", quiet=inv.quiet) as progress:
+        result = export_update(
+            load(config), Git(redactor=inv.redactor), out=out, since=since, sign_key=sign_key,
+            environ=os.environ, images=not no_images, redactor=inv.redactor, progress=progress,
+        )  # fmt: skip
     render.export_result(result, as_json=as_json, quiet=inv.quiet)
 
 
@@ -235,10 +242,11 @@ def import_(
     from cccatalog.transfer.importer import import_update
 
     inv = invocation(ctx)
-    result = import_update(
-        load(config), Git(redactor=inv.redactor), update, allowed_signers=allowed_signers, signer=signer,
-        allow_unsigned=allow_unsigned, environ=os.environ,
-    )  # fmt: skip
+    with render.copy_progress("import", quiet=inv.quiet) as progress:
+        result = import_update(
+            load(config), Git(redactor=inv.redactor), update, allowed_signers=allowed_signers,
+            signer=signer, allow_unsigned=allow_unsigned, environ=os.environ, progress=progress,
+        )  # fmt: skip
     render.import_result(result, as_json=as_json, quiet=inv.quiet)
     _failed_if(result.failed)
 

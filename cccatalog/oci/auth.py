@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
+from urllib.parse import parse_qs
 
 import httpx
 
@@ -119,7 +120,9 @@ class RegistryTokenAuth(httpx.Auth):
     A second 401 is left to the caller, which says it as a credentials problem.
     """
 
-    requires_response_body = True  # the token server's answer is read inside the flow
+    # Only the token server's answer is read (in `_token_from`): reading every response here would
+    # load each blob whole into memory before a streamed GET could hand out its first chunk.
+    requires_response_body = False
 
     def __init__(self, auth_for: Callable[[str], RegistryAuth | None], tokens: TokenCache) -> None:
         self.auth_for = auth_for
@@ -129,7 +132,7 @@ class RegistryTokenAuth(httpx.Auth):
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         host = request.url.netloc.decode("ascii")
-        scope = scope_of(request.url.path)
+        scope = scope_of(request.url.path, method=request.method, query=request.url.query.decode())
         auth = self.auth_for(host)
         if authorization := self._present(host, scope, auth):
             request.headers["Authorization"] = authorization
@@ -176,19 +179,26 @@ class TokenRefused(Exception):
         self.status = status
 
 
-def scope_of(path: str) -> str:
-    """The pull scope of a registry API path: `/v2/<name>/(tags|manifests|blobs)/...` is
-    `repository:<name>:pull`."""
+def scope_of(path: str, *, method: str = "GET", query: str = "") -> str:
+    """The scope a registry API call needs: `/v2/<name>/(tags|manifests|blobs)/...` read is
+    `repository:<name>:pull`; a write (POST, PUT, PATCH, DELETE) `repository:<name>:pull,push`; a
+    cross-repository mount (`?mount=&from=<other>`) also `repository:<other>:pull`, space-separated."""
     name = path.removeprefix("/v2/")
     for marker in ("/tags/", "/manifests/", "/blobs/"):
         if marker in name:
             name = name[: name.rindex(marker)]
             break
-    return f"repository:{name}:pull"
+    if method in ("GET", "HEAD"):
+        return f"repository:{name}:pull"
+    scope = f"repository:{name}:pull,push"
+    mounted_from = parse_qs(query).get("from", [""])[0]
+    if mounted_from and mounted_from != name:
+        scope += f" repository:{mounted_from}:pull"
+    return scope
 
 
 def _token_request(challenge: Challenge, scope: str, auth: RegistryAuth | None) -> httpx.Request:
-    params = {"scope": scope}
+    params: dict[str, str | list[str]] = {"scope": scope.split(" ")}
     if service := challenge.params.get("service"):
         params["service"] = service
     headers = {"Authorization": auth.basic.authorization} if auth is not None and auth.basic else {}
@@ -198,6 +208,7 @@ def _token_request(challenge: Challenge, scope: str, auth: RegistryAuth | None) 
 
 
 def _token_from(response: httpx.Response) -> tuple[str, float | None]:
+    response.read()  # the one response body the flow needs (see `requires_response_body`)
     if response.status_code in (401, 403):
         raise TokenRefused("refused by the token server", response.status_code)
     if response.status_code >= 400:

@@ -8,33 +8,46 @@ list, verified by digest and cached on disk; retries with backoff on 429/5xx hon
 a per-host concurrency limit. `counts` says how many requests of each kind were sent.
 A tag's manifest costs one request either way: a HEAD when the cache already holds where the tag
 pointed last time, else a GET by tag (body and digest at once).
+
+For `oci.copy`: HEAD of blobs and manifests and a streamed blob GET verified as it passes; the
+writes (uploads, mounts, manifest PUTs) are `oci.push.RegistryPush`'s methods, which this class
+inherits and which send through the same `_send`. An upload `Location` on another origin is sent no
+credentials at all.
 """
 
 from __future__ import annotations
 
-import email.utils
 import json
 import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
 import httpx
 
 from cccatalog import __version__
 from cccatalog.errors import RegistryError
+from cccatalog.oci.answers import (
+    OCI_INDEX,
+    OCI_MANIFEST,
+    Hasher,
+    backoff,
+    json_object,
+    media_type,
+    next_page,
+    origin,
+    raise_for,
+    unauthorized,
+)
 from cccatalog.oci.auth import KIND, RegistryAuth, RegistryTokenAuth, TokenCache, TokenRefused
 from cccatalog.oci.cache import BlobCache, DigestMismatch, sha256_digest
+from cccatalog.oci.push import RegistryPush
 from cccatalog.oci.reference import Repository
 
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 DOCKER_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 # Without the full list distribution answers with schema1, or a misleading 404 for an index.
@@ -45,10 +58,10 @@ log = logging.getLogger("cccatalog.oci")
 
 _MAX_REDIRECTS = 5
 _MAX_PAGES = 1000
-_MAX_RETRY_AFTER = 30.0
 # Requests in flight to one registry host. Against a registry 20 ms away, 16 resolve 200 tags 2-3x
 # faster than 4 (benchmarks/resolve); on loopback, where client and registry share the CPU, it is a wash.
 DEFAULT_PER_HOST = 16
+_CHUNK = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +77,7 @@ class Manifest:
         return data
 
 
-class RegistryClient:
+class RegistryClient(RegistryPush):
     def __init__(
         self,
         *,
@@ -121,17 +134,17 @@ class RegistryClient:
             resp = self._send(repo, "GET", url, kind="tags")
             if resp.status_code == 404:
                 raise RegistryError(f"{repo.name}: repository not found (404)", status=404)
-            _raise_for(resp, repo, "listing tags")
-            page = _json(resp, repo).get("tags") or []
+            raise_for(resp, repo, "listing tags")
+            page = json_object(resp, repo).get("tags") or []
             tags.extend(t for t in page if isinstance(t, str))
-            url = _next_page(resp.headers.get("Link", ""), url, base)
+            url = next_page(resp.headers.get("Link", ""), url, base)
         return tags
 
     def head_manifest(self, repo: Repository, reference: str) -> str:
         """The digest a tag points at now (tags are mutable: asked every run)."""
         url = f"{repo.base_url}/v2/{repo.path}/manifests/{reference}"
         resp = self._send(repo, "HEAD", url, kind="manifest-head", headers={"Accept": MANIFEST_ACCEPT})
-        _raise_for(resp, repo, f"resolving {reference}")
+        raise_for(resp, repo, f"resolving {reference}")
         digest: str = resp.headers.get("Docker-Content-Digest", "")
         if digest:
             return digest
@@ -147,7 +160,7 @@ class RegistryClient:
         if last_digest and self.cache is not None and (cached := self.cache.get(last_digest)) is not None:
             digest = self.head_manifest(repo, tag)
             if digest == last_digest:
-                return Manifest(digest, _media_type(cached), cached)
+                return Manifest(digest, media_type(cached), cached)
             return self.get_manifest(repo, digest)
         return self._get_manifest_uncached(repo, tag)
 
@@ -163,7 +176,7 @@ class RegistryClient:
     def get_manifest(self, repo: Repository, digest: str) -> Manifest:
         """A manifest by digest: from the cache, or fetched, verified and cached."""
         if self.cache is not None and (body := self.cache.get(digest)) is not None:
-            return Manifest(digest, _media_type(body), body)
+            return Manifest(digest, media_type(body), body)
         return self._get_manifest_uncached(repo, digest)
 
     def get_blob(self, repo: Repository, digest: str) -> bytes:
@@ -171,15 +184,68 @@ class RegistryClient:
             return body
         url = f"{repo.base_url}/v2/{repo.path}/blobs/{digest}"
         resp = self._send(repo, "GET", url, kind="blob")
-        _raise_for(resp, repo, f"fetching blob {digest}")
+        raise_for(resp, repo, f"fetching blob {digest}")
         return self._verified(digest, resp.content, repo)
+
+    # --- what a copy reads (its writes: `oci.push.RegistryPush`) -----------------------------------
+
+    def find_manifest(self, repo: Repository, reference: str) -> str | None:
+        """The digest `reference` (a tag or digest) names in `repo`, None when there is none."""
+        url = f"{repo.base_url}/v2/{repo.path}/manifests/{reference}"
+        resp = self._send(repo, "HEAD", url, kind="manifest-head", headers={"Accept": MANIFEST_ACCEPT})
+        if resp.status_code == 404:
+            return None
+        raise_for(resp, repo, f"looking for {reference}")
+        digest: str = resp.headers.get("Docker-Content-Digest", "")
+        return digest or self._get_manifest_uncached(repo, reference).digest
+
+    def blob_size(self, repo: Repository, digest: str) -> int | None:
+        """The size of a blob `repo` holds (HEAD), None when it holds none."""
+        resp = self._send(repo, "HEAD", f"{repo.base_url}/v2/{repo.path}/blobs/{digest}", kind="blob-head")
+        if resp.status_code == 404:
+            return None
+        raise_for(resp, repo, f"looking for blob {digest}")
+        return int(resp.headers.get("Content-Length", "0"))
+
+    def iter_blob(self, repo: Repository, digest: str, *, chunk_size: int = _CHUNK) -> Iterator[bytes]:
+        """A blob as it arrives, verified: the last chunk is held back until the whole blob hashes to
+        `digest`, so whoever passes the chunks on (an upload, a file) never completes a wrong blob —
+        a mismatch raises RegistryError instead. Memory stays at one or two chunks."""
+        url = f"{repo.base_url}/v2/{repo.path}/blobs/{digest}"
+        resp = self._send(repo, "GET", url, kind="blob", stream=True)
+        try:
+            raise_for(resp, repo, f"fetching blob {digest}")
+            hasher = Hasher(digest, what=f"{repo.name}: blob {digest}")
+            yield from hasher.verified(resp.iter_bytes(chunk_size))
+        except httpx.HTTPError as exc:
+            raise RegistryError(f"{repo.name}: fetching blob {digest} failed: {type(exc).__name__}") from None
+        finally:
+            resp.close()
+
+    def head_status(self, repo: Repository, url: str) -> tuple[int, str | None]:
+        """HEAD a manifest at a URL of the registry's own origin that is not its `/v2/` path
+        (Artifactory's Docker API path): the status and digest, nothing raised for a 4xx or 5xx (the
+        caller says what each means). A 401 after presenting the credentials raises, as everywhere."""
+        resp = self._send(repo, "HEAD", url, kind="manifest-head", headers={"Accept": MANIFEST_ACCEPT})
+        resp.close()
+        return resp.status_code, resp.headers.get("Docker-Content-Digest")
+
+    def post_json(self, repo: Repository, url: str, body: Mapping[str, object]) -> int:
+        """POST a JSON body to an API beside the registry, on its origin and with its credentials
+        (Xray's scan request); the status, nothing raised for a 4xx or 5xx. Sent once."""
+        resp = self._send(
+            repo, "POST", url, kind="api", content=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"}, retry=False,
+        )  # fmt: skip
+        resp.close()
+        return resp.status_code
 
     # --- internals --------------------------------------------------------------------------
 
     def _get_manifest_uncached(self, repo: Repository, reference: str) -> Manifest:
         url = f"{repo.base_url}/v2/{repo.path}/manifests/{reference}"
         resp = self._send(repo, "GET", url, kind="manifest", headers={"Accept": MANIFEST_ACCEPT})
-        _raise_for(resp, repo, f"fetching manifest {reference}")
+        raise_for(resp, repo, f"fetching manifest {reference}")
         body = resp.content
         digest = (
             reference
@@ -187,7 +253,7 @@ class RegistryClient:
             else resp.headers.get("Docker-Content-Digest") or sha256_digest(body)
         )
         body = self._verified(digest, body, repo)
-        media = resp.headers.get("Content-Type", "").split(";")[0].strip() or _media_type(body)
+        media = resp.headers.get("Content-Type", "").split(";")[0].strip() or media_type(body)
         return Manifest(digest, media, body)
 
     def _verified(self, digest: str, body: bytes, repo: Repository) -> bytes:
@@ -211,31 +277,48 @@ class RegistryClient:
             return self._slots[host]
 
     def _send(
-        self, repo: Repository, method: str, url: str, *, kind: str, headers: dict[str, str] | None = None
+        self,
+        repo: Repository,
+        method: str,
+        url: str,
+        *,
+        kind: str,
+        headers: dict[str, str] | None = None,
+        content: bytes | Iterator[bytes] | None = None,
+        stream: bool = False,
+        retry: bool = True,
     ) -> httpx.Response:
         """One request with auth (`RegistryTokenAuth`), redirects (httpx drops Authorization when one
-        leads to another origin), and retries with backoff on 429 and 5xx."""
-        request = self.http.build_request(method, url, headers=headers, extensions={KIND: kind})
+        leads to another origin), and retries with backoff on 429 and 5xx (`retry=False` for a body
+        that cannot be sent twice). `stream`: the caller reads the body and closes the response.
+        A URL on another origin than the registry's (an upload `Location` pointing elsewhere) is sent
+        without any credentials: they belong to the registry alone."""
+        request = self.http.build_request(
+            method, url, headers=headers, content=content, extensions={KIND: kind}
+        )
+        auth: httpx.Auth | None = self._auth if origin(url) == repo.base_url else None
         attempt = 0
         while True:
             with self._slot(repo.host):
                 try:
-                    resp = self.http.send(request, auth=self._auth, follow_redirects=True)
+                    resp = self.http.send(request, auth=auth, follow_redirects=True, stream=stream)
                 except TokenRefused as exc:
                     if exc.status in (401, 403):
                         raise RegistryError(
-                            f"{_unauthorized(repo, self.auth_for(repo.host))} ({exc})", status=exc.status
+                            f"{unauthorized(repo, self.auth_for(repo.host))} ({exc})", status=exc.status
                         ) from None
                     raise RegistryError(f"{repo.name}: getting a token failed: {exc}") from None
                 except httpx.TooManyRedirects:
-                    raise RegistryError(f"{_origin(url)}: too many redirects") from None
+                    raise RegistryError(f"{origin(url)}: too many redirects") from None
                 except httpx.HTTPError as exc:
-                    raise RegistryError(f"{_origin(url)}: {type(exc).__name__}: {exc}") from None
+                    raise RegistryError(f"{origin(url)}: {type(exc).__name__}: {exc}") from None
             if resp.status_code == 401:
+                resp.close()
                 # still refused after presenting what we have: a credentials problem, said as one
-                raise RegistryError(_unauthorized(repo, self.auth_for(repo.host)), status=401)
-            if (resp.status_code == 429 or resp.status_code >= 500) and attempt < self.retries:
-                self._sleep(_backoff(attempt, resp.headers.get("Retry-After")))
+                raise RegistryError(unauthorized(repo, self.auth_for(repo.host)), status=401)
+            if (resp.status_code == 429 or resp.status_code >= 500) and retry and attempt < self.retries:
+                resp.close()
+                self._sleep(backoff(attempt, resp.headers.get("Retry-After")))
                 attempt += 1
                 continue
             return resp
@@ -248,74 +331,3 @@ def _log_response(response: httpx.Response) -> None:
 
 def _cache_key(repo: Repository) -> str:
     return f"{repo.host}/{repo.path}"
-
-
-def _media_type(body: bytes) -> str:
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return ""
-    if isinstance(data, dict):
-        media = data.get("mediaType")
-        if isinstance(media, str):
-            return media
-        return OCI_INDEX if "manifests" in data else OCI_MANIFEST
-    return ""
-
-
-def _json(resp: httpx.Response, repo: Repository) -> dict[str, Any]:
-    try:
-        data = resp.json()
-    except ValueError:
-        raise RegistryError(f"{repo.name}: {resp.request.url.path} did not answer JSON") from None
-    if not isinstance(data, dict):
-        raise RegistryError(f"{repo.name}: {resp.request.url.path} did not answer a JSON object")
-    return data
-
-
-def _raise_for(resp: httpx.Response, repo: Repository, doing: str) -> None:
-    if resp.status_code >= 400:
-        raise RegistryError(f"{repo.name}: {doing} failed: HTTP {resp.status_code}", status=resp.status_code)
-
-
-def _unauthorized(repo: Repository, auth: RegistryAuth | None) -> str:
-    if auth is None or (auth.basic is None and auth.bearer is None):
-        return f"{repo.name}: the registry wants credentials (name them in the source's auth block)"
-    return f"{repo.name}: the registry refused the configured credentials (401)"
-
-
-def _origin(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"
-
-
-def _next_page(link: str, current: str, base: str) -> str | None:
-    """The next page from a `Link: <...>; rel="next"` header, rebuilt on our own repository path.
-
-    Artifactory's links drop the repository-key prefix of the path; `last` and `n` are all we need.
-    """
-    for part in link.split(","):
-        target, _, params = part.partition(";")
-        if 'rel="next"' not in params.replace(" ", "") and "rel=next" not in params.replace(" ", ""):
-            continue
-        target = target.strip().removeprefix("<").removesuffix(">")
-        query = parse_qs(urlsplit(target).query)
-        if "last" in query:
-            kept: dict[str, str] = {k: query[k][0] for k in ("n", "last") if k in query}
-            return f"{base}?{urlencode(kept)}"
-        return urljoin(current, target)
-    return None
-
-
-def _backoff(attempt: int, retry_after: str | None) -> float:
-    """Seconds to wait before a retry: Retry-After (seconds or an HTTP date), else exponential."""
-    seconds: float = 0.5 * 2**attempt
-    if retry_after:
-        value = retry_after.strip()
-        if value.isdigit():
-            seconds = float(value)
-        else:
-            with suppress(TypeError, ValueError):  # not a date either: keep the exponential backoff
-                when = email.utils.parsedate_to_datetime(value)
-                seconds = max((when - datetime.now(UTC)).total_seconds(), 0.0)
-    return min(seconds, _MAX_RETRY_AFTER)

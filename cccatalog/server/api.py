@@ -39,6 +39,7 @@ CATALOG = "/api/v1/catalog/codecollections"
 GIT_REPOS = "/api/v1/git/repos"
 ADMIN = "/api/v1/admin/"
 MANIFEST = "/api/v1/manifest"
+MIRROR = "/api/v1/mirror/"
 # How long a client should wait before asking again while the state database cannot be reached.
 STATE_RETRY_SECONDS = 5
 
@@ -101,6 +102,8 @@ def handle(
             return _manifest(ctx) if method in ("GET", "HEAD") else _method_not_allowed()
         if path.startswith(ADMIN):
             return _admin(ctx, method, path[len(ADMIN) :], _params(query), authorization, client=client)
+        if path.startswith(MIRROR):
+            return _mirror(ctx, method, path[len(MIRROR) :], _params(query), authorization, client=client)
         if not path.startswith(("/api/v1/catalog/", "/api/v1/git/", "/api/openapi.json")) and path not in (
             CATALOG,
             GIT_REPOS,
@@ -261,8 +264,41 @@ def _resolve(ctx: ApiContext, cc: CodeCollection, params: Mapping[str, str]) -> 
     requested = pointer or ref or ""
     if selected is None:
         raise HttpError(404, f"could not resolve {requested!r} for {cc.slug}")
-    destination = params.get("destination") or None
-    return ApiResponse(200, views.resolve_payload(cc, requested, selected, destination=destination))
+    payload = views.resolve_payload(cc, requested, selected)
+    if destination := params.get("destination") or None:
+        # The predecessor's: a destination not configured is a 404; one that does not hold the build
+        # (yet) answers nulls, and clients use the source image.
+        if ctx.config.destination(destination) is None:
+            raise HttpError(404, f"unknown destination: {destination}")
+        payload["destination"] = destination
+        held = next(
+            (t for t in ctx.store.mirror_targets(slug=cc.slug)
+             if t.destination == destination and t.source_image_tag == selected.image_tag),
+            None,
+        )  # fmt: skip
+        if held is not None:
+            payload["target_image_ref"], payload["target_digest"] = held.target_image_ref, held.target_digest
+    return ApiResponse(200, payload)
+
+
+def _mirror(
+    ctx: ApiContext,
+    method: str,
+    rest: str,
+    params: Mapping[str, str],
+    authorization: str | None,
+    *,
+    client: str,
+) -> ApiResponse:
+    from cccatalog.server import mirror_api
+
+    try:
+        status, body = mirror_api.handle(
+            ctx, method, rest, params, authorize=lambda: _authorize(ctx, authorization, client)
+        )
+    except mirror_api.MirrorApiError as exc:
+        raise HttpError(exc.status, exc.detail) from None
+    return ApiResponse(status, body)
 
 
 def _git_repos(ctx: ApiContext, rest: str) -> ApiResponse:
@@ -360,8 +396,8 @@ def _admin(
             {
                 "status": "ok",
                 "sources": len(config.sources),
-                # a count, as the predecessor's: image mirroring to destinations is not done here
-                "destinations": 0,
+                # counts, as the predecessor's
+                "destinations": len(config.destinations),
                 "codecollections": len(config.codecollections),
             },
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from cccatalog import __version__
+from cccatalog.server import openapi_mirror
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -83,9 +84,12 @@ _SCHEMAS: dict[str, Any] = {
             "image_digest": _S,
             "commit_hash": _S,
             "rt_revision": _S,
-            "destination": {**_S, "description": "The destination asked for; images are not mirrored"},
-            "target_image_ref": {**_S, "description": "Always null: image mirroring is not done"},
-            "target_digest": {**_S, "description": "Always null: image mirroring is not done"},
+            "destination": {**_S, "description": "The destination asked for"},
+            "target_image_ref": {
+                **_S,
+                "description": "The build on that destination; null until it holds it",
+            },
+            "target_digest": {**_S, "description": "Its digest there (the source's)"},
         },
     },
     "GitSummary": {
@@ -125,7 +129,7 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {
             "status": {"type": "string", "enum": ["ok"]},
             "sources": {"type": "integer"},
-            "destinations": {"type": "integer", "description": "Always 0: image mirroring is not done"},
+            "destinations": {"type": "integer"},
             "codecollections": {"type": "integer"},
         },
     },
@@ -290,7 +294,7 @@ PATHS: dict[str, Any] = {
                 _SLUG,
                 _query("pointer", {"type": "string", "enum": ["latest", "stable"]}, "A named pointer."),
                 _query("ref", {"type": "string"}, "A ref name (branch or tag)."),
-                _query("destination", {"type": "string"}, "Echoed back; images are not mirrored."),
+                _query("destination", {"type": "string"}, "Also where that destination holds the build."),
             ],
             "responses": {"200": _json(_ref("Resolved")), "400": _ERROR, "404": _ERROR, "422": _ERROR},
         }
@@ -341,9 +345,9 @@ def document() -> dict[str, Any]:
             "version": __version__,
             "description": "CodeCollection catalog and git mirrors.",
         },
-        "paths": PATHS,
+        "paths": {**PATHS, **openapi_mirror.PATHS},
         "components": {
-            "schemas": _SCHEMAS,
+            "schemas": {**_SCHEMAS, **openapi_mirror.SCHEMAS},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }

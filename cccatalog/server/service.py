@@ -3,11 +3,12 @@ and the backfill of mirrors found on disk without a state row (baked ones, at st
 each config reload).
 
 The scheduler is on by default, as in the predecessor: an image poll every 5 minutes and a git sync
-every 60, each first run at start-up. `scheduler.*: 0` turns one off, `CC_CATALOG_DISABLE_SCHEDULER`
-(or `CCCATALOG_DISABLE_SCHEDULER`) set to 1/true/yes/on turns both off, `serve --git-sync-minutes` and
-`--catalog-poll-minutes` override either. The air-gap guards hold: with `git.runtime_sync: false` the
-git runs are skipped (no git egress ever), with `images.runtime_sync: false` the image runs read only
-`static` sources.
+every 60, each first run at start-up, and with `destinations` configured, a mirror run (copies of the
+newest builds to them) every `scheduler.mirror_poll_minutes`. `scheduler.*: 0` turns one off,
+`CC_CATALOG_DISABLE_SCHEDULER` (or `CCCATALOG_DISABLE_SCHEDULER`) set to 1/true/yes/on turns all off,
+`serve --git-sync-minutes` and `--catalog-poll-minutes` override either. The air-gap guards hold:
+with `git.runtime_sync: false` the git runs are skipped (no git egress ever), with
+`images.runtime_sync: false` the image runs read only `static` sources and copy nothing.
 
 Several `serve` processes on one state (replicas on one PostgreSQL database, or processes sharing one
 SQLite file) elect a leader per kind of run: whoever holds the kind's leader lock runs its schedule,
@@ -53,6 +54,8 @@ log = logging.getLogger("cccatalog.serve")
 
 _TRUE = ("1", "true", "yes", "on")
 GIT_GUARD = "git.runtime_sync is false (the air-gap guard)"
+# what each kind of scheduled run is called in jobs and logs
+_ACTIONS = {"git": "sync-git", "images": "sync-catalog", "mirror": "sync-mirror"}
 
 
 @dataclass
@@ -69,16 +72,26 @@ class Service:
         git, catalog, why_off = scheduler_intervals(
             self.api.config, self.environ, git_minutes=git_minutes, catalog_minutes=catalog_minutes
         )
-        if why_off:
+        # image mirroring runs only when destinations are configured; the environment turns it off too
+        config = self.api.config
+        mirror = config.scheduler.mirror_poll_minutes if config.destinations and _enabled(self.environ) else 0
+        if why_off and not mirror:
             log.info("scheduler off: %s", why_off)
             return None
-        self.scheduler = Scheduler(self.api, git_minutes=git, catalog_minutes=catalog, unit=unit)
+        self.scheduler = Scheduler(
+            self.api, git_minutes=git, catalog_minutes=catalog, mirror_minutes=mirror, unit=unit
+        )
         return self.scheduler
 
     def close(self) -> None:
         if self.scheduler:
             self.scheduler.stop()
         self.api.store.close()
+
+
+def _enabled(environ: Mapping[str, str]) -> bool:
+    """False when the environment turns the scheduler off."""
+    return not any(environ.get(v, "").strip().lower() in _TRUE for v in envvars.DISABLE_SCHEDULER)
 
 
 def scheduler_intervals(
@@ -124,16 +137,23 @@ def build_service(
         return git_summary(cfg, run_sync(cfg, store, request, redactor=redactor, environ=environ))
 
     def sync_catalog(cfg: Config, allow_runtime_sync: bool) -> dict[str, Any]:
-        # images.runtime_sync holds back registries and other catalogs; static sources always run
-        request = SyncRequest(git=False, images=True, allow_runtime_sync=allow_runtime_sync)
+        # images.runtime_sync holds back registries and other catalogs; static sources always run.
+        # Copies to destinations are the mirror runs' (scheduler.mirror_poll_minutes, the mirror API).
+        request = SyncRequest(git=False, images=True, mirror=False, allow_runtime_sync=allow_runtime_sync)
         return catalog_summary(run_sync(cfg, store, request, redactor=redactor, environ=environ))
+
+    def sync_mirror(cfg: Config, allow_runtime_sync: bool) -> dict[str, Any]:
+        # the job holds the mirror run lock; images.runtime_sync holds copies back as it holds polls
+        if not (cfg.images.runtime_sync or allow_runtime_sync):
+            return {"destinations": [], "skipped": "images.runtime_sync is false: nothing is copied"}
+        from cccatalog.destinations.sync import run_mirrors
+
+        return {"destinations": run_mirrors(cfg, store, environ=environ, redactor=redactor).to_json()}
 
     locks = Locks.for_state(config, store)
     jobs = JobRunner(store, replica=replica, lock_held=locks.held)
-    api = ApiContext(
-        live, store, servability, jobs, {"git": sync_git, "images": sync_catalog}, environ,
-        locks=locks, replica=replica,
-    )  # fmt: skip
+    syncs = {"git": sync_git, "images": sync_catalog, "mirror": sync_mirror}
+    api = ApiContext(live, store, servability, jobs, syncs, environ, locks=locks, replica=replica)
     try:
         backfill(config, store, servability)
     except StateError as exc:
@@ -322,20 +342,29 @@ class Scheduler:
     """
 
     def __init__(
-        self, api: ApiContext, *, git_minutes: int, catalog_minutes: int, unit: float = 60.0
+        self,
+        api: ApiContext,
+        *,
+        git_minutes: int,
+        catalog_minutes: int,
+        mirror_minutes: int = 0,
+        unit: float = 60.0,
     ) -> None:
         self.api = api
         self._stop = threading.Event()
         self._leading: dict[str, Held] = {}
         self.threads: list[threading.Thread] = []
-        for kind, minutes in (("git", git_minutes), ("images", catalog_minutes)):
+        for kind, minutes in (("git", git_minutes), ("images", catalog_minutes), ("mirror", mirror_minutes)):
             if minutes > 0:
                 thread = threading.Thread(
                     target=self._loop, args=(kind, minutes * unit), name=f"every-{kind}", daemon=True
                 )
                 thread.start()
                 self.threads.append(thread)
-        log.info("scheduler on: git sync every %s min, image poll every %s min", git_minutes, catalog_minutes)
+        log.info(
+            "scheduler on: git sync every %s min, image poll every %s min, image mirroring every %s min",
+            git_minutes, catalog_minutes, mirror_minutes,
+        )  # fmt: skip
 
     def _loop(self, kind: str, seconds: float) -> None:
         delay = 0.0  # the first run at start-up, as the predecessor did
@@ -349,7 +378,7 @@ class Scheduler:
 
     def lead(self, kind: str) -> bool:
         """Whether this process leads the scheduled runs of `kind`, taking the lead when it is free."""
-        action = "sync-git" if kind == "git" else "sync-catalog"
+        action = _ACTIONS[kind]
         held = self._leading.get(kind)
         if held is not None:
             if held.alive():
@@ -372,7 +401,7 @@ class Scheduler:
     def run_once(self, kind: str) -> None:
         """Start one scheduled run of `kind` (git, images) unless something holds it back (a guard,
         another replica's lead, a run in progress)."""
-        action = "sync-git" if kind == "git" else "sync-catalog"
+        action = _ACTIONS[kind]
         config = self.api.config
         if kind == "git":
             if not config.git.enabled:

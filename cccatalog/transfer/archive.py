@@ -5,6 +5,8 @@
     catalog.json         the catalog rows, per collection
     images.txt           the image references those rows point at, one per line
     bundles/<slug>.bundle   one git bundle per repo that needs objects
+    images/oci-layout, images/index.json, images/blobs/sha256/<hex>
+                         the images, an OCI image layout (cccatalog.transfer.images)
 
 Members are written in that order with fixed owner, mode and time, so the same export gives the same
 bytes. A reader takes only regular files with exactly these names, each once: no links, devices,
@@ -22,6 +24,7 @@ from pathlib import Path
 
 from cccatalog.config import is_valid_slug
 from cccatalog.errors import UsageError
+from cccatalog.transfer.images import is_member as is_layout_member
 
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.json.sig"
@@ -36,7 +39,7 @@ def bundle_name(slug: str) -> str:
 
 
 def _allowed(name: str) -> bool:
-    if name in (MANIFEST, SIGNATURE, CATALOG, IMAGES):
+    if name in (MANIFEST, SIGNATURE, CATALOG, IMAGES) or is_layout_member(name):
         return True
     folder, _, file = name.partition("/")
     return folder == BUNDLES and file.endswith(".bundle") and is_valid_slug(file[: -len(".bundle")])
@@ -95,7 +98,7 @@ def extract_archive(archive: Path, dest: Path) -> dict[str, Member]:
                 if not info.isreg() or not _allowed(info.name) or info.name in members:
                     raise UsageError(f"{where}: not a cccatalog update (unexpected member {info.name!r})")
                 target = dest / info.name
-                target.parent.mkdir(exist_ok=True)
+                target.parent.mkdir(parents=True, exist_ok=True)
                 source = tar.extractfile(info)
                 assert source is not None  # a regular file always has one
                 h = hashlib.sha256()

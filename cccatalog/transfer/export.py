@@ -5,8 +5,9 @@ objects the site has) when no object is new; otherwise a git bundle of exactly w
 with the site's refs as prerequisites — those this mirror still has objects for, so a force-pushed
 branch whose old commit is gone here only makes the bundle larger, never wrong. A repo the site does
 not have (or every repo, without `--since`) gets a full bundle. Then the catalog rows, the images they
-point at, and the manifest over all of it, signed when a key is given. Each mirror is read under its
-lock, so a sync running beside the export never hands it a half-moved repo.
+point at (named in images.txt, and carried as an OCI image layout without what the site's registry
+holds: `transfer.images`), and the manifest over all of it, signed when a key is given. Each mirror
+is read under its lock, so a sync running beside the export never hands it a half-moved repo.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import hashlib
 import json
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -31,9 +32,11 @@ from cccatalog.gitmirror.git import Git
 from cccatalog.gitmirror.layout import Layout
 from cccatalog.gitmirror.locks import file_lock
 from cccatalog.gitmirror.servable import mirrored_slugs
+from cccatalog.oci.copy import CopyProgress
 from cccatalog.paths import require_writable_dir
-from cccatalog.redact import strip_url_credentials
+from cccatalog.redact import Redactor, strip_url_credentials
 from cccatalog.transfer import archive
+from cccatalog.transfer import images as transfer_images
 
 CATALOG_FORMAT = "cccatalog-catalog/1"
 
@@ -69,6 +72,7 @@ class ExportResult:
     repos: list[RepoExport] = field(default_factory=list)
     images: int = 0
     collections: int = 0
+    carried: list[transfer_images.CarriedImage] | None = None  # None: --no-images
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -79,6 +83,7 @@ class ExportResult:
             "collections": self.collections,
             "images": self.images,
             "repos": [r.to_json() for r in self.repos],
+            "carried_images": None if self.carried is None else [c.to_json() for c in self.carried],
         }
 
 
@@ -90,8 +95,12 @@ def export_update(
     since: Path | None,
     sign_key: Path | None,
     environ: Mapping[str, str],
+    images: bool = True,
+    redactor: Redactor | None = None,
+    progress: Callable[[CopyProgress], None] | None = None,
 ) -> ExportResult:
-    """Write the update file `out`; everything is checked before anything is written."""
+    """Write the update file `out`; everything is checked before anything is written. `images`:
+    carry the images the catalog rows point at (`transfer.images`), else only name them."""
     out = out.absolute()  # git runs in each mirror: a relative path would land there
     if out.is_dir():
         raise UsageError(f"--out {out}: is a directory; name the file to write")
@@ -124,7 +133,20 @@ def export_update(
             archive.CATALOG: _write(staging / archive.CATALOG, _catalog_json(rows)),
             archive.IMAGES: _write(staging / archive.IMAGES, _images_txt(rows)),
         }
-        transfer = {"since": since_info, "files": files, "repos": [r.to_json() for r in repos]}
+        transfer: dict[str, Any] = {
+            "since": since_info,
+            "files": files,
+            "repos": [r.to_json() for r in repos],
+        }
+        carried: list[transfer_images.CarriedImage] = []
+        if images:
+            carried = transfer_images.export_images(
+                config, rows, staging, site=site.document if site else None, environ=environ,
+                redactor=redactor or Redactor(), progress=progress,
+            )  # fmt: skip
+            transfer["images"] = transfer_images.manifest_block(carried, staging)
+            for name in transfer_images.layout_files(staging)[:2]:  # oci-layout, index.json
+                files[name] = _write(staging / name, (staging / name).read_bytes())
         doc = manifest.document(
             "export", entries, collections=[cc.slug for cc in config.codecollections], catalog=rows,
             extra={"transfer": transfer},
@@ -137,13 +159,16 @@ def export_update(
             sign(staging / archive.MANIFEST, sign_key, environ=environ)
             names.append(archive.SIGNATURE)
         names += [archive.CATALOG, archive.IMAGES, *(r.bundle for r in repos if r.bundle)]
+        names += transfer_images.layout_files(staging)
         mtime = int(datetime.fromisoformat(doc["created_at"].replace("Z", "+00:00")).timestamp())
         size = archive.write_archive(out, staging, names, mtime=mtime)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     since_shown = str(since) if since is not None else None
-    images = len(_images_txt(rows).splitlines())
-    return ExportResult(out, size, sign_key is not None, since_shown, repos, images, len(rows))
+    named = len(_images_txt(rows).splitlines())
+    return ExportResult(
+        out, size, sign_key is not None, since_shown, repos, named, len(rows), carried if images else None
+    )
 
 
 def _export_repo(

@@ -3,7 +3,8 @@
 An existing mirror gets the bundle's objects first (no ref moves, so clients go on cloning the old
 refs), then every ref in one transaction, then the same maintenance as `sync` (one pack, bitmap,
 commit-graph). A repo the site lacks is built from its full bundle in a temporary directory and
-published like a first clone. Then the state (head, time, last action "imported"), the catalog rows,
+published like a first clone. Then the state (head, time, last action "imported"), the carried images
+into each collection's site registry (cccatalog.transfer.images), the catalog rows,
 and last the export's own manifest (and signature) in `data_dir`, which `serve` checks its mirrors
 against at start-up. Every step can be repeated: an import that was killed is completed by the next
 one, and an update already applied changes nothing at all.
@@ -14,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,8 +32,10 @@ from cccatalog.gitmirror.git import Git
 from cccatalog.gitmirror.layout import Layout
 from cccatalog.gitmirror.locks import file_lock
 from cccatalog.gitmirror.mirror import LocalState, Mirror
+from cccatalog.oci.copy import CopyProgress
 from cccatalog.paths import require_writable_dir
 from cccatalog.redact import strip_url_credentials
+from cccatalog.transfer.images import ImageImport, failed_slugs, push_images
 from cccatalog.transfer.verify import RepoPlan, Update, check_update
 
 
@@ -55,14 +58,16 @@ class ImportResult:
     repos: list[RepoImport] = field(default_factory=list)
     catalog_replaced: list[str] = field(default_factory=list)
     manifest: Path | None = None
+    images: list[ImageImport] | None = None  # None: the update carried none
 
     @property
     def failed(self) -> bool:
-        return any(r.action == "failed" for r in self.repos)
+        return any(r.action == "failed" for r in self.repos) or bool(failed_slugs(self.images or []))
 
     @property
     def changed(self) -> bool:
-        return bool(self.catalog_replaced) or any(r.action != "unchanged" for r in self.repos)
+        pushed = any(i.action == "pushed" for i in self.images or [])
+        return pushed or bool(self.catalog_replaced) or any(r.action != "unchanged" for r in self.repos)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -72,6 +77,7 @@ class ImportResult:
             "changed": self.changed,
             "repos": [r.to_json() for r in self.repos],
             "catalog_replaced": list(self.catalog_replaced),
+            "images": None if self.images is None else [i.to_json() for i in self.images],
             "manifest": str(self.manifest) if self.manifest else None,
         }
 
@@ -85,6 +91,7 @@ def import_update(
     signer: str | None,
     allow_unsigned: bool,
     environ: Mapping[str, str],
+    progress: Callable[[CopyProgress], None] | None = None,
 ) -> ImportResult:
     """Check the update at `path` whole (UsageError, nothing changed), then apply it."""
     allowed = allowed_signers or config.transfer.allowed_signers
@@ -107,17 +114,33 @@ def import_update(
         )  # fmt: skip
         lock = config.state.local_dir / "locks" / "import.lock"
         with file_lock(lock, timeout=config.git.lock_timeout_seconds, what="another import"):
-            return _apply(config, git, path, update)
+            return _apply(config, git, path, update, environ=environ, progress=progress)
 
 
-def _apply(config: Config, git: Git, path: Path, update: Update) -> ImportResult:
+def _apply(
+    config: Config,
+    git: Git,
+    path: Path,
+    update: Update,
+    *,
+    environ: Mapping[str, str],
+    progress: Callable[[CopyProgress], None] | None,
+) -> ImportResult:
     result = ImportResult(path, update.signed_by)
     layout = Layout(config.git.data_dir)
     layout.data_dir.mkdir(parents=True, exist_ok=True)
     with Store.for_config(config) as store:
         for plan in update.repos:
             result.repos.append(_apply_repo(config, git, layout, store, plan))
-        result.catalog_replaced = _replace_catalog(config, store, update.catalog)
+        # images before the rows that name them: a collection whose images did not all arrive
+        # keeps its old rows
+        rows = dict(update.catalog)
+        if update.images is not None:
+            result.images = push_images(
+                config, update.images, environ=environ, redactor=git.redactor, progress=progress
+            )
+            rows = {slug: found for slug, found in rows.items() if slug not in failed_slugs(result.images)}
+        result.catalog_replaced = _replace_catalog(config, store, rows)
     if not result.failed:
         result.manifest = _write_site_manifest(layout.data_dir, update)
     return result

@@ -2,8 +2,10 @@
 
 In order: the file is an update (a tar of the expected members), its manifest is signed by an allowed
 signer (unless `--allow-unsigned`), it is an export for the same collections as this config, every
-member has the sha256 the manifest gives, the catalog rows parse, and each repo's bundle builds on
-commits this site's mirror has (`git bundle verify`) — or, for a repo this site lacks, is a full one.
+member has the sha256 the manifest gives (an image blob's is its name), the carried images are the
+ones the layout names and each has an image_registry here, the catalog rows parse, and each repo's
+bundle builds on commits this site's mirror has (`git bundle verify`) — or, for a repo this site
+lacks, is a full one.
 Each refusal is one line saying what is wrong and what to do; none of them leaves a trace.
 """
 
@@ -26,6 +28,7 @@ from cccatalog.gitmirror.layout import Layout
 from cccatalog.gitmirror.mirror import LocalState, Mirror
 from cccatalog.gitmirror.servable import mirrored_slugs
 from cccatalog.transfer import archive
+from cccatalog.transfer import images as carried_images
 from cccatalog.transfer.export import CATALOG_FORMAT
 
 _SINCE_HINT = "on the connected side, export --since this site's manifest (cccatalog manifest -c {config})"
@@ -59,6 +62,7 @@ class Update:
     signed_by: str | None
     repos: list[RepoPlan]
     catalog: dict[str, list[ImageRefRecord]]
+    images: carried_images.ImagesPlan | None = None  # None: the update carries no images (--no-images)
 
 
 def check_update(
@@ -83,7 +87,12 @@ def check_update(
         raise UsageError(f"{path}: not an update (its manifest is a {found.kind} manifest)")
     repos_info, files = _transfer_block(found.document, source=f"{path}: {archive.MANIFEST}")
     _check_collections(config, path, found, repos_info)
-    _check_members(path, members, repos_info, files)
+    transfer = found.document["transfer"]
+    carried = carried_images.expected_members(transfer, source=f"{path}: {archive.MANIFEST}")
+    _check_members(path, members, repos_info, files, carried)
+    images_plan = carried_images.check_images(
+        config, transfer, staging / carried_images.LAYOUT, source=f"{path}: {archive.MANIFEST}"
+    )
     catalog = _read_catalog(path, members[archive.CATALOG].path, found.catalog_digest)
     layout = Layout(config.git.data_dir)
     plans = []
@@ -91,7 +100,7 @@ def check_update(
         bundle = members[info["bundle"]].path if info["bundle"] else None
         plans.append(_check_repo(config, git, layout, found.repos[slug], bundle))
     signature = members[archive.SIGNATURE].path.read_bytes() if signed_by else None
-    return Update(data, signature, signed_by, plans, catalog)
+    return Update(data, signature, signed_by, plans, catalog, images_plan)
 
 
 def _check_signature(
@@ -183,8 +192,14 @@ def _check_members(
     members: Mapping[str, archive.Member],
     repos: Mapping[str, Mapping[str, Any]],
     files: Mapping[str, Any],
+    carried: Mapping[str, Any],
 ) -> None:
-    expected = {name: files[name] for name in (archive.CATALOG, archive.IMAGES)}
+    """Every member listed, with its sha256 and size. A layout blob's listed sha256 is its name:
+    checking it is checking the blob against its digest."""
+    expected = {name: files[name] for name in (archive.CATALOG, archive.IMAGES)} | dict(carried)
+    expected |= {
+        name: info for name, info in files.items() if carried_images.is_member(name) and _digest_ok(info)
+    }
     expected |= {info["bundle"]: info for info in repos.values() if info["bundle"]}
     for name in sorted(set(members) - set(expected) - {archive.MANIFEST, archive.SIGNATURE}):
         raise UsageError(f"{path}: {name} is not listed in the signed manifest (tampered?)")

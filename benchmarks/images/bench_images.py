@@ -1,0 +1,284 @@
+"""Benchmark cccatalog's image copy against `skopeo copy` in a loop and `skopeo sync`, and the size of
+an update carrying one new build against carrying every image.
+
+Two Debian `docker-registry` (distribution 2.8) processes on loopback, a source and a destination.
+The source holds N CodeCollection images, each an index of two platforms (linux/amd64, linux/arm64)
+whose manifests name a config, two base layers shared by every build of that collection, and a layer
+of its own (all three of one size, incompressible). Each tool mirrors all N into its own destination prefix:
+
+- cold: the destination prefix is empty;
+- warm: every collection then gets a new build on the same base layers (most blobs present), and
+  each tool mirrors the N new builds.
+
+The three, in the same run: cccatalog `oci.copy.copy_image` (in one process, one client, 4 blob
+workers per image, images one after another); `skopeo copy --all --preserve-digests` once per
+image; `skopeo sync --all --preserve-digests` of all N from a YAML list. Each run's digests are
+checked against the source's. Then the update size: the OCI image layout `export` writes for the N
+first builds (a full export) against the one it writes `--since` a site holding them, when one
+collection has a new build — both packed as `export` packs them (tar).
+
+    python -m benchmarks.images.bench_images --size full
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # run as a script as well as with `python -m`
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.machine import machine  # noqa: E402
+from cccatalog.oci.client import RegistryClient  # noqa: E402
+from cccatalog.oci.copy import RegistrySource, copy_between, copy_image  # noqa: E402
+from cccatalog.oci.layout import LayoutTarget  # noqa: E402
+from cccatalog.oci.reference import parse_reference  # noqa: E402
+from tests.imagefixtures import Build, push_build  # noqa: E402
+from tests.registry import ALL_MANIFESTS, RunningRegistry, registry_client, start_registry  # noqa: E402
+
+RESULT = Path(__file__).with_name("results-full.json")
+SKOPEO_TIMEOUT = 600
+
+
+@dataclass(frozen=True)
+class Size:
+    images: int
+    layer_bytes: int  # each layer: two base layers shared by a collection's builds, one of its own
+    reps: int
+
+
+SIZES = {
+    "smoke": Size(images=3, layer_bytes=64_000, reps=1),
+    "full": Size(images=12, layer_bytes=2_000_000, reps=3),
+}
+
+
+@dataclass
+class Row:
+    phase: str  # cold, warm
+    tool: str
+    seconds: float  # median over reps
+    runs: list[float]
+    vs_cccatalog: float  # this tool's time / cccatalog's (above 1: cccatalog is faster)
+
+
+def skopeo(*args: str) -> None:
+    done = subprocess.run(
+        ["skopeo", *args], capture_output=True, text=True, timeout=SKOPEO_TIMEOUT, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"skopeo {args[0]} failed: {done.stderr.strip()[-2000:]}")
+
+
+def repo_name(i: int) -> str:
+    return f"bench/cc-{i:03d}"
+
+
+def push_builds(source: RunningRegistry, size: Size, generation: int) -> list[Build]:
+    return [
+        push_build(
+            source,
+            repo_name(i),
+            f"main-{generation:07d}-{i:07d}",
+            base=[f"os-{i}", f"python-{i}"],
+            own=f"build-{i}-{generation}",
+            size=size.layer_bytes,
+        )
+        for i in range(size.images)
+    ]
+
+
+def mirror_cccatalog(
+    source: RunningRegistry, dest: RunningRegistry, prefix: str, builds: Sequence[Build]
+) -> None:
+    with RegistryClient() as src, RegistryClient() as dst:
+        for i, build in enumerate(builds):
+            copy_image(
+                src, parse_reference(f"{source.host}/{repo_name(i)}")[0], build.tag,
+                dst, parse_reference(f"{dest.host}/{prefix}/{repo_name(i)}")[0], build.tag,
+            )  # fmt: skip
+
+
+def mirror_skopeo_copy(
+    source: RunningRegistry, dest: RunningRegistry, prefix: str, builds: Sequence[Build]
+) -> None:
+    for i, build in enumerate(builds):
+        skopeo(
+            "copy", "--all", "--preserve-digests", "--src-tls-verify=false", "--dest-tls-verify=false", "-q",
+            f"docker://{source.host}/{repo_name(i)}:{build.tag}", f"docker://{dest.host}/{prefix}/{repo_name(i)}:{build.tag}",
+        )  # fmt: skip
+
+
+def mirror_skopeo_sync(
+    source: RunningRegistry, dest: RunningRegistry, prefix: str, builds: Sequence[Build], work: Path
+) -> None:
+    listing = {
+        source.host: {"tls-verify": False, "images": {repo_name(i): [b.tag] for i, b in enumerate(builds)}}
+    }
+    path = work / f"sync-{prefix}.yaml"
+    path.write_text(yaml.safe_dump(listing))
+    # without --scoped, an image lands at <dest>/<last path component>: cc-000, cc-001, ...
+    skopeo(
+        "sync", "--all", "--preserve-digests", "--src", "yaml", "--dest", "docker", "--dest-tls-verify=false",
+        str(path), f"{dest.host}/{prefix}/bench",
+    )  # fmt: skip
+
+
+def check_digests(dest: RunningRegistry, prefix: str, builds: Sequence[Build]) -> None:
+    with registry_client(dest) as client:
+        for i, build in enumerate(builds):
+            path = f"/v2/{prefix}/{repo_name(i)}/manifests/{build.tag}"
+            found = client.head(path, headers={"Accept": ALL_MANIFESTS}).headers.get("Docker-Content-Digest")
+            if found != build.digest:
+                raise RuntimeError(f"{prefix}: {repo_name(i)}:{build.tag} is {found}, not {build.digest}")
+
+
+def timed(action: Callable[[], None]) -> float:
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
+
+
+def bench_mirrors(size: Size, work: Path, source: RunningRegistry, dest: RunningRegistry) -> list[Row]:
+    first = push_builds(source, size, 1)
+    runs: dict[tuple[str, str], list[float]] = {}
+    for rep in range(size.reps):
+        tools: dict[str, Callable[[str, Sequence[Build]], None]] = {
+            "cccatalog": lambda prefix, builds: mirror_cccatalog(source, dest, prefix, builds),
+            "skopeo copy loop": lambda prefix, builds: mirror_skopeo_copy(source, dest, prefix, builds),
+            "skopeo sync": lambda prefix, builds: mirror_skopeo_sync(source, dest, prefix, builds, work),
+        }
+        second = push_builds(source, size, 100 + rep)  # the warm phase's new builds of this rep
+        for tool, mirror in tools.items():
+            prefix = f"r{rep}-{tool.replace(' ', '-')}"
+            for phase, builds in (("cold", first), ("warm", second)):
+                runs.setdefault((phase, tool), []).append(timed(lambda: mirror(prefix, builds)))  # noqa: B023
+                check_digests(dest, prefix, builds)
+    rows = []
+    for phase in ("cold", "warm"):
+        ours = statistics.median(runs[(phase, "cccatalog")])
+        for tool in ("cccatalog", "skopeo copy loop", "skopeo sync"):
+            median = statistics.median(runs[(phase, tool)])
+            rows.append(
+                Row(
+                    phase,
+                    tool,
+                    round(median, 4),
+                    [round(s, 4) for s in runs[(phase, tool)]],
+                    round(median / ours, 3),
+                )
+            )
+    return rows
+
+
+def layout_tar_bytes(root: Path) -> int:
+    """The bytes the layout adds to an update: a PAX tar of its files, as `export` writes it."""
+    out = root.with_suffix(".tar")
+    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            tar.add(path, arcname=str(path.relative_to(root.parent)))
+    return out.stat().st_size
+
+
+def bench_update(size: Size, work: Path, source: RunningRegistry) -> dict[str, int]:
+    """A full export's layout of N images against an update's, for one new build of one collection."""
+    builds = push_builds(source, size, 9000)
+    full = work / "full" / "images"
+    site_holds: set[str] = set()
+    with RegistryClient() as client:
+        for i, build in enumerate(builds):
+            src = RegistrySource(client, parse_reference(f"{source.host}/{repo_name(i)}")[0])
+            copy_between(src, build.tag, LayoutTarget(full), f"cc-{i}:{build.tag}")
+            site_holds |= build.blobs | set(build.manifests) | {build.digest}
+        new = push_build(
+            source, repo_name(0), "main-9000001-0000000", base=["os-0", "python-0"], own="one-more",
+            size=size.layer_bytes,
+        )  # fmt: skip
+        update = work / "update" / "images"
+        target = LayoutTarget(update, present=site_holds)
+        for i, build in enumerate(builds):  # every row again: all but one the site holds already
+            tag = new.tag if i == 0 else build.tag
+            src = RegistrySource(client, parse_reference(f"{source.host}/{repo_name(i)}")[0])
+            copy_between(src, tag, target, f"cc-{i}:{tag}")
+    return {"full_export_image_bytes": layout_tar_bytes(full), "update_image_bytes": layout_tar_bytes(update)}
+
+
+def print_report(rows: Sequence[Row], sizes: dict[str, int], size: Size) -> None:
+    per_image = 2 * 3 * size.layer_bytes
+    print(f"{size.images} images, 2 platforms each, {per_image / 1e6:.2f} MB of layers per image")
+    print(f"{'phase':<6} {'tool':<18} {'seconds':>9} {'x cccatalog':>12}")
+    for r in rows:
+        print(f"{r.phase:<6} {r.tool:<18} {r.seconds:>9.3f} {r.vs_cccatalog:>11.2f}x")
+    full, update = sizes["full_export_image_bytes"], sizes["update_image_bytes"]
+    print(f"images in a full export: {full:,} bytes; in an update with one new build: {update:,} bytes "
+          f"({update / full:.2%})")  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="smoke")
+    parser.add_argument("--output", type=Path, help=f"JSON result [default for full: {RESULT.name}]")
+    args = parser.parse_args(argv)
+    size = SIZES[args.size]
+    output: Path | None = args.output or (RESULT if args.size == "full" else None)
+    with tempfile.TemporaryDirectory(prefix="bench-images-") as tmp:
+        work = Path(tmp)
+        source = start_registry(work / "source", "anonymous")
+        dest = start_registry(work / "dest", "anonymous")
+        try:
+            rows = bench_mirrors(size, work, source, dest)
+            sizes = bench_update(size, work, source)
+        finally:
+            source.stop()
+            dest.stop()
+    print_report(rows, sizes, size)
+    by = {(r.phase, r.tool): r for r in rows}
+    ratio = sizes["update_image_bytes"] / sizes["full_export_image_bytes"]
+    targets: list[dict[str, object]] = []
+    for phase in ("cold", "warm"):
+        loop = by[(phase, "skopeo copy loop")].vs_cccatalog
+        targets.append(
+            {
+                "name": f"{phase}: cccatalog faster than the skopeo copy loop",
+                "measured": loop,
+                "met": loop >= 1.0,
+            }
+        )
+    targets.append(
+        {
+            "name": "update with one new build vs full export < 1/N of it",
+            "measured": round(ratio, 5),
+            "met": ratio < 1 / size.images,
+        }
+    )
+    result = {
+        "benchmark": "images",
+        "size": args.size,
+        "parameters": asdict(size),
+        "machine": machine(
+            {"skopeo": ["skopeo", "--version"], "docker-registry": ["docker-registry", "--version"]}
+        ),
+        "rows": [asdict(r) for r in rows],
+        "sizes": sizes,
+        "targets": targets,
+    }
+    if output is not None:
+        output.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"\nwrote {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
