@@ -31,6 +31,7 @@ from cccatalog.config import Config, is_valid_slug
 from cccatalog.errors import UsageError
 from cccatalog.gitmirror.bundles import is_refname, is_sha
 from cccatalog.gitmirror.git import Git
+from cccatalog.gitmirror.layout import Layout
 from cccatalog.gitmirror.mirror import Mirror, fingerprint
 from cccatalog.gitmirror.servable import mirrored_slugs
 from cccatalog.redact import strip_url_credentials
@@ -208,10 +209,11 @@ def read(path: Path, *, what: str) -> tuple[bytes, Manifest]:
 def site_manifest(config: Config, git: Git, store: Store | None) -> dict[str, Any]:
     """What this site has: every complete mirror of a configured collection, and the catalog."""
     repos = []
+    layout = Layout(config.git.data_dir)
     for slug in sorted(mirrored_slugs(config, ignore_enabled=True)):
         cc = config.collection(slug)
         url = strip_url_credentials(cc.git_url) if cc and cc.git_url else None
-        entry = repo_manifest(git, config.git.data_dir / f"{slug}.git", slug, upstream_url=url)
+        entry = repo_manifest(git, layout.repo(slug), slug, upstream_url=url)
         if entry is not None:
             repos.append(entry)
     slugs = [cc.slug for cc in config.codecollections]

@@ -173,7 +173,7 @@ def bake(
 ) -> None:
     """Mirror every CodeCollection with a git_url into DEST and write DEST/manifest.json."""
     from cccatalog import render
-    from cccatalog.gitmirror.bake import bake as bake_mirrors
+    from cccatalog.bake import bake as bake_mirrors
     from cccatalog.gitmirror.git import Git
     from cccatalog.jobs import SyncReport
 
