@@ -170,7 +170,12 @@ CatalogMinutes = Annotated[
 ]
 Dest = Annotated[Path, typer.Option("--dest", metavar="DIR", help="Directory to bake the mirrors into.")]
 TokenFile = Annotated[
-    Path | None, typer.Option("--token-file", metavar="FILE", help="Read the git token from a file.")
+    Path | None,
+    typer.Option(
+        "--token-file",
+        metavar="FILE",
+        help="Read the git token from a file (it wins over the variable `git.auth.token_env` names).",
+    ),
 ]
 ManifestOut = Annotated[
     Path | None, typer.Option("--out", metavar="FILE", help="Write it to FILE (default: stdout).")
