@@ -27,13 +27,14 @@ from typing import TYPE_CHECKING, Any
 from cccatalog import __version__
 from cccatalog.catalog.models import ImageRefRecord
 from cccatalog.catalog.rows import catalog_digest
-from cccatalog.config import Config, is_valid_slug
+from cccatalog.config import Config
 from cccatalog.errors import UsageError
 from cccatalog.gitmirror.bundles import is_refname, is_sha
 from cccatalog.gitmirror.git import Git
 from cccatalog.gitmirror.layout import Layout
 from cccatalog.gitmirror.mirror import Mirror, fingerprint
 from cccatalog.gitmirror.servable import mirrored_slugs
+from cccatalog.names import is_valid_slug
 from cccatalog.redact import strip_url_credentials
 
 if TYPE_CHECKING:

@@ -26,12 +26,15 @@ def layers() -> dict[str, int]:
     block = re.search(r"<!-- layers[^>]*-->\n(.*?)<!-- /layers -->", text, re.S)
     assert block, f"{DOC}: no <!-- layers --> block"
     found: dict[str, int] = {}
+    layer = 0
     for line in block.group(1).splitlines():
-        if not (number := re.match(r"(\d+)\. ", line)):
+        if number := re.match(r"(\d+)\. ", line):
+            layer = int(number.group(1))
+        elif not line.startswith(" "):  # a numbered item's continuation is indented
             continue
         for name in re.findall(r"`([\w.]+)`", line):
             assert name not in found, f"{DOC}: {name} is in two layers"
-            found[name] = int(number.group(1))
+            found[name] = layer
     return found
 
 

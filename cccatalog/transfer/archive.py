@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cccatalog.config import is_valid_slug
 from cccatalog.errors import UsageError
+from cccatalog.names import is_valid_slug
 
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.json.sig"
