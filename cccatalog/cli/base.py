@@ -45,7 +45,6 @@ app = typer.Typer(
     name="cccatalog",
     help="Air-gap git mirrors and image catalog for CodeCollections.\n\n"
     "A CodeCollection is a git repository of automation tasks plus the container images built from it.",
-    no_args_is_help=True,
     add_completion=True,  # --install-completion, --show-completion; costs no import when unused
     pretty_exceptions_enable=False,  # errors are rendered by the runner; tokens live in locals
     rich_markup_mode=None,  # plain help: brackets in option help are text, and nothing is folded

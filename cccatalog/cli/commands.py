@@ -13,7 +13,7 @@ import typer
 from cccatalog import __version__
 from cccatalog.cli import base
 from cccatalog.cli.base import app, example, invocation, load
-from cccatalog.errors import EXIT_FAILED, EXIT_OK, UsageError
+from cccatalog.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
 from cccatalog.logs import LogFormat, setup_logging
 
 
@@ -28,7 +28,7 @@ VersionOpt = Annotated[
 ]
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)
 def _root(
     ctx: typer.Context,
     verbose: base.Verbose = 0,
@@ -37,6 +37,9 @@ def _root(
     version: VersionOpt = False,
 ) -> None:
     """cccatalog keeps bare git mirrors of CodeCollections fresh and serves them to air-gapped sites."""
+    if ctx.invoked_subcommand is None:  # `cccatalog` with no command: its help, as a usage error
+        typer.echo(ctx.get_help())
+        raise typer.Exit(EXIT_USAGE)
     inv = invocation(ctx)
     inv.verbosity, inv.log_format = (-1 if quiet else verbose), log_format
     setup_logging(inv.verbosity, inv.redactor, log_format=log_format)
