@@ -36,6 +36,7 @@ from cccatalog.gitmirror.mirror import Mirror, fingerprint
 from cccatalog.gitmirror.servable import mirrored_slugs
 from cccatalog.names import is_valid_slug
 from cccatalog.redact import strip_url_credentials
+from cccatalog.timestamps import parse_rfc3339
 
 if TYPE_CHECKING:
     from cccatalog.catalog.store import Store
@@ -238,6 +239,6 @@ def baked_at(data_dir: Path) -> datetime | None:
     try:
         doc = json.loads((data_dir / MANIFEST).read_text(encoding="utf-8"))
         when = doc.get("created_at") or doc.get("baked_at")
-        return datetime.fromisoformat(str(when)).astimezone(UTC)
+        return parse_rfc3339(str(when))
     except (OSError, ValueError, TypeError, AttributeError):
         return None

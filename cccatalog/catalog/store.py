@@ -54,6 +54,7 @@ from cccatalog.catalog.models import (
 from cccatalog.catalog.pointers import has_image, pointers
 from cccatalog.config import CodeCollection, Config, StateConfig, display_url
 from cccatalog.errors import StateError, StateUnavailable
+from cccatalog.timestamps import parse_rfc3339
 
 T = TypeVar("T")
 
@@ -725,7 +726,7 @@ def _mirror(row: tuple[Any, ...]) -> MirrorStatus:
 
 def _collection(row: tuple[Any, ...]) -> CollectionRecord:
     slug, source, name, git_url, registry, default_ref, visibility, updated_at = row
-    updated = datetime.fromisoformat(updated_at).astimezone(UTC)
+    updated = parse_rfc3339(updated_at)
     return CollectionRecord(slug, source, name, git_url, registry, default_ref, visibility, updated)
 
 

@@ -17,7 +17,6 @@ import shutil
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from cccatalog.gitmirror.locks import file_lock
 from cccatalog.gitmirror.servable import mirrored_slugs
 from cccatalog.paths import require_writable_dir
 from cccatalog.redact import strip_url_credentials
+from cccatalog.timestamps import parse_rfc3339
 from cccatalog.transfer import archive
 
 CATALOG_FORMAT = "cccatalog-catalog/1"
@@ -137,7 +137,7 @@ def export_update(
             sign(staging / archive.MANIFEST, sign_key, environ=environ)
             names.append(archive.SIGNATURE)
         names += [archive.CATALOG, archive.IMAGES, *(r.bundle for r in repos if r.bundle)]
-        mtime = int(datetime.fromisoformat(doc["created_at"].replace("Z", "+00:00")).timestamp())
+        mtime = int(parse_rfc3339(doc["created_at"]).timestamp())
         size = archive.write_archive(out, staging, names, mtime=mtime)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
