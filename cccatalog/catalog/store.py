@@ -52,8 +52,9 @@ from cccatalog.catalog.models import (
     to_db_time,
 )
 from cccatalog.catalog.pointers import has_image, pointers
-from cccatalog.config import CodeCollection, Config, StateConfig, display_url
+from cccatalog.config import CodeCollection, Config, StateConfig
 from cccatalog.errors import StateError, StateUnavailable
+from cccatalog.redact import mask_url_password
 from cccatalog.timestamps import parse_rfc3339
 
 T = TypeVar("T")
@@ -325,7 +326,7 @@ class Store:
             found = state_database_version(target.url, secrets=secrets)
             if not found:
                 return None
-            _refuse_older(display_url(target.url), found, "database")
+            _refuse_older(mask_url_password(target.url), found, "database")
             return cls(PostgresDatabase(target.url, secrets=tuple(secrets), read_only=True), volume=volume)
         path = target.path
         assert path is not None

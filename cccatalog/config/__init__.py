@@ -33,7 +33,6 @@ from cccatalog.config.model import (
 )
 from cccatalog.config.sections import is_path_prefix
 from cccatalog.config.settings import Setting, setting, settings
-from cccatalog.config.state_urls import display_url, url_password
 from cccatalog.names import SLUG_RULE, is_valid_slug
 
 __all__ = [
@@ -54,12 +53,10 @@ __all__ = [
     "TransferConfig",
     "Visibility",
     "config_path_from_env",
-    "display_url",
     "is_path_prefix",
     "is_valid_slug",
     "load_config",
     "parse_config",
     "setting",
     "settings",
-    "url_password",
 ]

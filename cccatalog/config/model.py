@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 from cccatalog.config.settings import setting
-from cccatalog.config.state_urls import display_url, url_password
+from cccatalog.redact import mask_url_password, url_password
 
 RefScope = Literal["branches-and-tags", "all"]
 Visibility = Literal["public", "hidden"]
@@ -191,7 +191,7 @@ class StateConfig:
     @property
     def display(self) -> str:
         """The state as messages show it: the file, or the URL with its password masked."""
-        return display_url(self.url) if self.url else str(self.path)
+        return mask_url_password(self.url) if self.url else str(self.path)
 
     def secrets(self, environ: Mapping[str, str]) -> list[str]:
         """The database password wherever it comes from (the URL, libpq's PGPASSWORD), for redaction."""

@@ -11,7 +11,8 @@ from cccatalog import envvars
 from cccatalog.config.model import StateConfig
 from cccatalog.config.reader import Reader
 from cccatalog.config.settings import keys
-from cccatalog.config.state_urls import postgres_url, sqlite_path, url_password
+from cccatalog.config.state_urls import postgres_url, sqlite_path
+from cccatalog.redact import url_password
 
 
 def state(r: Reader, data_dir: Path, environ: Mapping[str, str]) -> StateConfig:
