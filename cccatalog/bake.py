@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cccatalog import envvars, manifest
+from cccatalog.atomic import write_atomic
 from cccatalog.config import AuthConfig, Config
 from cccatalog.errors import UsageError
 from cccatalog.gitmirror.git import Git
@@ -114,7 +115,7 @@ def write_manifest(
     data = manifest.dumps(doc)
     target = dest / manifest.MANIFEST
     if sign_key is None:
-        manifest.write_atomic(target, data)
+        write_atomic(target, data)
         (dest / manifest.SIGNATURE).unlink(missing_ok=True)
         return target
     from cccatalog.signing import sign
@@ -123,8 +124,8 @@ def write_manifest(
         unsigned = Path(tmp, manifest.MANIFEST)
         unsigned.write_bytes(data)
         signature = sign(unsigned, sign_key, environ=environ).read_bytes()
-    manifest.write_atomic(dest / manifest.SIGNATURE, signature)
-    manifest.write_atomic(target, data)
+    write_atomic(dest / manifest.SIGNATURE, signature)
+    write_atomic(target, data)
     return target
 
 

@@ -16,8 +16,6 @@ is a bake manifest of an earlier cccatalog, still read (its repos and refs are t
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -127,19 +125,6 @@ def document(
 
 def dumps(doc: Mapping[str, Any]) -> bytes:
     return (json.dumps(doc, indent=2) + "\n").encode()
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` in one rename; readable by any uid (a serving uid reads it)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def parse(data: bytes, *, source: str) -> Manifest:
