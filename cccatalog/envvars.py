@@ -15,6 +15,7 @@ ADMIN_TOKEN = ("CCCATALOG_ADMIN_TOKEN", "CC_CATALOG_ADMIN_TOKEN")
 LOG_LEVEL = ("CCCATALOG_LOG_LEVEL", "CC_CATALOG_LOG_LEVEL")
 LOG_FORMAT = ("CCCATALOG_LOG_FORMAT",)
 DISABLE_SCHEDULER = ("CCCATALOG_DISABLE_SCHEDULER", "CC_CATALOG_DISABLE_SCHEDULER")
+BAKE_TOKEN = ("CCCATALOG_BAKE_TOKEN",)
 
 # What each one is for: docs/configuration.md's table of variables is generated from this.
 DOCS: dict[tuple[str, ...], str] = {
@@ -32,6 +33,8 @@ DOCS: dict[tuple[str, ...], str] = {
     LOG_LEVEL: "the log level without `-v`/`-q`: DEBUG, INFO, WARNING, ERROR or CRITICAL",
     LOG_FORMAT: "`text` or `json` (`--log-format` wins)",
     DISABLE_SCHEDULER: "`1`, `true`, `yes` or `on`: `serve` runs no scheduler",
+    BAKE_TOKEN: "set by `bake --token-file` (never read from yours) when `git.auth` names no "
+    "variable: the file's token, for git's environment only",
 }
 
 

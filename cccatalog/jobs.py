@@ -33,6 +33,7 @@ from cccatalog.gitmirror.sync import (
     SyncOptions,
     plan_sync,
 )
+from cccatalog.oci.cache import state_cache
 from cccatalog.paths import require_writable_dir
 from cccatalog.redact import Redactor
 from cccatalog.runlocks import Locks
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
     from cccatalog.catalog.store import Store
     from cccatalog.destinations.run import Progress
     from cccatalog.destinations.sync import MirrorReport
-    from cccatalog.oci.cache import BlobCache
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,14 +158,6 @@ def recorder(store: Store) -> Record:
     return record
 
 
-def image_cache(config: Config) -> BlobCache:
-    """Registry documents are cached beside the state file (this host's own directory with a
-    PostgreSQL state): they belong to this host, not the image."""
-    from cccatalog.oci.cache import BlobCache
-
-    return BlobCache(config.state.local_dir / "oci-cache")
-
-
 def run_sync(
     config: Config,
     store: Store,
@@ -198,7 +190,7 @@ def run_sync(
     if request.images:
         from cccatalog.catalog.images import ImageSyncer, ImageSyncResult
 
-        images = ImageSyncer(config, store, cache=image_cache(config), environ=environ, redactor=redactor)
+        images = ImageSyncer(config, store, cache=state_cache(config), environ=environ, redactor=redactor)
         report.images_held_back = [] if images_allowed(config, request) else held_images(config, request)
         planned = [cc for cc in images.plan(request.only) if cc.slug not in report.images_held_back]
         if request.skip_images:

@@ -18,8 +18,6 @@ is a bake manifest of an earlier cccatalog, still read (its repos and refs are t
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,13 +27,16 @@ from typing import TYPE_CHECKING, Any
 from cccatalog import __version__
 from cccatalog.catalog.models import ImageRefRecord
 from cccatalog.catalog.rows import catalog_digest
-from cccatalog.config import Config, is_valid_slug
+from cccatalog.config import Config
 from cccatalog.errors import UsageError
 from cccatalog.gitmirror.bundles import is_refname, is_sha
 from cccatalog.gitmirror.git import Git
+from cccatalog.gitmirror.layout import Layout
 from cccatalog.gitmirror.mirror import Mirror, fingerprint
 from cccatalog.gitmirror.servable import mirrored_slugs
+from cccatalog.names import is_valid_slug
 from cccatalog.redact import strip_url_credentials
+from cccatalog.timestamps import parse_rfc3339
 
 if TYPE_CHECKING:
     from cccatalog.catalog.store import Store
@@ -128,19 +129,6 @@ def dumps(doc: Mapping[str, Any]) -> bytes:
     return (json.dumps(doc, indent=2) + "\n").encode()
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` in one rename; readable by any uid (a serving uid reads it)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def parse(data: bytes, *, source: str) -> Manifest:
     """A manifest from its bytes; UsageError naming `source` and the field when it is not one."""
     try:
@@ -210,33 +198,16 @@ def read(path: Path, *, what: str) -> tuple[bytes, Manifest]:
 def site_manifest(config: Config, git: Git, store: Store | None) -> dict[str, Any]:
     """What this site has: every complete mirror of a configured collection, and the catalog."""
     repos = []
+    layout = Layout(config.git.data_dir)
     for slug in sorted(mirrored_slugs(config, ignore_enabled=True)):
         cc = config.collection(slug)
         url = strip_url_credentials(cc.git_url) if cc and cc.git_url else None
-        entry = repo_manifest(git, config.git.data_dir / f"{slug}.git", slug, upstream_url=url)
+        entry = repo_manifest(git, layout.repo(slug), slug, upstream_url=url)
         if entry is not None:
             repos.append(entry)
     slugs = [cc.slug for cc in config.codecollections]
     catalog = {slug: store.list_image_refs(slug) for slug in slugs} if store is not None else {}
     return document("site", repos, collections=slugs, catalog=catalog)
-
-
-def describe_site(config: Config, git: Git, *, environ: Mapping[str, str] | None = None) -> bytes:
-    """`cccatalog manifest`: this site's manifest, reading the state file only when there is one.
-    With `environ` (its credentials), also what the site registry holds of the catalog's images
-    (`images`), so an export leaves out what is there."""
-    if config.state.url is None and not config.state.path.is_file():
-        return dumps(site_manifest(config, git, None))
-    from cccatalog.catalog.store import Store
-
-    with Store.for_config(config) as store:
-        doc = site_manifest(config, git, store)
-        rows = {cc.slug: store.list_image_refs(cc.slug) for cc in config.codecollections}
-    if environ is not None:
-        from cccatalog.transfer.images import site_images
-
-        doc["images"] = site_images(config, rows, environ=environ, redactor=git.redactor)
-    return dumps(doc)
 
 
 def baked_at(data_dir: Path) -> datetime | None:
@@ -245,6 +216,6 @@ def baked_at(data_dir: Path) -> datetime | None:
     try:
         doc = json.loads((data_dir / MANIFEST).read_text(encoding="utf-8"))
         when = doc.get("created_at") or doc.get("baked_at")
-        return datetime.fromisoformat(str(when)).astimezone(UTC)
+        return parse_rfc3339(str(when))
     except (OSError, ValueError, TypeError, AttributeError):
         return None

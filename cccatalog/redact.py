@@ -2,6 +2,9 @@
 
 Two layers: the exact secret values cccatalog knows about (and their encodings), and patterns for
 secrets it does not know (Authorization headers, credentials embedded in URLs, GitHub token shapes).
+And the two ways a URL is shown: `strip_url_credentials` for upstream and registry URLs, whose
+userinfo is usually a bare token, and `mask_url_password` for database URLs, whose user name is not
+a secret but whose password (in the userinfo or as `?password=`) is.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import base64
 import re
 import threading
 from collections.abc import Iterable
-from urllib.parse import quote
+from urllib.parse import parse_qs, parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 MASK = "***"
 
@@ -82,3 +85,29 @@ def strip_url_credentials(url: str) -> str:
         userinfo, _, rest = url.rpartition("@")
         return f"{MASK}@{rest}" if ":" in userinfo else url
     return _URL_USERINFO.sub(_mask_userinfo, url)
+
+
+def mask_url_password(url: str) -> str:
+    """A URL whose user name is no secret (a database's) as messages show it: the password masked
+    wherever it was given, in the userinfo or as `?password=`."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            user, _, host = netloc.rpartition("@")
+            netloc = f"{user.partition(':')[0]}:{MASK}@{host}"
+        query = [(k, MASK if k.lower() == "password" else v) for k, v in parse_qsl(parts.query, True)]
+        return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="*/")))
+    except ValueError:
+        return "<the state database URL, which cannot be parsed>"
+
+
+def url_password(url: str) -> str | None:
+    """The password a URL carries (in its userinfo or as `?password=`), to register with a Redactor."""
+    try:
+        parts = urlsplit(url)
+        if parts.password:
+            return unquote(parts.password)
+        return next(iter(parse_qs(parts.query).get("password", [])), None)
+    except ValueError:
+        return None

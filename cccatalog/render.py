@@ -257,7 +257,7 @@ def manifest(data: bytes, out: Path | None) -> None:
     if out is None:
         sys.stdout.write(data.decode())
         return
-    from cccatalog.manifest import write_atomic
+    from cccatalog.atomic import write_atomic
 
     write_atomic(out, data)
     log.info("wrote %s", out)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.gitfixtures import GIT_ENV, Upstream
+from tests.pgfixtures import BINDIR as PG_BINDIR
 from tests.pgfixtures import PgServer, running_postgres
 from tests.registry import RunningRegistry, running_registry
 
@@ -101,8 +103,20 @@ def pg_url(pg_server: PgServer) -> Iterator[str]:
         pg_server.drop_database(url)
 
 
+_POSTGRES_FIXTURES = frozenset({"pg_server", "pg_url"})
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Benchmarks, the binary build and the browser are slow too: `-m "not slow"` leaves them out."""
+    """Benchmarks, the binary build and the browser are slow too: `-m "not slow"` leaves them out.
+    A test on the session's PostgreSQL is marked `postgres`; where the server binaries are absent it
+    is skipped with the reason (CI, where they must be, fails instead of skipping)."""
+    missing = None
+    if not (PG_BINDIR / "postgres").exists() and not os.environ.get("CI"):
+        missing = f"no PostgreSQL server in {PG_BINDIR} (tools/install-test-deps installs postgresql-15)"
     for item in items:
         if any(item.get_closest_marker(name) for name in ("bench", "binary", "browser")):
             item.add_marker(pytest.mark.slow)
+        if _POSTGRES_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.postgres)
+        if missing and item.get_closest_marker("postgres"):
+            item.add_marker(pytest.mark.skip(reason=missing))

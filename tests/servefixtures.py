@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -47,6 +48,24 @@ def running_server(
         server.server_close()
         thread.join(5)
         service.close()
+
+
+def wait_for_stderr(proc: subprocess.Popen[str], text: str, timeout: float = 15.0) -> str:
+    """What `proc` has written to its (piped) stderr up to the first line holding `text`; fails the
+    test when the process says nothing of the kind in time."""
+    assert proc.stderr is not None
+    fd = proc.stderr.fileno()
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while text.encode() not in seen:
+        left = deadline - time.monotonic()
+        assert left > 0, f"serve never said {text!r}; it said: {seen.decode(errors='replace')[-2000:]}"
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            chunk = os.read(fd, 65536)
+            assert chunk, f"serve closed stderr before saying {text!r}: {seen.decode(errors='replace')}"
+            seen += chunk
+    return seen.decode(errors="replace")
 
 
 @contextmanager

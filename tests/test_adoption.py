@@ -43,7 +43,7 @@ def utc(text: str) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=UTC)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def predecessor(request: pytest.FixtureRequest, tmp_path: Path) -> AnyPredecessor:
     if request.param == "sqlite":
         return make_predecessor_db(tmp_path / "data" / "catalog.db")

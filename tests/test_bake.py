@@ -83,6 +83,27 @@ def test_bake_takes_the_token_from_a_file_and_never_writes_it(
         assert header.split()[1] not in text
 
 
+@pytest.mark.parametrize("auth", ["  auth:\n    token_env: GH_TOKEN\n", ""], ids=["token_env", "no-auth"])
+def test_an_explicit_token_file_wins_over_a_variable_already_set(
+    make_upstream: MakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, auth: str
+) -> None:
+    # a stale token left in the build environment must not silently replace the one asked for
+    monkeypatch.setenv("GH_TOKEN", "ghp_stale")
+    monkeypatch.setenv("CCCATALOG_BAKE_TOKEN", "ghp_stale")
+    up = make_upstream("alpha")
+    git("clone", "-q", "--bare", str(up.path), str(tmp_path / "served" / "alpha"))
+    header = "Basic " + base64.b64encode(f"x-access-token:{TOKEN}".encode()).decode()
+    secret = tmp_path / "secret"
+    secret.write_text(TOKEN + "\n")
+    with http_upstream(tmp_path / "served", required_authorization=header) as server:
+        config = bake_config(tmp_path, {"alpha": server.repo_url("alpha")}, auth=auth)
+        code = run(
+            ["-q", "bake", "-c", str(config), "--dest", str(tmp_path / "baked"), "--token-file", str(secret)]
+        )
+    assert code == 0
+    assert (tmp_path / "baked" / "alpha.git").is_dir()
+
+
 def test_bake_fails_with_the_reason_per_repo_and_writes_no_manifest(
     make_upstream: MakeUpstream, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -38,6 +38,15 @@ def test_python_dash_m_runs_the_same_cli() -> None:
     assert out.stdout.strip() == f"cccatalog {__version__}"
 
 
+@pytest.mark.parametrize("argv", [[], ["-v"], ["--log-format", "json"]], ids=["bare", "-v", "log-format"])
+def test_no_command_prints_the_help_and_exits_2(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    code, out, err = cli(capsys, *argv)
+    assert code == 2
+    assert out.startswith("Usage: cccatalog [OPTIONS] COMMAND [ARGS]...")
+    assert "resolve-latest" in out
+    assert err == ""
+
+
 HEAVY_MODULES = (
     "httpx",
     "sqlite3",

@@ -34,7 +34,7 @@ from tests.hafixtures import Replica, SlowCatalog, refs, replica_config, replica
 from tests.pgfixtures import PASSWORD, PgServer, connect, running_postgres
 
 # replicas are processes of their own, and the database stops and starts: seconds each
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 CATALOG = "/api/v1/catalog/codecollections"
 ADMIN = "/api/v1/admin"

@@ -40,7 +40,7 @@ from tests.robustfixtures import (
     read_reply,
     wait_until,
 )
-from tests.servefixtures import running_server, serve_process, synced_config
+from tests.servefixtures import running_server, serve_process, synced_config, wait_for_stderr
 
 pytestmark = pytest.mark.slow
 
@@ -485,7 +485,8 @@ def test_connections_during_the_shutdown_grace_period_are_not_left_hanging(
         try:
             assert wait_until(posts.exists, 15)
             proc.send_signal(signal.SIGTERM)
-            time.sleep(0.5)
+            # in the grace period for certain: the server says so when it begins it
+            wait_for_stderr(proc, "finishing in-flight requests")
             # Refused outright, or answered: either lets a load balancer or client go elsewhere now.
             try:
                 with socket.create_connection(address(url), timeout=1) as late:

@@ -72,7 +72,7 @@ def counting_migration(monkeypatch: pytest.MonkeyPatch) -> int:
     return len(patched)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def target(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
     """Where a state lives: an SQLite file, or the URL of an empty PostgreSQL database."""
     if request.param == "sqlite":

@@ -27,6 +27,8 @@ from cccatalog.runlocks import Locks
 from tests.pgfixtures import PASSWORD, PgServer, connect, running_postgres
 from tests.predecessorfixtures import make_predecessor_pg
 
+pytestmark = pytest.mark.postgres
+
 PROCESSES = 8
 T0 = datetime(2026, 11, 25, 21, 0, 0, tzinfo=UTC)
 

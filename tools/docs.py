@@ -4,8 +4,9 @@
     python tools/docs.py --check   # exit 1, naming the file, when a block is out of date (a test runs this)
 
 - docs/commands.md: every command's `--help`, as the CLI prints it;
-- docs/configuration.md: every config key with its default and meaning, from the config dataclasses
-  (`cccatalog.config.setting`), and every environment variable, from `cccatalog.envvars`.
+- docs/configuration.md: every config key with its default, range or choices and meaning, from the
+  table of `cccatalog.config.settings.setting`, and every environment variable, from
+  `cccatalog.envvars`.
 
 A generated block sits between `<!-- generated: NAME -->` and `<!-- end: NAME -->`; the text around
 it is written by hand.
@@ -20,6 +21,7 @@ import io
 import os
 import re
 import sys
+import typing
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -78,31 +80,36 @@ _BLOCKS: list[tuple[str, type[Any]]] = [
 _NESTED = {cfg.AuthConfig, cfg.CodeCollection, cfg.DestinationAuth, cfg.MirrorFilter}
 
 
-def _shown(f: dataclasses.Field[Any]) -> str:
-    if f.metadata.get("shown"):
-        return str(f.metadata["shown"])
-    value = f.default
+def _shown(s: cfg.Setting) -> str:
+    if s.shown:
+        return s.shown
+    value = s.default
     if value is None or value == () or value is dataclasses.MISSING:
         return "none"
     if isinstance(value, bool):
         return f"`{str(value).lower()}`"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     return f"`{value}`"
 
 
 def config_rows() -> Iterator[tuple[str, str, str]]:
     """(key, default, meaning) of every key, in the order of the dataclasses."""
+    for key, default, _allowed, meaning in config_table():
+        yield key, default, meaning
+
+
+def config_table() -> Iterator[tuple[str, str, str, str]]:
+    """(key, default, allowed values, meaning) of every key, in the order of the dataclasses."""
     for prefix, block in _BLOCKS:
         yield from _rows(prefix, block)
 
 
-def _rows(prefix: str, block: type[Any]) -> Iterator[tuple[str, str, str]]:
-    for f in dataclasses.fields(block):
-        key = f.metadata.get("key")
-        if key == "":
-            continue  # not a key of the file (a collection's source, where a state path came from)
-        name = f"{prefix}.{key or f.name}"
-        yield name, _shown(f), str(f.metadata.get("doc", ""))
-        inner = _inner(f)
+def _rows(prefix: str, block: type[Any]) -> Iterator[tuple[str, str, str, str]]:
+    for s in cfg.settings(block):
+        name = f"{prefix}.{s.key}"
+        yield name, _shown(s), s.allowed, s.doc
+        inner = _inner(s)
         if inner is cfg.AuthConfig and prefix == "git":
             yield from _rows(name, inner)
         elif inner is cfg.CodeCollection:
@@ -111,14 +118,16 @@ def _rows(prefix: str, block: type[Any]) -> Iterator[tuple[str, str, str]]:
             yield from _rows(name, inner)
 
 
-def _inner(f: dataclasses.Field[Any]) -> type[Any] | None:
-    text = str(f.type)
-    return next((t for t in _NESTED if re.search(rf"\b{t.__name__}\b", text)), None)
+def _inner(s: cfg.Setting) -> type[Any] | None:
+    return next((t for t in _NESTED if t is s.type or t in typing.get_args(s.type)), None)
 
 
 def configuration_block() -> str:
-    lines = ["| key | default | meaning |", "|---|---|---|"]
-    lines += [f"| `{key}` | {default} | {meaning} |" for key, default, meaning in config_rows()]
+    lines = ["| key | default | allowed | meaning |", "|---|---|---|---|"]
+    lines += [
+        f"| `{key}` | {default} | {allowed} | {meaning} |"
+        for key, default, allowed, meaning in config_table()
+    ]
     return "\n".join(lines) + "\n"
 
 

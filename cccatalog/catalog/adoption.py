@@ -24,6 +24,7 @@ from typing import Any
 from cccatalog.catalog.backends import Conn
 from cccatalog.catalog.models import to_db_time
 from cccatalog.redact import Redactor, strip_url_credentials
+from cccatalog.timestamps import parse_rfc3339
 
 log = logging.getLogger("cccatalog.state")
 
@@ -67,8 +68,8 @@ def _time(value: object) -> str | None:
     """A naive-UTC timestamp as SQLAlchemy stores it (text on SQLite, a datetime elsewhere)."""
     if isinstance(value, str):
         try:
-            value = datetime.fromisoformat(value.strip())
-        except ValueError:
+            value = parse_rfc3339(value)
+        except (ValueError, OverflowError):
             return None
     if not isinstance(value, datetime):
         return None

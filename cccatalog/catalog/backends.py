@@ -30,9 +30,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from cccatalog.config import display_url, url_password
 from cccatalog.errors import StateError, StateUnavailable
-from cccatalog.redact import Redactor
+from cccatalog.redact import Redactor, mask_url_password, url_password
 
 T = TypeVar("T")
 
@@ -293,7 +292,7 @@ class PostgresDatabase(Database):
     ) -> None:
         self._url = url
         self._read_only = read_only
-        self.location = display_url(url)
+        self.location = mask_url_password(url)
         password = url_password(url)
         # psycopg and libpq may quote the connection string in an error: never let it out
         self._scrub = Redactor([s for s in (password, url, *secrets) if s])

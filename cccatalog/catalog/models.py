@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from cccatalog.timestamps import parse_rfc3339
+
 
 def to_db_time(value: datetime) -> str:
     """Aware datetime -> `2026-11-25T21:00:00.123456Z` (fixed width, so text order is time order)."""
@@ -16,7 +18,7 @@ def to_db_time(value: datetime) -> str:
 
 
 def from_db_time(value: str | None) -> datetime | None:
-    return None if value is None else datetime.fromisoformat(value).astimezone(UTC)
+    return None if value is None else parse_rfc3339(value)
 
 
 @dataclass(frozen=True, slots=True)

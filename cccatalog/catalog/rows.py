@@ -10,12 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from datetime import datetime
 from typing import Any
 
 from cccatalog.catalog.models import ImageRefRecord
 from cccatalog.catalog.views import image_ref
 from cccatalog.errors import UsageError
+from cccatalog.timestamps import NaiveTime, parse_rfc3339
 
 _TEXT = ("ref", "ref_type", "image_tag")
 _OPTIONAL = ("image_registry", "image_digest", "commit_hash", "rt_revision", "built_at_source")
@@ -45,11 +45,11 @@ def row_from_json(slug: str, data: object, *, where: str) -> ImageRefRecord:
             raise UsageError(f"{where}.{key}: expected true or false")
     built = data.get("image_built_at")
     try:
-        built_at = datetime.fromisoformat(built.replace("Z", "+00:00")) if isinstance(built, str) else None
-    except ValueError:
+        built_at = parse_rfc3339(built, assume_utc=False) if isinstance(built, str) else None
+    except NaiveTime:
+        raise UsageError(f"{where}.image_built_at: expected a time with a zone") from None
+    except (ValueError, OverflowError):
         raise UsageError(f"{where}.image_built_at: expected an RFC 3339 time") from None
-    if built_at is not None and built_at.tzinfo is None:
-        raise UsageError(f"{where}.image_built_at: expected a time with a zone")
     return ImageRefRecord(
         slug=slug,
         ref=data["ref"],

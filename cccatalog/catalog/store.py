@@ -56,8 +56,10 @@ from cccatalog.catalog.models import (
     to_db_time,
 )
 from cccatalog.catalog.pointers import has_image, pointers
-from cccatalog.config import CodeCollection, Config, StateConfig, display_url
+from cccatalog.config import CodeCollection, Config, StateConfig
 from cccatalog.errors import StateError, StateUnavailable
+from cccatalog.redact import mask_url_password
+from cccatalog.timestamps import parse_rfc3339
 
 T = TypeVar("T")
 
@@ -345,7 +347,7 @@ class Store:
             found = state_database_version(target.url, secrets=secrets)
             if not found:
                 return None
-            _refuse_older(display_url(target.url), found, "database")
+            _refuse_older(mask_url_password(target.url), found, "database")
             return cls(PostgresDatabase(target.url, secrets=tuple(secrets), read_only=True), volume=volume)
         path = target.path
         assert path is not None
@@ -934,7 +936,7 @@ def _mirror(row: tuple[Any, ...]) -> MirrorStatus:
 
 def _collection(row: tuple[Any, ...]) -> CollectionRecord:
     slug, source, name, git_url, registry, default_ref, visibility, updated_at = row
-    updated = datetime.fromisoformat(updated_at).astimezone(UTC)
+    updated = parse_rfc3339(updated_at)
     return CollectionRecord(slug, source, name, git_url, registry, default_ref, visibility, updated)
 
 

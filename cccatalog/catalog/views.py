@@ -9,12 +9,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from cccatalog.catalog.models import CatalogPointers, ImageRefRecord, MirrorStatus
 from cccatalog.catalog.pointers import pointers
 from cccatalog.config import CodeCollection, Config
-from cccatalog.gitmirror.layout import Layout
 from cccatalog.redact import strip_url_credentials
 from cccatalog.timestamps import rfc3339
 
@@ -106,11 +106,12 @@ def repo_status(
     status: MirrorStatus | None,
     servable: Servable,
     *,
-    detail: bool,
+    local_path: Path | None = None,
     replica: str = "",
 ) -> dict[str, Any]:
-    """A mirror's status as this replica sees it: `present` and `local_path` are its own disk's,
-    `replica` says whose (replicas each have a disk, unless they share a volume)."""
+    """A mirror's status as this replica sees it: `present` and `local_path` (given for the detail
+    view) are its own disk's, `replica` says whose (replicas each have a disk, unless they share a
+    volume)."""
     success = status.last_success_at if status else None
     payload: dict[str, Any] = {
         "slug": cc.slug,
@@ -124,6 +125,6 @@ def repo_status(
         "freshness_seconds": round(time.time() - success.timestamp()) if success else None,
         "replica": replica or None,
     }
-    if detail:
-        payload["local_path"] = str(Layout(config.git.data_dir).repo(cc.slug))
+    if local_path is not None:
+        payload["local_path"] = str(local_path)
     return payload

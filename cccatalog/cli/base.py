@@ -45,7 +45,6 @@ app = typer.Typer(
     name="cccatalog",
     help="Air-gap git mirrors and image catalog for CodeCollections.\n\n"
     "A CodeCollection is a git repository of automation tasks plus the container images built from it.",
-    no_args_is_help=True,
     add_completion=True,  # --install-completion, --show-completion; costs no import when unused
     pretty_exceptions_enable=False,  # errors are rendered by the runner; tokens live in locals
     rich_markup_mode=None,  # plain help: brackets in option help are text, and nothing is folded
@@ -175,7 +174,12 @@ CatalogMinutes = Annotated[
 ]
 Dest = Annotated[Path, typer.Option("--dest", metavar="DIR", help="Directory to bake the mirrors into.")]
 TokenFile = Annotated[
-    Path | None, typer.Option("--token-file", metavar="FILE", help="Read the git token from a file.")
+    Path | None,
+    typer.Option(
+        "--token-file",
+        metavar="FILE",
+        help="Read the git token from a file (it wins over the variable `git.auth.token_env` names).",
+    ),
 ]
 ManifestOut = Annotated[
     Path | None, typer.Option("--out", metavar="FILE", help="Write it to FILE (default: stdout).")

@@ -13,7 +13,7 @@ import typer
 from cccatalog import __version__
 from cccatalog.cli import base
 from cccatalog.cli.base import app, example, invocation, load
-from cccatalog.errors import EXIT_FAILED, EXIT_OK, UsageError
+from cccatalog.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
 from cccatalog.logs import LogFormat, setup_logging
 
 
@@ -28,7 +28,7 @@ VersionOpt = Annotated[
 ]
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)
 def _root(
     ctx: typer.Context,
     verbose: base.Verbose = 0,
@@ -37,6 +37,9 @@ def _root(
     version: VersionOpt = False,
 ) -> None:
     """cccatalog keeps bare git mirrors of CodeCollections fresh and serves them to air-gapped sites."""
+    if ctx.invoked_subcommand is None:  # `cccatalog` with no command: its help, as a usage error
+        typer.echo(ctx.get_help())
+        raise typer.Exit(EXIT_USAGE)
     inv = invocation(ctx)
     inv.verbosity, inv.log_format = (-1 if quiet else verbose), log_format
     setup_logging(inv.verbosity, inv.redactor, log_format=log_format)
@@ -174,7 +177,7 @@ def bake(
 ) -> None:
     """Mirror every CodeCollection with a git_url into DEST and write DEST/manifest.json."""
     from cccatalog import render
-    from cccatalog.gitmirror.bake import bake as bake_mirrors
+    from cccatalog.bake import bake as bake_mirrors
     from cccatalog.gitmirror.git import Git
     from cccatalog.jobs import SyncReport
 
@@ -193,7 +196,7 @@ def manifest(ctx: typer.Context, config: base.ConfigOpt = None, out: base.Manife
     carry it to export --since."""
     from cccatalog import render
     from cccatalog.gitmirror.git import Git
-    from cccatalog.manifest import describe_site
+    from cccatalog.transfer.site import describe_site
 
     render.manifest(
         describe_site(load(config), Git(redactor=invocation(ctx).redactor), environ=os.environ), out

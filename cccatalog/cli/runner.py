@@ -8,7 +8,6 @@ same way, error first. The global flags (-v, -q, --log-format) work before or af
 from __future__ import annotations
 
 import os
-import re
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -100,29 +99,27 @@ def run(argv: Sequence[str] | None = None) -> int:
 def _usage_error(exc: typer.TyperException) -> int:
     from cccatalog import render
 
-    usage_ctx = getattr(exc, "ctx", None)
-    if type(exc).__name__ == "NoArgsIsHelpError" and usage_ctx is not None:
-        sys.stdout.write(usage_ctx.get_help() + "\n")
-        return EXIT_USAGE
+    usage_ctx = getattr(exc, "ctx", None)  # a usage error carries the context of its command
     details = []
     if usage_ctx is not None:
         details = [usage_ctx.get_usage(), f"Try '{usage_ctx.command_path} -h' for help."]
-    render.error(_name_the_envvar(exc.format_message()), details=details)
+    render.error(_message(exc), details=details)
     return int(exc.exit_code)
 
 
-_ENVVAR_LIST = re.compile(r"\(env var: '\[([^\]]*)\]'\)")
-
-
-def _name_the_envvar(message: str) -> str:
-    """The parser names every fallback variable of an option; say which one held the bad value."""
-
-    def which(match: re.Match[str]) -> str:
-        names = re.findall(r"'([A-Z_]+)'", match.group(1))
-        used = envvars.first_name(os.environ, names)
-        return f"(from the environment variable {used})" if used else ""
-
-    return re.sub(r" +:", ":", _ENVVAR_LIST.sub(which, message))
+def _message(exc: typer.TyperException) -> str:
+    """The parser's message; for a bad option value, the option and, when the value came from the
+    environment, the one variable that held it (the parser would list every fallback name)."""
+    if not isinstance(exc, typer.BadParameter) or exc.param is None or exc.ctx is None:
+        return exc.format_message()
+    param, ctx = exc.param, exc.ctx
+    hint = " / ".join(f"'{opt}'" for opt in param.opts) or f"'{param.human_readable_name}'"
+    source = ctx.get_parameter_source(param.name) if param.name else None
+    if source is not None and source is type(source).ENVIRONMENT and param.envvar:
+        names = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar)
+        if used := envvars.first_name(os.environ, names):
+            hint += f" (from the environment variable {used})"
+    return f"Invalid value for {hint}: {exc.message}"
 
 
 def _print_error(inv: Invocation, exc: BaseException) -> None:

@@ -20,8 +20,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from cccatalog.config import is_valid_slug
 from cccatalog.errors import UsageError
+from cccatalog.names import is_valid_slug
 
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+
+from cccatalog.atomic import write_atomic
+from cccatalog.config import Config
 
 _DIGEST_RE = re.compile(r"sha256:([0-9a-f]{64})")
 
@@ -87,15 +88,15 @@ class BlobCache:
 
     def _write(self, path: Path, data: bytes) -> None:
         """Via a temporary file and a rename, so a reader sees the whole entry or none."""
+        # not durable: an entry is verified by its digest when read, and fetched again when torn
         try:
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            write_atomic(path, data, mode=None, durable=False)
         except FileNotFoundError:  # the directory's first entry: mkdir then, not before every entry
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+            write_atomic(path, data, mode=None, durable=False)
+
+
+def state_cache(config: Config) -> BlobCache:
+    """The cache of `config`'s host: beside the state file (this host's own directory with a
+    PostgreSQL state), since registry documents belong to the host that fetched them."""
+    return BlobCache(config.state.local_dir / "oci-cache")

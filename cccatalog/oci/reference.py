@@ -6,8 +6,8 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-from cccatalog.config import REPOSITORY_COMPONENT_RE, split_registry_host
 from cccatalog.errors import UsageError
+from cccatalog.names import REPOSITORY_COMPONENT_RE, split_registry_host
 
 DOCKER_HUB = "registry-1.docker.io"
 _DOCKER_HUB_ALIASES = ("docker.io", "index.docker.io", "registry-1.docker.io")

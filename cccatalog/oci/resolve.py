@@ -20,7 +20,7 @@ from cccatalog.errors import CCCatalogError, RegistryError
 from cccatalog.oci.client import DEFAULT_PER_HOST, INDEX_TYPES, RegistryClient
 from cccatalog.oci.reference import Repository
 from cccatalog.oci.tags import CanonicalTag, group_by_ref
-from cccatalog.timestamps import rfc3339
+from cccatalog.timestamps import parse_rfc3339, rfc3339
 
 EARLIEST_PLAUSIBLE = datetime(1980, 1, 1, tzinfo=UTC)
 _MIN = datetime.min.replace(tzinfo=UTC)
@@ -80,12 +80,7 @@ def parse_created(value: object) -> datetime | None:
     if not isinstance(value, str) or not value.strip():
         return None
     try:
-        # Python 3.11 reads `Z`, offsets and Go's nine fraction digits (keeping six); RFC 3339 also
-        # allows a lowercase `t` and `z`.
-        parsed = datetime.fromisoformat(value.strip().upper())
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=UTC)
-        parsed = parsed.astimezone(UTC)
+        parsed = parse_rfc3339(value)
     except (ValueError, OverflowError):  # 0001-01-01T00:00:00+02:00 falls off the calendar in UTC
         return None
     return parsed if parsed >= EARLIEST_PLAUSIBLE else None

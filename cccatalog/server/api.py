@@ -28,6 +28,7 @@ from cccatalog.catalog.pointers import pointers
 from cccatalog.catalog.store import Store
 from cccatalog.config import CodeCollection, Config
 from cccatalog.errors import CCCatalogError, LockBusy, StateError, StateUnavailable
+from cccatalog.gitmirror.layout import Layout
 from cccatalog.gitmirror.servable import Servability, mirrored_slugs
 from cccatalog.runlocks import Locks
 from cccatalog.server.admin_jobs import Job, JobRunner
@@ -213,9 +214,10 @@ def _catalog(ctx: ApiContext, rest: str, params: Mapping[str, str]) -> ApiRespon
         found = ctx.store.catalog_pointers()
         # one membership test per row instead of re-reading the config for each (the list is long)
         mirrored = mirrored_slugs(config)
+        layout = Layout(config.git.data_dir)
 
         def listed_servable(slug: str) -> bool:
-            return slug in mirrored and ctx.servability.is_complete(config.git.data_dir / f"{slug}.git")
+            return slug in mirrored and ctx.servability.is_complete(layout.repo(slug))
 
         entries = []
         for cc in sorted(config.codecollections, key=lambda c: c.slug):
@@ -313,9 +315,7 @@ def _git_repos(ctx: ApiContext, rest: str) -> ApiResponse:
         return ApiResponse(
             200,
             [
-                views.repo_status(
-                    config, cc, statuses.get(cc.slug), servable, detail=False, replica=ctx.replica
-                )
+                views.repo_status(config, cc, statuses.get(cc.slug), servable, replica=ctx.replica)
                 for cc in ccs
             ],
         )
@@ -324,7 +324,10 @@ def _git_repos(ctx: ApiContext, rest: str) -> ApiResponse:
     if cc is None or slug not in mirrored:
         raise HttpError(404, f"unknown git repo: {slug}")
     status = statuses.get(slug)
-    return ApiResponse(200, views.repo_status(config, cc, status, servable, detail=True, replica=ctx.replica))
+    local_path = Layout(config.git.data_dir).repo(slug)
+    return ApiResponse(
+        200, views.repo_status(config, cc, status, servable, local_path=local_path, replica=ctx.replica)
+    )
 
 
 def admin_token(environ: Mapping[str, str]) -> str | None:

@@ -58,6 +58,13 @@ _LINGER_BYTES = 1024 * 1024
 _BACKEND_QUERY = {GitService.INFO_REFS: "service=git-upload-pack"}
 
 
+_SHUTTING_DOWN_BODY = b'{"detail": "shutting down"}'
+_SHUTTING_DOWN = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+    b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_SHUTTING_DOWN_BODY), _SHUTTING_DOWN_BODY)
+)
+
+
 class CatalogServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -136,8 +143,26 @@ class CatalogServer(ThreadingHTTPServer):
             log.exception("unexpected error serving %s", client_address)
 
     def server_close(self) -> None:
+        self._answer_backlog()
         super().server_close()
         self.reaper.stop()
+
+    def _answer_backlog(self) -> None:
+        """Connections the kernel accepted that this server never took are answered 503 (and closed
+        after their request is read), instead of reset when the listening socket closes: a client or
+        a load balancer then knows at once to go elsewhere, and why."""
+        with suppress(OSError):
+            self.socket.setblocking(False)
+            while True:
+                try:
+                    conn, _ = self.socket.accept()
+                except OSError:  # BlockingIOError: the backlog is empty
+                    return
+                conn.setblocking(True)
+                with suppress(OSError):
+                    conn.settimeout(_LINGER_SECONDS)
+                    conn.sendall(_SHUTTING_DOWN)
+                self.shutdown_request(conn)
 
     def shutdown_request(self, request: Any) -> None:
         """End a connection with a lingering close: send FIN, then read what is in flight for a moment.

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from urllib.parse import parse_qs
 
-from cccatalog.config import is_valid_slug
+from cccatalog.names import is_valid_slug
 
 
 class GitService(StrEnum):

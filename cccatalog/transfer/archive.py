@@ -22,8 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cccatalog.config import is_valid_slug
 from cccatalog.errors import UsageError
+from cccatalog.names import is_valid_slug
 from cccatalog.transfer.images import is_member as is_layout_member
 
 MANIFEST = "manifest.json"

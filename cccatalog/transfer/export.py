@@ -18,7 +18,6 @@ import shutil
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from cccatalog.gitmirror.servable import mirrored_slugs
 from cccatalog.oci.copy import CopyProgress
 from cccatalog.paths import require_writable_dir
 from cccatalog.redact import Redactor, strip_url_credentials
+from cccatalog.timestamps import parse_rfc3339
 from cccatalog.transfer import archive
 from cccatalog.transfer import images as transfer_images
 
@@ -160,7 +160,7 @@ def export_update(
             names.append(archive.SIGNATURE)
         names += [archive.CATALOG, archive.IMAGES, *(r.bundle for r in repos if r.bundle)]
         names += transfer_images.layout_files(staging)
-        mtime = int(datetime.fromisoformat(doc["created_at"].replace("Z", "+00:00")).timestamp())
+        mtime = int(parse_rfc3339(doc["created_at"]).timestamp())
         size = archive.write_archive(out, staging, names, mtime=mtime)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from cccatalog.catalog.models import ImageRefRecord
-from cccatalog.config import CodeCollection, Config, is_valid_slug
+from cccatalog.config import CodeCollection, Config
 from cccatalog.errors import CCCatalogError, RegistryError, UsageError
+from cccatalog.names import is_valid_slug
 from cccatalog.oci.auth import source_auth
+from cccatalog.oci.cache import state_cache
 from cccatalog.oci.client import RegistryClient
 from cccatalog.oci.copy import CopyProgress, RegistrySource, RegistryTarget, copy_between, image_contents
 from cccatalog.oci.layout import INDEX_FILE, LAYOUT_FILE, LayoutSource, LayoutTarget, read_index
@@ -320,9 +322,7 @@ class _Clients:
             auth_for = source_auth(source, self.environ, self.redactor)
             # manifests by digest never change: the cache `sync` keeps beside the state serves them
             # again to every export and manifest after the first
-            from cccatalog.jobs import image_cache
-
-            self._clients[source.name] = RegistryClient(auth_for=auth_for, cache=image_cache(self.config))
+            self._clients[source.name] = RegistryClient(auth_for=auth_for, cache=state_cache(self.config))
         return repo, self._clients[source.name]
 
     def __enter__(self) -> _Clients:

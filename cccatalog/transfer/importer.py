@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from cccatalog import manifest
+from cccatalog.atomic import write_atomic
 from cccatalog.catalog.models import ImageRefRecord
 from cccatalog.catalog.rows import catalog_digest
 from cccatalog.catalog.store import Store
@@ -275,6 +276,6 @@ def _write_site_manifest(data_dir: Path, update: Update) -> Path:
     if update.signature is None:
         signature.unlink(missing_ok=True)
     else:
-        manifest.write_atomic(signature, update.signature)
-    manifest.write_atomic(target, update.manifest_bytes)
+        write_atomic(signature, update.signature)
+    write_atomic(target, update.manifest_bytes)
     return target

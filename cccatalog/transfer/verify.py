@@ -20,13 +20,14 @@ from typing import Any
 from cccatalog import manifest
 from cccatalog.catalog.models import ImageRefRecord
 from cccatalog.catalog.rows import catalog_digest, row_from_json
-from cccatalog.config import Config, is_valid_slug
+from cccatalog.config import Config
 from cccatalog.errors import GitError, UsageError
 from cccatalog.gitmirror import bundles
 from cccatalog.gitmirror.git import Git
 from cccatalog.gitmirror.layout import Layout
 from cccatalog.gitmirror.mirror import LocalState, Mirror
 from cccatalog.gitmirror.servable import mirrored_slugs
+from cccatalog.names import is_valid_slug
 from cccatalog.transfer import archive
 from cccatalog.transfer import images as carried_images
 from cccatalog.transfer.export import CATALOG_FORMAT

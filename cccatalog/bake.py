@@ -16,7 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from cccatalog import manifest
+from cccatalog import envvars, manifest
+from cccatalog.atomic import write_atomic
 from cccatalog.config import AuthConfig, Config
 from cccatalog.errors import UsageError
 from cccatalog.gitmirror.git import Git
@@ -25,8 +26,6 @@ from cccatalog.gitmirror.mirror import Mirror
 from cccatalog.gitmirror.sync import MirrorSyncer, RepoResult, SyncOptions, plan_sync
 from cccatalog.manifest import RepoManifest
 from cccatalog.paths import require_writable_dir
-
-_TOKEN_FROM_FILE = "CCCATALOG_BAKE_TOKEN"  # noqa: S105 - the NAME of a variable, not a secret
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +42,9 @@ def bake_environment(
     config: Config, environ: Mapping[str, str], token_file: Path | None
 ) -> tuple[AuthConfig, dict[str, str]]:
     """The auth to use and the environment holding it: the configured variable, or a token file
-    (BuildKit secrets appear as /run/secrets/<id>)."""
+    (BuildKit secrets appear as /run/secrets/<id>). The file, asked for explicitly, wins over any
+    value the variable already has; without `git.auth.token_env` its token goes in
+    `CCCATALOG_BAKE_TOKEN`, for git's environment only."""
     env = dict(environ)
     auth = config.git.auth
     if token_file is None:
@@ -54,9 +55,8 @@ def bake_environment(
         raise UsageError(f"--token-file {token_file}: {exc.strerror}") from None
     if not token:
         raise UsageError(f"--token-file {token_file} is empty")
-    name = auth.token_env or _TOKEN_FROM_FILE
-    if not env.get(name):
-        env[name] = token
+    name = auth.token_env or envvars.BAKE_TOKEN[0]
+    env[name] = token
     return (auth if auth.token_env else AuthConfig(token_env=name)), env
 
 
@@ -115,7 +115,7 @@ def write_manifest(
     data = manifest.dumps(doc)
     target = dest / manifest.MANIFEST
     if sign_key is None:
-        manifest.write_atomic(target, data)
+        write_atomic(target, data)
         (dest / manifest.SIGNATURE).unlink(missing_ok=True)
         return target
     from cccatalog.signing import sign
@@ -124,8 +124,8 @@ def write_manifest(
         unsigned = Path(tmp, manifest.MANIFEST)
         unsigned.write_bytes(data)
         signature = sign(unsigned, sign_key, environ=environ).read_bytes()
-    manifest.write_atomic(dest / manifest.SIGNATURE, signature)
-    manifest.write_atomic(target, data)
+    write_atomic(dest / manifest.SIGNATURE, signature)
+    write_atomic(target, data)
     return target
 
 
