@@ -780,7 +780,7 @@ def _state(r: _Reader, data_dir: Path, environ: Mapping[str, str]) -> StateConfi
         if (sqlite_path := _sqlite_path(db_url)) is not None:
             return StateConfig(Path.cwd() / sqlite_path, "CC_CATALOG_DB_URL")
         if (pg_url := _postgres_url(db_url)) is not None:
-            return StateConfig(local, "CC_CATALOG_DB_URL", pg_url)
+            return _postgres_state(r, "CC_CATALOG_DB_URL", pg_url, local)
         # Never echo the URL: it may carry a database password.
         r.ctx.warnings.append(
             "CC_CATALOG_DB_URL: ignored — only sqlite:///<path> and postgresql://… URLs can be used; "
@@ -807,11 +807,23 @@ def _state_url(r: _Reader, setting: str, url: str, local: Path) -> StateConfig |
         return StateConfig(Path.cwd() / sqlite_path if setting.isupper() else r.ctx.base_dir / sqlite_path,
                            setting)  # fmt: skip
     if (pg_url := _postgres_url(url)) is not None:
-        return StateConfig(local, setting, pg_url)
+        return _postgres_state(r, setting, pg_url, local)
     r.ctx.problems.append(
         f"{setting}: expected a postgresql://user@host:port/database or sqlite:///<path> URL"
     )
     return None
+
+
+def _postgres_state(r: _Reader, setting: str, pg_url: str, local: Path) -> StateConfig:
+    """A PostgreSQL state, refused here (before anything is written) when the driver is missing."""
+    from cccatalog.extras import POSTGRES_INSTALL, has_postgres
+
+    if not has_postgres():
+        r.ctx.problems.append(
+            f"{setting}: a postgresql:// state needs the PostgreSQL driver (psycopg), which this "
+            f"cccatalog does not carry: {POSTGRES_INSTALL}"
+        )
+    return StateConfig(local, setting, pg_url)
 
 
 def _postgres_url(url: str) -> str | None:

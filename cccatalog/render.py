@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from cccatalog.gitmirror.sync import MirrorSyncer, RepoResult, RepoTask
     from cccatalog.jobs import SyncReport
     from cccatalog.oci.resolve import RefResolution
+    from cccatalog.probe import ProbeResult
     from cccatalog.status import RepoStatus, StatusReport
     from cccatalog.transfer.export import ExportResult
     from cccatalog.transfer.importer import ImportResult
@@ -341,6 +342,13 @@ def say(line: str) -> None:
     """A line for the person at the terminal, on stdout at once (a server may run next)."""
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
+
+
+def probe_answer(result: ProbeResult) -> None:
+    """`probe`: the status on the first line, the body after it; a failing status said on stderr."""
+    sys.stdout.write(f"{result.status}\n{result.body.rstrip()}\n")
+    if not result.ok:
+        error(f"{result.url}: answered {result.status}")
 
 
 def api_answer(status: int, body: object) -> None:

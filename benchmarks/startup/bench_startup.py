@@ -55,7 +55,12 @@ def build_binaries(dist: Path) -> dict[str, Path]:
     built = {}
     for mode, flag in (("onefile", []), ("onedir", ["--onedir"])):
         out = dist / mode
-        env = {**os.environ, "DIST": str(out), "WORK": str(dist / f"build-{mode}"), "PYTHON": sys.executable}
+        env = {
+            **os.environ,
+            "DIST": str(out),
+            "WORK": str(dist / f"build-{mode}"),
+            "BUILD_PYTHON": sys.executable,
+        }
         log(f"building the {mode} binary")
         script = str(ROOT / "tools" / "build_binary.sh")
         subprocess.run(["bash", script, *flag], cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)

@@ -19,12 +19,20 @@ from cccatalog.logs import LogFormat, setup_logging
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"cccatalog {__version__}")
+        from cccatalog.extras import describe
+
+        typer.echo("\n".join([f"cccatalog {__version__}", *describe()]))
         raise typer.Exit(EXIT_OK)
 
 
 VersionOpt = Annotated[
-    bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    bool,
+    typer.Option(
+        "--version",
+        callback=_version,
+        is_eager=True,
+        help="Print the version and the optional parts it carries (postgres: yes/no), exit.",
+    ),
 ]
 
 
@@ -157,6 +165,20 @@ def serve(
         environ=os.environ, redactor=inv.redactor,
         git_sync_minutes=git_sync_minutes, catalog_poll_minutes=catalog_poll_minutes,
     )  # fmt: skip
+
+
+@app.command(epilog=example("cccatalog probe", "cccatalog probe http://127.0.0.1:8080/readyz --timeout 2"))
+def probe(
+    url: base.ProbeTarget = None, port: base.ProbePort = None, timeout: base.ProbeTimeout = 5.0
+) -> None:
+    """Ask a running serve over HTTP (a HEALTHCHECK without curl); exit 1 unless it answers 2xx in time."""
+    from cccatalog import render
+    from cccatalog.probe import probe as ask
+    from cccatalog.probe import probe_url
+
+    result = ask(probe_url(url, port=8080 if port is None else port), timeout=timeout)
+    render.probe_answer(result)
+    _failed_if(not result.ok)
 
 
 @app.command(
