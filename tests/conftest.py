@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.binaryfixtures import Binary, session_binary
 from tests.gitfixtures import GIT_ENV, Upstream
 from tests.pgfixtures import PgServer, running_postgres
 from tests.registry import RunningRegistry, running_registry
@@ -99,6 +100,13 @@ def pg_url(pg_server: PgServer) -> Iterator[str]:
         yield url
     finally:
         pg_server.drop_database(url)
+
+
+@pytest.fixture(scope="session")
+def binary() -> Iterator[Binary]:
+    """The single binary, built once per session as the release image builds it (tests/binaryfixtures.py)."""
+    with session_binary() as built:
+        yield built
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
