@@ -12,6 +12,7 @@ no cache entry.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -142,11 +143,20 @@ def _directories(config: Config, environ: Mapping[str, str]) -> Iterator[Check]:
     if mirrored_slugs(config):
         problem = writable_dir_problem(config.git.data_dir)
         where = config.git.data_dir
-        if problem:
+        if problem and _baked_read_only(config):
+            # The air-gapped layout: mirrors baked into the image, read-only by design; serve only
+            # reads them and nothing syncs them here.
+            yield Check("git.data_dir", Status.OK, f"{where} is read-only, as baked mirrors are: serve reads "
+                        "them and git.runtime_sync is false (import needs a writable copy)")  # fmt: skip
+        elif problem:
             yield Check("git.data_dir", Status.FAIL, problem)
         else:
             shown = "exists" if where.is_dir() else "will be created"
             yield Check("git.data_dir", Status.OK, f"{where} {shown} and is writable")
+    if mirrored_slugs(config) and not config.git.public_base_url:
+        yield Check("git.public_base_url", Status.WARN, "not set: the catalog API's git_url sends clients to "
+                    "each collection's upstream, not to this server; set it to the clone URL base clients "
+                    f"reach this server by (e.g. http://cc-catalog:8080{config.git.mount_path})")  # fmt: skip
     if config.state.url:
         yield _state_database(config, environ)
         return
@@ -166,6 +176,12 @@ def _directories(config: Config, environ: Mapping[str, str]) -> Iterator[Check]:
 
         note = "current" if version == len(MIGRATIONS) else "the next sync or serve migrates it"
         yield Check("state.path", Status.OK, f"{state}: schema version {version} ({note})")
+
+
+def _baked_read_only(config: Config) -> bool:
+    """git.data_dir is an existing, readable directory that nothing here is meant to sync into."""
+    where = config.git.data_dir
+    return not config.git.runtime_sync and where.is_dir() and os.access(where, os.R_OK | os.X_OK)
 
 
 def _state_database(config: Config, environ: Mapping[str, str]) -> Check:

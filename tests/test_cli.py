@@ -435,6 +435,9 @@ def test_check_reports_a_ready_config_and_changes_nothing(
     assert "will be created" in checks["state.path"]["detail"]
     assert checks["mirror alpha"]["status"] == "warn"
     assert checks["upstream alpha"]["status"] == "ok"
+    # without public_base_url the API would send clients upstream: said, not failed
+    assert checks["git.public_base_url"]["status"] == "warn"
+    assert "upstream" in checks["git.public_base_url"]["detail"]
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
     # after a sync the same check finds the mirror and the state file
     assert cli(capsys, "sync", "-c", str(path))[0] == 0
