@@ -29,6 +29,7 @@ from cccatalog.gitmirror.servable import mirrored_slugs
 from cccatalog.gitmirror.sync import MirrorSyncer, SyncOptions, plan_sync
 from cccatalog.paths import writable_dir_problem
 from cccatalog.redact import Redactor
+from cccatalog.signing import allowed_signers_problem
 
 
 class Status(StrEnum):
@@ -220,17 +221,14 @@ def _static_file(slug: str, path: Path) -> Check:
 def _allowed_signers(path: Path) -> Check:
     subject = "transfer.allowed_signers"
     try:
-        lines = [
-            ln
-            for ln in path.read_text(encoding="utf-8").splitlines()
-            if ln.strip() and not ln.startswith("#")
-        ]
+        text = path.read_text(encoding="utf-8")
+        lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
     except OSError as exc:
         return Check(subject, Status.FAIL, f"{path}: {exc.strerror or type(exc).__name__}")
     except UnicodeDecodeError:
         return Check(subject, Status.FAIL, f"{path}: not a text file")
-    if not lines:
-        return Check(subject, Status.FAIL, f"{path}: no signer in it: every signed update would be refused")
+    if problem := allowed_signers_problem(text):
+        return Check(subject, Status.FAIL, f"{path}: {problem}")
     return Check(subject, Status.OK, f"{path}: {len(lines)} signers")
 
 

@@ -44,7 +44,7 @@ def console(stream: TextIO | None = None) -> Console:
 
 
 def _table(title: str | None, columns: Sequence[str], identifiers: Sequence[str]) -> Table:
-    table = Table(title=title, title_justify="left")
+    table = Table(title=escape(title) if title else None, title_justify="left")
     for column in columns:
         if column in identifiers:
             table.add_column(column, no_wrap=True, overflow="ignore")
@@ -90,8 +90,9 @@ def sync_report(report: SyncReport, *, as_json: bool, quiet: bool) -> None:
         for i in report.images:
             problem = f"[red]{escape(i.error)}[/]" if i.error else escape(i.note or "")
             table.add_row(
-                i.slug, str(i.refs), str(i.deactivated), i.latest_tag or "", i.stable_tag or "", problem
-            )
+                escape(i.slug), str(i.refs), str(i.deactivated), escape(i.latest_tag or ""),
+                escape(i.stable_tag or ""), problem,
+            )  # fmt: skip
         out.print(table)
 
 
@@ -146,8 +147,8 @@ def resolutions(
     for r in found:
         n = r.newest.to_json()
         table.add_row(
-            r.ref, n["tag"], n["built_at"] or "unknown", n["built_at_source"], n["digest"] or "",
-            str(len(r.candidates)),
+            escape(r.ref), escape(n["tag"]), n["built_at"] or "unknown", escape(n["built_at_source"]),
+            escape(n["digest"] or ""), str(len(r.candidates)),
         )  # fmt: skip
     console().print(table)
     if verbose:
@@ -165,7 +166,7 @@ def check_report(report: CheckReport, *, as_json: bool) -> None:
     table = _table(f"check {report.config}", ("status", "subject", "detail"), ("subject",))
     styles = {"ok": "green", "warn": "yellow", "fail": "red"}
     for c in report.checks:
-        table.add_row(f"[{styles[c.status.value]}]{c.status.value}[/]", c.subject, escape(c.detail))
+        table.add_row(f"[{styles[c.status.value]}]{c.status.value}[/]", escape(c.subject), escape(c.detail))
     console().print(table)
     failed = [c for c in report.checks if c.status.value == "fail"]
     warned = sum(c.status.value == "warn" for c in report.checks)
@@ -213,7 +214,7 @@ def export_result(result: ExportResult, *, as_json: bool, quiet: bool) -> None:
         return
     table = _table("export", ("slug", "carries", "refs moved", "bundle"), ("slug",))
     for r in result.repos:
-        table.add_row(r.slug, r.kind, str(r.refs_changed), _size(r.size) if r.bundle else "")
+        table.add_row(escape(r.slug), r.kind, str(r.refs_changed), _size(r.size) if r.bundle else "")
     console().print(table)
     sys.stdout.write(
         f"{result.collections} collections with image refs, {result.images} images in images.txt\n"
@@ -278,8 +279,8 @@ def status_report(report: StatusReport, *, as_json: bool, quiet: bool) -> None:
             for r in report.repos:
                 style = _FRESHNESS_STYLE[r.freshness.value]
                 table.add_row(
-                    r.slug, f"[{style}]{r.freshness.value}[/]", (r.head_commit or "")[:12],
-                    r.default_branch or "", _last_success(r), escape(r.last_error or ""),
+                    escape(r.slug), f"[{style}]{r.freshness.value}[/]", (r.head_commit or "")[:12],
+                    escape(r.default_branch or ""), _last_success(r), escape(r.last_error or ""),
                 )  # fmt: skip
             out.print(table)
         if report.collections:
@@ -290,8 +291,8 @@ def status_report(report: StatusReport, *, as_json: bool, quiet: bool) -> None:
             )
             for c in report.collections:
                 table.add_row(
-                    c.slug, c.latest.tag if c.latest else "", c.stable.tag if c.stable else "",
-                    str(c.active_refs), escape(c.poll_error or ""),
+                    escape(c.slug), escape(c.latest.tag if c.latest else ""),
+                    escape(c.stable.tag if c.stable else ""), str(c.active_refs), escape(c.poll_error or ""),
                 )  # fmt: skip
             out.print(table)
         bad = len(report.problems)

@@ -14,6 +14,7 @@ from cccatalog import __version__
 from cccatalog.cli import run
 from tests.conftest import MakeConfig
 from tests.gitfixtures import Upstream, git
+from tests.transferfixtures import make_keys
 
 MakeUpstream = Callable[[str], Upstream]
 
@@ -354,13 +355,13 @@ def test_global_flags_work_after_the_command(capsys: pytest.CaptureFixture[str],
     assert "cc: images: 1 refs, latest main-1234567-89abcde" in err
 
 
-def test_a_global_flag_given_as_an_option_value_stays_a_value(
+def test_a_global_flag_where_an_option_value_belongs_is_named_not_hoisted(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     config = _static_config(tmp_path)
     code, _, err = cli(capsys, "sync", "-c", str(config), "--only", "-q")
     assert code == 2
-    assert err.startswith("error: --only -q: no CodeCollection with that slug")
+    assert err.startswith("error: Option '--only' requires a value, but it is followed by the option '-q'.")
 
 
 def test_help_shows_defaults_environment_variables_and_examples_unfolded(
@@ -470,7 +471,13 @@ def test_check_reads_the_allowed_signers_file_it_will_verify_updates_with(
     code, _, err = cli(capsys, "check", "-c", str(path))
     assert code == 1
     assert "no signer in it" in err
+    # a truncated key is not a key: every update would be refused, so check says so now
     (tmp_path / "signers").write_text("release@example.invalid ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA\n")
+    code, _, err = cli(capsys, "check", "-c", str(path))
+    assert code == 1
+    assert "line 1 is not 'principals [options] key-type base64-key' with a valid SSH key" in err
+    keys = make_keys(tmp_path / "keys")
+    (tmp_path / "signers").write_text(keys.allowed_signers.read_text())
     code, out, _ = cli(capsys, "check", "-c", str(path), "--json")
     assert code == 0
     checks = {c["subject"]: c for c in json.loads(out)["checks"]}

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,6 +120,7 @@ class Case:
     as_user: bool = False  # run as an unprivileged user in a root-owned directory
     read_only: str | None = None  # mount a read-only filesystem at this path (relative) first
     absent: tuple[str, ...] = ()  # must not appear anywhere in the output (secrets)
+    without: tuple[str, ...] = ()  # modules this cccatalog lacks (an install without an extra)
 
 
 GIT_OK = f"git:\n  enabled: true\n  data_dir: mirrors\n{GOOD_SOURCE}"
@@ -459,6 +461,12 @@ def _can_mount_read_only() -> bool:
 
 @pytest.fixture
 def workdir() -> Iterator[Path]:
+    with scratch_dir() as root:
+        yield root
+
+
+@contextmanager
+def scratch_dir() -> Iterator[Path]:
     """A directory an unprivileged user can reach (pytest's own tmp_path is private to root)."""
     root = Path(tempfile.mkdtemp(prefix="cccatalog-badinput-"))
     root.chmod(0o755)
@@ -473,6 +481,22 @@ def workdir() -> Iterator[Path]:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_gets_one_clear_line_and_the_documented_exit_code(case: Case, workdir: Path) -> None:
+    run_case(case, workdir)
+
+
+# Run as a plain `python -m cccatalog`, except that the modules named are not importable: what a
+# `pip install cccatalog` without that extra has.
+_WITHOUT = (
+    "import sys\n"
+    "for name in sys.argv[1].split(','): sys.modules[name] = None\n"
+    "sys.argv = ['cccatalog', *sys.argv[2:]]\n"
+    "from cccatalog.cli import main\n"
+    "main()\n"
+)
+
+
+def run_case(case: Case, workdir: Path) -> None:
+    """Run `case` in `workdir` (made by the `workdir` fixture) and check what the user sees."""
     if case.as_user and not _can_run_as_nobody():
         pytest.skip("needs root and setpriv to run as an unprivileged user")
     if case.read_only and not _can_mount_read_only():
@@ -491,6 +515,8 @@ def test_bad_input_gets_one_clear_line_and_the_documented_exit_code(case: Case, 
         **extra,
     }
     argv = [sys.executable, "-m", "cccatalog", *case.argv]
+    if case.without:
+        argv = [sys.executable, "-c", _WITHOUT, ",".join(case.without), *case.argv]
     if case.read_only:
         (run_dir / case.read_only).mkdir()
         argv = [

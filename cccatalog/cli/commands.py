@@ -148,9 +148,11 @@ def serve(
     catalog_poll_minutes: base.CatalogMinutes = None,
 ) -> None:
     """Serve the mirrors over read-only git smart HTTP, plus the catalog, status and admin JSON API."""
+    from cccatalog import envvars
     from cccatalog.logs import announce_server_logs
     from cccatalog.server.service import get_once, run_server
 
+    envvars.flag(os.environ, envvars.DISABLE_SCHEDULER)  # a bad value is refused before anything starts
     inv, cfg = invocation(ctx), load(config)
     if get is not None:
         from cccatalog import render  # only here: a server never draws a table
@@ -214,7 +216,10 @@ def manifest(ctx: typer.Context, config: base.ConfigOpt = None, out: base.Manife
     from cccatalog import render
     from cccatalog.gitmirror.git import Git
     from cccatalog.manifest import describe_site
+    from cccatalog.paths import require_output_file
 
+    if out is not None:
+        require_output_file(out, setting="--out")
     render.manifest(describe_site(load(config), Git(redactor=invocation(ctx).redactor)), out)
 
 
@@ -232,9 +237,14 @@ def export(
     """Write one file that brings a site from its manifest to these mirrors and this catalog."""
     from cccatalog import render
     from cccatalog.gitmirror.git import Git
+    from cccatalog.paths import require_output_file
+    from cccatalog.signing import check_sign_key
     from cccatalog.transfer.export import export_update
 
     inv = invocation(ctx)
+    require_output_file(out, setting="--out")
+    if sign_key is not None:
+        check_sign_key(sign_key, environ=os.environ)
     result = export_update(
         load(config), Git(redactor=inv.redactor), out=out, since=since, sign_key=sign_key, environ=os.environ
     )
@@ -254,9 +264,11 @@ def import_(
     """Apply an update to this site's mirrors and catalog while serve keeps serving."""
     from cccatalog import render
     from cccatalog.gitmirror.git import Git
+    from cccatalog.transfer.archive import check_update_file
     from cccatalog.transfer.importer import import_update
 
     inv = invocation(ctx)
+    check_update_file(update)
     result = import_update(
         load(config), Git(redactor=inv.redactor), update, allowed_signers=allowed_signers, signer=signer,
         allow_unsigned=allow_unsigned, environ=os.environ,
@@ -286,6 +298,8 @@ def resolve_latest(
     inv = invocation(ctx)
     if ref is not None and all_refs:
         raise UsageError("--ref and --all-refs cannot be used together (--all-refs resolves every ref)")
+    if ref is not None and not ref.strip():
+        raise UsageError("--ref: empty; give a branch or tag name (main), or leave --ref out")
     path = config_path_from_env(config, os.environ)
     cfg = load(config) if is_bare_name(target) and (config is not None or path.exists()) else None
     tgt = resolve_target(

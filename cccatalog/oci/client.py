@@ -58,7 +58,10 @@ class Manifest:
     body: bytes
 
     def json(self) -> dict[str, Any]:
-        data = json.loads(self.body)
+        try:
+            data = json.loads(self.body)
+        except (ValueError, RecursionError):
+            raise RegistryError(f"manifest {self.digest} is not JSON (or is nested too deeply)") from None
         if not isinstance(data, dict):
             raise RegistryError(f"manifest {self.digest} is not a JSON object")
         return data
@@ -253,7 +256,7 @@ def _cache_key(repo: Repository) -> str:
 def _media_type(body: bytes) -> str:
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return ""
     if isinstance(data, dict):
         media = data.get("mediaType")
@@ -268,6 +271,8 @@ def _json(resp: httpx.Response, repo: Repository) -> dict[str, Any]:
         data = resp.json()
     except ValueError:
         raise RegistryError(f"{repo.name}: {resp.request.url.path} did not answer JSON") from None
+    except RecursionError:
+        raise RegistryError(f"{repo.name}: {resp.request.url.path} answered JSON nested too deeply") from None
     if not isinstance(data, dict):
         raise RegistryError(f"{repo.name}: {resp.request.url.path} did not answer a JSON object")
     return data

@@ -51,7 +51,6 @@ from cccatalog.server.live_config import LiveConfig
 log = logging.getLogger("cccatalog.serve")
 
 
-_TRUE = ("1", "true", "yes", "on")
 GIT_GUARD = "git.runtime_sync is false (the air-gap guard)"
 
 
@@ -90,9 +89,7 @@ def scheduler_intervals(
 ) -> tuple[int, int, str | None]:
     """(git minutes, image minutes, why the scheduler is off or None); 0 is off. The command line
     wins over the environment, which wins over the config file and its defaults."""
-    disabled = next(
-        (v for v in envvars.DISABLE_SCHEDULER if environ.get(v, "").strip().lower() in _TRUE), None
-    )
+    disabled = envvars.flag(environ, envvars.DISABLE_SCHEDULER)
     git = config.scheduler.git_sync_minutes if git_minutes is None else git_minutes
     catalog = config.scheduler.catalog_poll_minutes if catalog_minutes is None else catalog_minutes
     if disabled:
