@@ -11,6 +11,7 @@ from tests.binaryfixtures import Binary, session_binary
 from tests.gitfixtures import GIT_ENV, Upstream
 from tests.pgfixtures import PgServer, running_postgres
 from tests.registry import RunningRegistry, running_registry
+from tests.unprivileged import ReadableInstall, readable_install
 
 
 @pytest.fixture(autouse=True)
@@ -100,6 +101,13 @@ def pg_url(pg_server: PgServer) -> Iterator[str]:
         yield url
     finally:
         pg_server.drop_database(url)
+
+
+@pytest.fixture(scope="session")
+def readable_cccatalog() -> Iterator[ReadableInstall | str]:
+    """cccatalog copied where `nobody` can run it, or why it cannot (tests/unprivileged.py)."""
+    with readable_install("nobody") as found:
+        yield found
 
 
 @pytest.fixture(scope="session")

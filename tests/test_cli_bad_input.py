@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.unprivileged import ReadableInstall
+
 Setup = Callable[[Path], dict[str, str]]
 Snapshot = dict[str, tuple[str, int, int]]
 
@@ -480,8 +482,10 @@ def scratch_dir() -> Iterator[Path]:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input_gets_one_clear_line_and_the_documented_exit_code(case: Case, workdir: Path) -> None:
-    run_case(case, workdir)
+def test_bad_input_gets_one_clear_line_and_the_documented_exit_code(
+    case: Case, workdir: Path, request: pytest.FixtureRequest
+) -> None:
+    run_case(case, workdir, request)
 
 
 # Run as a plain `python -m cccatalog`, except that the modules named are not importable: what a
@@ -495,10 +499,17 @@ _WITHOUT = (
 )
 
 
-def run_case(case: Case, workdir: Path) -> None:
+def run_case(case: Case, workdir: Path, request: pytest.FixtureRequest) -> None:
     """Run `case` in `workdir` (made by the `workdir` fixture) and check what the user sees."""
     if case.as_user and not _can_run_as_nobody():
         pytest.skip("needs root and setpriv to run as an unprivileged user")
+    readable: ReadableInstall | None = None
+    if case.as_user:
+        # nobody cannot read a private checkout or the virtualenv in it: it runs a readable copy
+        found = request.getfixturevalue("readable_cccatalog")
+        if isinstance(found, str):
+            pytest.skip(found)
+        readable = found
     if case.read_only and not _can_mount_read_only():
         pytest.skip("cannot mount a read-only filesystem here (unshare -m)")
     run_dir = workdir / "work"
@@ -528,10 +539,11 @@ def run_case(case: Case, workdir: Path) -> None:
             case.read_only,
             *argv,
         ]
-    if case.as_user:
+    if readable is not None:
         for path in (workdir, run_dir, home):
             path.chmod(0o755)  # readable, not writable, by the unprivileged user
-        argv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *argv]
+        env.update(readable.env)
+        argv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *readable.argv(*case.argv)]
     before = _snapshot(workdir)
     proc = subprocess.run(argv, cwd=run_dir, env=env, capture_output=True, text=True, timeout=60, check=False)
     out, err = proc.stdout, proc.stderr

@@ -279,10 +279,12 @@ def workdir() -> Iterator[Path]:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input_of_a_command_is_one_line_and_changes_nothing(case: Case, workdir: Path) -> None:
+def test_bad_input_of_a_command_is_one_line_and_changes_nothing(
+    case: Case, workdir: Path, request: pytest.FixtureRequest
+) -> None:
     if case.argv[-1:] == ("@registry",):  # the registry's address is known only once it runs
         case = _with_registry(case, workdir)
-    run_case(case, workdir)
+    run_case(case, workdir, request)
 
 
 def _with_registry(case: Case, workdir: Path) -> Case:
