@@ -517,3 +517,16 @@ def test_dockerfile_copies_only_files_that_exist_and_ignores_local_state(dockerf
     ignored = (EXAMPLES / "Dockerfile.dockerignore").read_text().split()
     assert ".git" in ignored
     assert "**/*.sqlite3" in ignored
+
+
+def test_the_docs_build_the_binary_with_the_command_the_image_and_ci_run(dockerfile: DockerfileParts) -> None:
+    """docs/deploying.md's binary section, the Dockerfile's build stage and .ci/run: one command."""
+    _, stages, _ = dockerfile
+    _, commands = build_commands(stages["build"])
+    script = commands[0].split()[-1]
+    section = (ROOT / "docs" / "deploying.md").read_text().split("## The single binary", 1)[1]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    assert [line.split("#")[0].strip() for line in block.splitlines()] == [script]
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "python3 tests/dockerfile.py" in ci  # runs those build-stage commands
+    assert "export CCCATALOG_BINARY" in ci
