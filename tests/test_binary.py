@@ -177,22 +177,4 @@ def test_serve_get_answers_in_process(binary: Binary, synced: Synced) -> None:
     assert json.loads(body) == {"status": "ok"}
 
 
-def test_the_binary_keeps_its_state_in_postgresql(binary: Binary, tmp_path: Path, pg_url: str) -> None:
-    """psycopg and its libpq travel inside the binary: a replica needs nothing else on the host."""
-    upstream = Upstream(tmp_path / "upstreams" / "alpha")
-    config = tmp_path / "config.yaml"
-    collection = f"{{slug: alpha, git_url: '{upstream.url}'}}"
-    config.write_text(
-        f"git: {{enabled: true, data_dir: {tmp_path / 'mirrors'}}}\n"
-        f"sources: [{{name: local, type: static, codecollections: [{collection}]}}]\n"
-    )
-    home = tmp_path / "home"
-    home.mkdir(exist_ok=True)
-    env = {**_env(home), "CCCATALOG_STATE_URL": pg_url}
-    out = _run(binary, "sync", "--config", str(config), "--json", env=env)
-    assert out.returncode == 0, out.stderr
-    out = _run(binary, "serve", "-c", str(config), "--get", "/api/v1/git/repos/alpha", env=env)
-    assert out.returncode == 0, out.stderr
-    status, _, body = out.stdout.partition("\n")
-    assert (status, json.loads(body)["head_commit"]) == ("200", upstream.sha("main"))
-    assert not (tmp_path / "mirrors" / ".cccatalog" / "state.sqlite3").exists()
+# The binary on a PostgreSQL state (psycopg and its libpq inside it): tests/test_binary_tour.py.
