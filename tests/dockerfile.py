@@ -117,7 +117,12 @@ def build_commands(stage: Stage) -> tuple[dict[str, str], list[str]]:
 
 def clean_copy(dest: Path) -> Path:
     """The files git tracks (and new ones it does not ignore), as a clean clone of this tree would hold,
-    copied to `dest`; nothing the developer built or cached comes along."""
+    copied to `dest`; nothing the developer built or cached comes along. Outside a git checkout (an
+    unpacked source archive) the tree is copied without what a build or a run leaves behind."""
+    if not (ROOT / ".git").exists():
+        leftovers = ("build", "dist", ".venv", "*.egg-info", "__pycache__", ".*_cache", "cccatalog-demo")
+        shutil.copytree(ROOT, dest, ignore=shutil.ignore_patterns(*leftovers), dirs_exist_ok=True)
+        return dest
     listed = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
         cwd=ROOT, capture_output=True, check=True,
