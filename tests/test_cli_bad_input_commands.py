@@ -12,6 +12,7 @@ import sys
 import tarfile
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -81,12 +82,12 @@ class _DeepTags(BaseHTTPRequestHandler):
         pass
 
 
-def _deep_registry(root: Path) -> dict[str, str]:
+def _deep_registry() -> str:
+    """Start one; its repository's address (loopback: plain HTTP)."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _DeepTags)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     _SERVERS.append(server)
-    (root / "registry").write_text(f"127.0.0.1:{server.server_address[1]}/org/repo")
-    return {}
+    return f"127.0.0.1:{server.server_address[1]}/org/repo"
 
 
 CASES = [
@@ -218,7 +219,7 @@ CASES = [
         ("resolve-latest", "@registry"),
         1,
         ("nested too deeply",),
-        _deep_registry,
+        unchanged=True,
     ),
     # --- an option missing its value: that option is named, not the one after it
     Case(
@@ -283,18 +284,5 @@ def test_bad_input_of_a_command_is_one_line_and_changes_nothing(
     case: Case, workdir: Path, request: pytest.FixtureRequest
 ) -> None:
     if case.argv[-1:] == ("@registry",):  # the registry's address is known only once it runs
-        case = _with_registry(case, workdir)
+        case = replace(case, argv=(*case.argv[:-1], _deep_registry()))
     run_case(case, workdir, request)
-
-
-def _with_registry(case: Case, workdir: Path) -> Case:
-    from dataclasses import replace
-
-    def setup(root: Path) -> dict[str, str]:
-        env = case.setup(root)
-        address = (root / "registry").read_text()
-        object.__setattr__(holder, "argv", (*case.argv[:-1], address))
-        return env
-
-    holder = replace(case, setup=setup)
-    return holder
