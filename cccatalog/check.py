@@ -12,6 +12,7 @@ no cache entry.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -28,6 +29,7 @@ from cccatalog.gitmirror.servable import mirrored_slugs
 from cccatalog.gitmirror.sync import MirrorSyncer, SyncOptions, plan_sync
 from cccatalog.paths import writable_dir_problem
 from cccatalog.redact import Redactor
+from cccatalog.signing import allowed_signers_problem
 
 
 class Status(StrEnum):
@@ -147,11 +149,20 @@ def _directories(config: Config, environ: Mapping[str, str]) -> Iterator[Check]:
     if mirrored_slugs(config):
         problem = writable_dir_problem(config.git.data_dir)
         where = config.git.data_dir
-        if problem:
+        if problem and _baked_read_only(config):
+            # The air-gapped layout: mirrors baked into the image, read-only by design; serve only
+            # reads them and nothing syncs them here.
+            yield Check("git.data_dir", Status.OK, f"{where} is read-only, as baked mirrors are: serve reads "
+                        "them and git.runtime_sync is false (import needs a writable copy)")  # fmt: skip
+        elif problem:
             yield Check("git.data_dir", Status.FAIL, problem)
         else:
             shown = "exists" if where.is_dir() else "will be created"
             yield Check("git.data_dir", Status.OK, f"{where} {shown} and is writable")
+    if mirrored_slugs(config) and not config.git.public_base_url:
+        yield Check("git.public_base_url", Status.WARN, "not set: the catalog API's git_url sends clients to "
+                    "each collection's upstream, not to this server; set it to the clone URL base clients "
+                    f"reach this server by (e.g. http://cc-catalog:8080{config.git.mount_path})")  # fmt: skip
     if config.state.url:
         yield _state_database(config, environ)
         return
@@ -171,6 +182,12 @@ def _directories(config: Config, environ: Mapping[str, str]) -> Iterator[Check]:
 
         note = "current" if version == len(MIGRATIONS) else "the next sync or serve migrates it"
         yield Check("state.path", Status.OK, f"{state}: schema version {version} ({note})")
+
+
+def _baked_read_only(config: Config) -> bool:
+    """git.data_dir is an existing, readable directory that nothing here is meant to sync into."""
+    where = config.git.data_dir
+    return not config.git.runtime_sync and where.is_dir() and os.access(where, os.R_OK | os.X_OK)
 
 
 def _state_database(config: Config, environ: Mapping[str, str]) -> Check:
@@ -209,17 +226,14 @@ def _static_file(slug: str, path: Path) -> Check:
 def _allowed_signers(path: Path) -> Check:
     subject = "transfer.allowed_signers"
     try:
-        lines = [
-            ln
-            for ln in path.read_text(encoding="utf-8").splitlines()
-            if ln.strip() and not ln.startswith("#")
-        ]
+        text = path.read_text(encoding="utf-8")
+        lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
     except OSError as exc:
         return Check(subject, Status.FAIL, f"{path}: {exc.strerror or type(exc).__name__}")
     except UnicodeDecodeError:
         return Check(subject, Status.FAIL, f"{path}: not a text file")
-    if not lines:
-        return Check(subject, Status.FAIL, f"{path}: no signer in it: every signed update would be refused")
+    if problem := allowed_signers_problem(text):
+        return Check(subject, Status.FAIL, f"{path}: {problem}")
     return Check(subject, Status.OK, f"{path}: {len(lines)} signers")
 
 

@@ -114,6 +114,8 @@ def docker_config_lookup(raw: str, host: str, *, origin: str) -> BasicCredential
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise CredentialError(f"{origin}: Docker config is not valid JSON (line {exc.lineno})") from None
+    except RecursionError:
+        raise CredentialError(f"{origin}: Docker config is JSON nested too deeply") from None
     auths = data.get("auths") if isinstance(data, dict) else None
     if not isinstance(auths, dict):
         raise CredentialError(f"{origin}: Docker config has no 'auths' mapping")

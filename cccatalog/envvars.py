@@ -32,7 +32,8 @@ DOCS: dict[tuple[str, ...], str] = {
     ADMIN_TOKEN: "the admin API's bearer token; unset, the admin endpoints answer 503",
     LOG_LEVEL: "the log level without `-v`/`-q`: DEBUG, INFO, WARNING, ERROR or CRITICAL",
     LOG_FORMAT: "`text` or `json` (`--log-format` wins)",
-    DISABLE_SCHEDULER: "`1`, `true`, `yes` or `on`: `serve` runs no scheduler",
+    DISABLE_SCHEDULER: "`1`, `true`, `yes` or `on`: `serve` runs no scheduler (`0`, `false`, `no`, `off`: "
+    "it runs; anything else is refused)",
     BAKE_TOKEN: "set by `bake --token-file` (never read from yours) when `git.auth` names no "
     "variable: the file's token, for git's environment only",
 }
@@ -46,3 +47,24 @@ def first(environ: Mapping[str, str], names: Sequence[str]) -> str | None:
 def first_name(environ: Mapping[str, str], names: Sequence[str]) -> str | None:
     """The first of `names` that is set and non-empty (the one `first` takes its value from)."""
     return next((name for name in names if environ.get(name)), None)
+
+
+_TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+_FALSE_WORDS = frozenset({"0", "false", "no", "off", ""})
+
+
+def flag(environ: Mapping[str, str], names: Sequence[str]) -> str | None:
+    """The first of `names` set to a true word (1/true/yes/on), or None when all are unset or false.
+    Any other value is refused: a typo must not silently read as false."""
+    from cccatalog.errors import UsageError
+
+    found = None
+    for name in names:
+        value = environ.get(name, "").strip().lower()
+        if value not in _TRUE_WORDS | _FALSE_WORDS:
+            raise UsageError(
+                f"{name}: expected 1, true, yes or on (or 0, false, no, off), got {environ[name]!r}"
+            )
+        if found is None and value in _TRUE_WORDS:
+            found = name
+    return found

@@ -135,6 +135,8 @@ def parse(data: bytes, *, source: str) -> Manifest:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError):
         raise UsageError(f"{source}: not a cccatalog manifest (not JSON)") from None
+    except RecursionError:
+        raise UsageError(f"{source}: not a cccatalog manifest (JSON nested too deeply)") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("repos"), list):
         raise UsageError(f"{source}: not a cccatalog manifest (no repos list)")
     fmt = doc.get("format")
@@ -219,3 +221,22 @@ def baked_at(data_dir: Path) -> datetime | None:
         return parse_rfc3339(str(when))
     except (OSError, ValueError, TypeError, AttributeError):
         return None
+
+
+def require_same_collections(config: Config, site: Manifest, *, what: str) -> None:
+    """Refuse a site manifest of other collections than `config`'s: the import on that site would
+    refuse the update made from it (transfer/verify.py), so say so before it is made."""
+    if site.collections is None:  # an earlier cccatalog's bake manifest does not say
+        return
+    ours, theirs = {cc.slug for cc in config.codecollections}, set(site.collections)
+    if ours == theirs:
+        return
+    parts = []
+    if only_theirs := sorted(theirs - ours):
+        parts.append(f"only on the site: {', '.join(only_theirs)}")
+    if only_ours := sorted(ours - theirs):
+        parts.append(f"only in {config.path.name}: {', '.join(only_ours)}")
+    raise UsageError(
+        f"{what}: the site has other collections than {config.path}: {'; '.join(parts)}; "
+        "configure the same collections on both sides (the site's import would refuse this update)"
+    )

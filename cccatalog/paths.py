@@ -53,3 +53,17 @@ def require_writable_dir(path: Path, *, setting: str) -> None:
     problem = writable_dir_problem(path)
     if problem is not None:
         raise UsageError(f"{setting}: {problem}")
+
+
+def require_output_file(path: Path, *, setting: str) -> None:
+    """Raise UsageError naming `setting` when `path` cannot be written as a file: its directory must
+    already exist and be writable (a missing one is a typo more often than a wish), and the path must
+    not be a directory."""
+    if path.is_dir():
+        raise UsageError(f"{setting} {path}: is a directory; name the file to write")
+    parent = path.parent
+    if not parent.is_dir():
+        raise UsageError(f"{setting} {path}: the directory {parent} does not exist")
+    problem = writable_dir_problem(parent)
+    if problem is not None:
+        raise UsageError(f"{setting} {path}: {problem}")

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from cccatalog.jobs import SyncReport
     from cccatalog.oci.copy import CopyProgress
     from cccatalog.oci.resolve import RefResolution
+    from cccatalog.probe import ProbeResult
     from cccatalog.status import RepoStatus, StatusReport
     from cccatalog.transfer.export import ExportResult
     from cccatalog.transfer.importer import ImportResult
@@ -49,7 +50,7 @@ def console(stream: TextIO | None = None) -> Console:
 
 
 def _table(title: str | None, columns: Sequence[str], identifiers: Sequence[str]) -> Table:
-    table = Table(title=title, title_justify="left")
+    table = Table(title=escape(title) if title else None, title_justify="left")
     for column in columns:
         if column in identifiers:
             table.add_column(column, no_wrap=True, overflow="ignore")
@@ -96,8 +97,9 @@ def sync_report(report: SyncReport, *, as_json: bool, quiet: bool) -> None:
         for i in report.images:
             problem = f"[red]{escape(i.error)}[/]" if i.error else escape(i.note or "")
             table.add_row(
-                i.slug, str(i.refs), str(i.deactivated), i.latest_tag or "", i.stable_tag or "", problem
-            )
+                escape(i.slug), str(i.refs), str(i.deactivated), escape(i.latest_tag or ""),
+                escape(i.stable_tag or ""), problem,
+            )  # fmt: skip
         out.print(table)
     if report.mirrors and report.mirrors.destinations:
         out.print(_destinations_table(report))
@@ -212,8 +214,8 @@ def resolutions(
     for r in found:
         n = r.newest.to_json()
         table.add_row(
-            r.ref, n["tag"], n["built_at"] or "unknown", n["built_at_source"], n["digest"] or "",
-            str(len(r.candidates)),
+            escape(r.ref), escape(n["tag"]), n["built_at"] or "unknown", escape(n["built_at_source"]),
+            escape(n["digest"] or ""), str(len(r.candidates)),
         )  # fmt: skip
     console().print(table)
     if verbose:
@@ -231,7 +233,7 @@ def check_report(report: CheckReport, *, as_json: bool) -> None:
     table = _table(f"check {report.config}", ("status", "subject", "detail"), ("subject",))
     styles = {"ok": "green", "warn": "yellow", "fail": "red"}
     for c in report.checks:
-        table.add_row(f"[{styles[c.status.value]}]{c.status.value}[/]", c.subject, escape(c.detail))
+        table.add_row(f"[{styles[c.status.value]}]{c.status.value}[/]", escape(c.subject), escape(c.detail))
     console().print(table)
     failed = [c for c in report.checks if c.status.value == "fail"]
     warned = sum(c.status.value == "warn" for c in report.checks)
@@ -279,7 +281,7 @@ def export_result(result: ExportResult, *, as_json: bool, quiet: bool) -> None:
         return
     table = _table("export", ("slug", "carries", "refs moved", "bundle"), ("slug",))
     for r in result.repos:
-        table.add_row(r.slug, r.kind, str(r.refs_changed), _size(r.size) if r.bundle else "")
+        table.add_row(escape(r.slug), r.kind, str(r.refs_changed), _size(r.size) if r.bundle else "")
     console().print(table)
     sys.stdout.write(
         f"{result.collections} collections with image refs, {result.images} images in images.txt\n"
@@ -362,8 +364,8 @@ def status_report(report: StatusReport, *, as_json: bool, quiet: bool) -> None:
             for r in report.repos:
                 style = _FRESHNESS_STYLE[r.freshness.value]
                 table.add_row(
-                    r.slug, f"[{style}]{r.freshness.value}[/]", (r.head_commit or "")[:12],
-                    r.default_branch or "", _last_success(r), escape(r.last_error or ""),
+                    escape(r.slug), f"[{style}]{r.freshness.value}[/]", (r.head_commit or "")[:12],
+                    escape(r.default_branch or ""), _last_success(r), escape(r.last_error or ""),
                 )  # fmt: skip
             out.print(table)
         if report.collections:
@@ -374,8 +376,8 @@ def status_report(report: StatusReport, *, as_json: bool, quiet: bool) -> None:
             )
             for c in report.collections:
                 table.add_row(
-                    c.slug, c.latest.tag if c.latest else "", c.stable.tag if c.stable else "",
-                    str(c.active_refs), escape(c.poll_error or ""),
+                    escape(c.slug), escape(c.latest.tag if c.latest else ""),
+                    escape(c.stable.tag if c.stable else ""), str(c.active_refs), escape(c.poll_error or ""),
                 )  # fmt: skip
             out.print(table)
         bad = len(report.problems)
@@ -426,6 +428,13 @@ def say(line: str) -> None:
     """A line for the person at the terminal, on stdout at once (a server may run next)."""
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
+
+
+def probe_answer(result: ProbeResult) -> None:
+    """`probe`: the status on the first line, the body after it; a failing status said on stderr."""
+    sys.stdout.write(f"{result.status}\n{result.body.rstrip()}\n")
+    if not result.ok:
+        error(f"{result.url}: answered {result.status}")
 
 
 def api_answer(status: int, body: object) -> None:

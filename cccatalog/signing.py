@@ -107,3 +107,59 @@ def verify(
     if signer is not None and "incorrect signature" not in detail.lower():
         raise SignatureError(f"{what} is not signed by {signer} (the key in {allowed_signers}): {detail}")
     raise SignatureError(f"{what} does not match its signature (changed after signing?): {detail}")
+
+
+def check_sign_key(key: Path, *, environ: Mapping[str, str]) -> None:
+    """Refuse, before anything is locked or written, a `--sign-key` that cannot sign: a missing file,
+    a file that is no SSH key, or a private key with a passphrase (nobody can type it in a batch
+    job: load it into ssh-agent and pass its `.pub`)."""
+    if not key.is_file():
+        raise UsageError(f"--sign-key {key}: no such file")
+    if key.suffix == ".pub":
+        done = _ssh_keygen(["-l", "-f", str(key)], environ=environ)
+        if done.returncode != 0:
+            raise UsageError(f"--sign-key {key}: not an SSH public key ({_last_line(done.stderr)})")
+        return
+    done = _ssh_keygen(["-y", "-P", "", "-f", str(key)], environ=environ)
+    if done.returncode == 0:
+        return
+    reason = _last_line(done.stderr)
+    if "passphrase" in reason.lower():
+        raise UsageError(
+            f"--sign-key {key}: the key has a passphrase; load it into ssh-agent (ssh-add) and pass its .pub"
+        )
+    raise UsageError(f"--sign-key {key}: not an SSH private key ({reason})")
+
+
+_KEY_TYPES = ("ssh-", "ecdsa-sha2-", "sk-ssh-", "sk-ecdsa-")
+
+
+def _is_public_key(key_type: str, encoded: str) -> bool:
+    """`encoded` is base64 of an SSH public key blob whose own type string is `key_type`."""
+    import base64
+    import binascii
+
+    if not key_type.startswith(_KEY_TYPES):
+        return False
+    try:
+        blob = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    size = int.from_bytes(blob[:4], "big")
+    return blob[4 : 4 + size] == key_type.encode() and len(blob) > 4 + size
+
+
+def allowed_signers_problem(text: str) -> str | None:
+    """Why `text` is not an allowed-signers file (ssh-keygen(1), ALLOWED SIGNERS), or None: every
+    line that is not blank or a comment is `principals [options] keytype base64-key [comment]`."""
+    signers = 0
+    for number, line in enumerate(text.splitlines(), 1):
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        if not any(_is_public_key(words[i], words[i + 1]) for i in range(1, len(words) - 1)):
+            return f"line {number} is not 'principals [options] key-type base64-key' with a valid SSH key"
+        signers += 1
+    if signers == 0:
+        return "no signer in it: every signed update would be refused"
+    return None

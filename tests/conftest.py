@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.binaryfixtures import Binary, session_binary
 from tests.gitfixtures import GIT_ENV, Upstream
 from tests.pgfixtures import BINDIR as PG_BINDIR
 from tests.pgfixtures import PgServer, running_postgres
 from tests.registry import RunningRegistry, running_registry
+from tests.unprivileged import ReadableInstall, readable_install
 
 
 @pytest.fixture(autouse=True)
@@ -101,6 +103,20 @@ def pg_url(pg_server: PgServer) -> Iterator[str]:
         yield url
     finally:
         pg_server.drop_database(url)
+
+
+@pytest.fixture(scope="session")
+def readable_cccatalog() -> Iterator[ReadableInstall | str]:
+    """cccatalog copied where `nobody` can run it, or why it cannot (tests/unprivileged.py)."""
+    with readable_install("nobody") as found:
+        yield found
+
+
+@pytest.fixture(scope="session")
+def binary() -> Iterator[Binary]:
+    """The single binary, built once per session as the release image builds it (tests/binaryfixtures.py)."""
+    with session_binary() as built:
+        yield built
 
 
 _POSTGRES_FIXTURES = frozenset({"pg_server", "pg_url"})

@@ -1,22 +1,19 @@
-"""The single binary: build `bake.spec` once with PyInstaller, then run what it produced.
+"""The single binary (built once per session, as the release image builds it: tests/binaryfixtures.py),
+used the way an operator uses it: `--version`, a `sync` from a `file://` upstream, `serve` answering
+`/healthz` and a real `git clone`, SIGTERM, and `serve --get`. tests/test_binary_tour.py runs the whole
+tour with nothing but the binary; benchmarks/startup records its size and start-up time.
 
-The binary is used the way an operator uses it: `--version`, a `sync` from a `file://` upstream, `serve`
-answering `/healthz` and a real `git clone`, SIGTERM, and `serve --get`. Its size, build time and
-`--version` start-up time are recorded (never asserted) in `<basetemp>/binary*/metrics.json` and shown
-in the terminal summary; tools/build_binary.sh builds and benchmarks it by hand.
-
-Skipped when PyInstaller is not installed, or with CCCATALOG_SKIP_BINARY=1.
+Skipped when PyInstaller is not installed (and $CCCATALOG_BINARY names no binary), or with
+CCCATALOG_SKIP_BINARY=1.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +24,7 @@ import httpx
 import pytest
 
 from cccatalog import __version__
+from tests.binaryfixtures import Binary
 from tests.gitfixtures import GIT_ENV, Upstream, git
 
 if os.environ.get("CCCATALOG_SKIP_BINARY") == "1":
@@ -34,53 +32,6 @@ if os.environ.get("CCCATALOG_SKIP_BINARY") == "1":
 
 # Building takes about a minute on two cores; the first test using the binary pays for it.
 pytestmark = [pytest.mark.timeout(900), pytest.mark.binary]
-
-ROOT = Path(__file__).resolve().parent.parent
-SPEC = ROOT / "bake.spec"
-BUILD_TIMEOUT_SECONDS = 600
-
-
-@dataclass(frozen=True)
-class Binary:
-    path: Path
-    workdir: Path
-
-
-def _build(workdir: Path) -> Binary:
-    env = {k: v for k, v in os.environ.items() if k not in ("CCCATALOG_ONEDIR", "CCCATALOG_RUNTIME_TMPDIR")}
-    env["PYINSTALLER_CONFIG_DIR"] = str(workdir / "pyinstaller-cache")  # no shared cache to race on
-    argv = [
-        sys.executable,
-        "-m",
-        "PyInstaller",
-        "--noconfirm",
-        "--clean",
-        "--log-level",
-        "WARN",
-        "--distpath",
-        str(workdir / "dist"),
-        "--workpath",
-        str(workdir / "build"),
-        str(SPEC),
-    ]
-    out = subprocess.run(
-        argv, cwd=workdir, env=env, capture_output=True, text=True, timeout=BUILD_TIMEOUT_SECONDS, check=False
-    )
-    if out.returncode != 0:
-        pytest.fail(
-            f"pyinstaller bake.spec failed ({out.returncode}):\n{out.stdout[-4000:]}{out.stderr[-4000:]}"
-        )
-    path = workdir / "dist" / "cccatalog"
-    assert path.is_file(), f"no one-file binary at {path}"
-    assert os.access(path, os.X_OK)
-    return Binary(path, workdir)
-
-
-@pytest.fixture(scope="session")
-def binary(tmp_path_factory: pytest.TempPathFactory) -> Binary:
-    if importlib.util.find_spec("PyInstaller") is None:
-        pytest.skip("PyInstaller is not installed (pip install pyinstaller) - the binary is not built")
-    return _build(tmp_path_factory.mktemp("binary"))
 
 
 def _env(home: Path) -> dict[str, str]:
@@ -137,7 +88,7 @@ def test_version_and_help(binary: Binary, tmp_path: Path) -> None:
     env = _env(tmp_path)
     out = _run(binary, "--version", env=env)
     assert out.returncode == 0, out.stderr
-    assert out.stdout == f"cccatalog {__version__}\n"
+    assert out.stdout.splitlines() == [f"cccatalog {__version__}", "build: single binary", "postgres: yes"]
     # --help goes through Typer's Rich renderer, which is imported lazily.
     out = _run(binary, "serve", "--help", env=env)
     assert out.returncode == 0, out.stderr
@@ -226,22 +177,4 @@ def test_serve_get_answers_in_process(binary: Binary, synced: Synced) -> None:
     assert json.loads(body) == {"status": "ok"}
 
 
-def test_the_binary_keeps_its_state_in_postgresql(binary: Binary, tmp_path: Path, pg_url: str) -> None:
-    """psycopg and its libpq travel inside the binary: a replica needs nothing else on the host."""
-    upstream = Upstream(tmp_path / "upstreams" / "alpha")
-    config = tmp_path / "config.yaml"
-    collection = f"{{slug: alpha, git_url: '{upstream.url}'}}"
-    config.write_text(
-        f"git: {{enabled: true, data_dir: {tmp_path / 'mirrors'}}}\n"
-        f"sources: [{{name: local, type: static, codecollections: [{collection}]}}]\n"
-    )
-    home = tmp_path / "home"
-    home.mkdir(exist_ok=True)
-    env = {**_env(home), "CCCATALOG_STATE_URL": pg_url}
-    out = _run(binary, "sync", "--config", str(config), "--json", env=env)
-    assert out.returncode == 0, out.stderr
-    out = _run(binary, "serve", "-c", str(config), "--get", "/api/v1/git/repos/alpha", env=env)
-    assert out.returncode == 0, out.stderr
-    status, _, body = out.stdout.partition("\n")
-    assert (status, json.loads(body)["head_commit"]) == ("200", upstream.sha("main"))
-    assert not (tmp_path / "mirrors" / ".cccatalog" / "state.sqlite3").exists()
+# The binary on a PostgreSQL state (psycopg and its libpq inside it): tests/test_binary_tour.py.

@@ -14,6 +14,7 @@ from cccatalog import __version__
 from cccatalog.cli import run
 from tests.conftest import MakeConfig
 from tests.gitfixtures import Upstream, git
+from tests.transferfixtures import make_keys
 
 MakeUpstream = Callable[[str], Upstream]
 
@@ -27,7 +28,8 @@ def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = cli(capsys, "--version")
     assert code == 0
-    assert out.strip() == f"cccatalog {__version__}"
+    # the test extra installs the postgres extra; the single binary says `build: single binary`
+    assert out.splitlines() == [f"cccatalog {__version__}", "build: python package", "postgres: yes"]
 
 
 def test_python_dash_m_runs_the_same_cli() -> None:
@@ -35,7 +37,7 @@ def test_python_dash_m_runs_the_same_cli() -> None:
         [sys.executable, "-m", "cccatalog", "--version"], capture_output=True, text=True, check=False
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == f"cccatalog {__version__}"
+    assert out.stdout.splitlines()[0] == f"cccatalog {__version__}"
 
 
 @pytest.mark.parametrize("argv", [[], ["-v"], ["--log-format", "json"]], ids=["bare", "-v", "log-format"])
@@ -362,13 +364,13 @@ def test_global_flags_work_after_the_command(capsys: pytest.CaptureFixture[str],
     assert "cc: images: 1 refs, latest main-1234567-89abcde" in err
 
 
-def test_a_global_flag_given_as_an_option_value_stays_a_value(
+def test_a_global_flag_where_an_option_value_belongs_is_named_not_hoisted(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     config = _static_config(tmp_path)
     code, _, err = cli(capsys, "sync", "-c", str(config), "--only", "-q")
     assert code == 2
-    assert err.startswith("error: --only -q: no CodeCollection with that slug")
+    assert err.startswith("error: Option '--only' requires a value, but it is followed by the option '-q'.")
 
 
 def test_help_shows_defaults_environment_variables_and_examples_unfolded(
@@ -443,6 +445,9 @@ def test_check_reports_a_ready_config_and_changes_nothing(
     assert "will be created" in checks["state.path"]["detail"]
     assert checks["mirror alpha"]["status"] == "warn"
     assert checks["upstream alpha"]["status"] == "ok"
+    # without public_base_url the API would send clients upstream: said, not failed
+    assert checks["git.public_base_url"]["status"] == "warn"
+    assert "upstream" in checks["git.public_base_url"]["detail"]
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
     # after a sync the same check finds the mirror and the state file
     assert cli(capsys, "sync", "-c", str(path))[0] == 0
@@ -475,7 +480,13 @@ def test_check_reads_the_allowed_signers_file_it_will_verify_updates_with(
     code, _, err = cli(capsys, "check", "-c", str(path))
     assert code == 1
     assert "no signer in it" in err
+    # a truncated key is not a key: every update would be refused, so check says so now
     (tmp_path / "signers").write_text("release@example.invalid ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA\n")
+    code, _, err = cli(capsys, "check", "-c", str(path))
+    assert code == 1
+    assert "line 1 is not 'principals [options] key-type base64-key' with a valid SSH key" in err
+    keys = make_keys(tmp_path / "keys")
+    (tmp_path / "signers").write_text(keys.allowed_signers.read_text())
     code, out, _ = cli(capsys, "check", "-c", str(path), "--json")
     assert code == 0
     checks = {c["subject"]: c for c in json.loads(out)["checks"]}

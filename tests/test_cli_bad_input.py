@@ -19,10 +19,13 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from tests.unprivileged import ReadableInstall
 
 Setup = Callable[[Path], dict[str, str]]
 Snapshot = dict[str, tuple[str, int, int]]
@@ -119,6 +122,7 @@ class Case:
     as_user: bool = False  # run as an unprivileged user in a root-owned directory
     read_only: str | None = None  # mount a read-only filesystem at this path (relative) first
     absent: tuple[str, ...] = ()  # must not appear anywhere in the output (secrets)
+    without: tuple[str, ...] = ()  # modules this cccatalog lacks (an install without an extra)
 
 
 GIT_OK = f"git:\n  enabled: true\n  data_dir: mirrors\n{GOOD_SOURCE}"
@@ -477,6 +481,12 @@ def _can_mount_read_only() -> bool:
 
 @pytest.fixture
 def workdir() -> Iterator[Path]:
+    with scratch_dir() as root:
+        yield root
+
+
+@contextmanager
+def scratch_dir() -> Iterator[Path]:
     """A directory an unprivileged user can reach (pytest's own tmp_path is private to root)."""
     root = Path(tempfile.mkdtemp(prefix="cccatalog-badinput-"))
     root.chmod(0o755)
@@ -490,9 +500,34 @@ def workdir() -> Iterator[Path]:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input_gets_one_clear_line_and_the_documented_exit_code(case: Case, workdir: Path) -> None:
+def test_bad_input_gets_one_clear_line_and_the_documented_exit_code(
+    case: Case, workdir: Path, request: pytest.FixtureRequest
+) -> None:
+    run_case(case, workdir, request)
+
+
+# Run as a plain `python -m cccatalog`, except that the modules named are not importable: what a
+# `pip install cccatalog` without that extra has.
+_WITHOUT = (
+    "import sys\n"
+    "for name in sys.argv[1].split(','): sys.modules[name] = None\n"
+    "sys.argv = ['cccatalog', *sys.argv[2:]]\n"
+    "from cccatalog.cli import main\n"
+    "main()\n"
+)
+
+
+def run_case(case: Case, workdir: Path, request: pytest.FixtureRequest) -> None:
+    """Run `case` in `workdir` (made by the `workdir` fixture) and check what the user sees."""
     if case.as_user and not _can_run_as_nobody():
         pytest.skip("needs root and setpriv to run as an unprivileged user")
+    readable: ReadableInstall | None = None
+    if case.as_user:
+        # nobody cannot read a private checkout or the virtualenv in it: it runs a readable copy
+        found = request.getfixturevalue("readable_cccatalog")
+        if isinstance(found, str):
+            pytest.skip(found)
+        readable = found
     if case.read_only and not _can_mount_read_only():
         pytest.skip("cannot mount a read-only filesystem here (unshare -m)")
     run_dir = workdir / "work"
@@ -509,6 +544,8 @@ def test_bad_input_gets_one_clear_line_and_the_documented_exit_code(case: Case, 
         **extra,
     }
     argv = [sys.executable, "-m", "cccatalog", *case.argv]
+    if case.without:
+        argv = [sys.executable, "-c", _WITHOUT, ",".join(case.without), *case.argv]
     if case.read_only:
         (run_dir / case.read_only).mkdir()
         argv = [
@@ -520,10 +557,11 @@ def test_bad_input_gets_one_clear_line_and_the_documented_exit_code(case: Case, 
             case.read_only,
             *argv,
         ]
-    if case.as_user:
+    if readable is not None:
         for path in (workdir, run_dir, home):
             path.chmod(0o755)  # readable, not writable, by the unprivileged user
-        argv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *argv]
+        env.update(readable.env)
+        argv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *readable.argv(*case.argv)]
     before = _snapshot(workdir)
     proc = subprocess.run(argv, cwd=run_dir, env=env, capture_output=True, text=True, timeout=60, check=False)
     out, err = proc.stdout, proc.stderr

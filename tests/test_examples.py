@@ -11,7 +11,7 @@ import json
 import re
 import shlex
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from cccatalog.config import Config, load_config
+from tests.dockerfile import Stage, build_commands, parse_dockerfile
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -413,77 +414,9 @@ def test_systemd_timer_runs_sync_hourly_with_jitter() -> None:
 # --- Dockerfile ------------------------------------------------------------------------------------
 
 
-@dataclass
-class Instruction:
-    keyword: str
-    args: str
-
-    def flags(self) -> dict[str, str]:
-        """`--name=value` options before the arguments (COPY --from, RUN --mount, ...)."""
-        found: dict[str, str] = {}
-        for word in self.args.split():
-            if not word.startswith("--"):
-                break
-            name, _, value = word[2:].partition("=")
-            found[name] = value
-        return found
-
-    def words(self) -> list[str]:
-        """The arguments without the leading `--` options; JSON (exec) form decoded."""
-        rest = self.args
-        while rest.startswith("--"):
-            rest = rest.split(None, 1)[1] if " " in rest else ""
-        if rest.startswith("["):
-            decoded: list[str] = json.loads(rest)
-            return decoded
-        return rest.split()
-
-
-@dataclass
-class Stage:
-    base: str
-    name: str
-    instructions: list[Instruction] = field(default_factory=list)
-
-    def all(self, keyword: str) -> list[Instruction]:
-        return [i for i in self.instructions if i.keyword == keyword]
-
-
-def _parse_dockerfile(text: str) -> tuple[list[str], list[Stage]]:
-    """(parser directives, stages). Continuation lines are joined; comment lines are dropped."""
-    lines = text.splitlines()
-    directives = []
-    for line in lines:
-        if not (m := re.fullmatch(r"#\s*(\w+)=(\S+)\s*", line)):
-            break
-        directives.append(f"{m[1].lower()}={m[2]}")
-    stages: list[Stage] = []
-    pending = ""
-    for raw in lines:
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        pending += line
-        if pending.endswith("\\"):
-            pending = pending[:-1].rstrip() + " "
-            continue
-        keyword, _, args = pending.partition(" ")
-        pending = ""
-        instruction = Instruction(keyword.upper(), args.strip())
-        if instruction.keyword == "FROM":
-            words = instruction.words()
-            name = words[2] if len(words) == 3 and words[1].lower() == "as" else str(len(stages))
-            stages.append(Stage(words[0], name))
-        else:
-            assert stages, f"{keyword} before the first FROM"
-            stages[-1].instructions.append(instruction)
-    assert not pending, "the Dockerfile ends in a continuation line"
-    return directives, stages
-
-
 @pytest.fixture(scope="module")
 def dockerfile() -> tuple[list[str], dict[str, Stage], Stage]:
-    directives, stages = _parse_dockerfile((EXAMPLES / "Dockerfile").read_text())
+    directives, stages = parse_dockerfile((EXAMPLES / "Dockerfile").read_text())
     return directives, {s.name: s for s in stages}, stages[-1]
 
 
@@ -503,9 +436,10 @@ def test_dockerfile_builds_the_binary_then_bakes_then_runs_slim(dockerfile: Dock
     assert directives[0] == "syntax=docker/dockerfile:1.6"
     build = stages["build"]
     assert build.base == "python:3.11-slim-bookworm"
-    build_runs = " ".join(i.args for i in build.all("RUN"))
-    assert "pyinstaller" in build_runs
-    assert "bake.spec" in build_runs
+    # The one way the binary is built: the build stage runs tools/build_binary.sh on the copied tree.
+    args, commands = build_commands(build)
+    assert [c.split()[-1] for c in commands] == ["tools/build_binary.sh"]
+    assert args["PYINSTALLER_VERSION"] in (ROOT / "tools" / "build_binary.sh").read_text()
     assert "bake" in stages
     # The runtime descends from debian:bookworm-slim (the glibc the binary was built against).
     chain = _chain(stages, final)
@@ -565,7 +499,8 @@ def test_dockerfile_runtime_is_non_root_with_mirrors_outside_the_volume(dockerfi
     assert [i.args for i in final.all("EXPOSE")] == [str(airgap.serve.port)]
     (healthcheck,) = final.all("HEALTHCHECK")
     assert healthcheck.words()[0] == "CMD"
-    assert healthcheck.args.partition("CMD")[2].strip() == '["cccatalog", "serve", "--get", "/healthz"]'
+    # over HTTP to the running server (tests/test_release_image.py runs it against a stopped one)
+    assert json.loads(healthcheck.args.partition("CMD")[2])[:2] == ["cccatalog", "probe"]
     assert final.all("ENTRYPOINT")[-1].words() == ["cccatalog"]
     assert final.all("CMD")[-1].words() == ["serve"]
 
@@ -582,3 +517,16 @@ def test_dockerfile_copies_only_files_that_exist_and_ignores_local_state(dockerf
     ignored = (EXAMPLES / "Dockerfile.dockerignore").read_text().split()
     assert ".git" in ignored
     assert "**/*.sqlite3" in ignored
+
+
+def test_the_docs_build_the_binary_with_the_command_the_image_and_ci_run(dockerfile: DockerfileParts) -> None:
+    """docs/deploying.md's binary section, the Dockerfile's build stage and .ci/run: one command."""
+    _, stages, _ = dockerfile
+    _, commands = build_commands(stages["build"])
+    script = commands[0].split()[-1]
+    section = (ROOT / "docs" / "deploying.md").read_text().split("## The single binary", 1)[1]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    assert [line.split("#")[0].strip() for line in block.splitlines()] == [script]
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "python3 tests/dockerfile.py" in ci  # runs those build-stage commands
+    assert "export CCCATALOG_BINARY" in ci

@@ -387,11 +387,14 @@ def test_receive_pack_routes_answer_403_without_touching_the_mirror(
 
 # `serve_process(user=...)` execs the interpreter as that user, which fails where Python lives under a
 # 0700 /root (pyenv). So import as root, then drop to the user before `serve` reads its config, binds,
-# checks the mirrors or spawns a single git process: everything under test runs as that uid.
+# checks the mirrors or spawns a single git process: everything under test runs as that uid. Every
+# module of cccatalog is imported first: the user may not read the checkout (a private clone).
 _SERVE_AS = """
-import contextlib, encodings.idna, io, os, pwd, sys
+import contextlib, encodings.idna, importlib, io, os, pkgutil, pwd, sys
+import cccatalog
 from cccatalog.cli import run
-import cccatalog.jobs, cccatalog.server.app, cccatalog.server.service
+for module in pkgutil.walk_packages(cccatalog.__path__, "cccatalog."):
+    importlib.import_module(module.name)
 # Load now, while the interpreter is readable, what the CLI and socket.getfqdn import lazily.
 with contextlib.redirect_stdout(io.StringIO()):
     run(["serve", "--help"])

@@ -4,6 +4,8 @@ one importing Typer, the CLI framework every command needs).
 
     python -m benchmarks.startup.bench_startup --size full     # builds both binaries (~2 min)
     python -m benchmarks.startup.bench_startup --size smoke    # no build: interpreter forms only (CI)
+    python -m benchmarks.startup.bench_startup --size smoke --binary dist/cccatalog   # and that binary
+                                                               # (CI: the one it built, $CCCATALOG_BINARY)
 
 Each contender runs `--help` and `--version` in turns (round-robin, so load drift hits all alike);
 the table gives the median and p90 wall time and the ratio to `python -m cccatalog`.
@@ -55,7 +57,12 @@ def build_binaries(dist: Path) -> dict[str, Path]:
     built = {}
     for mode, flag in (("onefile", []), ("onedir", ["--onedir"])):
         out = dist / mode
-        env = {**os.environ, "DIST": str(out), "WORK": str(dist / f"build-{mode}"), "PYTHON": sys.executable}
+        env = {
+            **os.environ,
+            "DIST": str(out),
+            "WORK": str(dist / f"build-{mode}"),
+            "BUILD_PYTHON": sys.executable,
+        }
         log(f"building the {mode} binary")
         script = str(ROOT / "tools" / "build_binary.sh")
         subprocess.run(["bash", script, *flag], cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
@@ -134,6 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", choices=("smoke", "full"), default="full")
     parser.add_argument("--runs", type=int, help="timed runs per contender and command (full 21, smoke 3)")
     parser.add_argument("--dist", type=Path, help="use binaries already built here (<dist>/onefile, onedir)")
+    parser.add_argument(
+        "--binary",
+        type=Path,
+        default=os.environ.get("CCCATALOG_BINARY") or None,
+        help="also time this one-file binary, as built by tools/build_binary.sh [$CCCATALOG_BINARY]",
+    )
     parser.add_argument("--output", "--json-out", type=Path, default=Path("bench-startup.json"))
     args = parser.parse_args(argv)
     runs = args.runs or (21 if args.size == "full" else 3)
@@ -147,13 +160,19 @@ def main(argv: list[str] | None = None) -> int:
             if shutil.which("objdump") is None:
                 raise SystemExit("building the binary needs binutils (apt-get install binutils)")
             binaries = build_binaries(Path(tmp))
+        if args.binary:
+            if not args.binary.is_file():
+                raise SystemExit(f"--binary {args.binary}: no such file")
+            binaries["release"] = args.binary  # the one CI built and toured
         found = contenders(binaries)
         log(f"{len(found)} contenders x {runs} runs")
         rows = measure(found, ["--help", "--version"], runs)
-        sizes = {m: _size_mb(p if m == "onefile" else p.parent) for m, p in binaries.items()}
+        sizes = {m: _size_mb(p if m != "onedir" else p.parent) for m, p in binaries.items()}
 
     table = report(rows)
     print(table)
+    for mode, mb in sizes.items():
+        print(f"binary {mode}: {mb} MB")
     result = {
         "size": args.size,
         "runs": runs,

@@ -128,6 +128,8 @@ def static_refs(path: Path) -> StaticRefs:
         raise CCCatalogError(f"static_path {path}: {exc.strerror}") from None
     except json.JSONDecodeError as exc:
         raise CCCatalogError(f"static_path {path}: invalid JSON at line {exc.lineno}") from None
+    except RecursionError:
+        raise CCCatalogError(f"static_path {path}: JSON nested too deeply") from None
     entries = data.get("refs") if isinstance(data, dict) else None
     if not isinstance(data, dict) or not isinstance(entries, list):
         raise CCCatalogError(f"static_path {path}: expected an object with a 'refs' list")

@@ -112,7 +112,7 @@ class UpstreamCatalog:
             raise UpstreamError(f"upstream catalog {url}: {type(exc).__name__}: {exc}") from None
         try:
             payload: object = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise UpstreamError(f"upstream catalog {url}: the answer is not JSON") from None
         return payload
 

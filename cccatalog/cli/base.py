@@ -218,3 +218,17 @@ Ref = Annotated[
 ]
 AllRefs = Annotated[bool, typer.Option("--all-refs", help="Resolve every ref in the repository.")]
 PlainHttp = Annotated[bool, typer.Option("--plain-http", help="Allow plain HTTP to a non-loopback registry.")]
+ProbeTarget = Annotated[
+    str | None,
+    typer.Argument(metavar="[URL]", help="What to GET [http://127.0.0.1:PORT/healthz].", show_default=False),
+]
+ProbePort = Annotated[
+    int | None,
+    typer.Option(
+        "--port", envvar=list(envvars.PORT), show_envvar=True, min=1, max=65535,
+        help="The port serve listens on, on this host [8080].",
+    ),
+]  # fmt: skip
+ProbeTimeout = Annotated[
+    float, typer.Option("--timeout", min=0.1, max=300, metavar="SECONDS", help="Give up after this long.")
+]

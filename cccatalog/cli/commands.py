@@ -19,12 +19,20 @@ from cccatalog.logs import LogFormat, setup_logging
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"cccatalog {__version__}")
+        from cccatalog.extras import describe
+
+        typer.echo("\n".join([f"cccatalog {__version__}", *describe()]))
         raise typer.Exit(EXIT_OK)
 
 
 VersionOpt = Annotated[
-    bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    bool,
+    typer.Option(
+        "--version",
+        callback=_version,
+        is_eager=True,
+        help="Print the version and the optional parts it carries (postgres: yes/no), exit.",
+    ),
 ]
 
 
@@ -144,9 +152,11 @@ def serve(
     catalog_poll_minutes: base.CatalogMinutes = None,
 ) -> None:
     """Serve the mirrors over read-only git smart HTTP, plus the catalog, status and admin JSON API."""
+    from cccatalog import envvars
     from cccatalog.logs import announce_server_logs
     from cccatalog.server.service import get_once, run_server
 
+    envvars.flag(os.environ, envvars.DISABLE_SCHEDULER)  # a bad value is refused before anything starts
     inv, cfg = invocation(ctx), load(config)
     if get is not None:
         from cccatalog import render  # only here: a server never draws a table
@@ -161,6 +171,20 @@ def serve(
         environ=os.environ, redactor=inv.redactor,
         git_sync_minutes=git_sync_minutes, catalog_poll_minutes=catalog_poll_minutes,
     )  # fmt: skip
+
+
+@app.command(epilog=example("cccatalog probe", "cccatalog probe http://127.0.0.1:8080/readyz --timeout 2"))
+def probe(
+    url: base.ProbeTarget = None, port: base.ProbePort = None, timeout: base.ProbeTimeout = 5.0
+) -> None:
+    """Ask a running serve over HTTP (a HEALTHCHECK without curl); exit 1 unless it answers 2xx in time."""
+    from cccatalog import render
+    from cccatalog.probe import probe as ask
+    from cccatalog.probe import probe_url
+
+    result = ask(probe_url(url, port=8080 if port is None else port), timeout=timeout)
+    render.probe_answer(result)
+    _failed_if(not result.ok)
 
 
 @app.command(
@@ -196,8 +220,11 @@ def manifest(ctx: typer.Context, config: base.ConfigOpt = None, out: base.Manife
     carry it to export --since."""
     from cccatalog import render
     from cccatalog.gitmirror.git import Git
+    from cccatalog.paths import require_output_file
     from cccatalog.transfer.site import describe_site
 
+    if out is not None:
+        require_output_file(out, setting="--out")
     render.manifest(
         describe_site(load(config), Git(redactor=invocation(ctx).redactor), environ=os.environ), out
     )
@@ -218,9 +245,14 @@ def export(
     """Write one file that brings a site from its manifest to these mirrors, this catalog and its images."""
     from cccatalog import render
     from cccatalog.gitmirror.git import Git
+    from cccatalog.paths import require_output_file
+    from cccatalog.signing import check_sign_key
     from cccatalog.transfer.export import export_update
 
     inv = invocation(ctx)
+    require_output_file(out, setting="--out")
+    if sign_key is not None:
+        check_sign_key(sign_key, environ=os.environ)
     with render.copy_progress("export", quiet=inv.quiet) as progress:
         result = export_update(
             load(config), Git(redactor=inv.redactor), out=out, since=since, sign_key=sign_key,
@@ -242,9 +274,11 @@ def import_(
     """Apply an update to this site's mirrors and catalog while serve keeps serving."""
     from cccatalog import render
     from cccatalog.gitmirror.git import Git
+    from cccatalog.transfer.archive import check_update_file
     from cccatalog.transfer.importer import import_update
 
     inv = invocation(ctx)
+    check_update_file(update)
     with render.copy_progress("import", quiet=inv.quiet) as progress:
         result = import_update(
             load(config), Git(redactor=inv.redactor), update, allowed_signers=allowed_signers,
@@ -275,6 +309,8 @@ def resolve_latest(
     inv = invocation(ctx)
     if ref is not None and all_refs:
         raise UsageError("--ref and --all-refs cannot be used together (--all-refs resolves every ref)")
+    if ref is not None and not ref.strip():
+        raise UsageError("--ref: empty; give a branch or tag name (main), or leave --ref out")
     path = config_path_from_env(config, os.environ)
     cfg = load(config) if is_bare_name(target) and (config is not None or path.exists()) else None
     tgt = resolve_target(

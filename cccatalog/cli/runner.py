@@ -59,6 +59,32 @@ def hoist_global_flags(group: Any, argv: Sequence[str]) -> list[str]:
     return hoisted + head + rest
 
 
+def option_missing_its_value(group: Any, argv: Sequence[str]) -> str | None:
+    """`sync -c --json`: an option that takes a value followed straight by another option of the same
+    command. The parser would take `--json` as the file name and the error would name the wrong
+    thing; say which option lacks its value instead."""
+    args = list(argv)
+    index = next((i for i, a in enumerate(args) if a in group.commands), None)
+    if index is None:
+        return None
+    params = group.commands[args[index]].params
+    names = {opt for param in params for opt in param.opts + param.secondary_opts} | _GLOBAL_FLAGS
+    names |= {"-h", "--help"}
+    takes_value = {
+        opt
+        for param in params
+        if not getattr(param, "is_flag", False) and not getattr(param, "count", False)
+        for opt in param.opts
+        if opt.startswith("-")
+    }
+    for i in range(index + 1, len(args) - 1):
+        if args[i] == "--":
+            break
+        if args[i] in takes_value and args[i + 1] in names:
+            return f"Option '{args[i]}' requires a value, but it is followed by the option '{args[i + 1]}'."
+    return None
+
+
 def _early_log_format(args: Sequence[str], environ: Mapping[str, str]) -> LogFormat:
     """The log format asked for, known before the parser runs: its own errors are said in it too."""
     value = environ.get(LOG_FORMAT_VAR, "")
@@ -77,6 +103,12 @@ def run(argv: Sequence[str] | None = None) -> int:
     args = hoist_global_flags(command, sys.argv[1:] if argv is None else argv)
     if _early_log_format(args, os.environ) is LogFormat.JSON:
         setup_logging(0, inv.redactor, log_format=LogFormat.JSON)
+    if (missing := option_missing_its_value(command, args)) is not None:
+        from cccatalog import render
+
+        name = next(a for a in args if a in getattr(command, "commands", {}))
+        render.error(missing, details=[f"Try 'cccatalog {name} -h' for help."])
+        return EXIT_USAGE
     try:
         result = command.main(args=args, prog_name="cccatalog", standalone_mode=False, obj=inv)
     except typer.Exit as exc:

@@ -12,6 +12,7 @@ from cccatalog.config.model import StateConfig
 from cccatalog.config.reader import Reader
 from cccatalog.config.settings import keys
 from cccatalog.config.state_urls import postgres_url, sqlite_path
+from cccatalog.extras import POSTGRES_INSTALL, has_postgres
 from cccatalog.redact import url_password
 
 
@@ -36,7 +37,7 @@ def state(r: Reader, data_dir: Path, environ: Mapping[str, str]) -> StateConfig:
         if (file := sqlite_path(db_url)) is not None:
             return StateConfig(Path.cwd() / file, db_url_name)
         if (pg_url := postgres_url(db_url)) is not None:
-            return StateConfig(local, db_url_name, pg_url)
+            return _postgres_state(r, db_url_name, pg_url, local)
         # Never echo the URL: it may carry a database password.
         r.ctx.warnings.append(
             f"{db_url_name}: ignored — only sqlite:///<path> and postgresql://… URLs can be used; "
@@ -64,8 +65,18 @@ def _state_url(r: Reader, setting: str, url: str, local: Path) -> StateConfig | 
         base = Path.cwd() if setting.isupper() else r.ctx.base_dir
         return StateConfig(base / file, setting)
     if (pg_url := postgres_url(url)) is not None:
-        return StateConfig(local, setting, pg_url)
+        return _postgres_state(r, setting, pg_url, local)
     r.ctx.problems.append(
         f"{setting}: expected a postgresql://user@host:port/database or sqlite:///<path> URL"
     )
     return None
+
+
+def _postgres_state(r: Reader, setting: str, pg_url: str, local: Path) -> StateConfig:
+    """A PostgreSQL state, refused here (before anything is written) when the driver is missing."""
+    if not has_postgres():
+        r.ctx.problems.append(
+            f"{setting}: a postgresql:// state needs the PostgreSQL driver (psycopg), which this "
+            f"cccatalog does not carry: {POSTGRES_INSTALL}"
+        )
+    return StateConfig(local, setting, pg_url)

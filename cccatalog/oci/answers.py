@@ -84,7 +84,7 @@ def expect(resp: httpx.Response, repo: Repository, doing: str, status: int) -> N
 def media_type(body: bytes) -> str:
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return ""
     if isinstance(data, dict):
         media = data.get("mediaType")
@@ -99,6 +99,8 @@ def json_object(resp: httpx.Response, repo: Repository) -> dict[str, Any]:
         data = resp.json()
     except ValueError:
         raise RegistryError(f"{repo.name}: {resp.request.url.path} did not answer JSON") from None
+    except RecursionError:
+        raise RegistryError(f"{repo.name}: {resp.request.url.path} answered JSON nested too deeply") from None
     if not isinstance(data, dict):
         raise RegistryError(f"{repo.name}: {resp.request.url.path} did not answer a JSON object")
     return data

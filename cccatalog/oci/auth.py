@@ -215,7 +215,7 @@ def _token_from(response: httpx.Response) -> tuple[str, float | None]:
         raise TokenRefused(f"the token server answered HTTP {response.status_code}", response.status_code)
     try:
         data = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):
         data = None
     token = (data.get("token") or data.get("access_token")) if isinstance(data, dict) else None
     if not isinstance(token, str) or not token:

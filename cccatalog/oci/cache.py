@@ -70,7 +70,7 @@ class BlobCache:
         """tag -> the digest it pointed at when last seen; empty when unknown or unreadable."""
         try:
             data = json.loads(self._tags_path(repository).read_bytes())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return {}
         tags = data.get("tags") if isinstance(data, dict) and data.get("repository") == repository else None
         if not isinstance(tags, dict):

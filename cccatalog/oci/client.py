@@ -71,7 +71,10 @@ class Manifest:
     body: bytes
 
     def json(self) -> dict[str, Any]:
-        data = json.loads(self.body)
+        try:
+            data = json.loads(self.body)
+        except (ValueError, RecursionError):
+            raise RegistryError(f"manifest {self.digest} is not JSON (or is nested too deeply)") from None
         if not isinstance(data, dict):
             raise RegistryError(f"manifest {self.digest} is not a JSON object")
         return data

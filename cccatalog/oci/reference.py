@@ -50,6 +50,10 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+# OCI image spec: algorithm ":" encoded; sha256 and sha512 are the registered ones
+_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128}")
+
+
 def parse_reference(text: str, *, allow_plain_http: bool = False) -> tuple[Repository, str | None]:
     """Parse `[host[:port]/]path[:tag]`. Loopback registries speak plain HTTP (as crane does); any other
     needs `allow_plain_http` for it."""
@@ -59,7 +63,9 @@ def parse_reference(text: str, *, allow_plain_http: bool = False) -> tuple[Repos
             if scheme == "http://" and not allow_plain_http and not is_loopback(ref[7:].split("/", 1)[0]):
                 raise UsageError(f"{text}: plain HTTP to a non-loopback registry needs an explicit opt-in")
             ref = ref[len(scheme) :]
-    ref = ref.split("@", 1)[0]  # a digest pins content, not a repository: resolve by tag instead
+    ref, at, digest = ref.partition("@")  # a digest pins content, not a repository: resolve by tag
+    if at and not _DIGEST_RE.fullmatch(digest):
+        raise UsageError(f"{text}: {digest!r} is not a digest (expected sha256: and 64 lowercase hex digits)")
     tag: str | None = None
     last = ref.rsplit("/", 1)[-1]
     if ":" in last:

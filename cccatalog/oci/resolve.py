@@ -130,7 +130,7 @@ def build_info(
             if created := parse_created((doc.get("annotations") or {}).get(ANNOTATION_CREATED)):
                 return Build(tag, digest, created, SOURCE_ANNOTATION)
         return Build(tag, digest, None, SOURCE_UNKNOWN, "no created date in config or annotations")
-    except (CCCatalogError, ValueError, OverflowError) as exc:  # one bad tag is unknown, not fatal
+    except (CCCatalogError, ValueError, OverflowError, RecursionError) as exc:  # one bad tag: unknown
         return Build(tag, None, None, SOURCE_UNKNOWN, str(exc))
 
 

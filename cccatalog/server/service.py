@@ -52,7 +52,6 @@ from cccatalog.server.live_config import LiveConfig
 log = logging.getLogger("cccatalog.serve")
 
 
-_TRUE = ("1", "true", "yes", "on")
 GIT_GUARD = "git.runtime_sync is false (the air-gap guard)"
 # what each kind of scheduled run is called in jobs and logs
 _ACTIONS = {"git": "sync-git", "images": "sync-catalog", "mirror": "sync-mirror"}
@@ -91,7 +90,7 @@ class Service:
 
 def _enabled(environ: Mapping[str, str]) -> bool:
     """False when the environment turns the scheduler off."""
-    return not any(environ.get(v, "").strip().lower() in _TRUE for v in envvars.DISABLE_SCHEDULER)
+    return envvars.flag(environ, envvars.DISABLE_SCHEDULER) is None
 
 
 def scheduler_intervals(
@@ -103,9 +102,7 @@ def scheduler_intervals(
 ) -> tuple[int, int, str | None]:
     """(git minutes, image minutes, why the scheduler is off or None); 0 is off. The command line
     wins over the environment, which wins over the config file and its defaults."""
-    disabled = next(
-        (v for v in envvars.DISABLE_SCHEDULER if environ.get(v, "").strip().lower() in _TRUE), None
-    )
+    disabled = envvars.flag(environ, envvars.DISABLE_SCHEDULER)
     git = config.scheduler.git_sync_minutes if git_minutes is None else git_minutes
     catalog = config.scheduler.catalog_poll_minutes if catalog_minutes is None else catalog_minutes
     if disabled:

@@ -113,3 +113,26 @@ def extract_archive(archive: Path, dest: Path) -> dict[str, Member]:
     if MANIFEST not in members:
         raise UsageError(f"{where}: not a cccatalog update (no {MANIFEST})")
     return members
+
+
+def check_update_file(path: Path) -> None:
+    """Refuse, before the config, a lock or the state is touched, an update file that cannot be one:
+    missing, a directory, unreadable, empty, or not a tar."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise UsageError(f"update file {path}: no such file") from None
+    except OSError as exc:
+        raise UsageError(f"update file {path}: {exc.strerror or type(exc).__name__}") from None
+    if path.is_dir():
+        raise UsageError(f"update file {path}: a directory, not the file `cccatalog export` wrote")
+    if not path.is_file():
+        raise UsageError(f"update file {path}: not a regular file")
+    if st.st_size == 0:
+        raise UsageError(f"update file {path}: empty (an interrupted copy?)")
+    try:
+        is_tar = tarfile.is_tarfile(path)
+    except OSError as exc:
+        raise UsageError(f"update file {path}: {exc.strerror or type(exc).__name__}") from None
+    if not is_tar:
+        raise UsageError(f"update file {path}: not a cccatalog update (not a tar file)")

@@ -109,6 +109,7 @@ def export_update(
     since_info: dict[str, Any] | None = None
     if since is not None:
         data, site = manifest.read(since, what="--since")
+        manifest.require_same_collections(config, site, what=f"--since {since}")
         since_info = {"kind": site.kind, "created_at": site.document.get("created_at"),
                       "sha256": hashlib.sha256(data).hexdigest()}  # fmt: skip
     if sign_key is not None and not sign_key.is_file():

@@ -220,6 +220,8 @@ def _read_catalog(path: Path, catalog: Path, digest: str | None) -> dict[str, li
         doc = json.loads(catalog.read_bytes())
     except ValueError:
         raise UsageError(f"{where}: not JSON") from None
+    except RecursionError:
+        raise UsageError(f"{where}: JSON nested too deeply") from None
     collections = doc.get("collections") if isinstance(doc, dict) else None
     if doc.get("format") != CATALOG_FORMAT or not isinstance(collections, dict):
         raise UsageError(f"{where}: expected {CATALOG_FORMAT!r} with a collections object")
