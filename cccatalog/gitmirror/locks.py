@@ -63,6 +63,19 @@ def file_lock(
         os.close(fd)
 
 
+@contextmanager
+def shared_file_lock(path: Path) -> Iterator[None]:
+    """Hold a shared lock on `path`, beside any other shared holder; waits only while someone holds
+    it exclusively (`try_file_lock`), which is brief by design: a sweep of what no holder uses."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # closing drops the lock
+
+
 def lock_holder(fd: int) -> int | None:
     """The pid the current holder wrote into the lock file (None when it has not, or not yet)."""
     try:

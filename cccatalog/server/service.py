@@ -196,6 +196,7 @@ def run_server(
     except BaseException:
         sock.close()
         raise
+    _sweep_staging(config)
     try:
         server = CatalogServer((host, port), service.api, config.serve, sock=sock)
         service.start_scheduler(
@@ -205,6 +206,21 @@ def run_server(
         serve_forever(server)
     finally:
         service.close()
+
+
+def _sweep_staging(config: Config) -> None:
+    """What imports killed midway left unpacked: removed at start, as the next import would."""
+    from cccatalog.transfer.staging import sweep
+
+    try:
+        removed = sweep(config.git.data_dir)
+    except OSError as exc:  # a serving uid that does not own data_dir: the next import sweeps
+        log.warning("cannot remove what killed imports left in %s: %s", config.git.data_dir, exc)
+        return
+    if removed:
+        log.info(
+            "removed %d staging directories killed imports left in %s", len(removed), config.git.data_dir
+        )
 
 
 def get_once(

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,6 +32,7 @@ from cccatalog.gitmirror.locks import file_lock
 from cccatalog.gitmirror.mirror import LocalState, Mirror
 from cccatalog.paths import require_writable_dir
 from cccatalog.redact import strip_url_credentials
+from cccatalog.transfer.staging import staging_dir
 from cccatalog.transfer.verify import RepoPlan, Update, check_update
 
 
@@ -99,10 +99,9 @@ def import_update(
     path = path.absolute()
     require_writable_dir(config.git.data_dir, setting="git.data_dir")
     require_writable_dir(config.state.local_dir, setting=config.state.setting)
-    # Unpacked under $TMPDIR, not data_dir: a refused update leaves nothing behind where mirrors live.
-    with tempfile.TemporaryDirectory(prefix="cccatalog-import-") as staging:
+    with staging_dir(config.git.data_dir) as staging:
         update = check_update(
-            config, git, path, Path(staging), allowed_signers=allowed, signer=signer,
+            config, git, path, staging, allowed_signers=allowed, signer=signer,
             allow_unsigned=allow_unsigned, environ=environ,
         )  # fmt: skip
         lock = config.state.local_dir / "locks" / "import.lock"

@@ -1,9 +1,12 @@
 """Everything `import` checks before it changes anything, and the plan it then applies.
 
-In order: the file is an update (a tar of the expected members), its manifest is signed by an allowed
-signer (unless `--allow-unsigned`), it is an export for the same collections as this config, every
-member has the sha256 the manifest gives, the catalog rows parse, and each repo's bundle builds on
-commits this site's mirror has (`git bundle verify`) — or, for a repo this site lacks, is a full one.
+In order: the file begins with a manifest, which is signed by an allowed signer (unless
+`--allow-unsigned`) before anything else of the file is unpacked; it is an export for the same
+collections as this config; only then are the other members unpacked, each listed in the manifest,
+of the size it gives (so what is written is bounded by what was signed) and with its sha256; the
+catalog rows parse; the update is not older than the last one this site imported (`order`); and each
+repo's bundle builds on commits this site's mirror has (`git bundle verify`), moves no branch back to
+an ancestor (`--allow-downgrade` to allow both) — or, for a repo this site lacks, is a full one.
 Each refusal is one line saying what is wrong and what to do; none of them leaves a trace.
 """
 
@@ -72,18 +75,19 @@ def check_update(
     allow_unsigned: bool,
     environ: Mapping[str, str],
 ) -> Update:
-    members = archive.extract_archive(path, staging)
-    manifest_path = members[archive.MANIFEST].path
+    head = archive.extract_head(path, staging)
     signed_by = _check_signature(
-        path, members, allowed=allowed_signers, signer=signer, allow_unsigned=allow_unsigned, environ=environ
+        path, head, allowed=allowed_signers, signer=signer, allow_unsigned=allow_unsigned, environ=environ
     )
-    data = manifest_path.read_bytes()
+    data = head[archive.MANIFEST].path.read_bytes()
     found = manifest.parse(data, source=f"{path}: {archive.MANIFEST}")
     if found.kind != "export":
         raise UsageError(f"{path}: not an update (its manifest is a {found.kind} manifest)")
     repos_info, files = _transfer_block(found.document, source=f"{path}: {archive.MANIFEST}")
     _check_collections(config, path, found, repos_info)
-    _check_members(path, members, repos_info, files)
+    expected = _expected_members(repos_info, files)
+    members = head | archive.extract_members(path, staging, {n: d["size"] for n, d in expected.items()})
+    _check_members(path, members, expected)
     catalog = _read_catalog(path, members[archive.CATALOG].path, found.catalog_digest)
     layout = Layout(config.git.data_dir)
     plans = []
@@ -178,16 +182,17 @@ def _check_collections(
         )
 
 
-def _check_members(
-    path: Path,
-    members: Mapping[str, archive.Member],
-    repos: Mapping[str, Mapping[str, Any]],
-    files: Mapping[str, Any],
-) -> None:
+def _expected_members(
+    repos: Mapping[str, Mapping[str, Any]], files: Mapping[str, Any]
+) -> dict[str, Mapping[str, Any]]:
+    """Every member after the head the signed manifest lists: name -> {sha256, size}."""
     expected = {name: files[name] for name in (archive.CATALOG, archive.IMAGES)}
-    expected |= {info["bundle"]: info for info in repos.values() if info["bundle"]}
-    for name in sorted(set(members) - set(expected) - {archive.MANIFEST, archive.SIGNATURE}):
-        raise UsageError(f"{path}: {name} is not listed in the signed manifest (tampered?)")
+    return expected | {info["bundle"]: info for info in repos.values() if info["bundle"]}
+
+
+def _check_members(
+    path: Path, members: Mapping[str, archive.Member], expected: Mapping[str, Mapping[str, Any]]
+) -> None:
     for name, want in sorted(expected.items()):
         member = members.get(name)
         if member is None:
