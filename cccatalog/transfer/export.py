@@ -34,6 +34,7 @@ from cccatalog.gitmirror.servable import mirrored_slugs
 from cccatalog.paths import require_writable_dir
 from cccatalog.redact import strip_url_credentials
 from cccatalog.transfer import archive
+from cccatalog.transfer.order import new_sequence
 
 CATALOG_FORMAT = "cccatalog-catalog/1"
 
@@ -124,7 +125,8 @@ def export_update(
             archive.CATALOG: _write(staging / archive.CATALOG, _catalog_json(rows)),
             archive.IMAGES: _write(staging / archive.IMAGES, _images_txt(rows)),
         }
-        transfer = {"since": since_info, "files": files, "repos": [r.to_json() for r in repos]}
+        transfer = {"since": since_info, "files": files, "repos": [r.to_json() for r in repos],
+                    "sequence": new_sequence()}  # fmt: skip
         doc = manifest.document(
             "export", entries, collections=[cc.slug for cc in config.codecollections], catalog=rows,
             extra={"transfer": transfer},

@@ -32,6 +32,7 @@ from cccatalog.gitmirror.locks import file_lock
 from cccatalog.gitmirror.mirror import LocalState, Mirror
 from cccatalog.paths import require_writable_dir
 from cccatalog.redact import strip_url_credentials
+from cccatalog.transfer import order
 from cccatalog.transfer.staging import staging_dir
 from cccatalog.transfer.verify import RepoPlan, Update, check_update
 
@@ -85,6 +86,7 @@ def import_update(
     signer: str | None,
     allow_unsigned: bool,
     environ: Mapping[str, str],
+    allow_downgrade: bool = False,
 ) -> ImportResult:
     """Check the update at `path` whole (UsageError, nothing changed), then apply it."""
     allowed = allowed_signers or config.transfer.allowed_signers
@@ -102,7 +104,7 @@ def import_update(
     with staging_dir(config.git.data_dir) as staging:
         update = check_update(
             config, git, path, staging, allowed_signers=allowed, signer=signer,
-            allow_unsigned=allow_unsigned, environ=environ,
+            allow_unsigned=allow_unsigned, environ=environ, allow_downgrade=allow_downgrade,
         )  # fmt: skip
         lock = config.state.local_dir / "locks" / "import.lock"
         with file_lock(lock, timeout=config.git.lock_timeout_seconds, what="another import"):
@@ -113,6 +115,8 @@ def _apply(config: Config, git: Git, path: Path, update: Update) -> ImportResult
     result = ImportResult(path, update.signed_by)
     layout = Layout(config.git.data_dir)
     layout.data_dir.mkdir(parents=True, exist_ok=True)
+    # before any ref moves: a killed import is completed by this update, never undone by an older one
+    order.record(layout.data_dir, update.order)
     with Store.for_config(config) as store:
         for plan in update.repos:
             result.repos.append(_apply_repo(config, git, layout, store, plan))

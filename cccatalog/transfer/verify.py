@@ -28,7 +28,7 @@ from cccatalog.gitmirror.git import Git
 from cccatalog.gitmirror.layout import Layout
 from cccatalog.gitmirror.mirror import LocalState, Mirror
 from cccatalog.gitmirror.servable import mirrored_slugs
-from cccatalog.transfer import archive
+from cccatalog.transfer import archive, order
 from cccatalog.transfer.export import CATALOG_FORMAT
 
 _SINCE_HINT = "on the connected side, export --since this site's manifest (cccatalog manifest -c {config})"
@@ -62,6 +62,7 @@ class Update:
     signed_by: str | None
     repos: list[RepoPlan]
     catalog: dict[str, list[ImageRefRecord]]
+    order: order.Order | None = None
 
 
 def check_update(
@@ -74,6 +75,7 @@ def check_update(
     signer: str | None,
     allow_unsigned: bool,
     environ: Mapping[str, str],
+    allow_downgrade: bool = False,
 ) -> Update:
     head = archive.extract_head(path, staging)
     signed_by = _check_signature(
@@ -85,6 +87,8 @@ def check_update(
         raise UsageError(f"{path}: not an update (its manifest is a {found.kind} manifest)")
     repos_info, files = _transfer_block(found.document, source=f"{path}: {archive.MANIFEST}")
     _check_collections(config, path, found, repos_info)
+    ordered = order.of_manifest(data, found.document)
+    order.check(path, ordered, order.last_imported(config.git.data_dir), allow_downgrade=allow_downgrade)
     expected = _expected_members(repos_info, files)
     members = head | archive.extract_members(path, staging, {n: d["size"] for n, d in expected.items()})
     _check_members(path, members, expected)
@@ -93,9 +97,11 @@ def check_update(
     plans = []
     for slug, info in sorted(repos_info.items()):
         bundle = members[info["bundle"]].path if info["bundle"] else None
-        plans.append(_check_repo(config, git, layout, found.repos[slug], bundle))
+        plans.append(
+            _check_repo(config, git, layout, found.repos[slug], bundle, allow_downgrade=allow_downgrade)
+        )
     signature = members[archive.SIGNATURE].path.read_bytes() if signed_by else None
-    return Update(data, signature, signed_by, plans, catalog)
+    return Update(data, signature, signed_by, plans, catalog, ordered)
 
 
 def _check_signature(
@@ -223,7 +229,13 @@ def _read_catalog(path: Path, catalog: Path, digest: str | None) -> dict[str, li
 
 
 def _check_repo(
-    config: Config, git: Git, layout: Layout, target: manifest.RepoManifest, bundle: Path | None
+    config: Config,
+    git: Git,
+    layout: Layout,
+    target: manifest.RepoManifest,
+    bundle: Path | None,
+    *,
+    allow_downgrade: bool,
 ) -> RepoPlan:
     slug, repo = target.slug, layout.repo(target.slug)
     local = Mirror(git, repo, foreign=True).inspect()
@@ -241,6 +253,11 @@ def _check_repo(
                 f"({what}); {hint}"
             )
         return plan
+    if not allow_downgrade:
+        moved = {n: sha for n, sha in target.refs.items() if local.refs.get(n) not in (None, sha)}
+        present = bundles.object_types(git, repo, moved.values(), foreign=True)
+        if back := order.rewinds(git, repo, local.refs, moved, present):
+            raise UsageError(order.rewind_error(slug, back, local.refs, target.refs))
     carried = set(header.refs.values()) if header else set()
     wanted = set(header.prerequisites if header else ()) | (set(target.refs.values()) - carried)
     types = bundles.object_types(git, repo, wanted, foreign=True)
