@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from cccatalog.catalog.models import JobRecord
 from cccatalog.errors import CCCatalogError, LockBusy, StateError
+from cccatalog.logtext import Verbatim
 from cccatalog.runlocks import RunLock
 
 if TYPE_CHECKING:
@@ -138,7 +139,9 @@ class JobRunner:
                     job.state, job.error = "failed", str(exc)
                 except Exception as exc:  # a job must never die silently
                     job.state, job.error = "failed", f"internal error: {type(exc).__name__}"
-                    log.error("job %s crashed:\n%s", job.id, "".join(traceback.format_exception(exc)))
+                    log.error(
+                        "job %s crashed:\n%s", job.id, Verbatim("".join(traceback.format_exception(exc)))
+                    )
                 job.finished_at = datetime.now(UTC)
                 self._save(job, prune=True)  # still under the lock: see the module's docstring
             finally:

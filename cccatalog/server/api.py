@@ -3,7 +3,7 @@
 
 The predecessor's contract: catalog, git status and admin endpoints with the same paths, fields,
 status codes and `{"detail": ...}` errors. Wrong admin tokens are rate-limited per client
-(`auth_limit`): past the limit, 429 + Retry-After before any token is compared.
+and over all clients (`auth_limit`): past a limit, 429 + Retry-After before any token is compared.
 
 The catalog list reads one row per collection (latest and stable are kept with the rows when they are
 written). While a PostgreSQL state cannot be reached, catalog answers come from the store's last good
@@ -302,6 +302,10 @@ def _authorize(ctx: ApiContext, authorization: str | None, client: str) -> None:
     if (wait := ctx.admin_failures.retry_after(client)) is not None:
         raise HttpError(
             429, "too many wrong admin tokens from this address; retry later", (("Retry-After", str(wait)),)
+        )
+    if (wait := ctx.admin_failures.retry_after_all()) is not None:
+        raise HttpError(
+            429, "too many wrong admin tokens from all clients; retry later", (("Retry-After", str(wait)),)
         )
     scheme, _, given = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not given:

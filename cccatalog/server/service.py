@@ -111,6 +111,8 @@ def build_service(
     (`serve --get`, a container health check): a missing state file is not created, and the answers
     come from an empty in-memory state instead; an existing one is used as `serve` uses it."""
     live = LiveConfig(config, environ=environ)
+    if token := envvars.first(environ, envvars.ADMIN_TOKEN):
+        redactor.add(token)  # pasted into a URL path or a header, it is masked in every log line
     replica = replica_id(config)
     store = open_state(config, environ=environ, redactor=redactor, replica=replica, create=create_state)
     servability = Servability(Git(redactor=redactor))
