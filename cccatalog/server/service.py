@@ -131,7 +131,7 @@ def build_service(
         return catalog_summary(run_sync(cfg, store, request, redactor=redactor, environ=environ))
 
     locks = Locks.for_state(config, store)
-    jobs = JobRunner(store, replica=replica, lock_held=locks.held)
+    jobs = JobRunner(store, replica=replica, lock_held=locks.held, lock_owner=locks.owner)
     api = ApiContext(
         live, store, servability, jobs, {"git": sync_git, "images": sync_catalog}, environ,
         locks=locks, replica=replica,
