@@ -227,6 +227,7 @@ class Store:
         self._ready_lock = threading.Lock()
         self._last_good: OrderedDict[Hashable, Any] = OrderedDict()
         self._last_good_lock = threading.Lock()
+        self._last_read_at: float | None = None  # time.time() of the last read the database answered
 
     @classmethod
     def open(
@@ -374,6 +375,7 @@ class Store:
         try:
             self._ensure_ready()
             result = self._db.read(what, fn)
+            self._last_read_at = time.time()
         except StateUnavailable:
             if key is not None:
                 with self._last_good_lock:
@@ -396,6 +398,12 @@ class Store:
     def unreachable(self) -> str | None:
         """Why the database cannot be reached now (answers then come from the last good read), or None."""
         return self._db.unreachable()
+
+    @property
+    def last_read_at(self) -> float | None:
+        """When the database last answered a read (Unix time), None before the first one. While it is
+        unreachable, answers come from the last good read, and this says how old that is."""
+        return self._last_read_at
 
     def ping(self) -> None:
         """One real read of the state; raises StateError (StateUnavailable when unreachable)."""
