@@ -15,10 +15,11 @@ import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
 from cccatalog.signing import NAMESPACE
-from tests.gitfixtures import Upstream
+from tests.gitfixtures import Upstream, git
 from tests.procfixtures import stopping_git
 from tests.robustfixtures import wait_until
 from tests.servefixtures import serve_process
@@ -186,3 +187,45 @@ def test_the_next_import_sweeps_what_a_killed_one_staged(applied: Applied) -> No
     assert done.returncode == 0, done.stderr
     assert not stale.exists()
     assert list(staging.iterdir()) == []
+
+
+def test_a_serve_restarted_after_a_killed_import_is_ready_and_reports_the_heads_on_disk(
+    applied: Applied,
+) -> None:
+    update = applied.export("u.tar", "--sign-key", str(applied.keys.key))
+    old = {slug: applied.sides.site_refs(slug) for slug in ("alpha", "beta")}
+    stand_in = stopping_git(applied.tmp, "repack")  # alpha's refs moved, its upkeep and state not done
+    env = {**os.environ, "PATH": stand_in.path_env()}
+    argv = [sys.executable, "-m", "cccatalog", "import", str(update), "-c", str(applied.sides.site)]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_until(lambda: stand_in.reached() or proc.poll() is not None, 60)
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+    finally:
+        proc.kill()
+        proc.wait()
+        if stand_in.reached():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(stand_in.pid(), signal.SIGKILL)
+    moved = applied.sides.site_refs("alpha")
+    assert moved != old["alpha"]
+    assert applied.sides.site_refs("beta") == old["beta"]
+
+    with serve_process(applied.sides.site) as (_, url):
+        ready = httpx.get(f"{url}/readyz", timeout=10)
+        alpha = httpx.get(f"{url}/api/v1/git/repos/alpha", timeout=10).json()
+        beta = httpx.get(f"{url}/api/v1/git/repos/beta", timeout=10).json()
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["status"] == "ok", "each repo is wholly old or wholly the update's"
+    assert alpha["head_commit"] == moved["refs/heads/main"], "the head is what the refs say"
+    assert beta["head_commit"] == old["beta"]["refs/heads/main"]
+
+    tampered = applied.sides.site_mirrors / "beta.git"
+    git("--git-dir", str(tampered), "tag", "sneaky", old["beta"]["refs/heads/main"])
+    with serve_process(applied.sides.site) as (_, url):
+        ready = httpx.get(f"{url}/readyz", timeout=10)
+        served = httpx.get(f"{url}/git/alpha.git/info/refs?service=git-upload-pack", timeout=10)
+    assert ready.status_code == 200, "one repo's state does not take the replica out of service"
+    assert ready.json()["status"] == "degraded"
+    assert any("beta: its refs differ from the manifest" in w for w in ready.json()["warnings"])
+    assert served.status_code == 200

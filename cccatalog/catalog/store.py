@@ -594,6 +594,20 @@ class Store:
         )
         return cur.rowcount == 1
 
+    def correct_mirror_head(self, slug: str, *, head_commit: str, default_branch: str) -> bool:
+        """Set the head the state knows for `slug` to the one on disk when they differ (a run that
+        moved the refs was killed before it wrote the state). True if corrected."""
+        cur = self._write(
+            "correct a mirror's head in",
+            lambda conn: conn.execute(
+                "UPDATE cccatalog_git_mirrors SET head_commit = ?, default_branch = ? "
+                "WHERE volume = ? AND slug = ? AND head_commit IS NOT NULL "
+                "AND (head_commit <> ? OR default_branch IS NULL OR default_branch <> ?)",
+                (head_commit, default_branch, self.volume, slug, head_commit, default_branch),
+            ),
+        )
+        return cur.rowcount == 1
+
     # -- jobs --
 
     def record_job(self, job: JobRecord) -> None:

@@ -68,6 +68,8 @@ class ApiContext:
     sync: Mapping[str, Callable[[Config, bool], dict[str, Any]]]
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     ready_checks: list[Callable[[Config], str | None]] = field(default_factory=list)
+    # what is wrong with one repo, not the replica: /readyz stays 200 and says "degraded"
+    ready_warnings: list[Callable[[Config], str | None]] = field(default_factory=list)
     admin_failures: FailureLimiter = field(default_factory=FailureLimiter)
     locks: Locks | None = None
     # how this replica names itself in answers about its own disk
@@ -154,7 +156,7 @@ def _health(ctx: ApiContext, path: str) -> ApiResponse:
         return ApiResponse(200, {"status": "ok"})
     config = ctx.config
     problems = [p for check in ctx.ready_checks if (p := check(config))]
-    warnings = []
+    warnings = [w for check in ctx.ready_warnings if (w := check(config))]
     try:
         ctx.store.ping()
     except StateUnavailable:

@@ -116,7 +116,7 @@ def _apply(config: Config, git: Git, path: Path, update: Update) -> ImportResult
     layout = Layout(config.git.data_dir)
     layout.data_dir.mkdir(parents=True, exist_ok=True)
     # before any ref moves: a killed import is completed by this update, never undone by an older one
-    order.record(layout.data_dir, update.order)
+    order.record(layout.data_dir, update.order, update.manifest_bytes)
     with Store.for_config(config) as store:
         for plan in update.repos:
             result.repos.append(_apply_repo(config, git, layout, store, plan))

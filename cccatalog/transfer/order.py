@@ -36,6 +36,7 @@ from cccatalog.gitmirror.git import Git
 from cccatalog.gitmirror.layout import Layout
 
 _RECORD = "imported.json"
+_APPLYING = "imported-manifest.json"  # the manifest of that update: where each repo is headed
 _HINT = "pass --allow-downgrade to apply it anyway (the site goes back to what that update says)"
 
 
@@ -104,15 +105,32 @@ def check(path: Path, update: Order | None, last: Order | None, *, allow_downgra
     )
 
 
-def record(data_dir: Path, update: Order | None) -> None:
-    """Remember `update` as the one this site applies, before any ref moves."""
-    if update is None:
-        return
-    target = Layout(data_dir).work_dir / _RECORD
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if target.is_file() and last_imported(data_dir) == update:
+def record(data_dir: Path, update: Order | None, manifest_bytes: bytes) -> None:
+    """Remember `update` (and its manifest) as the one this site applies, before any ref moves."""
+    work = Layout(data_dir).work_dir
+    work.mkdir(parents=True, exist_ok=True)
+    applying = work / _APPLYING
+    if not applying.is_file() or applying.read_bytes() != manifest_bytes:
+        manifest.write_atomic(applying, manifest_bytes)
+    target = work / _RECORD
+    if update is None or (target.is_file() and last_imported(data_dir) == update):
         return
     manifest.write_atomic(target, (json.dumps(update.to_json(), indent=2) + "\n").encode())
+
+
+def applying_path(data_dir: Path) -> Path:
+    return Layout(data_dir).work_dir / _APPLYING
+
+
+def applying(data_dir: Path) -> dict[str, dict[str, str]]:
+    """slug -> refs of the update this site imports (or imported last): where a repo an import
+    moved before it was killed now is. Empty when there is none or it cannot be read."""
+    path = applying_path(data_dir)
+    try:
+        found = manifest.parse(path.read_bytes(), source=str(path))
+    except (OSError, UsageError):
+        return {}
+    return {slug: dict(repo.refs) for slug, repo in found.repos.items()}
 
 
 def rewinds(
