@@ -47,8 +47,8 @@ def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
 
 
 class RedactingFilter(logging.Filter):
-    """Last line of defence: escape control characters in the values a record is formatted with (the
-    format string is ours; a value may come from a client), format the record, then mask anything
+    """Last line of defence: escape control characters in the values a text record is formatted with
+    (the format string is ours; a value may come from a client), format the record, then mask anything
     secret-looking in it: the message,
     the traceback and, when the handler writes them (`fields`: JSON lines), every string field passed
     with `extra=`. A text handler never writes those fields, and redacting them costs each of serve's
@@ -60,7 +60,8 @@ class RedactingFilter(logging.Filter):
         self.fields = fields
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
+        if isinstance(record.args, tuple) and not self.fields:
+            # a text line ends at a newline; a JSON line escapes its own (and C1: `json_line`)
             record.args = tuple(printable(a) if isinstance(a, str) else a for a in record.args)
         record.msg = self.redactor(record.getMessage())
         record.args = None
