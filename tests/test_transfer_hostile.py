@@ -79,14 +79,21 @@ def bomb(applied: Applied, *, declare: int | None, resign: bool) -> Path:
     return repack(work, names, applied.tmp / "bomb.tar")
 
 
-def refused_bounded(applied: Applied, update: Path, tmpdir: Path) -> str:
-    """`refused`, with the import's file size capped and an empty `$TMPDIR` that must stay empty."""
+def refused_bounded(applied: Applied, update: Path, tmpdir: Path, *, memory: int | None = None) -> str:
+    """`refused`, with the import's file size (and `memory`: its address space) capped and an empty
+    `$TMPDIR` that must stay empty."""
+
+    def limits() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_SIZE_LIMIT, FILE_SIZE_LIMIT))
+        if memory is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+
     tmpdir.mkdir(exist_ok=True)
     before = snapshot(applied.sides)
     done = subprocess.run(
         [sys.executable, "-m", "cccatalog", "import", str(update), "-c", str(applied.sides.site)],
         check=False, capture_output=True, text=True, timeout=120, env={**os.environ, "TMPDIR": str(tmpdir)},
-        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_SIZE_LIMIT, FILE_SIZE_LIMIT)),
+        preexec_fn=limits,
     )  # fmt: skip
     assert done.returncode == 2, done.stderr
     lines = done.stderr.splitlines()
@@ -115,6 +122,18 @@ def test_a_signed_manifest_declaring_a_tebibyte_is_refused_before_unpacking(appl
     need = int(line.split("unpacking it needs ")[1].split()[0])
     assert TIB <= need < TIB + 1_000_000
     assert "free some space in the data directory" in line
+
+
+def test_an_extended_header_of_gigabytes_is_refused_before_it_is_read(applied: Applied) -> None:
+    """A PAX header declaring 8 GiB ahead of everything: tarfile would read it whole into memory."""
+    header = tarfile.TarInfo("././@PaxHeader")
+    header.type, header.size = tarfile.XHDTYPE, 0o77777777777
+    update = applied.tmp / "pax.tar"
+    with update.open("wb") as f:
+        f.write(header.tobuf(tarfile.USTAR_FORMAT))
+        f.truncate(tarfile.BLOCKSIZE + header.size + 2 * tarfile.BLOCKSIZE)  # holes: no disk used
+    line = refused_bounded(applied, update, applied.tmp / "tmpdir", memory=1 << 30)
+    assert f"an extended header of {header.size} bytes" in line
 
 
 def test_a_member_longer_than_the_manifest_says_is_refused_before_it_is_written(applied: Applied) -> None:

@@ -35,6 +35,10 @@ _CHUNK = 1024 * 1024
 # Read before the signature is checked, so bounded: a manifest of thousands of refs is a few MiB.
 MANIFEST_LIMIT = 64 * 1024 * 1024
 SIGNATURE_LIMIT = 64 * 1024
+# Extended headers (PAX, GNU long names) are read whole into memory by tarfile: bounded before it does.
+META_LIMIT = 1024 * 1024
+_META_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
+               tarfile.GNUTYPE_LONGLINK)  # fmt: skip
 
 
 def bundle_name(slug: str) -> str:
@@ -88,6 +92,7 @@ def extract_head(archive: Path, dest: Path) -> dict[str, Member]:
     Only these two (each bounded in size) are unpacked before the signature is checked: what follows
     is unpacked by `extract_members`, against the sizes the signed manifest declares. UsageError when
     the file is not an update."""
+    _refuse_large_meta_headers(archive)
     members: dict[str, Member] = {}
     with _open(archive) as tar:
         try:
@@ -162,6 +167,28 @@ def _open(archive: Path) -> tarfile.TarFile:
         raise UsageError(f"{where}: not a cccatalog update (not a tar file)") from None
     except OSError as exc:
         raise UsageError(f"{where}: {exc.strerror or type(exc).__name__}") from None
+
+
+def _refuse_large_meta_headers(archive: Path) -> None:
+    """Every extended header of the file at most META_LIMIT: tarfile reads one whole into memory, so
+    a file declaring a header of gigabytes would be read before any check. Walks the header chain
+    (a seek per member) up to anything but a plain member, which the member checks refuse."""
+    try:
+        with archive.open("rb") as f:
+            while len(block := f.read(tarfile.BLOCKSIZE)) == tarfile.BLOCKSIZE:
+                try:
+                    info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+                except tarfile.HeaderError:
+                    return  # not a header at all: tarfile says what is wrong
+                if info.type not in (*_META_TYPES, tarfile.REGTYPE, tarfile.AREGTYPE):
+                    return
+                if info.type in _META_TYPES and info.size > META_LIMIT:
+                    raise UsageError(
+                        f"{archive}: not a cccatalog update (an extended header of {info.size} bytes)"
+                    )
+                f.seek(-(-info.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE, os.SEEK_CUR)
+    except OSError:
+        return  # _open reports it
 
 
 def _refuse_odd(archive: Path, info: tarfile.TarInfo) -> None:
