@@ -3,13 +3,17 @@
 The manifest is the one `bake` wrote or the last `import` left (the export's own, signed one). When
 `transfer.allowed_signers` is configured, its signature must check out. Every repo it lists that the
 config mirrors and that no local sync has changed since must be present, complete (HEAD resolves to a
-commit, as the servable rule asks) and at exactly the listed refs. Each problem is one line, for
-`/readyz` and the log: a missing or half-made repo is as much a problem as a moved ref.
+commit, as the servable rule asks) and at exactly the listed refs — or at the refs of the update an
+import is applying (`also`: an import killed midway leaves each repo wholly old or wholly new). Each
+finding is one line, for `/readyz` and the log. A manifest that cannot be read or whose signature
+fails is the replica's problem; a repo that is missing, half-made or at other refs is that repo's
+(`/readyz` then says "degraded": the other repos are served as before).
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cccatalog.config import TransferConfig
@@ -22,6 +26,12 @@ from cccatalog.manifest import MANIFEST, SIGNATURE, parse
 _SHOWN_REFS = 3
 
 
+@dataclass
+class Findings:
+    manifest: list[str] = field(default_factory=list)  # the manifest itself: unreadable, badly signed
+    repos: list[str] = field(default_factory=list)  # one line per repo that is not as listed
+
+
 def check_mirrors(
     git: Git,
     data_dir: Path,
@@ -29,16 +39,20 @@ def check_mirrors(
     *,
     transfer: TransferConfig,
     environ: Mapping[str, str],
-) -> list[str]:
-    """Problems with the mirrors of `slugs` that `<data_dir>/manifest.json` lists (none without one)."""
+    also: Mapping[str, Mapping[str, str]] | None = None,
+) -> Findings:
+    """What is wrong with `<data_dir>/manifest.json` and the mirrors of `slugs` it lists (nothing
+    without one). `also`: slug -> refs a repo may be at instead (the update being imported)."""
     path = data_dir / MANIFEST
+    found = Findings()
     if not path.is_file():
-        return []
+        return found
     try:
         manifest = parse(path.read_bytes(), source=str(path))
     except (OSError, CCCatalogError) as exc:
-        return [f"{path}: unreadable manifest ({exc})"]
-    problems: list[str] = []
+        found.manifest.append(f"{path}: unreadable manifest ({exc})")
+        return found
+    problems = found.repos
     if transfer.allowed_signers is not None:
         from cccatalog.signing import verify
 
@@ -48,7 +62,7 @@ def check_mirrors(
                 environ=environ, what=str(path),
             )  # fmt: skip
         except CCCatalogError as exc:
-            problems.append(f"{exc} (transfer.allowed_signers is set)")
+            found.manifest.append(f"{exc} (transfer.allowed_signers is set)")
     for slug, entry in sorted(manifest.repos.items()):
         if slug not in slugs:
             continue
@@ -64,8 +78,8 @@ def check_mirrors(
         except CCCatalogError as exc:
             problems.append(f"{slug}: cannot read its refs ({exc})")
             continue
-        if refs != entry.refs:
+        if refs != entry.refs and refs != (also or {}).get(slug):
             differ = sorted(set(refs) ^ set(entry.refs) | {n for n in refs if entry.refs.get(n) != refs[n]})
             shown = ", ".join(differ[:_SHOWN_REFS]) + (", ..." if len(differ) > _SHOWN_REFS else "")
             problems.append(f"{slug}: its refs differ from the manifest ({len(differ)}: {shown})")
-    return problems
+    return found

@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from cccatalog import envvars
+from cccatalog.logtext import json_line, printable
 from cccatalog.redact import Redactor
 
 LOGGER_NAME = "cccatalog"
@@ -46,7 +47,9 @@ def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
 
 
 class RedactingFilter(logging.Filter):
-    """Last line of defence: format the record, then mask anything secret-looking in it: the message,
+    """Last line of defence: escape control characters in the values a text record is formatted with
+    (the format string is ours; a value may come from a client), format the record, then mask anything
+    secret-looking in it: the message,
     the traceback and, when the handler writes them (`fields`: JSON lines), every string field passed
     with `extra=`. A text handler never writes those fields, and redacting them costs each of serve's
     requests more than answering an advertisement from memory takes."""
@@ -57,6 +60,9 @@ class RedactingFilter(logging.Filter):
         self.fields = fields
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and not self.fields:
+            # a text line ends at a newline; a JSON line escapes its own (and C1: `json_line`)
+            record.args = tuple(printable(a) if isinstance(a, str) else a for a in record.args)
         record.msg = self.redactor(record.getMessage())
         record.args = None
         if record.exc_info and record.exc_info[1] is not None:
@@ -98,7 +104,7 @@ class JsonFormatter(logging.Formatter):
             line["exc"] = exc
         if record.stack_info:
             line["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(line, default=str, ensure_ascii=False)
+        return json_line(json.dumps(line, default=str, ensure_ascii=False))
 
 
 def emits_json() -> bool:

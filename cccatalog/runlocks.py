@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cccatalog.errors import LockBusy
-from cccatalog.gitmirror.locks import file_lock_holder, file_lock_is_held, try_file_lock
+from cccatalog.gitmirror.locks import file_lock_holder, file_lock_is_held, file_lock_owner, try_file_lock
 
 if TYPE_CHECKING:
     from cccatalog.catalog.backends import PostgresDatabase
@@ -59,8 +59,9 @@ class RunLock(ABC):
         self.what = what  # for messages: "the images sync"
 
     @abstractmethod
-    def try_acquire(self) -> Held | None:
-        """Take the lock without waiting; None when another process holds it."""
+    def try_acquire(self, *, owner: str | None = None) -> Held | None:
+        """Take the lock without waiting; None when another process holds it. `owner` (one word: a
+        job's id) is published with the lock while it is held, for `owner()` to read."""
 
     @abstractmethod
     def is_held(self) -> bool:
@@ -70,12 +71,22 @@ class RunLock(ABC):
         """The pid of the process holding the lock, where the lock says (a lock file does)."""
         return None
 
-    def acquire(self, *, timeout: float | None, on_wait: Callable[[int | None], None] | None = None) -> Held:
+    @abstractmethod
+    def owner(self) -> str | None:
+        """The `owner` its holder published (None: not held, or held without one)."""
+
+    def acquire(
+        self,
+        *,
+        timeout: float | None,
+        on_wait: Callable[[int | None], None] | None = None,
+        owner: str | None = None,
+    ) -> Held:
         """Take the lock, waiting up to `timeout` seconds (0: not at all; None: forever). `on_wait` is
         called once, with the holder's pid when known, when the lock is busy and we wait."""
         deadline = None if timeout is None else time.monotonic() + timeout
         told = False
-        while (held := self.try_acquire()) is None:
+        while (held := self.try_acquire(owner=owner)) is None:
             if deadline is not None and time.monotonic() >= deadline:
                 holder = self.holder()
                 by = f" (pid {holder})" if holder else ""
@@ -117,8 +128,8 @@ class FileRunLock(RunLock):
         super().__init__(str(path), what)
         self.path = path
 
-    def try_acquire(self) -> Held | None:
-        fd = try_file_lock(self.path)
+    def try_acquire(self, *, owner: str | None = None) -> Held | None:
+        fd = try_file_lock(self.path, owner=owner)
         return None if fd is None else _HeldFile(fd)
 
     def is_held(self) -> bool:
@@ -126,6 +137,9 @@ class FileRunLock(RunLock):
 
     def holder(self) -> int | None:
         return file_lock_holder(self.path)
+
+    def owner(self) -> str | None:
+        return file_lock_owner(self.path) if self.is_held() else None
 
 
 class _HeldAdvisory(Held):
@@ -151,12 +165,15 @@ class AdvisoryRunLock(RunLock):
         super().__init__(name, what)
         self.db = db
 
-    def try_acquire(self) -> Held | None:
-        conn = self.db.try_lock(self.name)
+    def try_acquire(self, *, owner: str | None = None) -> Held | None:
+        conn = self.db.try_lock(self.name, owner=owner)
         return None if conn is None else _HeldAdvisory(self.db, self.name, conn)
 
     def is_held(self) -> bool:
         return self.db.lock_is_held(self.name)
+
+    def owner(self) -> str | None:
+        return self.db.lock_owner(self.name)
 
 
 @dataclass(frozen=True)
@@ -187,6 +204,12 @@ class Locks:
     def run(self, half: str) -> RunLock:
         """The lock of one half of a sync: `git` (per mirror volume) or `images` (one for all)."""
         return self._lock(f"sync-{self._scoped(half)}", f"the {half} sync")
+
+    def owner(self, name: str) -> str | None:
+        """The owner the holder of the lock `name` published (see `RunLock.try_acquire`)."""
+        if self.database is not None:
+            return AdvisoryRunLock(self.database, name, name).owner()
+        return FileRunLock(Path(name), name).owner()
 
     def held(self, name: str) -> bool:
         """Whether the lock `name` (a `RunLock.name` of this state) is held by anyone now."""

@@ -104,6 +104,13 @@ def verify(
         if checked.returncode == 0:
             return principal
         detail = _last_line(checked.stderr or checked.stdout)
+    if "namespace" in detail.lower():
+        # the key is right and the bytes are unchanged: the signature was made for something else
+        # (a git commit, another tool's file), which must not pass for a manifest signature
+        raise SignatureError(
+            f"{what} carries a signature made for another purpose (not in the {NAMESPACE!r} namespace): "
+            f"sign it with cccatalog (export --sign-key), not ssh-keygen -n <other>: {detail}"
+        )
     if signer is not None and "incorrect signature" not in detail.lower():
         raise SignatureError(f"{what} is not signed by {signer} (the key in {allowed_signers}): {detail}")
     raise SignatureError(f"{what} does not match its signature (changed after signing?): {detail}")

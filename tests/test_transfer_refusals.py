@@ -5,100 +5,22 @@ from __future__ import annotations
 
 import io
 import json
-import sqlite3
 import tarfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.gitfixtures import Upstream
-from tests.transferfixtures import SIGNER, Keys, Sides, builds_at, cli, make_keys
+from tests.transferfixtures import SIGNER, Applied, applied_site, cli, refused
 
 MakeUpstream = Callable[[str], Upstream]
 
 
-@dataclass
-class Applied:
-    """A site brought to T0 by a signed full import; the connected side then moved on to T1."""
-
-    sides: Sides
-    keys: Keys
-    upstreams: dict[str, Upstream]
-    site_json: Path  # the site's manifest at T0
-    tmp: Path
-
-    def export(self, name: str, *extra: str, since: Path | None = None) -> Path:
-        out = self.tmp / name
-        args = ["export", "--no-images", "-c", str(self.sides.connected), "--out", str(out), *extra]
-        done = cli(*args, *(["--since", str(since or self.site_json)]))
-        assert done.returncode == 0, done.stderr
-        return out
-
-
 @pytest.fixture
 def applied(tmp_path: Path, make_upstream: MakeUpstream) -> Applied:
-    keys = make_keys(tmp_path / "keys")
-    ups = {slug: make_upstream(slug) for slug in ("alpha", "beta")}
-    sides = Sides(tmp_path / "sides", {slug: up.url for slug, up in ups.items()})
-    trust = f"transfer:\n  allowed_signers: {keys.allowed_signers}\n  signer: {SIGNER}\n"
-    sides.write({slug: builds_at(up.sha("main")) for slug, up in ups.items()}, site_extra=trust)
-    sides.sync()
-    full = tmp_path / "full.tar"
-    assert (
-        cli(
-            "export",
-            "--no-images",
-            "-c",
-            str(sides.connected),
-            "--out",
-            str(full),
-            "--sign-key",
-            str(keys.key),
-        ).returncode
-        == 0
-    )
-    done = cli("import", str(full), "-c", str(sides.site))
-    assert done.returncode == 0, done.stderr
-    site_json = tmp_path / "site.json"
-    assert cli("manifest", "-c", str(sides.site), "--out", str(site_json)).returncode == 0
-    for slug, up in ups.items():
-        up.commit(f"{slug} after T0")
-    sides.write({slug: builds_at(up.sha("main")) for slug, up in ups.items()}, site_extra=trust)
-    sides.sync()
-    return Applied(sides, keys, ups, site_json, tmp_path)
-
-
-def snapshot(sides: Sides) -> dict[str, object]:
-    """Everything an import could change: every file under the site's data_dir (its bytes' size and
-    mtime), and every row of its state file."""
-    files = {
-        str(p.relative_to(sides.site_mirrors)): (p.stat().st_size, p.stat().st_mtime_ns)
-        for p in sorted(sides.site_mirrors.rglob("*"))
-        if p.is_file() and "state.sqlite3" not in p.name
-    }
-    conn = sqlite3.connect(sides.site.parent / "state" / "state.sqlite3")
-    try:
-        rows = {
-            table: conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()  # noqa: S608
-            for table in ("cccatalog_git_mirrors", "cccatalog_image_refs", "cccatalog_image_syncs")
-        }
-    finally:
-        conn.close()
-    return {"files": files, "rows": rows}
-
-
-def refused(applied: Applied, update: Path, *extra: str) -> str:
-    before = snapshot(applied.sides)
-    done = cli("import", str(update), "-c", str(applied.sides.site), *extra)
-    assert done.returncode == 2, done.stderr
-    lines = done.stderr.splitlines()
-    assert len(lines) == 1, done.stderr
-    assert lines[0].startswith("error: ")
-    assert snapshot(applied.sides) == before
-    return lines[0]
+    return applied_site(tmp_path, make_upstream)
 
 
 def flip_byte(update: Path, member: str, *, at: float = 0.5) -> Path:

@@ -5,9 +5,10 @@ and reads image builds from static files, and a site baked from it that has no n
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import yaml
 
 from cccatalog.cli import run
 from tests.apifixtures import build, write_builds
-from tests.gitfixtures import git, mirror_refs
+from tests.gitfixtures import Upstream, git, mirror_refs
 
 SIGNER = "release@example.org"
 
@@ -125,3 +126,83 @@ def builds_at(
     if tag:
         found.append(build(tag, (tag_commit or commit)[:7], built_at="2026-01-01T00:00:00Z"))
     return found
+
+
+@dataclass
+class Applied:
+    """A site brought to T0 by a signed full import; the connected side then moved on to T1."""
+
+    sides: Sides
+    keys: Keys
+    upstreams: dict[str, Upstream]
+    site_json: Path  # the site's manifest at T0
+    tmp: Path
+
+    def export(self, name: str, *extra: str, since: Path | None = None) -> Path:
+        out = self.tmp / name
+        args = ["export", "--no-images", "-c", str(self.sides.connected), "--out", str(out), *extra]
+        done = cli(*args, *(["--since", str(since or self.site_json)]))
+        assert done.returncode == 0, done.stderr
+        return out
+
+
+def applied_site(tmp_path: Path, make_upstream: Callable[[str], Upstream]) -> Applied:
+    keys = make_keys(tmp_path / "keys")
+    ups = {slug: make_upstream(slug) for slug in ("alpha", "beta")}
+    sides = Sides(tmp_path / "sides", {slug: up.url for slug, up in ups.items()})
+    trust = f"transfer:\n  allowed_signers: {keys.allowed_signers}\n  signer: {SIGNER}\n"
+    sides.write({slug: builds_at(up.sha("main")) for slug, up in ups.items()}, site_extra=trust)
+    sides.sync()
+    full = tmp_path / "full.tar"
+    assert (
+        cli(
+            "export",
+            "--no-images",
+            "-c",
+            str(sides.connected),
+            "--out",
+            str(full),
+            "--sign-key",
+            str(keys.key),
+        ).returncode
+        == 0
+    )
+    done = cli("import", str(full), "-c", str(sides.site))
+    assert done.returncode == 0, done.stderr
+    site_json = tmp_path / "site.json"
+    assert cli("manifest", "-c", str(sides.site), "--out", str(site_json)).returncode == 0
+    for slug, up in ups.items():
+        up.commit(f"{slug} after T0")
+    sides.write({slug: builds_at(up.sha("main")) for slug, up in ups.items()}, site_extra=trust)
+    sides.sync()
+    return Applied(sides, keys, ups, site_json, tmp_path)
+
+
+def snapshot(sides: Sides) -> dict[str, object]:
+    """Everything an import could change: every file under the site's data_dir (its bytes' size and
+    mtime), and every row of its state file."""
+    files = {
+        str(p.relative_to(sides.site_mirrors)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(sides.site_mirrors.rglob("*"))
+        if p.is_file() and "state.sqlite3" not in p.name
+    }
+    conn = sqlite3.connect(sides.site.parent / "state" / "state.sqlite3")
+    try:
+        rows = {
+            table: conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()  # noqa: S608
+            for table in ("cccatalog_git_mirrors", "cccatalog_image_refs", "cccatalog_image_syncs")
+        }
+    finally:
+        conn.close()
+    return {"files": files, "rows": rows}
+
+
+def refused(applied: Applied, update: Path, *extra: str) -> str:
+    before = snapshot(applied.sides)
+    done = cli("import", str(update), "-c", str(applied.sides.site), *extra)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("error: ")
+    assert snapshot(applied.sides) == before
+    return lines[0]

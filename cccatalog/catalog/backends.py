@@ -487,14 +487,17 @@ class PostgresDatabase(Database):
 
     # -- session locks --
 
-    def try_lock(self, name: str) -> Any | None:
+    def try_lock(self, name: str, *, owner: str | None = None) -> Any | None:
         """Take the session-level advisory lock `name` on a connection of its own (not from the pool:
         the lock lives as long as that connection). The connection, or None when another session
-        holds the lock. Close the connection to release it."""
+        holds the lock. Close the connection to release it. `owner` becomes the connection's
+        application_name before the lock is taken, so `lock_owner` never reads an older one."""
         import psycopg
 
         raw = self.connect()
         try:
+            if owner:
+                raw.execute("SELECT set_config('application_name', %s, false)", (_owned(owner),))
             held = bool(raw.execute("SELECT pg_try_advisory_lock(%s)", (lock_key(name),)).fetchone()[0])
         except psycopg.Error as exc:
             _close_quietly(raw)
@@ -528,11 +531,25 @@ class PostgresDatabase(Database):
             _close_quietly(raw)
             return False
 
+    def lock_owner(self, name: str) -> str | None:
+        """The owner the session holding the advisory lock `name` named (`try_lock`), if any."""
+        classid, objid = _lock_ids(name)
+        row = self.read(
+            "read the locks of",
+            lambda conn: conn.execute(
+                "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                "WHERE l.locktype = 'advisory' AND l.granted "
+                "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+                "AND l.classid::bigint = ? AND l.objid::bigint = ? AND l.objsubid = 1",
+                (classid, objid),
+            ).fetchone(),
+        )
+        name_ = str(row[0]) if row and row[0] else ""
+        return name_.removeprefix(_OWNER_PREFIX) if name_.startswith(_OWNER_PREFIX) else None
+
     def lock_is_held(self, name: str) -> bool:
         """Whether any session holds the advisory lock `name` (read from pg_locks, taking nothing)."""
-        key = lock_key(name) & 0xFFFFFFFFFFFFFFFF
-        # a bigint key shows in pg_locks as its high and low 32 bits
-        classid, objid = key >> 32, key & 0xFFFFFFFF
+        classid, objid = _lock_ids(name)
         row = self.read(
             "read the locks of",
             lambda conn: conn.execute(
@@ -543,6 +560,19 @@ class PostgresDatabase(Database):
             ).fetchone(),
         )
         return bool(row[0])
+
+
+_OWNER_PREFIX = "cccatalog-lock "
+
+
+def _owned(owner: str) -> str:
+    return (_OWNER_PREFIX + owner)[:63]  # application_name keeps 63 bytes
+
+
+def _lock_ids(name: str) -> tuple[int, int]:
+    """A bigint advisory key as pg_locks shows it: its high and low 32 bits."""
+    key = lock_key(name) & 0xFFFFFFFFFFFFFFFF
+    return key >> 32, key & 0xFFFFFFFF
 
 
 def _close_quietly(raw: Any) -> None:

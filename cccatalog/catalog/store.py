@@ -250,6 +250,7 @@ class Store:
         self._ready_lock = threading.Lock()
         self._last_good: OrderedDict[Hashable, Any] = OrderedDict()
         self._last_good_lock = threading.Lock()
+        self._last_read_at: float | None = None  # time.time() of the last read the database answered
 
     @classmethod
     def open(
@@ -397,6 +398,7 @@ class Store:
         try:
             self._ensure_ready()
             result = self._db.read(what, fn)
+            self._last_read_at = time.time()
         except StateUnavailable:
             if key is not None:
                 with self._last_good_lock:
@@ -419,6 +421,12 @@ class Store:
     def unreachable(self) -> str | None:
         """Why the database cannot be reached now (answers then come from the last good read), or None."""
         return self._db.unreachable()
+
+    @property
+    def last_read_at(self) -> float | None:
+        """When the database last answered a read (Unix time), None before the first one. While it is
+        unreachable, answers come from the last good read, and this says how old that is."""
+        return self._last_read_at
 
     def ping(self) -> None:
         """One real read of the state; raises StateError (StateUnavailable when unreachable)."""
@@ -605,6 +613,20 @@ class Store:
                 "default_branch = excluded.default_branch "
                 "WHERE cccatalog_git_mirrors.head_commit IS NULL",
                 (self.volume, slug, upstream_url, head_commit, default_branch),
+            ),
+        )
+        return cur.rowcount == 1
+
+    def correct_mirror_head(self, slug: str, *, head_commit: str, default_branch: str) -> bool:
+        """Set the head the state knows for `slug` to the one on disk when they differ (a run that
+        moved the refs was killed before it wrote the state). True if corrected."""
+        cur = self._write(
+            "correct a mirror's head in",
+            lambda conn: conn.execute(
+                "UPDATE cccatalog_git_mirrors SET head_commit = ?, default_branch = ? "
+                "WHERE volume = ? AND slug = ? AND head_commit IS NOT NULL "
+                "AND (head_commit <> ? OR default_branch IS NULL OR default_branch <> ?)",
+                (head_commit, default_branch, self.volume, slug, head_commit, default_branch),
             ),
         )
         return cur.rowcount == 1

@@ -207,6 +207,13 @@ Signer = Annotated[
 AllowUnsigned = Annotated[
     bool, typer.Option("--allow-unsigned", help="Import an update that carries no signature.")
 ]
+AllowDowngrade = Annotated[
+    bool,
+    typer.Option(
+        "--allow-downgrade",
+        help="Import an update older than the last one imported, or one that moves a branch back.",
+    ),
+]
 Target = Annotated[
     str,
     typer.Argument(

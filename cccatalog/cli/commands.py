@@ -269,6 +269,7 @@ def import_(
     allowed_signers: base.AllowedSigners = None,
     signer: base.Signer = None,
     allow_unsigned: base.AllowUnsigned = False,
+    allow_downgrade: base.AllowDowngrade = False,
     as_json: base.JsonOpt = False,
 ) -> None:
     """Apply an update to this site's mirrors and catalog while serve keeps serving."""
@@ -283,6 +284,7 @@ def import_(
         result = import_update(
             load(config), Git(redactor=inv.redactor), update, allowed_signers=allowed_signers,
             signer=signer, allow_unsigned=allow_unsigned, environ=os.environ, progress=progress,
+            allow_downgrade=allow_downgrade,
         )  # fmt: skip
     render.import_result(result, as_json=as_json, quiet=inv.quiet)
     _failed_if(result.failed)

@@ -297,14 +297,14 @@ def _feed_stdin(proc: subprocess.Popen[bytes], body: IO[bytes]) -> None:
 
 
 def _drain_stderr(stderr: IO[bytes], req: CGIRequest, count: list[int]) -> None:
-    """Read stderr to its end whatever its size; log the first lines, count the rest."""
+    """Read stderr to its end whatever its size; log its first lines as one record, count the rest.
+    One record, not one per line: git echoes a client's bytes in its messages (`invalid command
+    'x<LF>y'`), and a newline there must not start a record of the client's making."""
+    shown: list[str] = []
     for raw in iter(lambda: stderr.readline(4096), b""):  # bounded: a line without newline cannot grow
         count[0] += 1
         if count[0] <= _STDERR_LOG_LINES:
-            log.warning(
-                "git http-backend %s: %s", req.path_info, raw.decode("utf-8", "replace").rstrip()[:500]
-            )
-    if count[0] > _STDERR_LOG_LINES:
-        log.warning(
-            "git http-backend %s: %d more stderr lines not shown", req.path_info, count[0] - _STDERR_LOG_LINES
-        )
+            shown.append(raw.decode("utf-8", "replace").rstrip("\r\n")[:500])
+    if shown:
+        more = f" ({count[0] - len(shown)} more stderr lines not shown)" if count[0] > len(shown) else ""
+        log.warning("git http-backend %s: %s%s", req.path_info, "\n".join(shown), more)

@@ -63,18 +63,37 @@ def file_lock(
         os.close(fd)
 
 
+@contextmanager
+def shared_file_lock(path: Path) -> Iterator[None]:
+    """Hold a shared lock on `path`, beside any other shared holder; waits only while someone holds
+    it exclusively (`try_file_lock`), which is brief by design: a sweep of what no holder uses."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # closing drops the lock
+
+
 def lock_holder(fd: int) -> int | None:
     """The pid the current holder wrote into the lock file (None when it has not, or not yet)."""
+    first = _written(fd)[:1]
+    return int(first[0]) if first and first[0].isdigit() else None
+
+
+def _written(fd: int) -> list[str]:
+    """What the holder wrote: its pid, and the owner it named (`try_file_lock`)."""
     try:
-        text = os.pread(fd, 32, 0).decode("ascii").strip()
+        return os.pread(fd, 256, 0).decode("ascii").split()
     except (OSError, UnicodeDecodeError):
-        return None
-    return int(text) if text.isdigit() else None
+        return []
 
 
-def try_file_lock(path: Path) -> int | None:
-    """Take the lock on `path` without waiting (writing our pid into it, as `file_lock` does): the
-    open descriptor holding it (close it to release the lock), or None when another process holds it."""
+def try_file_lock(path: Path, *, owner: str | None = None) -> int | None:
+    """Take the lock on `path` without waiting (writing our pid into it, as `file_lock` does, and
+    `owner`, a word naming what holds it): the open descriptor holding it (close it to release the
+    lock), or None when another process holds it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
     try:
@@ -87,7 +106,7 @@ def try_file_lock(path: Path) -> int | None:
         raise
     with contextlib.suppress(OSError):
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.pwrite(fd, f"{os.getpid()} {owner or ''}".strip().encode() + b"\n", 0)
     return fd
 
 
@@ -101,6 +120,19 @@ def file_lock_holder(path: Path) -> int | None:
         return lock_holder(fd)
     finally:
         os.close(fd)
+
+
+def file_lock_owner(path: Path) -> str | None:
+    """The owner the holder of the lock on `path` named (`try_file_lock`), if any."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        words = _written(fd)
+    finally:
+        os.close(fd)
+    return words[1] if len(words) > 1 else None
 
 
 def file_lock_is_held(path: Path) -> bool:

@@ -6,9 +6,10 @@ a job and answers 202 with its id at once (or waits, when asked to, as the prede
 
 Jobs are rows in the state (`cccatalog_jobs`), so `GET /api/v1/admin/jobs/{id}` answers from any
 replica, and a job outlives the request that started it. A job's final row is written while its run
-lock is still held: a job whose row says running while nobody holds its lock was left behind by a
-replica that stopped, and is reported failed. The replica running a job keeps it in memory too, so a
-`wait=true` request and a state database that went away still get their answer.
+lock is still held, and the lock names the job holding it (`owner`): a job whose row says running
+while nobody holds its lock, or while another job holds it (another replica's job of the same kind),
+was left behind by a replica that stopped, and is reported failed. The replica running a job keeps it
+in memory too, so a `wait=true` request and a state database that went away still get their answer.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from cccatalog.catalog.models import JobRecord
 from cccatalog.errors import CCCatalogError, LockBusy, StateError
+from cccatalog.logtext import Verbatim
 from cccatalog.runlocks import RunLock
 
 if TYPE_CHECKING:
@@ -74,6 +76,7 @@ class JobRunner:
         *,
         replica: str = "",
         lock_held: Callable[[str], bool] | None = None,
+        lock_owner: Callable[[str], str | None] | None = None,
     ) -> None:
         self._jobs: dict[str, Job] = {}
         self._running: dict[str, str] = {}
@@ -81,6 +84,7 @@ class JobRunner:
         self._store = store
         self._replica = replica
         self._lock_held = lock_held
+        self._lock_owner = lock_owner
 
     def get(self, job_id: str) -> Job | None:
         """The job from this process, else from the state (StateError when it cannot be read)."""
@@ -103,7 +107,10 @@ class JobRunner:
         if self._lock_held is None or record.lock is None or self._store is None:
             return False
         if self._lock_held(record.lock):
-            return False
+            # held, but by whom? Another job of the kind (another replica's) holds it under its own id
+            owner = self._lock_owner(record.lock) if self._lock_owner is not None else None
+            if owner is None or owner == record.id:
+                return False
         # its replica writes the final row before it lets go of the lock: read it once more
         again = self._store.get_job(record.id)
         return again is not None and again.state == "running"
@@ -113,10 +120,9 @@ class JobRunner:
         with self._lock:
             if kind in self._running:
                 raise LockBusy(f"a {kind} job is already running (job {self._running[kind]})")
-        held = lock.acquire(timeout=0)  # another process, another replica?
-        job = Job(
-            id=f"{kind}-{secrets.token_hex(5)}", kind=kind, replica=self._replica or None, lock=lock.name
-        )
+        job_id = f"{kind}-{secrets.token_hex(5)}"
+        held = lock.acquire(timeout=0, owner=job_id)  # another process, another replica?
+        job = Job(id=job_id, kind=kind, replica=self._replica or None, lock=lock.name)
         try:
             self._save(job)
         except BaseException:
@@ -138,7 +144,9 @@ class JobRunner:
                     job.state, job.error = "failed", str(exc)
                 except Exception as exc:  # a job must never die silently
                     job.state, job.error = "failed", f"internal error: {type(exc).__name__}"
-                    log.error("job %s crashed:\n%s", job.id, "".join(traceback.format_exception(exc)))
+                    log.error(
+                        "job %s crashed:\n%s", job.id, Verbatim("".join(traceback.format_exception(exc)))
+                    )
                 job.finished_at = datetime.now(UTC)
                 self._save(job, prune=True)  # still under the lock: see the module's docstring
             finally:

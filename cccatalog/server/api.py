@@ -3,7 +3,7 @@
 
 The predecessor's contract: catalog, git status and admin endpoints with the same paths, fields,
 status codes and `{"detail": ...}` errors. Wrong admin tokens are rate-limited per client
-(`auth_limit`): past the limit, 429 + Retry-After before any token is compared.
+and over all clients (`auth_limit`): past a limit, 429 + Retry-After before any token is compared.
 
 The catalog list reads one row per collection (latest and stable are kept with the rows when they are
 written). While a PostgreSQL state cannot be reached, catalog answers come from the store's last good
@@ -70,6 +70,8 @@ class ApiContext:
     sync: Mapping[str, Callable[[Config, bool], dict[str, Any]]]
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     ready_checks: list[Callable[[Config], str | None]] = field(default_factory=list)
+    # what is wrong with one repo, not the replica: /readyz stays 200 and says "degraded"
+    ready_warnings: list[Callable[[Config], str | None]] = field(default_factory=list)
     admin_failures: FailureLimiter = field(default_factory=FailureLimiter)
     locks: Locks | None = None
     # how this replica names itself in answers about its own disk
@@ -158,7 +160,7 @@ def _health(ctx: ApiContext, path: str) -> ApiResponse:
         return ApiResponse(200, {"status": "ok"})
     config = ctx.config
     problems = [p for check in ctx.ready_checks if (p := check(config))]
-    warnings = []
+    warnings = [w for check in ctx.ready_warnings if (w := check(config))]
     try:
         ctx.store.ping()
     except StateUnavailable:
@@ -341,6 +343,10 @@ def _authorize(ctx: ApiContext, authorization: str | None, client: str) -> None:
     if (wait := ctx.admin_failures.retry_after(client)) is not None:
         raise HttpError(
             429, "too many wrong admin tokens from this address; retry later", (("Retry-After", str(wait)),)
+        )
+    if (wait := ctx.admin_failures.retry_after_all()) is not None:
+        raise HttpError(
+            429, "too many wrong admin tokens from all clients; retry later", (("Retry-After", str(wait)),)
         )
     scheme, _, given = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not given:

@@ -33,6 +33,7 @@ from cccatalog.config import ServeConfig
 from cccatalog.gitmirror.http_backend import CGIRequest, ClientGone, HttpBackend
 from cccatalog.gitmirror.layout import Layout
 from cccatalog.gitmirror.refstate import RACY_SECONDS, advertisement_fingerprint
+from cccatalog.logtext import Verbatim
 from cccatalog.redact import Redactor
 from cccatalog.server import framing, relay, ui
 from cccatalog.server.admission import Admission, ClientLeft, Refused, client_gone
@@ -343,7 +344,7 @@ class GitRequestHandler(BaseHTTPRequestHandler):
         text = "".join(traceback.format_exception(exc)).rstrip()
         log.error(
             "internal error answering %s %s:\n%s",
-            self.command, loggable_target(self.path), self.server.redactor(text),
+            self.command, loggable_target(self.path), Verbatim(self.server.redactor(text)),
         )  # fmt: skip
         if not self._answered:
             with suppress(OSError):
@@ -543,6 +544,8 @@ class GitRequestHandler(BaseHTTPRequestHandler):
         self._status = status
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
+        # a browser must never read an answer (a `detail` echoing the request) as HTML or script
+        self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-cache")
         for name, value in headers or []:

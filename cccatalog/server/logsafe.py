@@ -3,8 +3,8 @@
 Clients put things in URLs that must not reach a log file: a token sent as `?token=...` (refused, but
 seen), `Authorization`-like text pasted into a path, a user:password in an absolute-form target. Only
 the values of the parameters the routes read are kept; every other value is written as `***`, and a
-name is kept only when it looks like a parameter name. Control characters are replaced so a request
-cannot forge log lines.
+name is kept only when it looks like a parameter name. Control characters (C0, DEL, C1 and the
+Unicode line separators) are replaced so a request cannot forge log lines or drive a terminal.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ MAX_LOGGED = 512
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}")
 _CREDENTIAL = re.compile(r"(?i)\b(bearer|basic|token)(?:\s|%20|\+|=|:|%3a)+[^\s/&?;]+")
 _PATTERNS = Redactor()  # no values: only the patterns (Authorization headers, URL userinfo, token shapes)
-_CONTROL = str.maketrans(dict.fromkeys((*range(32), 127), "?"))
+# C0, DEL, C1 (NEL ends a line for many readers, CSI drives a terminal), the Unicode separators
+_CONTROL = str.maketrans(dict.fromkeys((*range(32), 127, *range(0x80, 0xA0), 0x2028, 0x2029), "?"))
 
 
 def loggable_target(target: str) -> str:

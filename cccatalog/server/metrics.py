@@ -255,23 +255,45 @@ class _ScrapeTime(Collector):
             budget,
         )
         readable = GaugeMetricFamily(
-            "cccatalog_state_readable", "1 when the state could be read for this scrape.", labels=()
+            "cccatalog_state_readable",
+            "1 when the state database answered for this scrape; 0 when it could not be read (the "
+            "series below then come from the last good read, if any).",
+            labels=(),
         )
+        store = self.m.api.store
         try:
             report = status.collect(
-                config, self.m.api.store, budget_seconds=budget, baked_at=baked_at(config.git.data_dir),
+                config, store, budget_seconds=budget, baked_at=baked_at(config.git.data_dir),
                 servable=self.m.api.servable(config),
             )  # fmt: skip
         except CCCatalogError as exc:
             log.warning("metrics: cannot read the state: %s", exc)
             readable.add_metric([], 0)
             yield readable
+            yield from self._last_read(store.last_read_at)
             return
-        readable.add_metric([], 1)
+        # a shared database that went away answers from its last good read: that is not a read now
+        readable.add_metric([], 0 if store.unreachable() else 1)
         yield readable
+        yield from self._last_read(store.last_read_at)
         yield from _repo_families(report)
         polled = {cc.slug for cc in config.polled_collections()}
         yield from _collection_families([c for c in report.collections if c.slug in polled])
+
+    def _last_read(self, at: float | None) -> Iterator[Metric]:
+        """When the state was last read, and how long ago (since start-up when it never was): what an
+        alert on a database outage needs, whatever the last good read still answers."""
+        now = time.time()
+        yield GaugeMetricFamily(
+            "cccatalog_state_last_read_timestamp_seconds",
+            "When the state database last answered a read (0: not since start-up).",
+            at or 0,
+        )
+        yield GaugeMetricFamily(
+            "cccatalog_state_last_read_age_seconds",
+            "Seconds since the state database last answered a read (since start-up when it never did).",
+            now - at if at is not None else self.m.uptime(),
+        )
 
 
 def _repo_families(report: status.StatusReport) -> Iterator[Metric]:

@@ -24,9 +24,11 @@ import random
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from cccatalog import envvars
+from cccatalog.baked import Findings
 from cccatalog.catalog.store import Store
 from cccatalog.config import Config
 from cccatalog.errors import CCCatalogError, LockBusy, StateError
@@ -121,6 +123,8 @@ def build_service(
     (`serve --get`, a container health check): a missing state file is not created, and the answers
     come from an empty in-memory state instead; an existing one is used as `serve` uses it."""
     live = LiveConfig(config, environ=environ)
+    if token := envvars.first(environ, envvars.ADMIN_TOKEN):
+        redactor.add(token)  # pasted into a URL path or a header, it is masked in every log line
     replica = replica_id(config)
     store = open_state(config, environ=environ, redactor=redactor, replica=replica, create=create_state)
     servability = Servability(Git(redactor=redactor))
@@ -148,7 +152,7 @@ def build_service(
         return {"destinations": run_mirrors(cfg, store, environ=environ, redactor=redactor).to_json()}
 
     locks = Locks.for_state(config, store)
-    jobs = JobRunner(store, replica=replica, lock_held=locks.held)
+    jobs = JobRunner(store, replica=replica, lock_held=locks.held, lock_owner=locks.owner)
     syncs = {"git": sync_git, "images": sync_catalog, "mirror": sync_mirror}
     api = ApiContext(live, store, servability, jobs, syncs, environ, locks=locks, replica=replica)
     try:
@@ -158,7 +162,9 @@ def build_service(
         log.warning("cannot record the mirrors found on disk: %s", exc)
     # a collection a reload adds may have its mirror on disk already: its status must say so
     live.listeners.append(functools.partial(_backfill_after_reload, store=store, servability=servability))
-    api.ready_checks.append(ManifestCheck(config, store, servability, environ))
+    manifest_check = ManifestCheck(config, store, servability, environ)
+    api.ready_checks.append(manifest_check)
+    api.ready_warnings.append(manifest_check.repo_warnings)
     return Service(api, environ=environ)
 
 
@@ -213,6 +219,7 @@ def run_server(
     except BaseException:
         sock.close()
         raise
+    _sweep_staging(config)
     try:
         server = CatalogServer((host, port), service.api, config.serve, sock=sock)
         service.start_scheduler(
@@ -222,6 +229,21 @@ def run_server(
         serve_forever(server)
     finally:
         service.close()
+
+
+def _sweep_staging(config: Config) -> None:
+    """What imports killed midway left unpacked: removed at start, as the next import would."""
+    from cccatalog.transfer.staging import sweep
+
+    try:
+        removed = sweep(config.git.data_dir)
+    except OSError as exc:  # a serving uid that does not own data_dir: the next import sweeps
+        log.warning("cannot remove what killed imports left in %s: %s", config.git.data_dir, exc)
+        return
+    if removed:
+        log.info(
+            "removed %d staging directories killed imports left in %s", len(removed), config.git.data_dir
+        )
 
 
 def get_once(
@@ -251,28 +273,33 @@ _AS_LISTED = (None, "baked", "imported")
 
 def baked_mismatches(
     config: Config, store: Store, servability: Servability, environ: Mapping[str, str]
-) -> list[str]:
+) -> Findings:
     """Mirrors that should be as the manifest in data_dir lists them (baked or imported, not changed
-    by a sync here since) and are not: missing, half-made, or at other refs. Logged, and reported by
-    /readyz; never served silently as if they were right."""
+    by a sync here since) and are not: missing, half-made, or at other refs (a repo an import killed
+    midway moved to the update's refs is as it should be). Logged, and reported by /readyz; never
+    served silently as if they were right."""
     from cccatalog.baked import check_mirrors
+    from cccatalog.transfer.order import applying
 
     changed_here = {
         m.slug for m in store.list_mirrors()
         if m.last_action not in _AS_LISTED and not (m.last_action == "failed" and m.last_success_at is None)
     }  # fmt: skip
     slugs = mirrored_slugs(config) - changed_here
-    problems = check_mirrors(
-        servability.git, config.git.data_dir, slugs, transfer=config.transfer, environ=environ
-    )
-    for problem in problems:
+    found = check_mirrors(
+        servability.git, config.git.data_dir, slugs, transfer=config.transfer, environ=environ,
+        also=applying(config.git.data_dir),
+    )  # fmt: skip
+    for problem in [*found.manifest, *found.repos]:
         log.error("manifest check: %s", problem)
-    return problems
+    return found
 
 
 class ManifestCheck:
     """The readiness check of the manifest in data_dir: run at start-up, and again when an import
-    replaces the manifest (its file changes), not on every /readyz."""
+    replaces the manifest or starts applying another update (either file changes), not on every
+    /readyz. Called, it answers the replica's problem (the manifest itself: 503); `repo_warnings`
+    answers what is wrong with single repos, which leaves the replica ready ("degraded")."""
 
     def __init__(
         self, config: Config, store: Store, servability: Servability, environ: Mapping[str, str]
@@ -280,35 +307,50 @@ class ManifestCheck:
         self._store, self._servability, self._environ = store, servability, environ
         self._lock = threading.Lock()
         self._key: tuple[object, ...] | None = None
-        self._problems: list[str] = []
+        self._found = Findings()
         self(config)
 
     def __call__(self, config: Config) -> str | None:
-        path = config.git.data_dir / "manifest.json"
-        try:
-            st = path.stat()
-            key: tuple[object, ...] = (path, st.st_ino, st.st_mtime_ns, st.st_size)
-        except OSError:
-            key = (path, None)
+        found = self._refresh(config)
+        return "; ".join(found.manifest) if found.manifest else None
+
+    def repo_warnings(self, config: Config) -> str | None:
+        found = self._refresh(config)
+        return "; ".join(found.repos) if found.repos else None
+
+    def _refresh(self, config: Config) -> Findings:
+        from cccatalog.transfer.order import applying_path
+
+        data_dir = config.git.data_dir
+        key = tuple(_stamp(p) for p in (data_dir / "manifest.json", applying_path(data_dir)))
         with self._lock:
             if key != self._key:
                 try:
-                    self._problems = baked_mismatches(config, self._store, self._servability, self._environ)
+                    self._found = baked_mismatches(config, self._store, self._servability, self._environ)
                 except StateError as exc:
                     # which mirrors a sync here changed is in the state: checked again once it is back
                     log.warning("manifest check postponed: %s", exc)
-                    return None
+                    return Findings()
                 self._key = key
-            return "; ".join(self._problems) if self._problems else None
+            return self._found
+
+
+def _stamp(path: Path) -> tuple[object, ...]:
+    try:
+        st = path.stat()
+    except OSError:
+        return (path, None)
+    return (path, st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 def backfill(config: Config, store: Store, servability: Servability) -> int:
     """Mirrors baked into an image arrive without a state file, and a reload may add a collection
     whose mirror is already on disk: read their heads from disk, so the status API is right before any
-    sync has run. Mirrors whose head the state knows are left alone."""
-    known = {m.slug for m in store.list_mirrors() if m.head_commit}
-    count = 0
-    for slug in sorted(mirrored_slugs(config) - known):
+    sync has run. A head the state knows that is not the one on disk (a sync or import killed after it
+    moved the refs, before it wrote the state) is corrected: the head is what the refs say."""
+    known = {m.slug: m.head_commit for m in store.list_mirrors() if m.head_commit}
+    count = corrected = 0
+    for slug in sorted(mirrored_slugs(config)):
         repo = Layout(config.git.data_dir).repo(slug)
         if not servability.is_complete(repo):
             continue
@@ -317,17 +359,27 @@ def backfill(config: Config, store: Store, servability: Servability) -> int:
         except CCCatalogError as exc:
             log.warning("%s: cannot read the baked mirror: %s", slug, exc)
             continue
+        branch = (state.head or "").removeprefix("refs/heads/")
+        if slug in known:
+            if state.head_commit and known[slug] != state.head_commit:
+                corrected += store.correct_mirror_head(
+                    slug, head_commit=state.head_commit, default_branch=branch
+                )
+                log.warning(
+                    "%s: the state said head %s, the mirror is at %s", slug, known[slug], state.head_commit
+                )
+            continue
         cc = config.collection(slug)
         upstream = strip_url_credentials(cc.git_url) if cc and cc.git_url else ""
         count += store.backfill_mirror(
             slug,
             upstream_url=upstream,
             head_commit=state.head_commit or "",
-            default_branch=(state.head or "").removeprefix("refs/heads/"),
+            default_branch=branch,
         )
     if count:
         log.info("read %d baked mirrors from %s", count, config.git.data_dir)
-    return count
+    return count + corrected
 
 
 class Scheduler:

@@ -37,6 +37,7 @@ from cccatalog.redact import Redactor, strip_url_credentials
 from cccatalog.timestamps import parse_rfc3339
 from cccatalog.transfer import archive
 from cccatalog.transfer import images as transfer_images
+from cccatalog.transfer.order import new_sequence
 
 CATALOG_FORMAT = "cccatalog-catalog/1"
 
@@ -138,6 +139,7 @@ def export_update(
             "since": since_info,
             "files": files,
             "repos": [r.to_json() for r in repos],
+            "sequence": new_sequence(),
         }
         carried: list[transfer_images.CarriedImage] = []
         if images:

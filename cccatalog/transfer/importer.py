@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -36,7 +35,9 @@ from cccatalog.gitmirror.mirror import LocalState, Mirror
 from cccatalog.oci.copy import CopyProgress
 from cccatalog.paths import require_writable_dir
 from cccatalog.redact import strip_url_credentials
+from cccatalog.transfer import order
 from cccatalog.transfer.images import ImageImport, failed_slugs, push_images
+from cccatalog.transfer.staging import staging_dir
 from cccatalog.transfer.verify import RepoPlan, Update, check_update
 
 
@@ -93,6 +94,7 @@ def import_update(
     allow_unsigned: bool,
     environ: Mapping[str, str],
     progress: Callable[[CopyProgress], None] | None = None,
+    allow_downgrade: bool = False,
 ) -> ImportResult:
     """Check the update at `path` whole (UsageError, nothing changed), then apply it."""
     allowed = allowed_signers or config.transfer.allowed_signers
@@ -107,11 +109,10 @@ def import_update(
     path = path.absolute()
     require_writable_dir(config.git.data_dir, setting="git.data_dir")
     require_writable_dir(config.state.local_dir, setting=config.state.setting)
-    # Unpacked under $TMPDIR, not data_dir: a refused update leaves nothing behind where mirrors live.
-    with tempfile.TemporaryDirectory(prefix="cccatalog-import-") as staging:
+    with staging_dir(config.git.data_dir) as staging:
         update = check_update(
-            config, git, path, Path(staging), allowed_signers=allowed, signer=signer,
-            allow_unsigned=allow_unsigned, environ=environ,
+            config, git, path, staging, allowed_signers=allowed, signer=signer,
+            allow_unsigned=allow_unsigned, environ=environ, allow_downgrade=allow_downgrade,
         )  # fmt: skip
         lock = config.state.local_dir / "locks" / "import.lock"
         with file_lock(lock, timeout=config.git.lock_timeout_seconds, what="another import"):
@@ -130,6 +131,8 @@ def _apply(
     result = ImportResult(path, update.signed_by)
     layout = Layout(config.git.data_dir)
     layout.data_dir.mkdir(parents=True, exist_ok=True)
+    # before any ref moves: a killed import is completed by this update, never undone by an older one
+    order.record(layout.data_dir, update.order, update.manifest_bytes)
     with Store.for_config(config) as store:
         for plan in update.repos:
             result.repos.append(_apply_repo(config, git, layout, store, plan))

@@ -1,11 +1,14 @@
 """Everything `import` checks before it changes anything, and the plan it then applies.
 
-In order: the file is an update (a tar of the expected members), its manifest is signed by an allowed
-signer (unless `--allow-unsigned`), it is an export for the same collections as this config, every
-member has the sha256 the manifest gives (an image blob's is its name), the carried images are the
-ones the layout names and each has an image_registry here, the catalog rows parse, and each repo's
-bundle builds on commits this site's mirror has (`git bundle verify`) — or, for a repo this site
-lacks, is a full one.
+In order: the file begins with a manifest, which is signed by an allowed signer (unless
+`--allow-unsigned`) before anything else of the file is unpacked; it is an export for the same
+collections as this config; only then are the other members unpacked, each listed in the manifest,
+of the size it gives (so what is written is bounded by what was signed) and with its sha256 (an image
+blob's is its name); the carried images are the ones the layout names and each has an
+image_registry here; the catalog rows parse; the update is not older than the last one this site
+imported (`order`); and each repo's bundle builds on commits this site's mirror has (`git bundle
+verify`), moves no branch back to an ancestor (`--allow-downgrade` to allow both) — or, for a repo
+this site lacks, is a full one.
 Each refusal is one line saying what is wrong and what to do; none of them leaves a trace.
 """
 
@@ -28,7 +31,7 @@ from cccatalog.gitmirror.layout import Layout
 from cccatalog.gitmirror.mirror import LocalState, Mirror
 from cccatalog.gitmirror.servable import mirrored_slugs
 from cccatalog.names import is_valid_slug
-from cccatalog.transfer import archive
+from cccatalog.transfer import archive, order
 from cccatalog.transfer import images as carried_images
 from cccatalog.transfer.export import CATALOG_FORMAT
 
@@ -63,6 +66,7 @@ class Update:
     signed_by: str | None
     repos: list[RepoPlan]
     catalog: dict[str, list[ImageRefRecord]]
+    order: order.Order | None = None
     images: carried_images.ImagesPlan | None = None  # None: the update carries no images (--no-images)
 
 
@@ -76,21 +80,25 @@ def check_update(
     signer: str | None,
     allow_unsigned: bool,
     environ: Mapping[str, str],
+    allow_downgrade: bool = False,
 ) -> Update:
-    members = archive.extract_archive(path, staging)
-    manifest_path = members[archive.MANIFEST].path
+    head = archive.extract_head(path, staging)
     signed_by = _check_signature(
-        path, members, allowed=allowed_signers, signer=signer, allow_unsigned=allow_unsigned, environ=environ
+        path, head, allowed=allowed_signers, signer=signer, allow_unsigned=allow_unsigned, environ=environ
     )
-    data = manifest_path.read_bytes()
+    data = head[archive.MANIFEST].path.read_bytes()
     found = manifest.parse(data, source=f"{path}: {archive.MANIFEST}")
     if found.kind != "export":
         raise UsageError(f"{path}: not an update (its manifest is a {found.kind} manifest)")
     repos_info, files = _transfer_block(found.document, source=f"{path}: {archive.MANIFEST}")
     _check_collections(config, path, found, repos_info)
+    ordered = order.of_manifest(data, found.document)
+    order.check(path, ordered, order.last_imported(config.git.data_dir), allow_downgrade=allow_downgrade)
     transfer = found.document["transfer"]
     carried = carried_images.expected_members(transfer, source=f"{path}: {archive.MANIFEST}")
-    _check_members(path, members, repos_info, files, carried)
+    expected = _expected_members(repos_info, files, carried)
+    members = head | archive.extract_members(path, staging, {n: d["size"] for n, d in expected.items()})
+    _check_members(path, members, expected)
     images_plan = carried_images.check_images(
         config, transfer, staging / carried_images.LAYOUT, source=f"{path}: {archive.MANIFEST}"
     )
@@ -99,9 +107,11 @@ def check_update(
     plans = []
     for slug, info in sorted(repos_info.items()):
         bundle = members[info["bundle"]].path if info["bundle"] else None
-        plans.append(_check_repo(config, git, layout, found.repos[slug], bundle))
+        plans.append(
+            _check_repo(config, git, layout, found.repos[slug], bundle, allow_downgrade=allow_downgrade)
+        )
     signature = members[archive.SIGNATURE].path.read_bytes() if signed_by else None
-    return Update(data, signature, signed_by, plans, catalog, images_plan)
+    return Update(data, signature, signed_by, plans, catalog, order=ordered, images=images_plan)
 
 
 def _check_signature(
@@ -188,22 +198,21 @@ def _check_collections(
         )
 
 
-def _check_members(
-    path: Path,
-    members: Mapping[str, archive.Member],
-    repos: Mapping[str, Mapping[str, Any]],
-    files: Mapping[str, Any],
-    carried: Mapping[str, Any],
-) -> None:
-    """Every member listed, with its sha256 and size. A layout blob's listed sha256 is its name:
-    checking it is checking the blob against its digest."""
+def _expected_members(
+    repos: Mapping[str, Mapping[str, Any]], files: Mapping[str, Any], carried: Mapping[str, Any]
+) -> dict[str, Mapping[str, Any]]:
+    """Every member after the head the signed manifest lists: name -> {sha256, size}. A layout
+    blob's listed sha256 is its name: checking it is checking the blob against its digest."""
     expected = {name: files[name] for name in (archive.CATALOG, archive.IMAGES)} | dict(carried)
     expected |= {
         name: info for name, info in files.items() if carried_images.is_member(name) and _digest_ok(info)
     }
-    expected |= {info["bundle"]: info for info in repos.values() if info["bundle"]}
-    for name in sorted(set(members) - set(expected) - {archive.MANIFEST, archive.SIGNATURE}):
-        raise UsageError(f"{path}: {name} is not listed in the signed manifest (tampered?)")
+    return expected | {info["bundle"]: info for info in repos.values() if info["bundle"]}
+
+
+def _check_members(
+    path: Path, members: Mapping[str, archive.Member], expected: Mapping[str, Mapping[str, Any]]
+) -> None:
     for name, want in sorted(expected.items()):
         member = members.get(name)
         if member is None:
@@ -236,7 +245,13 @@ def _read_catalog(path: Path, catalog: Path, digest: str | None) -> dict[str, li
 
 
 def _check_repo(
-    config: Config, git: Git, layout: Layout, target: manifest.RepoManifest, bundle: Path | None
+    config: Config,
+    git: Git,
+    layout: Layout,
+    target: manifest.RepoManifest,
+    bundle: Path | None,
+    *,
+    allow_downgrade: bool,
 ) -> RepoPlan:
     slug, repo = target.slug, layout.repo(target.slug)
     local = Mirror(git, repo, foreign=True).inspect()
@@ -254,6 +269,11 @@ def _check_repo(
                 f"({what}); {hint}"
             )
         return plan
+    if not allow_downgrade:
+        moved = {n: sha for n, sha in target.refs.items() if local.refs.get(n) not in (None, sha)}
+        present = bundles.object_types(git, repo, moved.values(), foreign=True)
+        if back := order.rewinds(git, repo, local.refs, moved, present):
+            raise UsageError(order.rewind_error(slug, back, local.refs, target.refs))
     carried = set(header.refs.values()) if header else set()
     wanted = set(header.prerequisites if header else ()) | (set(target.refs.values()) - carried)
     types = bundles.object_types(git, repo, wanted, foreign=True)
