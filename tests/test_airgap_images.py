@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import signal
 import subprocess
+import sys
 import tarfile
 import uuid
 from collections.abc import Callable
@@ -25,7 +27,7 @@ from cccatalog.cli import run
 from cccatalog.config import load_config
 from tests.apifixtures import image_tag
 from tests.gitfixtures import Upstream
-from tests.imagefixtures import Build, push_build, tag_is_whole
+from tests.imagefixtures import Build, HoldingFront, push_build, tag_is_whole
 from tests.registry import ALL_MANIFESTS, PASSWORD, USERNAME, RunningRegistry, registry_client, sha256
 from tests.servefixtures import serve_process
 
@@ -314,3 +316,31 @@ def test_an_update_whose_layout_is_not_one_is_refused(gap: Gap, capsys: pytest.C
     assert "images/index.json: " in capsys.readouterr().err
     assert tag_is_whole(gap.site, gap.site_repo, first.tag) is None
     assert gap.site_rows() == {}
+
+
+@pytest.mark.security
+def test_an_import_killed_while_pushing_images_leaves_no_tag_and_no_rows_and_the_next_completes(
+    gap: Gap,
+) -> None:
+    first = gap.build("first", own="v1")
+    assert run(["-q", "sync", "-c", str(gap.connected_config)]) == 0
+    update = gap.root / "update.tar"
+    assert run(["-q", "export", "-c", str(gap.connected_config), "--out", str(update)]) == 0
+    front = HoldingFront(gap.site, uploads_before_hold=3)  # three blobs in, the fourth held
+    try:
+        gap.write(site_registry=f"{front.host}/{gap.site_repo}")
+        argv = [sys.executable, "-m", "cccatalog", "-q", "import", str(update), "-c", str(gap.site_config),
+                "--allow-unsigned"]  # fmt: skip
+        with subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as importing:
+            assert front.held.wait(60), importing.stderr.read() if importing.stderr else ""
+            importing.kill()
+            importing.wait(30)
+        assert importing.returncode == -signal.SIGKILL
+        front.release.set()
+        assert tag_is_whole(gap.site, gap.site_repo, first.tag) is None  # the tag is written last
+        assert gap.site_rows() == {}  # and the rows after it
+        assert run(["-q", "import", str(update), "-c", str(gap.site_config), "--allow-unsigned"]) == 0
+    finally:
+        front.stop()
+    assert tag_is_whole(gap.site, gap.site_repo, first.tag) is True
+    assert gap.site_rows() == {"main": f"{front.host}/{gap.site_repo}:{first.tag}"}
