@@ -344,3 +344,28 @@ def test_an_import_killed_while_pushing_images_leaves_no_tag_and_no_rows_and_the
         front.stop()
     assert tag_is_whole(gap.site, gap.site_repo, first.tag) is True
     assert gap.site_rows() == {"main": f"{front.host}/{gap.site_repo}:{first.tag}"}
+
+
+def test_export_and_import_say_what_happened_to_the_images(
+    gap: Gap, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = gap.build("first", own="v1")
+    assert run(["-q", "sync", "-c", str(gap.connected_config)]) == 0
+    update = gap.root / "update.tar"
+    capsys.readouterr()
+    assert run(["export", "-c", str(gap.connected_config), "--out", str(update)]) == 0
+    assert f"images: 1 carried, with the {len(first.blobs)} blobs" in capsys.readouterr().out
+    assert run(["import", str(update), "-c", str(gap.site_config), "--allow-unsigned"]) == 0
+    assert "images: 1 pushed (8 blobs), 0 there already, 0 failed" in capsys.readouterr().out
+    assert run(["import", str(update), "-c", str(gap.site_config), "--allow-unsigned", "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["images"] == [
+        {
+            "slug": "alpha",
+            "tag": first.tag,
+            "digest": first.digest,
+            "action": "present",
+            "blobs_pushed": 0,
+            "error": None,
+        }
+    ]
