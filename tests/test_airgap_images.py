@@ -349,23 +349,28 @@ def test_an_import_killed_while_pushing_images_leaves_no_tag_and_no_rows_and_the
 def test_export_and_import_say_what_happened_to_the_images(
     gap: Gap, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Two images (main and a release tag), copied at once both ways."""
     first = gap.build("first", own="v1")
+    release = push_build(
+        gap.source, gap.source_repo, image_tag("v1.0.0", gap.upstream.sha("main")[:7]), base=["os", "python"],
+        own="release", created="2026-01-01T00:00:00Z",
+    )  # fmt: skip
     assert run(["-q", "sync", "-c", str(gap.connected_config)]) == 0
     update = gap.root / "update.tar"
     capsys.readouterr()
     assert run(["export", "-c", str(gap.connected_config), "--out", str(update)]) == 0
-    assert f"images: 1 carried, with the {len(first.blobs)} blobs" in capsys.readouterr().out
+    blobs = len(first.blobs | release.blobs)
+    assert f"images: 2 carried, with the {blobs} blobs" in capsys.readouterr().out
+    with tarfile.open(update) as tar:
+        index = json.loads(tar.extractfile("images/index.json").read())  # type: ignore[union-attr]
+    names = [m["annotations"]["org.opencontainers.image.ref.name"] for m in index["manifests"]]
+    assert names == sorted([f"alpha:{first.tag}", f"alpha:{release.tag}"])  # in order, however they finished
     assert run(["import", str(update), "-c", str(gap.site_config), "--allow-unsigned"]) == 0
-    assert "images: 1 pushed (8 blobs), 0 there already, 0 failed" in capsys.readouterr().out
+    assert f"images: 2 pushed ({blobs} blobs), 0 there already, 0 failed" in capsys.readouterr().out
+    assert tag_is_whole(gap.site, gap.site_repo, first.tag) is True
+    assert tag_is_whole(gap.site, gap.site_repo, release.tag) is True
     assert run(["import", str(update), "-c", str(gap.site_config), "--allow-unsigned", "--json"]) == 0
     again = json.loads(capsys.readouterr().out)
-    assert again["images"] == [
-        {
-            "slug": "alpha",
-            "tag": first.tag,
-            "digest": first.digest,
-            "action": "present",
-            "blobs_pushed": 0,
-            "error": None,
-        }
-    ]
+    assert [(i["tag"], i["digest"], i["action"], i["blobs_pushed"]) for i in again["images"]] == [
+        (first.tag, first.digest, "present", 0), (release.tag, release.digest, "present", 0)
+    ]  # fmt: skip
