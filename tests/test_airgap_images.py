@@ -374,3 +374,43 @@ def test_export_and_import_say_what_happened_to_the_images(
     assert [(i["tag"], i["digest"], i["action"], i["blobs_pushed"]) for i in again["images"]] == [
         (first.tag, first.digest, "present", 0), (release.tag, release.digest, "present", 0)
     ]  # fmt: skip
+
+
+def test_the_images_of_several_collections_cross_at_once(
+    gap: Gap, make_upstream: Callable[[str], Upstream], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Five collections, more than are copied at once: every image arrives whole, each in its own
+    site repository, and the layout names them in order."""
+    slugs = ["alpha", "beta", "gamma", "delta", "epsilon"]
+    upstreams = {"alpha": gap.upstream} | {slug: make_upstream(slug) for slug in slugs[1:]}
+    builds = {}
+    for slug, up in upstreams.items():
+        commit = up.commit(f"{slug} one")
+        builds[slug] = push_build(
+            gap.source, f"{gap.source_repo}-{slug}", image_tag("main", commit[:7]), base=["os"], own=slug
+        )
+    auth = {"user_env": "CC_REGISTRY_USER", "pass_env": "CC_REGISTRY_PASS"}
+    base_git = {"enabled": True, "data_dir": "mirrors", "lock_timeout_seconds": 30}
+    state = {"path": "state/state.sqlite3"}
+    for path, host, repo_of, extra in (
+        (gap.connected_config, gap.source.host, gap.source_repo, {}),
+        (gap.site_config, gap.site.host, gap.site_repo, {"runtime_sync": False}),
+    ):
+        collections = [
+            {"slug": s, "git_url": upstreams[s].url, "image_registry": f"{host}/{repo_of}-{s}"} for s in slugs
+        ]
+        source = {"name": "ghcr", "type": "oci", "auth": auth, "codecollections": collections}
+        doc = {"git": {**base_git, **extra}, "state": state, "sources": [source]}
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    assert run(["-q", "sync", "-c", str(gap.connected_config)]) == 0
+    update = gap.root / "update.tar"
+    capsys.readouterr()
+    assert run(["export", "-c", str(gap.connected_config), "--out", str(update)]) == 0
+    assert "images: 5 carried" in capsys.readouterr().out
+    with tarfile.open(update) as tar:
+        index = json.loads(tar.extractfile("images/index.json").read())  # type: ignore[union-attr]
+    names = [m["annotations"]["org.opencontainers.image.ref.name"] for m in index["manifests"]]
+    assert names == sorted(f"{s}:{builds[s].tag}" for s in slugs)
+    assert run(["-q", "import", str(update), "-c", str(gap.site_config), "--allow-unsigned"]) == 0
+    for slug in slugs:
+        assert tag_is_whole(gap.site, f"{gap.site_repo}-{slug}", builds[slug].tag) is True, slug
