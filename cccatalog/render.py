@@ -290,7 +290,7 @@ def export_result(result: ExportResult, *, as_json: bool, quiet: bool) -> None:
         blobs = sum(c.blobs for c in result.carried)
         sent = sum(c.bytes for c in result.carried)
         sys.stdout.write(
-            f"{len(result.carried)} images carried, {blobs} blobs ({_size(sent)}) the site lacks\n"
+            f"images: {len(result.carried)} carried, with the {blobs} blobs ({_size(sent)}) the site lacks\n"
         )
 
 

@@ -227,3 +227,81 @@ class OtherOriginFront:
             server.shutdown()
             server.server_close()
         self._http.close()
+
+
+# --- a pass-through front that holds one upload ----------------------------------------------------
+
+
+class _HoldingServer(ThreadingHTTPServer):
+    daemon_threads = True
+    owner: HoldingFront
+
+
+class _HoldingHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet."""
+
+    def _any(self) -> None:
+        server = self.server
+        assert isinstance(server, _HoldingServer)
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        status, headers, answer = server.owner.forward(self.command, self.path, dict(self.headers), body)
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(answer)
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _any
+
+
+class HoldingFront:
+    """Passes every request to `registry` (its answers' Locations rewritten to the front), except
+    that the blob upload after `uploads_before_hold` others is held until `release` is set:
+    `held` says a client is waiting there, so a test can kill it at that point."""
+
+    def __init__(self, registry: RunningRegistry, *, uploads_before_hold: int) -> None:
+        self.registry = registry
+        self.uploads_before_hold = uploads_before_hold
+        self.uploads = 0
+        self.held = threading.Event()
+        self.release = threading.Event()
+        self._lock = threading.Lock()
+        self._http = httpx.Client(base_url=registry.url, timeout=30)
+        self._server = _HoldingServer(("127.0.0.1", 0), _HoldingHandler)
+        self._server.owner = self
+        self.host = f"127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        ).start()
+
+    def forward(
+        self, method: str, target: str, headers: Mapping[str, str], body: bytes
+    ) -> tuple[int, dict[str, str], bytes]:
+        if method == "PUT" and "/blobs/uploads/" in target:
+            with self._lock:
+                self.uploads += 1
+                hold = self.uploads == self.uploads_before_hold + 1
+            if hold:
+                self.held.set()
+                self.release.wait(60)
+                return 503, {}, b""
+        sent = {k: v for k, v in headers.items() if k.lower() not in ("host", "content-length", "connection")}
+        answer = self._http.request(method, target, content=body, headers=sent)
+        kept = {
+            k: v.replace(self.registry.url, f"http://{self.host}")
+            for k, v in answer.headers.items()
+            if k.lower() in ("content-type", "docker-content-digest", "location", "www-authenticate")
+        }
+        return answer.status_code, kept, answer.content if method != "HEAD" else b""
+
+    def stop(self) -> None:
+        self.release.set()
+        self._server.shutdown()
+        self._server.server_close()
+        self._http.close()

@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import signal
 import subprocess
+import sys
 import tarfile
 import uuid
 from collections.abc import Callable
@@ -25,7 +27,7 @@ from cccatalog.cli import run
 from cccatalog.config import load_config
 from tests.apifixtures import image_tag
 from tests.gitfixtures import Upstream
-from tests.imagefixtures import Build, push_build, tag_is_whole
+from tests.imagefixtures import Build, HoldingFront, push_build, tag_is_whole
 from tests.registry import ALL_MANIFESTS, PASSWORD, USERNAME, RunningRegistry, registry_client, sha256
 from tests.servefixtures import serve_process
 
@@ -314,3 +316,101 @@ def test_an_update_whose_layout_is_not_one_is_refused(gap: Gap, capsys: pytest.C
     assert "images/index.json: " in capsys.readouterr().err
     assert tag_is_whole(gap.site, gap.site_repo, first.tag) is None
     assert gap.site_rows() == {}
+
+
+@pytest.mark.security
+def test_an_import_killed_while_pushing_images_leaves_no_tag_and_no_rows_and_the_next_completes(
+    gap: Gap,
+) -> None:
+    first = gap.build("first", own="v1")
+    assert run(["-q", "sync", "-c", str(gap.connected_config)]) == 0
+    update = gap.root / "update.tar"
+    assert run(["-q", "export", "-c", str(gap.connected_config), "--out", str(update)]) == 0
+    front = HoldingFront(gap.site, uploads_before_hold=3)  # three blobs in, the fourth held
+    try:
+        gap.write(site_registry=f"{front.host}/{gap.site_repo}")
+        argv = [sys.executable, "-m", "cccatalog", "-q", "import", str(update), "-c", str(gap.site_config),
+                "--allow-unsigned"]  # fmt: skip
+        with subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as importing:
+            assert front.held.wait(60), importing.stderr.read() if importing.stderr else ""
+            importing.kill()
+            importing.wait(30)
+        assert importing.returncode == -signal.SIGKILL
+        front.release.set()
+        assert tag_is_whole(gap.site, gap.site_repo, first.tag) is None  # the tag is written last
+        assert gap.site_rows() == {}  # and the rows after it
+        assert run(["-q", "import", str(update), "-c", str(gap.site_config), "--allow-unsigned"]) == 0
+    finally:
+        front.stop()
+    assert tag_is_whole(gap.site, gap.site_repo, first.tag) is True
+    assert gap.site_rows() == {"main": f"{front.host}/{gap.site_repo}:{first.tag}"}
+
+
+def test_export_and_import_say_what_happened_to_the_images(
+    gap: Gap, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two images (main and a release tag), copied at once both ways."""
+    first = gap.build("first", own="v1")
+    release = push_build(
+        gap.source, gap.source_repo, image_tag("v1.0.0", gap.upstream.sha("main")[:7]), base=["os", "python"],
+        own="release", created="2026-01-01T00:00:00Z",
+    )  # fmt: skip
+    assert run(["-q", "sync", "-c", str(gap.connected_config)]) == 0
+    update = gap.root / "update.tar"
+    capsys.readouterr()
+    assert run(["export", "-c", str(gap.connected_config), "--out", str(update)]) == 0
+    blobs = len(first.blobs | release.blobs)
+    assert f"images: 2 carried, with the {blobs} blobs" in capsys.readouterr().out
+    with tarfile.open(update) as tar:
+        index = json.loads(tar.extractfile("images/index.json").read())  # type: ignore[union-attr]
+    names = [m["annotations"]["org.opencontainers.image.ref.name"] for m in index["manifests"]]
+    assert names == sorted([f"alpha:{first.tag}", f"alpha:{release.tag}"])  # in order, however they finished
+    assert run(["import", str(update), "-c", str(gap.site_config), "--allow-unsigned"]) == 0
+    assert f"images: 2 pushed ({blobs} blobs), 0 there already, 0 failed" in capsys.readouterr().out
+    assert tag_is_whole(gap.site, gap.site_repo, first.tag) is True
+    assert tag_is_whole(gap.site, gap.site_repo, release.tag) is True
+    assert run(["import", str(update), "-c", str(gap.site_config), "--allow-unsigned", "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert [(i["tag"], i["digest"], i["action"], i["blobs_pushed"]) for i in again["images"]] == [
+        (first.tag, first.digest, "present", 0), (release.tag, release.digest, "present", 0)
+    ]  # fmt: skip
+
+
+def test_the_images_of_several_collections_cross_at_once(
+    gap: Gap, make_upstream: Callable[[str], Upstream], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Five collections, more than are copied at once: every image arrives whole, each in its own
+    site repository, and the layout names them in order."""
+    slugs = ["alpha", "beta", "gamma", "delta", "epsilon"]
+    upstreams = {"alpha": gap.upstream} | {slug: make_upstream(slug) for slug in slugs[1:]}
+    builds = {}
+    for slug, up in upstreams.items():
+        commit = up.commit(f"{slug} one")
+        builds[slug] = push_build(
+            gap.source, f"{gap.source_repo}-{slug}", image_tag("main", commit[:7]), base=["os"], own=slug
+        )
+    auth = {"user_env": "CC_REGISTRY_USER", "pass_env": "CC_REGISTRY_PASS"}
+    base_git = {"enabled": True, "data_dir": "mirrors", "lock_timeout_seconds": 30}
+    state = {"path": "state/state.sqlite3"}
+    for path, host, repo_of, extra in (
+        (gap.connected_config, gap.source.host, gap.source_repo, {}),
+        (gap.site_config, gap.site.host, gap.site_repo, {"runtime_sync": False}),
+    ):
+        collections = [
+            {"slug": s, "git_url": upstreams[s].url, "image_registry": f"{host}/{repo_of}-{s}"} for s in slugs
+        ]
+        source = {"name": "ghcr", "type": "oci", "auth": auth, "codecollections": collections}
+        doc = {"git": {**base_git, **extra}, "state": state, "sources": [source]}
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    assert run(["-q", "sync", "-c", str(gap.connected_config)]) == 0
+    update = gap.root / "update.tar"
+    capsys.readouterr()
+    assert run(["export", "-c", str(gap.connected_config), "--out", str(update)]) == 0
+    assert "images: 5 carried" in capsys.readouterr().out
+    with tarfile.open(update) as tar:
+        index = json.loads(tar.extractfile("images/index.json").read())  # type: ignore[union-attr]
+    names = [m["annotations"]["org.opencontainers.image.ref.name"] for m in index["manifests"]]
+    assert names == sorted(f"{s}:{builds[s].tag}" for s in slugs)
+    assert run(["-q", "import", str(update), "-c", str(gap.site_config), "--allow-unsigned"]) == 0
+    for slug in slugs:
+        assert tag_is_whole(gap.site, f"{gap.site_repo}-{slug}", builds[slug].tag) is True, slug

@@ -126,7 +126,7 @@ def test_transfer_benchmark_sizes_a_one_commit_update_against_a_full_export(tmp_
 def test_images_benchmark_mirrors_cold_and_warm_beside_skopeo_and_sizes_an_update(tmp_path: Path) -> None:
     data = run_benchmark("benchmarks.images.bench_images", tmp_path / "images.json")
     rows = {(row["phase"], row["tool"]): row for row in data["rows"]}
-    tools = ("cccatalog", "skopeo copy loop", "skopeo sync")
+    tools = ("cccatalog", "cccatalog, 4 at once", "skopeo copy loop", "skopeo sync")
     assert set(rows) == {(phase, tool) for phase in ("cold", "warm") for tool in tools}
     assert all(row["seconds"] > 0 and row["vs_cccatalog"] > 0 for row in rows.values())
     assert rows[("cold", "cccatalog")]["vs_cccatalog"] == 1.0

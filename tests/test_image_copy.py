@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -467,3 +468,21 @@ def test_a_docker_v2_manifest_keeps_its_media_type_and_digest(
         == "application/vnd.docker.distribution.manifest.v2+json"
     )
     assert sha256_digest(got.content) == pushed.digest
+
+
+def test_images_copied_at_once_on_a_fresh_client_all_get_through_basic_auth(
+    registry_anon: RunningRegistry, registry_basic: RunningRegistry
+) -> None:
+    """The requests on their way when the first 401 teaches the client that the host wants Basic
+    are answered 401 too, and must be retried with the credentials, not refused."""
+    names = [unique("team/cc") for _ in range(4)]
+    builds = [push_build(registry_anon, name, "v5", base=["os"], own=name) for name in names]
+
+    def copy(n: int) -> str:
+        to = repo(registry_basic.host, f"mirror/{names[n]}")
+        return copy_image(source, repo(registry_anon.host, names[n]), "v5", target, to, "v5").digest
+
+    with RegistryClient() as source, robot_client() as target, ThreadPoolExecutor(max_workers=4) as pool:
+        digests = list(pool.map(copy, range(4)))
+    assert digests == [b.digest for b in builds]
+    assert all(tag_is_whole(registry_basic, f"mirror/{name}", "v5") for name in names)

@@ -144,9 +144,12 @@ class RegistryTokenAuth(httpx.Auth):
             return
         if challenge.scheme == "basic":
             with self._lock:
-                first_time = host not in self._basic_hosts
                 self._basic_hosts.add(host)
-            if auth is not None and auth.basic is not None and first_time:
+            # Retried once, when this request went without them: deciding by "first 401 from this
+            # host" instead refused every request that was already on its way when the first one
+            # learnt the host wants Basic (concurrent image copies on a fresh client).
+            sent = request.headers.get("Authorization")
+            if auth is not None and auth.basic is not None and sent != auth.basic.authorization:
                 request.headers["Authorization"] = auth.basic.authorization
                 yield request
             return

@@ -201,11 +201,6 @@ class ImageContents:
     manifests: list[Manifest]  # deepest first
     blobs: dict[str, int]  # digest -> size
 
-    @property
-    def digests(self) -> set[str]:
-        """Every digest a registry holds for this image: manifests and blobs."""
-        return {self.top.digest, *(m.digest for m in self.manifests), *self.blobs}
-
 
 def image_contents(source: ImageSource, reference: str) -> ImageContents:
     """Walk the image `reference` names: every manifest under it and every blob they name."""

@@ -84,10 +84,13 @@ class LayoutTarget:
     and manifests) the layout's eventual reader holds — reported as held and never written, except
     a manifest named by a tag, which is always written (the reader learns the name from it)."""
 
-    def __init__(self, root: Path, *, present: Collection[str] = ()) -> None:
+    def __init__(
+        self, root: Path, *, present: Collection[str] = (), index_lock: threading.Lock | None = None
+    ) -> None:
         self.root = root
         self.present = frozenset(present)
-        self._lock = threading.Lock()
+        # targets on one root that copy at the same time must share this: index.json is rewritten whole
+        self._lock = index_lock or threading.Lock()
         (root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
         if not (root / LAYOUT_FILE).is_file():
             _write(root / LAYOUT_FILE, json.dumps({"imageLayoutVersion": "1.0.0"}).encode())
@@ -138,8 +141,19 @@ class LayoutTarget:
             self._write_index([*kept, entry])
 
     def _write_index(self, items: list[dict[str, Any]]) -> None:
-        index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": items}
-        _write(self.root / INDEX_FILE, (json.dumps(index, indent=2) + "\n").encode())
+        _write_index(self.root, items)
+
+
+def sort_index(root: Path) -> None:
+    """`index.json` in the order of its names: the same images give the same bytes, in whatever
+    order concurrent copies finished."""
+    items = _index_items(root)
+    _write_index(root, sorted(items, key=lambda i: str(i.get("annotations", {}).get(REF_NAME, ""))))
+
+
+def _write_index(root: Path, items: list[dict[str, Any]]) -> None:
+    index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": items}
+    _write(root / INDEX_FILE, (json.dumps(index, indent=2) + "\n").encode())
 
 
 class LayoutSource:
