@@ -1,10 +1,10 @@
 """The pack cache: each distinct upload-pack answer is made once, written to disk, and sent to every
 identical request — those arriving while it is being made and those arriving later.
 
-Key: the repository, its ref fingerprint (`gitmirror.refstate`; a racy or untrusted one means the
-request is not cached), the `Git-Protocol` header, the `Content-Encoding` and the sha256 of the request
-body. Objects are immutable and every ref change changes the fingerprint, so an entry never goes stale:
-nothing invalidates it but age and size.
+Key (`pack_key`): the repository, its ref fingerprint (`gitmirror.refstate`; a racy or untrusted one
+means the request is not cached), the `Git-Protocol` and `Content-Type` headers and the request,
+normalised to what decides the answer. Objects are immutable and every ref change changes the
+fingerprint, so an entry never goes stale: nothing invalidates it but age and size.
 
 On disk, under a writable directory of its own (never the mirrors, which may be read-only):
 
@@ -29,7 +29,6 @@ new answers bypass the cache (`Overfull`), so slow readers cannot fill the disk 
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -44,10 +43,8 @@ from contextlib import suppress
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import IO
 
 from cccatalog.gitmirror.http_backend import BackendOutcome, ClientGone, ResponseSink
-from cccatalog.gitmirror.refstate import Fingerprint
 from cccatalog.server import relay
 from cccatalog.server.admission import Admission, ClientLeft, Refused
 
@@ -70,18 +67,6 @@ _POLL_MS = 250  # how often a writer with nothing to read checks that someone st
 _SWEEP_EVERY = 60.0  # seconds between looks for files of writers that died (another process's)
 _TOUCH_AFTER = 60.0  # seconds: an entry's mtime (its LRU clock) is refreshed at most this often
 _REMEMBERED_OVERSIZE = 4096
-
-
-def entry_name(
-    repo: Path, fingerprint: Fingerprint, git_protocol: str, content_encoding: str, body: IO[bytes]
-) -> str:
-    """The cache key as a file name: sha256 over everything that decides the answer."""
-    digest = hashlib.sha256()
-    while chunk := body.read(_BATCH):
-        digest.update(chunk)
-    body.seek(0)
-    material = [_FORMAT, str(repo), fingerprint, git_protocol, content_encoding, digest.hexdigest()]
-    return hashlib.sha256(json.dumps(material).encode()).hexdigest()
 
 
 class Overfull(Exception):

@@ -24,7 +24,8 @@ from cccatalog.gitmirror.http_backend import BackendOutcome, CGIRequest, Respons
 from cccatalog.gitmirror.layout import Layout
 from cccatalog.gitmirror.refstate import advertisement_fingerprint
 from cccatalog.server.admission import client_gone
-from cccatalog.server.pack_cache import Entry, Finished, Overfull, PackCache, Reader, State, entry_name
+from cccatalog.server.pack_cache import Entry, Finished, Overfull, PackCache, Reader, State
+from cccatalog.server.pack_key import request_key
 from cccatalog.server.routing import GitRoute
 
 if TYPE_CHECKING:
@@ -51,8 +52,16 @@ def answer_upload_pack(handler: GitRequestHandler, route: GitRoute, req: CGIRequ
     fingerprint = advertisement_fingerprint(repo, racy_seconds=server.racy_seconds)
     if fingerprint is None:
         return False
-    name = entry_name(repo, fingerprint, req.git_protocol, req.content_encoding, body)
-    if cache.is_oversize(name):
+    name = request_key(
+        repo,
+        fingerprint,
+        git_protocol=req.git_protocol,
+        content_type=req.content_type,
+        content_encoding=req.content_encoding,
+        body=body,
+        max_inflated=server.settings.max_request_body_mb * 1024 * 1024,
+    )
+    if name is None or cache.is_oversize(name):
         return False
     try:
         found = cache.open(name)
