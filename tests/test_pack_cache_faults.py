@@ -25,7 +25,7 @@ from cccatalog.gitmirror.http_backend import HttpBackend
 from cccatalog.gitmirror.refstate import advertisement_fingerprint
 from cccatalog.server.app import CatalogServer
 from tests.conftest import MakeConfig
-from tests.fleetfixtures import UPLOAD_HEADERS, gated_git, request_from, upload_pack, want_request
+from tests.fleetfixtures import UPLOAD_HEADERS, gated_git, pack_data, request_from, upload_pack, want_request
 from tests.gitfixtures import Upstream, git
 from tests.robustfixtures import (
     REAL_GIT,
@@ -33,7 +33,6 @@ from tests.robustfixtures import (
     add_random_blobs,
     address,
     git_wrapper,
-    pkt_lines,
     wait_until,
 )
 from tests.servefixtures import running_server, serve_process, synced_config
@@ -185,12 +184,6 @@ def test_answers_written_at_the_same_time_stay_within_the_bound(
     assert peak[0] <= bound, f"{peak[0]} bytes on disk against a bound of {bound}"
     assert all(complete(r) for r in replies)
     assert sorted(pack_data(r.body) for r in replies) == sorted(pack_data(body) for body in expected)
-
-
-def pack_data(answer: bytes) -> bytes:
-    """The pack in a side-band answer (band 1), without the progress messages (band 2), whose
-    throughput figures differ from run to run."""
-    return b"".join(line[1:] for line in pkt_lines(answer) if line[:1] == b"\x01")
 
 
 def branch_of_random_data(up: Upstream, branch: str, size: int, tmp_path: Path) -> str:

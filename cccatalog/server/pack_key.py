@@ -6,17 +6,21 @@ one with 415, whose text quotes it) and the request itself. A request with any o
 git's own is never cached at all: its answer is an error, made for it alone.
 
 The request is keyed on what it asks for, not on its incidental bytes (the shape of Gitaly's cache
-key): a gzip body is inflated, and the capabilities that only name the client — `agent=` and
-`session-id=` — are dropped and the rest put in order, so a fleet mid-upgrade (git 2.39 and 2.43 side
-by side) shares its answers. upload-pack reads capabilities as a set and never writes the client's
-agent into a pack; the wants, haves and arguments keep their order, as git walks them in that order. A
-body that does not parse as pkt-lines is keyed on its raw bytes, as before.
+key): a gzip body is inflated, the one capability that only names the client (`agent=`, whose value
+upload-pack records and never checks) is dropped and the others put in order, so a fleet mid-upgrade
+(git 2.39 and 2.43 side by side) shares its answers. Nothing else is dropped, since anything else can
+change the answer: git 2.39 answers a v2 request carrying `session-id=` with a fatal error unless it
+advertised it, and an error must never be the answer of a request that would have had a pack. upload-
+pack reads capabilities as a set; the wants, haves and arguments keep their order, as git walks them
+in that order. A body that does not parse strictly as pkt-lines, or names two agents, is keyed on its
+raw bytes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +31,7 @@ from cccatalog.gitmirror.refstate import Fingerprint
 UPLOAD_PACK_REQUEST = "application/x-git-upload-pack-request"
 _FORMAT = 2
 _BATCH = 1024 * 1024
-_CLIENT_ONLY = (b"agent=", b"session-id=")
+_AGENT = re.compile(rb"agent=[\x21-\x7e]{1,256}\n?")
 _HEX = b"0123456789abcdefABCDEF"
 
 
@@ -71,13 +75,13 @@ def normalise(data: bytes, *, v2: bool) -> bytes | None:
     """The request with client-only capabilities dropped and the others sorted; None when `data` is not
     a sequence of pkt-lines."""
     packets = _split(data)
-    if packets is None:
-        return None
+    if packets is None or sum(p.data.count(b"agent=") for p in packets) > 1:
+        return None  # two agents is a request git may read differently: keyed as sent
     if v2:
         head_end = next((i for i, p in enumerate(packets) if p.special), len(packets))
         head = packets[:head_end]
         command = [p for p in head if p.data.startswith(b"command=")]
-        caps = [p for p in head if not p.data.startswith(b"command=") and not _client_only(p.data)]
+        caps = [p for p in head if not p.data.startswith(b"command=") and not _AGENT.fullmatch(p.data)]
         packets = command + sorted(caps, key=lambda p: p.data) + packets[head_end:]
     else:
         for i, packet in enumerate(packets):
@@ -99,12 +103,8 @@ class _Packet:
 def _v0_want(payload: bytes) -> bytes:
     """`want <oid> cap cap...`: the first want carries the capabilities, space separated."""
     words = payload.rstrip(b"\n").split(b" ")
-    caps = sorted(w for w in words[2:] if w and not _client_only(w))
+    caps = sorted(w for w in words[2:] if w and not _AGENT.fullmatch(w))
     return b" ".join(words[:2] + caps) + b"\n"
-
-
-def _client_only(item: bytes) -> bool:
-    return item.rstrip(b"\n").startswith(_CLIENT_ONLY)
 
 
 def _split(data: bytes) -> list[_Packet] | None:
