@@ -16,6 +16,7 @@ copy reuses the pipe's pages and the buffer.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import io
 import os
@@ -36,6 +37,9 @@ _COALESCE_SECONDS = 0.0005
 _MSG_MORE = getattr(socket, "MSG_MORE", 0)  # Linux: the chunk header waits for its data
 _FOUR_ZERO_BYTES = bytes(4)
 _POOL_MAX = 16  # beyond this many at once, a finished stream's buffer is freed
+_SPLICE = hasattr(os, "splice")
+_SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_MORE", 0)
+_CANNOT_SPLICE = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)
 
 
 class _BufferPool:
@@ -110,12 +114,56 @@ def stream_pipe(pipe: int, sock: socket.socket, *, chunked: bool, progress: Prog
             break
     else:
         return
+    if _SPLICE and splice_pipe(pipe, sock, poller, chunked=chunked, progress=progress):
+        return
     with _POOL.buffer() as buffer:
         while count := min(pending(pipe, poller, bulk=True), _MAX_BATCH):
             got = reader.readinto(buffer[:count]) or 0
             if not got:
                 break
             _send(sock, buffer[:got], chunked=chunked, progress=progress)
+
+
+def splice_pipe(
+    pipe: int, sock: socket.socket, poller: select.poll, *, chunked: bool, progress: Progress
+) -> bool:
+    """Move the rest of `pipe` to `sock` in the kernel (`splice(2)`), each batch one HTTP chunk: its
+    header written first, then its bytes spliced. True when it reached the end of the pipe; False
+    when the kernel cannot splice to this socket (the caller copies the rest).
+    """
+    out = sock.fileno()
+    timeout = sock.gettimeout()
+    wait_ms = None if timeout is None else int(timeout * 1000)
+    writable = select.poll()
+    writable.register(out, select.POLLOUT)
+    while count := min(pending(pipe, poller, bulk=True), _MAX_BATCH):
+        if chunked:
+            sock.sendall(b"%s%x\r\n" % (b"\r\n" if progress.crlf_owed else b"", count), _MSG_MORE)
+            progress.crlf_owed = True
+        left = count
+        while left:
+            try:
+                moved = os.splice(pipe, out, left, flags=_SPLICE_FLAGS)
+            except BlockingIOError:  # the socket's buffer is full: wait for room, as sendall would
+                if not writable.poll(wait_ms):
+                    raise TimeoutError("the client stopped reading") from None
+                continue
+            except OSError as exc:
+                if exc.errno not in _CANNOT_SPLICE:
+                    raise
+                while left:  # finish this chunk by copying; the caller copies the rest
+                    data = os.read(pipe, left)
+                    if not data:
+                        raise ConnectionError("the backend's pipe ended inside a chunk")
+                    sock.sendall(data)
+                    left -= len(data)
+                    progress.sent += len(data)
+                return False
+            if not moved:
+                raise ConnectionError("the backend's pipe ended inside a chunk")
+            left -= moved
+            progress.sent += moved
+    return True
 
 
 def _send(sock: socket.socket, data: bytes | memoryview, *, chunked: bool, progress: Progress) -> None:
