@@ -273,6 +273,12 @@ class ServeConfig:
         doc="disk for pack answers made once and sent to every identical fetch "
         "([serving](serving.md#fleets-admission-queue-and-pack-cache)); `0` turns it off",
     )
+    # Measured in benchmarks/fleet (docs/serving.md has the numbers and the reason for the default).
+    pack_cache_second_sight: bool = setting(
+        False,
+        doc="keep a pack answer only when its request is seen a second time within 10 minutes (the "
+        "first is sent through a spool that is not kept): fewer disk writes for one-off clones",
+    )
     pack_cache_dir: Path | None = setting(
         doc="where the pack cache lives; must be writable (never the mirrors)",
         shown="`pack-cache` beside the state file",
@@ -742,6 +748,7 @@ def _serve(r: _Reader) -> ServeConfig:
         max_queued_upload_packs=r.int_("max_queued_upload_packs", d.max_queued_upload_packs, 0, 65536),
         max_queue_wait_seconds=r.int_("max_queue_wait_seconds", d.max_queue_wait_seconds, 1, 3600),
         pack_cache_mb=r.int_("pack_cache_mb", d.pack_cache_mb, 0, 1024 * 1024),
+        pack_cache_second_sight=r.bool_("pack_cache_second_sight", d.pack_cache_second_sight),
         pack_cache_dir=r.path_("pack_cache_dir", d.pack_cache_dir),
         replica_id=r.str_("replica_id", d.replica_id),
     )

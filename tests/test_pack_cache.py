@@ -507,3 +507,49 @@ def test_a_serve_killed_mid_write_leaves_nothing_that_is_ever_served(
     assert git("rev-parse", "HEAD", cwd=tmp_path / "after") == up.sha("main")
     assert half_written[0] not in swept, "the dead writer's file was kept"
     assert len(list((cache / "entries").iterdir())) == 1
+
+
+def test_with_second_sight_an_answer_is_kept_only_when_its_request_comes_again(
+    make_upstream: MakeUpstream, write_config: MakeConfig, tmp_path: Path
+) -> None:
+    up = make_upstream("alpha")
+    config = synced_config(write_config({"alpha": up.url}))
+    one_off, repeated = want_request(up.sha("main"), depth=1), want_request(up.sha("main"))
+    gate = gated_git(tmp_path)
+
+    with serving(config, pack_cache_second_sight=True, backend=HttpBackend(git=str(gate.git))) as server:
+        assert server.packs is not None
+        packs = server.packs
+        gate.open()
+        first = upload_pack(server.url, "alpha.git", one_off)
+        assert wait_until(lambda: writers_done(server), 10)
+        after_one_off = entries(server)
+        again = [upload_pack(server.url, "alpha.git", repeated) for _ in range(3)]
+        assert wait_until(lambda: writers_done(server), 10)
+        kept = entries(server)
+        counts = (packs.made, packs.hits)
+        # a burst of identical requests is its own second sight: kept the first time
+        gate.gate.unlink()
+        burst_body = want_request(up.sha("main"), depth=2)
+        burst: list[Reply] = []
+        threads = [
+            threading.Thread(target=lambda: burst.append(upload_pack(server.url, "alpha.git", burst_body)))
+            for _ in range(3)
+        ]
+        for thread in threads:
+            thread.start()
+        assert wait_until(lambda: packs.joined == 2, 10)
+        gate.open()
+        for thread in threads:
+            thread.join(30)
+        assert wait_until(lambda: writers_done(server), 10)
+        after_burst = entries(server)
+
+    assert complete(first)
+    assert after_one_off == [], "a one-off answer was kept"
+    assert all(complete(r) for r in again)
+    assert again[2].body == again[1].body
+    assert counts == (3, 1), "made: the one-off, then the repeated twice (first and second sight); one hit"
+    assert len(kept) == 1
+    assert all(complete(r) for r in burst)
+    assert len(after_burst) == 2, "a burst's answer was not kept"

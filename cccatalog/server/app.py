@@ -624,7 +624,9 @@ def open_pack_cache(settings: ServeConfig, state_path: Path) -> PackCache | None
         return None
     directory = settings.pack_cache_dir or state_path.parent / "pack-cache"
     try:
-        return PackCache(directory, settings.pack_cache_mb * 1024 * 1024)
+        return PackCache(
+            directory, settings.pack_cache_mb * 1024 * 1024, second_sight=settings.pack_cache_second_sight
+        )
     except OSError as exc:
         log.warning(
             "pack cache off: cannot use %s (%s); set serve.pack_cache_dir to a writable path", directory, exc

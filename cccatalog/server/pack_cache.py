@@ -47,6 +47,10 @@ _MAX_STEP = 1024 * 1024  # a writer reserves at most this much ahead
 _SWEEP_EVERY = 60.0  # seconds between looks for files of writers that died (another process's)
 _WARN_EVERY = 60.0
 _REMEMBERED_OVERSIZE = 4096
+# Write on second sight (GitLab measured most pack-objects cache entries never read again): a key is
+# remembered this long after it was first asked for, and this many keys at most.
+_SIGHT_WINDOW = 600.0
+_REMEMBERED_SIGHTS = 65536
 
 
 @dataclass(slots=True)
@@ -63,7 +67,7 @@ class _Held:
 class PackCache:
     """Files on disk under `directory`, at most `max_bytes` of them, and the answers being written."""
 
-    def __init__(self, directory: Path, max_bytes: int) -> None:
+    def __init__(self, directory: Path, max_bytes: int, *, second_sight: bool = False) -> None:
         self.directory = directory
         self.entries = directory / "entries"
         self.tmp = directory / "tmp"
@@ -75,6 +79,8 @@ class PackCache:
         self._lock = threading.Lock()
         self._inflight: dict[str, Entry] = {}
         self._oversize: OrderedDict[str, None] = OrderedDict()
+        self.second_sight = second_sight
+        self._seen: OrderedDict[str, float] = OrderedDict()  # keys seen once, when (monotonic)
         self._finished_bytes = 0  # listed in entries/ (from the last scan, and publishes since)
         self._live_bytes = 0  # reserved by writers, or files not listed that requests still hold
         self._held: dict[int, _Held] = {}  # by inode
@@ -100,6 +106,9 @@ class PackCache:
         with self._lock:
             entry = self._inflight.get(name) if name else None
             if entry is not None and not entry.cancelled and not entry.direct:
+                if entry.first_sight:  # seen again while it is written: worth keeping after all
+                    entry.first_sight = False
+                    entry.keep = name not in self._oversize
                 entry.readers += 1
                 self._held[entry.ino].readers += 1
                 self.joined += 1
@@ -118,13 +127,27 @@ class PackCache:
                 os.close(fd)
                 path.unlink(missing_ok=True)
                 raise
-            entry = Entry(name or "", fd, path, keep=keep and bool(name))
+            first_sight = bool(name and keep and self.second_sight and self._first_sight(name))
+            entry = Entry(name or "", fd, path, keep=keep and bool(name) and not first_sight)
+            entry.first_sight = first_sight
             entry.readers = 1
             self._held[entry.ino] = _Held(1, 0, False, writing=True)
             if name:
                 self._inflight[name] = entry
             self.made += 1
             return Reader(entry, reader_fd, True, self, entry.register())
+
+    def _first_sight(self, name: str) -> bool:
+        """Whether `name` was not asked for in the last `_SIGHT_WINDOW` seconds (lock held); it is
+        remembered now, so the next request for it within the window is its second sight."""
+        now = time.monotonic()
+        seen = self._seen.pop(name, None)
+        if seen is not None and now - seen <= _SIGHT_WINDOW:
+            return False
+        self._seen[name] = now
+        while len(self._seen) > _REMEMBERED_SIGHTS:
+            self._seen.popitem(last=False)
+        return True
 
     def _open_finished(self, name: str) -> Finished | None:
         try:

@@ -69,6 +69,7 @@ class Entry:
         self.cancelled = False  # every reader left before the answer was whole
         self.keep = keep  # published when whole: a cache candidate, not past the entry cap, not direct
         self.direct = False  # the rest of the answer goes to readers from memory
+        self.first_sight = False  # not kept, as its key was not seen before; a reader joining changes that
         self.size = 0  # bytes in the file
         self.reserved = 0  # bytes of the bound this file may use; guarded by the cache's lock
         self.tail: deque[tuple[int, bytes]] = deque()  # (offset, data) past `file_end`

@@ -154,7 +154,7 @@ def splice_pipe(
                 while left:  # finish this chunk by copying; the caller copies the rest
                     data = os.read(pipe, left)
                     if not data:
-                        raise ConnectionError("the backend's pipe ended inside a chunk")
+                        raise ConnectionError("the backend's pipe ended inside a chunk") from exc
                     sock.sendall(data)
                     left -= len(data)
                     progress.sent += len(data)
