@@ -449,7 +449,10 @@ class Row:
     pack_bytes: int
     slow_reader_bytes: int = 0
     git_answers: int = -1  # pack answers git made (the pack cache's `made`); -1: not a cccatalog with a cache
-    disk_written_per_fetch: float = -1.0  # MB the server process wrote to storage, net of cancelled writes
+    # MB per fetch the server process wrote to the page cache for storage (`write_bytes`), and that
+    # less what was dropped before it reached the disk (`cancelled_write_bytes`); None: unknown
+    disk_dirtied_per_fetch: float | None = None
+    disk_written_per_fetch: float | None = None
     first_error: str = ""
 
 
@@ -462,7 +465,7 @@ class Batch:
     busy: float = 0.0
     slow_bytes: int = 0
     git_answers: int = -1
-    disk_written: int = -1
+    disk: tuple[int, int] | None = None  # bytes dirtied, bytes cancelled
 
 
 def run_batch(
@@ -504,8 +507,8 @@ def run_batch(
         made_after, disk_after = pack_answers_made(server), disk_written(server)
         if made_before >= 0 and made_after >= 0:
             batch.git_answers = made_after - made_before
-        if disk_before >= 0 and disk_after >= 0:
-            batch.disk_written = disk_after - disk_before
+        if disk_before is not None and disk_after is not None:
+            batch.disk = (disk_after[0] - disk_before[0], disk_after[1] - disk_before[1])
         batch.client_cpu = _client_cpu() - client_before
         batch.slow_bytes = sum(r.received for r in readers)
     batch.server_cpu = bs._tree_cpu(server, bs._quiesce(server)) - cpu_before
@@ -528,19 +531,19 @@ def pack_answers_made(server: bs.Server) -> int:
     return -1
 
 
-def disk_written(server: bs.Server) -> int:
-    """Bytes the server's main process sent to storage (`/proc/<pid>/io`: pages it dirtied, less those
-    dropped before they were written back, as a spool deleted in time is); -1 when unknown. The pack
+def disk_written(server: bs.Server) -> tuple[int, int] | None:
+    """Bytes the server's main process wrote for storage (`/proc/<pid>/io`: the pages it dirtied) and
+    those dropped before they were written back (a spool deleted in time); None when unknown. The pack
     cache writes from serve's own process, so this is its disk traffic."""
     if not server.name.startswith("cccatalog") or not server.procs:
-        return -1
+        return None
     try:
         fields = dict(
             line.split(": ") for line in Path(f"/proc/{server.procs[0].pid}/io").read_text().splitlines()
         )
     except OSError:
-        return -1
-    return int(fields["write_bytes"]) - int(fields["cancelled_write_bytes"])
+        return None
+    return int(fields["write_bytes"]), int(fields["cancelled_write_bytes"])
 
 
 def _client_cpu() -> float:
@@ -573,13 +576,19 @@ def merge(server: str, cell: str, n: int, batches: Sequence[Batch]) -> Row:
         pack_bytes=max((f.pack_bytes for f in done), default=0),
         slow_reader_bytes=sum(b.slow_bytes for b in batches),
         git_answers=sum(b.git_answers for b in batches) if all(b.git_answers >= 0 for b in batches) else -1,
-        disk_written_per_fetch=(
-            round(sum(b.disk_written for b in batches) / max(1, len(fetches)) / 1e6, 3)
-            if all(b.disk_written >= 0 for b in batches)
-            else -1.0
+        disk_dirtied_per_fetch=_per_fetch([b.disk[0] for b in batches if b.disk], len(batches), fetches),
+        disk_written_per_fetch=_per_fetch(
+            [b.disk[0] - b.disk[1] for b in batches if b.disk], len(batches), fetches
         ),
         first_error=failures[0].error if failures else "",
     )
+
+
+def _per_fetch(values: Sequence[int], batches: int, fetches: Sequence[Fetch]) -> float | None:
+    """MB per fetch, when every batch was measured."""
+    if len(values) != batches:
+        return None
+    return round(sum(values) / max(1, len(fetches)) / 1e6, 3)
 
 
 def measure(
@@ -620,7 +629,8 @@ def measure(
                 f"{row.server:22} {variant:19} N={n:<3} fail {row.failures:3} {row.mb_per_s:7.2f} MB/s"
                 f" {row.fetches_per_s:6.2f} fetch/s p50 {row.p50_s:6.2f}s p99 {row.p99_s:6.2f}s"
                 f" cpu/fetch {row.server_cpu_per_fetch:.4f} git answers {row.git_answers}"
-                f" disk/fetch {row.disk_written_per_fetch} MB other load {row.other_load_percent:.0f}%"
+                f" disk/fetch {row.disk_dirtied_per_fetch}/{row.disk_written_per_fetch} MB"
+                f" other load {row.other_load_percent:.0f}%"
             )
     return rows
 
@@ -716,9 +726,10 @@ def report(rows: Sequence[Row], targets: Sequence[Target], hook: dict[str, float
     ))  # fmt: skip
     out.append("\n## Pack cache: git answers and disk written per served fetch\n")
     out.append(bs.markdown_table(
-        ["server", "cell", "N", "fetches", "git answers", "hit rate", "disk MB/fetch"],
+        ["server", "cell", "N", "fetches", "git answers", "hit rate", "MB/fetch written", "MB/fetch to disk"],
         [(r.server, r.cell, r.concurrency, r.fetches, r.git_answers,
-          f"{1 - r.git_answers / r.fetches:.3f}" if r.fetches else "-", r.disk_written_per_fetch)
+          f"{1 - r.git_answers / r.fetches:.3f}" if r.fetches else "-", r.disk_dirtied_per_fetch,
+          r.disk_written_per_fetch)
          for r in rows if r.git_answers >= 0],
     ))  # fmt: skip
     nginx = {(r.cell, r.concurrency): r for r in rows if r.server == "nginx-fcgiwrap"}
@@ -785,7 +796,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         env = bs.git_env(work / "home")
         servers = start_servers(work, size, names, args.compare_src, stack)
         bs.log("servers up: " + ", ".join(f"{s.name}:{s.port}" for s in servers))
-        post = fetch_request(work, servers[0], env)
+        # recorded through a server that is not measured for its cache, so every cache starts cold
+        post = fetch_request(work, next((s for s in servers if "nocache" in s.name or not
+                                         s.name.startswith("cccatalog")), servers[0]), env)  # fmt: skip
         busy = bs.wait_for_quiet(args.quiet_below, args.quiet_wait) if args.quiet_wait > 0 else None
         rows = measure(work, size, servers, post, env)
         hook = time_hook_hit(work, 20) if "nginx-fcgiwrap-hook" in names else None
