@@ -45,7 +45,9 @@ MakeUpstream = Callable[[str], Upstream]
 def serving(
     config: Config, *, backend: HttpBackend | None = None, **settings: object
 ) -> Iterator[CatalogServer]:
-    """A server that trusts a mirror synced a moment ago at once, instead of 2 s later."""
+    """A server that trusts a mirror synced a moment ago at once, instead of 2 s later, and keeps an
+    answer the first time it makes it (tests of write on second sight ask for it)."""
+    settings.setdefault("pack_cache_second_sight", False)
     with running_server(config, backend=backend, racy_seconds=0, **settings) as server:
         yield server
 

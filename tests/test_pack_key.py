@@ -152,7 +152,7 @@ def test_requests_that_normalise_equal_get_byte_identical_answers_from_upload_pa
 
     with running_server(config, racy_seconds=0, pack_cache_mb=0) as server:
         from_git = [post(server.url, old), post(server.url, new)]
-    with running_server(config, racy_seconds=0) as server:
+    with running_server(config, racy_seconds=0, pack_cache_second_sight=False) as server:
         assert server.packs is not None
         from_cache = [post(server.url, old), post(server.url, new)]
         made, hits = server.packs.made, server.packs.hits
@@ -170,7 +170,7 @@ def test_a_fleet_of_three_git_versions_shares_one_pack_and_one_advertisement(
     config = synced_config(write_config({"alpha": busy_upstream(make_upstream).url}))
     agents = ["git/2.39.5", "git/2.43.0", "git/2.47.1-fleet"]
 
-    with running_server(config, racy_seconds=0) as server:
+    with running_server(config, racy_seconds=0, pack_cache_second_sight=False) as server:
         assert server.packs is not None
         for i, agent in enumerate(agents):
             dest = tmp_path / f"runner{i}"

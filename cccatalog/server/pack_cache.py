@@ -222,8 +222,8 @@ class PackCache:
         """`count` more bytes of `entry` are in its file (within its reservation)."""
         with self._lock:
             entry.size += count
-            if entry.keep and entry.size - entry.body_start > self.max_entry:
-                entry.keep = False  # past the cap: finished for its readers, never kept
+            if (entry.keep or entry.first_sight) and entry.size - entry.body_start > self.max_entry:
+                entry.keep = entry.first_sight = False  # past the cap: finished for its readers, never kept
                 self._remember_oversize(entry.name)
 
     def _remember_oversize(self, name: str) -> None:
