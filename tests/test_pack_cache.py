@@ -503,8 +503,15 @@ def test_a_serve_killed_mid_write_leaves_nothing_that_is_ever_served(
             capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip
         swept = list((cache / "tmp").iterdir())
+        # written on second sight: the same clone again is kept
+        again = subprocess.run(
+            ["git", "clone", "-q", "--bare", f"{url}/git/big.git", str(tmp_path / "again")],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert wait_until(lambda: not list((cache / "tmp").iterdir()), 10)
 
     assert result.returncode == 0, result.stderr
+    assert again.returncode == 0, again.stderr
     git("fsck", "--strict", "--no-progress", cwd=tmp_path / "after")
     assert git("rev-parse", "HEAD", cwd=tmp_path / "after") == up.sha("main")
     assert half_written[0] not in swept, "the dead writer's file was kept"
