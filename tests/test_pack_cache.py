@@ -4,7 +4,8 @@ What a client or an operator would notice: a fetch answered from the cache bring
 objects as one git answered and passes `git fsck` (git over protocol v0 and v2, libgit2, dulwich);
 identical requests arriving together start one backend; the cache directory stays within its bound;
 a writer killed mid-answer or a failed backend leaves nothing that is ever served; a slow reader holds
-no git slot; a queued answer nobody waits for any more leaves the queue.
+no git slot; a queued answer nobody waits for any more leaves the queue; with write on second sight,
+an answer is kept only when its request comes again. Faults and attacks: test_pack_cache_faults.py.
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@ slot the moment git exits; every request for that key — the first included —
 the file to its client at the client's pace, so a slow reader holds no git process and no slot. A
 reader waiting for the first bytes notices its client leaving (`admission.client_gone`); when every
 reader of an answer has left, the writer stops git. An answer still growing goes out in chunks, each a
-`sendfile` of what the writer has added; a whole one with a Content-Length and one `sendfile`.
+`sendfile` of what the writer has added; a whole one with a Content-Length and one `sendfile`. An
+answer that went direct (no room, or a failed write: `pack_entry`) goes out from the file as far as
+it got, then from memory.
 """
 
 from __future__ import annotations
