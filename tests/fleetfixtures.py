@@ -97,3 +97,19 @@ def holdings(repo: Path) -> tuple[str, str, str]:
 
 def fsck(repo: Path) -> None:
     git("fsck", "--strict", "--no-progress", cwd=repo)
+
+
+def pack_data(answer: bytes) -> bytes:
+    """The pack in a side-band answer (band 1, demultiplexed). Only this is a function of the request:
+    how upload-pack cuts it into packets depends on how its pipe from pack-objects was read, and the
+    progress messages (band 2) carry timings."""
+    out, pos = bytearray(), 0
+    while pos + 4 <= len(answer):
+        size = int(answer[pos : pos + 4], 16)
+        if size < 4:  # flush, delim (protocol v2's sections), end
+            pos += 4
+            continue
+        if answer[pos + 4 : pos + 5] == b"\x01":
+            out += answer[pos + 5 : pos + size]
+        pos += size
+    return bytes(out)

@@ -76,9 +76,11 @@ def serve_process(
     user: str | None = None,
     options: tuple[str, ...] = (),
     scheduler: bool = False,
+    wrapper: tuple[str, ...] = (),
 ) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """`python -m cccatalog [options] serve` on a free port as its own process; yields (process, base
-    URL). `options` are the global ones (`-vv`). The scheduler (on by default in a real deployment)
+    URL). `options` are the global ones (`-vv`); `wrapper` is a command line it runs under (`unshare
+    ...`). The scheduler (on by default in a real deployment)
     stays off unless asked for: its start-up syncs would race the test's own."""
     import socket
 
@@ -86,6 +88,7 @@ def serve_process(
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     argv = [
+        *wrapper,
         sys.executable,
         "-m",
         "cccatalog",

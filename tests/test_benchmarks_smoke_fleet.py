@@ -1,9 +1,11 @@
 """The fleet benchmark runs at its smoke size, so it cannot rot: exit 0 and a JSON row for every cell.
 
 It proves the script still builds its repository, starts every server (serve with and without the
-pack cache, nginx+fcgiwrap with and without the packObjectsHook prototype), runs real `git fetch
---depth=2 --tags` fleets, replays, and slow readers against each, and times the hook; it proves
-nothing about speed (a shared CI machine cannot). Without nginx and fcgiwrap it is skipped.
+pack cache, with write on second sight, nginx+fcgiwrap with and without the packObjectsHook
+prototype), runs real `git fetch --depth=2 --tags` fleets (one of them of three git agents),
+replays, slow readers and one-off requests against each, reads the pack cache's counters and the
+disk written, and times the hook; it proves nothing about speed (a shared CI machine cannot).
+Without nginx and fcgiwrap it is skipped.
 """
 
 from __future__ import annotations
@@ -22,10 +24,13 @@ SMOKE_SECONDS = 90  # about 10 s alone
 @needs_nginx
 def test_fleet_benchmark_fetches_with_every_server_in_every_cell(tmp_path: Path) -> None:
     data, out = run_benchmark("benchmarks.fleet.bench_fleet", tmp_path / "fleet.json", seconds=SMOKE_SECONDS)
-    servers = {"cccatalog", "cccatalog-nocache", "nginx-fcgiwrap", "nginx-fcgiwrap-hook"}
+    caches = {"cccatalog", "cccatalog-second-sight"}
+    servers = caches | {"cccatalog-nocache", "nginx-fcgiwrap", "nginx-fcgiwrap-hook"}
     cells = {(row["server"], row["cell"], row["concurrency"]) for row in data["rows"]}
     expected = {(s, c, n) for s in servers for c in ("fleet", "replay") for n in (2, 4)}
     expected |= {(s, c, 2) for s in servers for c in ("slow-readers", "beside-slow-readers")}
+    expected |= {(s, "fleet-agents", 4) for s in servers}
+    expected |= {(s, "one-off", 4) for s in caches | {"cccatalog-nocache"}}
     assert cells == expected
     for row in data["rows"]:
         assert row["failures"] == 0, row
@@ -39,4 +44,9 @@ def test_fleet_benchmark_fetches_with_every_server_in_every_cell(tmp_path: Path)
     assert max(sizes) < min(sizes) * 1.05
     assert data["fixture"]["refs"] > 10
     assert data["hook_hit"]["wall_ms"] > 0
+    for row in data["rows"]:
+        assert (row["git_answers"] >= 0) == (row["server"] in caches), row
+        if row["server"] in caches and row["cell"] == "one-off":
+            assert row["git_answers"] == row["fetches"], "a one-off request was answered from the cache"
+            assert row["disk_dirtied_per_fetch"] is not None, row
     assert "## Targets" in out

@@ -4,7 +4,8 @@ What a client or an operator would notice: a fetch answered from the cache bring
 objects as one git answered and passes `git fsck` (git over protocol v0 and v2, libgit2, dulwich);
 identical requests arriving together start one backend; the cache directory stays within its bound;
 a writer killed mid-answer or a failed backend leaves nothing that is ever served; a slow reader holds
-no git slot; a queued answer nobody waits for any more leaves the queue.
+no git slot; a queued answer nobody waits for any more leaves the queue; with write on second sight,
+an answer is kept only when its request comes again. Faults and attacks: test_pack_cache_faults.py.
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ MakeUpstream = Callable[[str], Upstream]
 def serving(
     config: Config, *, backend: HttpBackend | None = None, **settings: object
 ) -> Iterator[CatalogServer]:
-    """A server that trusts a mirror synced a moment ago at once, instead of 2 s later."""
+    """A server that trusts a mirror synced a moment ago at once, instead of 2 s later, and keeps an
+    answer the first time it makes it (tests of write on second sight ask for it)."""
+    settings.setdefault("pack_cache_second_sight", False)
     with running_server(config, backend=backend, racy_seconds=0, **settings) as server:
         yield server
 
@@ -219,19 +222,20 @@ def test_the_cache_stays_within_its_bound_and_does_not_keep_an_answer_past_half_
     assert packs.disk_bytes() <= bound
 
 
-def test_slow_readers_holding_deleted_answers_make_new_answers_bypass_the_cache(
+def test_an_answer_bigger_than_the_bound_goes_to_its_slow_reader_whole_and_the_disk_stays_bounded(
     make_upstream: MakeUpstream, write_config: MakeConfig, tmp_path: Path
 ) -> None:
     up = make_upstream("alpha")
     small = [up.commit(f"small {i}", branch=f"small{i}") for i in range(2)]
-    big = add_random_blobs(up, megabytes=8, files=2)  # never kept in a 1 MiB cache, and more than a
-    config = synced_config(write_config({"alpha": up.url}))  # socket's buffers hold
+    big = add_random_blobs(up, megabytes=8, files=2)  # more than a 1 MiB cache and a socket's buffers
+    config = synced_config(write_config({"alpha": up.url}))
     body = want_request(big)
     request = (
-        "POST /git/alpha.git/git-upload-pack HTTP/1.1\r\nHost: t\r\n"
+        "POST /git/alpha.git/git-upload-pack HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
         "Content-Type: application/x-git-upload-pack-request\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
+    bound = 1024 * 1024
 
     with serving(config, pack_cache_mb=1) as server:
         assert server.packs is not None
@@ -241,20 +245,23 @@ def test_slow_readers_holding_deleted_answers_make_new_answers_bypass_the_cache(
             slow.settimeout(30)
             slow.connect(address(server.url))
             slow.sendall(request)
-            assert slow.recv(4096).startswith(b"HTTP/1.1 200")
-            assert wait_until(lambda: writers_done(server), 30)  # written, deleted, still being read
-            bypassed = upload_pack(server.url, "alpha.git", want_request(small[0]))
-            counts = (packs.made, packs.bypassed)
-        # the slow reader is gone: its file is gone from the disk, and the cache takes answers again
+            received = slow.recv(4096)
+            assert received.startswith(b"HTTP/1.1 200")
+            assert wait_until(lambda: packs.bypassed == 1, 30), "the answer never went direct"
+            meanwhile = upload_pack(server.url, "alpha.git", want_request(small[0]))
+            disk_meanwhile = packs.disk_bytes()
+            while chunk := slow.recv(1024 * 1024):
+                received += chunk
+        # the slow reader is gone, and its file with it: the cache keeps answers again
         again = want_request(small[1])
+        assert complete(upload_pack(server.url, "alpha.git", again))
+        assert wait_until(lambda: writers_done(server) and len(entries(server)) >= 1, 10)
 
-        def cached_again() -> bool:
-            return complete(upload_pack(server.url, "alpha.git", again)) and packs.made == 2
-
-        assert wait_until(cached_again, 10)
-
-    assert complete(bypassed)
-    assert counts == (1, 1)
+    assert complete(meanwhile)
+    assert disk_meanwhile <= bound
+    data = dechunk(received.partition(b"\r\n\r\n")[2])
+    assert data.endswith(b"0000")
+    assert len(data) > 8 * 1024 * 1024
 
 
 @pytest.mark.slow  # waits out a request timeout
@@ -497,9 +504,62 @@ def test_a_serve_killed_mid_write_leaves_nothing_that_is_ever_served(
             capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip
         swept = list((cache / "tmp").iterdir())
+        # written on second sight: the same clone again is kept
+        again = subprocess.run(
+            ["git", "clone", "-q", "--bare", f"{url}/git/big.git", str(tmp_path / "again")],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert wait_until(lambda: not list((cache / "tmp").iterdir()), 10)
 
     assert result.returncode == 0, result.stderr
+    assert again.returncode == 0, again.stderr
     git("fsck", "--strict", "--no-progress", cwd=tmp_path / "after")
     assert git("rev-parse", "HEAD", cwd=tmp_path / "after") == up.sha("main")
     assert half_written[0] not in swept, "the dead writer's file was kept"
     assert len(list((cache / "entries").iterdir())) == 1
+
+
+def test_with_second_sight_an_answer_is_kept_only_when_its_request_comes_again(
+    make_upstream: MakeUpstream, write_config: MakeConfig, tmp_path: Path
+) -> None:
+    up = make_upstream("alpha")
+    config = synced_config(write_config({"alpha": up.url}))
+    one_off, repeated = want_request(up.sha("main"), depth=1), want_request(up.sha("main"))
+    gate = gated_git(tmp_path)
+
+    with serving(config, pack_cache_second_sight=True, backend=HttpBackend(git=str(gate.git))) as server:
+        assert server.packs is not None
+        packs = server.packs
+        gate.open()
+        first = upload_pack(server.url, "alpha.git", one_off)
+        assert wait_until(lambda: writers_done(server), 10)
+        after_one_off = entries(server)
+        again = [upload_pack(server.url, "alpha.git", repeated) for _ in range(3)]
+        assert wait_until(lambda: writers_done(server), 10)
+        kept = entries(server)
+        counts = (packs.made, packs.hits)
+        # a burst of identical requests is its own second sight: kept the first time
+        gate.gate.unlink()
+        burst_body = want_request(up.sha("main"), depth=2)
+        burst: list[Reply] = []
+        threads = [
+            threading.Thread(target=lambda: burst.append(upload_pack(server.url, "alpha.git", burst_body)))
+            for _ in range(3)
+        ]
+        for thread in threads:
+            thread.start()
+        assert wait_until(lambda: packs.joined == 2, 10)
+        gate.open()
+        for thread in threads:
+            thread.join(30)
+        assert wait_until(lambda: writers_done(server), 10)
+        after_burst = entries(server)
+
+    assert complete(first)
+    assert after_one_off == [], "a one-off answer was kept"
+    assert all(complete(r) for r in again)
+    assert again[2].body == again[1].body
+    assert counts == (3, 1), "made: the one-off, then the repeated twice (first and second sight); one hit"
+    assert len(kept) == 1
+    assert all(complete(r) for r in burst)
+    assert len(after_burst) == 2, "a burst's answer was not kept"

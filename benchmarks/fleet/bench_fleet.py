@@ -40,6 +40,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Sequence
 from contextlib import ExitStack, suppress
 from dataclasses import asdict, dataclass, field
@@ -55,7 +56,15 @@ from benchmarks.serving import bench_serving as bs  # noqa: E402
 HERE = Path(__file__).resolve().parent
 HOOK = HERE / "pack_objects_hook.sh"
 SLUG = "fleet-codecollection"
-SERVERS = ("cccatalog", "cccatalog-nocache", "nginx-fcgiwrap", "nginx-fcgiwrap-hook")
+SERVERS = (
+    "cccatalog",
+    "cccatalog-second-sight",
+    "cccatalog-nocache",
+    "nginx-fcgiwrap",
+    "nginx-fcgiwrap-hook",
+)
+# Three git versions in one fleet, as mid-upgrade: each sends its own agent= (GIT_USER_AGENT)
+AGENTS = ("git/2.39.5", "git/2.43.0", "git/2.47.1")
 EPOCH = 1_600_000_000
 FIXTURE_VERSION = 1
 BUNDLE_FILES = ("runbook.robot", "sli.robot", "README.md", "meta.yaml")
@@ -76,6 +85,7 @@ class Size:
     slow_fetchers: int  # fetches beside the slow readers
     slow_readers: int
     slow_rate: int  # bytes/s each slow reader reads
+    one_offs: int  # distinct requests, each asked once (the one-off cell)
     timeout: float
 
 
@@ -83,12 +93,12 @@ SIZES = {
     "full": Size(
         name="full", files=400, commits=1000, changes=2, branches=59, tags=49, file_kib=14,
         concurrency=(16, 64), rounds=3, slots=8, slow_fetchers=16, slow_readers=2, slow_rate=16 * 1024,
-        timeout=600.0,
+        one_offs=50, timeout=600.0,
     ),
     "smoke": Size(
         name="smoke", files=40, commits=60, changes=2, branches=6, tags=5, file_kib=4,
         concurrency=(2, 4), rounds=1, slots=2, slow_fetchers=2, slow_readers=2, slow_rate=16 * 1024,
-        timeout=120.0,
+        one_offs=4, timeout=120.0,
     ),
 }  # fmt: skip
 
@@ -222,11 +232,12 @@ def start_servers(
 ) -> list[bs.Server]:
     servers = []
     for name in names:
-        if name == "cccatalog":
-            cache = work / "pack-cache"
+        if name in ("cccatalog", "cccatalog-second-sight"):
+            cache = work / f"{name}-cache"
             shutil.rmtree(cache, ignore_errors=True)  # every run starts cold
-            config = serve_config(work, name, f"  pack_cache_dir: {cache}\n")
-            server = bs.start_cccatalog(work, config, name=name)
+            sight = "true" if name == "cccatalog-second-sight" else "false"
+            settings = f"  pack_cache_dir: {cache}\n  pack_cache_second_sight: {sight}\n"
+            server = bs.start_cccatalog(work, serve_config(work, name, settings), name=name)
         elif name == "cccatalog-nocache":
             server = bs.start_cccatalog(work, serve_config(work, name, "  pack_cache_mb: 0\n"), name=name)
         elif name == "nginx-fcgiwrap":
@@ -277,13 +288,17 @@ def new_clients(folder: Path, url: str, count: int, env: dict[str, str]) -> list
     return repos
 
 
-def fetch_all(repos: Sequence[Path], env: dict[str, str], timeout: float) -> tuple[list[Fetch], float]:
-    """The platform's fetcher in every repo at once; each fetch's result and the batch's wall time."""
+def fetch_all(
+    repos: Sequence[Path], env: dict[str, str], timeout: float, *, agents: Sequence[str] = ()
+) -> tuple[list[Fetch], float]:
+    """The platform's fetcher in every repo at once (the i-th as `agents[i % len(agents)]` when given);
+    each fetch's result and the batch's wall time."""
     argv = [bs.GIT, "fetch", "-q", "--depth=2", "--tags", "origin"]
+    envs = [{**env, "GIT_USER_AGENT": agents[i % len(agents)]} if agents else env for i in range(len(repos))]
     started = time.perf_counter()
     procs = [
-        subprocess.Popen(argv, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        for repo in repos
+        subprocess.Popen(argv, cwd=repo, env=e, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for repo, e in zip(repos, envs, strict=True)
     ]
     ends: dict[int, float] = {}
 
@@ -379,9 +394,12 @@ def raw_request(post: bs.Captured) -> bytes:
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + post.body
 
 
-def replay_all(port: int, post: bs.Captured, n: int, count: int, timeout: float) -> tuple[list[Fetch], float]:
+def replay_all(
+    port: int, post: bs.Captured, n: int, count: int, timeout: float, *, distinct: bool = False
+) -> tuple[list[Fetch], float]:
     """`count` replays of the fetch's POST over `n` connections at once, answers counted and dropped:
-    what the server can deliver when no client spends CPU on indexing the pack."""
+    what the server can deliver when no client spends CPU on indexing the pack. `distinct`: each a
+    request of its own (a `have` nobody has), for the same pack: one-off clones."""
     results: list[Fetch] = []
     lock = threading.Lock()
     left = [count]
@@ -394,7 +412,8 @@ def replay_all(port: int, post: bs.Captured, n: int, count: int, timeout: float)
                 left[0] -= 1
             started = time.perf_counter()
             try:
-                answer = bs.http_request(port, "POST", post.path, post.headers, post.body, timeout=timeout)
+                body = bs.distinct_body(post) if distinct else post.body
+                answer = bs.http_request(port, "POST", post.path, post.headers, body, timeout=timeout)
                 ok, size, error = answer.tail == b"0000", answer.nbytes, ""
             except (OSError, ValueError) as exc:
                 ok, size, error = False, 0, f"{type(exc).__name__}: {exc}"
@@ -429,6 +448,11 @@ class Row:
     other_load_percent: float
     pack_bytes: int
     slow_reader_bytes: int = 0
+    git_answers: int = -1  # pack answers git made (the pack cache's `made`); -1: not a cccatalog with a cache
+    # MB per fetch the server process wrote to the page cache for storage (`write_bytes`), and that
+    # less what was dropped before it reached the disk (`cancelled_write_bytes`); None: unknown
+    disk_dirtied_per_fetch: float | None = None
+    disk_written_per_fetch: float | None = None
     first_error: str = ""
 
 
@@ -440,6 +464,8 @@ class Batch:
     client_cpu: float = 0.0
     busy: float = 0.0
     slow_bytes: int = 0
+    git_answers: int = -1
+    disk: tuple[int, int] | None = None  # bytes dirtied, bytes cancelled
 
 
 def run_batch(
@@ -451,6 +477,8 @@ def run_batch(
     slow: bytes | None,
     env: dict[str, str],
     replay: bs.Captured | None = None,
+    agents: Sequence[str] = (),
+    distinct: int = 0,
 ) -> Batch:
     url = f"http://127.0.0.1:{server.port}/git/{SLUG}.git"
     safe = "".join(c if c.isalnum() else "-" for c in server.name)
@@ -467,16 +495,55 @@ def run_batch(
         cpu_before = bs._tree_cpu(server, table)
         client_before = _client_cpu()
         busy_before = bs.machine_busy_seconds()
+        made_before, disk_before = pack_answers_made(server), disk_written(server)
         if replay is not None:
-            batch.fetches, batch.wall = replay_all(server.port, replay, n, n * 2, size.timeout)
+            count = distinct or n * 2
+            batch.fetches, batch.wall = replay_all(
+                server.port, replay, n, count, size.timeout, distinct=bool(distinct)
+            )
         else:
-            batch.fetches, batch.wall = fetch_all(repos, env, size.timeout)
+            batch.fetches, batch.wall = fetch_all(repos, env, size.timeout, agents=agents)
         batch.busy = bs.machine_busy_seconds() - busy_before
+        made_after, disk_after = pack_answers_made(server), disk_written(server)
+        if made_before >= 0 and made_after >= 0:
+            batch.git_answers = made_after - made_before
+        if disk_before is not None and disk_after is not None:
+            batch.disk = (disk_after[0] - disk_before[0], disk_after[1] - disk_before[1])
         batch.client_cpu = _client_cpu() - client_before
         batch.slow_bytes = sum(r.received for r in readers)
     batch.server_cpu = bs._tree_cpu(server, bs._quiesce(server)) - cpu_before
     shutil.rmtree(work / "clients" / safe, ignore_errors=True)
     return batch
+
+
+def pack_answers_made(server: bs.Server) -> int:
+    """The pack cache's `made` counter from /metrics (answers git made); -1 when there is none."""
+    if not server.name.startswith("cccatalog"):
+        return -1
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=10) as reply:
+            text = reply.read().decode()
+    except OSError:
+        return -1
+    for line in text.splitlines():
+        if line.startswith("cccatalog_pack_cache_made_total "):
+            return int(float(line.split()[1]))
+    return -1
+
+
+def disk_written(server: bs.Server) -> tuple[int, int] | None:
+    """Bytes the server's main process wrote for storage (`/proc/<pid>/io`: the pages it dirtied) and
+    those dropped before they were written back (a spool deleted in time); None when unknown. The pack
+    cache writes from serve's own process, so this is its disk traffic."""
+    if not server.name.startswith("cccatalog") or not server.procs:
+        return None
+    try:
+        fields = dict(
+            line.split(": ") for line in Path(f"/proc/{server.procs[0].pid}/io").read_text().splitlines()
+        )
+    except OSError:
+        return None
+    return int(fields["write_bytes"]), int(fields["cancelled_write_bytes"])
 
 
 def _client_cpu() -> float:
@@ -508,30 +575,51 @@ def merge(server: str, cell: str, n: int, batches: Sequence[Batch]) -> Row:
         other_load_percent=round(100 * other / (wall * (os.cpu_count() or 1)), 1) if wall else 0.0,
         pack_bytes=max((f.pack_bytes for f in done), default=0),
         slow_reader_bytes=sum(b.slow_bytes for b in batches),
+        git_answers=sum(b.git_answers for b in batches) if all(b.git_answers >= 0 for b in batches) else -1,
+        disk_dirtied_per_fetch=_per_fetch([b.disk[0] for b in batches if b.disk], len(batches), fetches),
+        disk_written_per_fetch=_per_fetch(
+            [b.disk[0] - b.disk[1] for b in batches if b.disk], len(batches), fetches
+        ),
         first_error=failures[0].error if failures else "",
     )
+
+
+def _per_fetch(values: Sequence[int], batches: int, fetches: Sequence[Fetch]) -> float | None:
+    """MB per fetch, when every batch was measured."""
+    if len(values) != batches:
+        return None
+    return round(sum(values) / max(1, len(fetches)) / 1e6, 3)
 
 
 def measure(
     work: Path, size: Size, servers: Sequence[bs.Server], post: bs.Captured, env: dict[str, str]
 ) -> list[Row]:
     rows = []
-    # (cell, N, its variants): the slow readers' cell is paired with the same fleet without them, each
-    # round measuring both, so drift in the machine's load cannot pass for their effect
-    cells: list[tuple[str, int, tuple[str, ...]]] = [("fleet", n, ("fleet",)) for n in size.concurrency]
+    top = size.concurrency[-1]
+    # (cell, N, its variants): variants are measured in the same rounds, so drift in the machine's load
+    # cannot pass for their effect: the slow readers' cell beside the same fleet without them, the
+    # fleet of three git versions beside the uniform one
+    cells: list[tuple[str, int, tuple[str, ...]]] = [
+        ("fleet", n, ("fleet", "fleet-agents") if n == top else ("fleet",)) for n in size.concurrency
+    ]
     cells += [("replay", n, ("replay",)) for n in size.concurrency]
     cells.append(("slow-readers", size.slow_fetchers, ("beside-slow-readers", "slow-readers")))
+    cells.append(("one-off", 4, ("one-off",)))  # distinct requests, each asked once: what a cache costs
     slow = raw_request(post)
     for cell, n, variants in cells:
         batches: dict[tuple[str, str], list[Batch]] = {}
         for _ in range(size.rounds):
             for server in servers:
+                if cell == "one-off" and not server.name.startswith("cccatalog"):
+                    continue  # no cache to write: nothing to measure
                 for variant in variants:
                     batches.setdefault((server.name, variant), []).append(
                         run_batch(
                             work, size, server, n, env=env,
                             slow=slow if variant == "slow-readers" else None,
-                            replay=post if cell == "replay" else None,
+                            replay=post if cell in ("replay", "one-off") else None,
+                            agents=AGENTS if variant == "fleet-agents" else (),
+                            distinct=size.one_offs if cell == "one-off" else 0,
                         )
                     )  # fmt: skip
         for (name, variant), measured in batches.items():
@@ -540,7 +628,9 @@ def measure(
             bs.log(
                 f"{row.server:22} {variant:19} N={n:<3} fail {row.failures:3} {row.mb_per_s:7.2f} MB/s"
                 f" {row.fetches_per_s:6.2f} fetch/s p50 {row.p50_s:6.2f}s p99 {row.p99_s:6.2f}s"
-                f" cpu/fetch {row.server_cpu_per_fetch:.4f} other load {row.other_load_percent:.0f}%"
+                f" cpu/fetch {row.server_cpu_per_fetch:.4f} git answers {row.git_answers}"
+                f" disk/fetch {row.disk_dirtied_per_fetch}/{row.disk_written_per_fetch} MB"
+                f" other load {row.other_load_percent:.0f}%"
             )
     return rows
 
@@ -607,6 +697,15 @@ def evaluate(rows: Sequence[Row], size: Size, hook: dict[str, float] | None) -> 
         targets.append(
             Target(f"{name}, {server}", bs._fmt_ratio(r), ">= 0.90x", None if r is None else r >= 0.9)
         )
+    mixed, uniform = _row(rows, "cccatalog", "fleet-agents", top), _row(rows, "cccatalog", "fleet", top)
+    if mixed and uniform:
+        targets.append(Target(f"failed fetches at N={top}, three git agents in one burst, cccatalog",
+                              str(mixed.failures), "0", mixed.failures == 0))  # fmt: skip
+        r = bs._ratio(mixed.mb_per_s, uniform.mb_per_s)
+        targets.append(Target(f"fleet MB/s at N={top}, three agents / one agent, cccatalog", bs._fmt_ratio(r),
+                              ">= 0.90x", None if r is None else r >= 0.9))  # fmt: skip
+        targets.append(Target(f"git answers for {mixed.fetches} fetches of three agents (after the uniform "
+                              "fleet's)", str(mixed.git_answers), "0", mixed.git_answers == 0))  # fmt: skip
     if hook:
         targets.append(Target("packObjectsHook prototype, one hit of the hook alone (wall)",
                               f"{hook['wall_ms']:.1f} ms", "<= 3 ms", hook["wall_ms"] <= 3.0))  # fmt: skip
@@ -624,6 +723,14 @@ def report(rows: Sequence[Row], targets: Sequence[Target], hook: dict[str, float
         [(r.server, r.cell, r.concurrency, r.fetches, r.failures, r.mb_per_s, r.fetches_per_s, r.p50_s,
           r.p99_s, r.server_cpu_per_fetch, r.client_cpu_per_fetch, r.other_load_percent, r.first_error[:60])
          for r in rows],
+    ))  # fmt: skip
+    out.append("\n## Pack cache: git answers and disk written per served fetch\n")
+    out.append(bs.markdown_table(
+        ["server", "cell", "N", "fetches", "git answers", "hit rate", "MB/fetch written", "MB/fetch to disk"],
+        [(r.server, r.cell, r.concurrency, r.fetches, r.git_answers,
+          f"{1 - r.git_answers / r.fetches:.3f}" if r.fetches else "-", r.disk_dirtied_per_fetch,
+          r.disk_written_per_fetch)
+         for r in rows if r.git_answers >= 0],
     ))  # fmt: skip
     nginx = {(r.cell, r.concurrency): r for r in rows if r.server == "nginx-fcgiwrap"}
     out.append("\n## Against nginx+fcgiwrap in the same cell (MB/s ratio; server CPU per fetch ratio)\n")
@@ -689,7 +796,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         env = bs.git_env(work / "home")
         servers = start_servers(work, size, names, args.compare_src, stack)
         bs.log("servers up: " + ", ".join(f"{s.name}:{s.port}" for s in servers))
-        post = fetch_request(work, servers[0], env)
+        # recorded through a server that is not measured for its cache, so every cache starts cold
+        post = fetch_request(work, next((s for s in servers if "nocache" in s.name or not
+                                         s.name.startswith("cccatalog")), servers[0]), env)  # fmt: skip
         busy = bs.wait_for_quiet(args.quiet_below, args.quiet_wait) if args.quiet_wait > 0 else None
         rows = measure(work, size, servers, post, env)
         hook = time_hook_hit(work, 20) if "nginx-fcgiwrap-hook" in names else None

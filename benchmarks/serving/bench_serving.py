@@ -108,7 +108,7 @@ class Mix:
     repo: str
     cls: MixClass
     capture: str | None  # the captured v2 POST it replays; None: a v0 GET info/refs advertisement
-    # Every request a different body on the wire (its gzip header's mtime) asking for the same pack:
+    # Every request a different body (a `have` of an object nobody has) asking for the same pack:
     # no pack cache can answer it, so it measures what a cache miss costs. Run only for `servers`.
     distinct: bool = False
     servers: tuple[str, ...] | None = None
@@ -1036,10 +1036,14 @@ _DISTINCT = iter(range(1, 1 << 31))
 
 
 def distinct_body(cap: Captured) -> bytes:
-    """The captured gzip body with a new mtime in its gzip header: new bytes, the same request."""
-    if cap.body[:2] != b"\x1f\x8b":
-        raise RuntimeError(f"{cap.path}: a distinct body needs a gzip request body")
-    return cap.body[:4] + next(_DISTINCT).to_bytes(4, "little") + cap.body[8:]
+    """The captured request with a `have` of an object nobody has before its `done` (gzipped again
+    when it was): a new request to any cache that keys on what the request asks (the pack cache
+    inflates bodies and drops the client's agent), the same pack from git."""
+    zipped = cap.body[:2] == b"\x1f\x8b"
+    plain = gzip.decompress(cap.body) if zipped else cap.body
+    done = plain.rindex(b"0009done\n")
+    asked = plain[:done] + b"0032have %040x\n" % next(_DISTINCT) + plain[done:]
+    return gzip.compress(asked, compresslevel=1, mtime=0) if zipped else asked
 
 
 def do_request(bench: Bench, server: Server, mix: Mix) -> Answer:

@@ -262,6 +262,14 @@ class ServeConfig:
         "([serving](serving.md#fleets-admission-queue-and-pack-cache)); `0` turns it off",
         range=(0, 1024 * 1024),
     )
+    # On by default from benchmarks/fleet: one-off answers then cost the disk nothing (1.78 MB per fetch
+    # reached it without) and evict nothing, while a fleet's burst shares as before (docs/serving.md).
+    pack_cache_second_sight: bool = setting(
+        True,
+        doc="keep a pack answer only when its request is seen a second time within 10 minutes, or "
+        "joins it while it is made (the first is sent through a spool that is not kept): no disk "
+        "writes for one-off clones; `false` keeps every answer the first time",
+    )
     pack_cache_dir: Path | None = setting(
         doc="where the pack cache lives; must be writable (never the mirrors)",
         shown="`pack-cache` beside the state file",

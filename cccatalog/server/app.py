@@ -44,6 +44,7 @@ from cccatalog.server.framing import FramingError
 from cccatalog.server.logsafe import access_fields, loggable_target
 from cccatalog.server.metrics import ServerMetrics, route_class
 from cccatalog.server.pack_cache import PackCache
+from cccatalog.server.pack_key import normalise
 from cccatalog.server.pack_send import answer_upload_pack
 from cccatalog.server.reaper import Reaper, body_window
 from cccatalog.server.routing import GitRoute, GitService, Refusal, route_git
@@ -565,7 +566,9 @@ def _cacheable(body: IO[bytes] | None, req: CGIRequest) -> str | None:
     """What identifies the request for the advertisement cache, or None when its answer is not kept.
 
     GET info/refs and HEAD depend on the refs alone; a protocol v2 `ls-refs` on its arguments too
-    (ref prefixes, peel, symrefs), so its body is part of the key. Fetches are never kept.
+    (ref prefixes, peel, symrefs), so its body is part of the key — normalised as the pack cache's
+    (`pack_key`: without the client's `agent=`), so clients of different git versions share it.
+    Fetches are never kept here.
     """
     if body is None:
         return req.query
@@ -575,7 +578,8 @@ def _cacheable(body: IO[bytes] | None, req: CGIRequest) -> str | None:
     body.seek(0)
     if not data.startswith(_LS_REFS):
         return None
-    return hashlib.sha256(data).hexdigest()
+    normal = normalise(data, v2=True)
+    return hashlib.sha256(data if normal is None else b"n" + normal).hexdigest()
 
 
 class _Sink:
@@ -648,7 +652,9 @@ def open_pack_cache(settings: ServeConfig, state_path: Path) -> PackCache | None
         return None
     directory = settings.pack_cache_dir or state_path.parent / "pack-cache"
     try:
-        return PackCache(directory, settings.pack_cache_mb * 1024 * 1024)
+        return PackCache(
+            directory, settings.pack_cache_mb * 1024 * 1024, second_sight=settings.pack_cache_second_sight
+        )
     except OSError as exc:
         log.warning(
             "pack cache off: cannot use %s (%s); set serve.pack_cache_dir to a writable path", directory, exc

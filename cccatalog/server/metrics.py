@@ -220,8 +220,8 @@ class _ScrapeTime(Collector):
                 ("joined", m.packs.joined, "Pack requests that followed an identical answer being written."),
                 ("made", m.packs.made, "Pack answers git was run for, into the pack cache."),
                 ("evictions", m.packs.evicted, "Pack cache entries deleted to stay within the bound."),
-                ("bypassed", m.packs.bypassed, "Pack requests served without the cache: slow readers "
-                 "held more deleted answers than its bound."),
+                ("bypassed", m.packs.bypassed, "Pack answers sent without the cache's disk: no room "
+                 "within its bound, or a write failed."),
             ):  # fmt: skip
                 yield CounterMetricFamily(f"cccatalog_pack_cache_{name}", what, value)
         yield CounterMetricFamily(

@@ -7,7 +7,9 @@ slot the moment git exits; every request for that key — the first included —
 the file to its client at the client's pace, so a slow reader holds no git process and no slot. A
 reader waiting for the first bytes notices its client leaving (`admission.client_gone`); when every
 reader of an answer has left, the writer stops git. An answer still growing goes out in chunks, each a
-`sendfile` of what the writer has added; a whole one with a Content-Length and one `sendfile`.
+`sendfile` of what the writer has added; a whole one with a Content-Length and one `sendfile`. An
+answer that went direct (no room, or a failed write: `pack_entry`) goes out from the file as far as
+it got, then from memory.
 """
 
 from __future__ import annotations
@@ -17,14 +19,15 @@ import os
 import select
 import socket
 import threading
-import time
 from typing import IO, TYPE_CHECKING
 
 from cccatalog.gitmirror.http_backend import BackendOutcome, CGIRequest, ResponseSink
 from cccatalog.gitmirror.layout import Layout
 from cccatalog.gitmirror.refstate import advertisement_fingerprint
 from cccatalog.server.admission import client_gone
-from cccatalog.server.pack_cache import Entry, Finished, Overfull, PackCache, Reader, State, entry_name
+from cccatalog.server.pack_entry import Entry, Finished, Reader, State
+from cccatalog.server.pack_key import UPLOAD_PACK_REQUEST, request_key
+from cccatalog.server.pack_writer import produce
 from cccatalog.server.routing import GitRoute
 
 if TYPE_CHECKING:
@@ -40,25 +43,31 @@ _HOP_BY_HOP = ("content-length", "transfer-encoding", "connection")
 def answer_upload_pack(handler: GitRequestHandler, route: GitRoute, req: CGIRequest, body: IO[bytes]) -> bool:
     """True when the pack cache answered the request; it then owns (and closes) `body`.
 
-    False when this request is not for the cache — its repository's fingerprint is racy or not
-    trusted, its answer was too big to keep last time, or the cache directory cannot be written —
-    and the caller runs git as it would without a cache.
+    False when this request is not for the cache — its Content-Type is not git's, or the cache
+    directory cannot be written — and the caller runs git as it would without a cache. An answer the
+    cache will not keep (a racy or untrusted fingerprint, too big last time) still goes through a
+    spool of its own, so that its reader holds no slot.
     """
     server = handler.server
     cache = server.packs
     assert cache is not None
+    if req.content_type != UPLOAD_PACK_REQUEST:
+        return False
     repo = Layout(server.live.current.git.data_dir).repo(route.slug)
     fingerprint = advertisement_fingerprint(repo, racy_seconds=server.racy_seconds)
-    if fingerprint is None:
-        return False
-    name = entry_name(repo, fingerprint, req.git_protocol, req.content_encoding, body)
-    if cache.is_oversize(name):
-        return False
+    name = None
+    if fingerprint is not None:
+        name = request_key(
+            repo,
+            fingerprint,
+            git_protocol=req.git_protocol,
+            content_type=req.content_type,
+            content_encoding=req.content_encoding,
+            body=body,
+            max_inflated=server.settings.max_request_body_mb * 1024 * 1024,
+        )
     try:
-        found = cache.open(name)
-    except Overfull:
-        _warn_overfull(cache)
-        return False
+        found = cache.open(name, keep=name is not None and not cache.is_oversize(name))
     except OSError as exc:
         log.warning("pack cache: cannot write under %s, answering without it: %s", cache.directory, exc)
         return False
@@ -80,21 +89,6 @@ def answer_upload_pack(handler: GitRequestHandler, route: GitRoute, req: CGIRequ
     return True
 
 
-_warned = [0.0]
-
-
-def _warn_overfull(cache: PackCache) -> None:
-    """Said once a minute at most: it lasts as long as some slow readers do."""
-    now = time.monotonic()
-    if now - _warned[0] > 60:
-        _warned[0] = now
-        log.warning(
-            "pack cache: readers hold more than %d MiB of deleted answers open; new answers bypass the "
-            "cache until they finish",
-            cache.max_bytes // (1024 * 1024),
-        )
-
-
 def _start_writer(
     handler: GitRequestHandler, reader: Reader, route: GitRoute, req: CGIRequest, body: IO[bytes]
 ) -> None:
@@ -109,7 +103,8 @@ def _start_writer(
 
     def write() -> None:
         try:
-            cache.produce(
+            produce(
+                cache,
                 reader.entry,
                 admission=server.admission,
                 client=req.remote_addr,
@@ -130,7 +125,7 @@ def _send_finished(handler: GitRequestHandler, found: Finished) -> None:
 def _follow(handler: GitRequestHandler, reader: Reader) -> None:
     entry = reader.entry
     sock = handler.connection
-    if not _wait(entry, sock, -1):
+    if _wait(entry, sock, -1) is None:
         handler.close_connection = True
         return
     if entry.state is State.REFUSED and entry.refusal is not None:
@@ -145,18 +140,26 @@ def _follow(handler: GitRequestHandler, reader: Reader) -> None:
     pos = entry.body_start
     owed = b""  # a chunk's closing CRLF, sent with the next chunk header
     while True:
-        if not _wait(entry, sock, pos):
+        progress = _wait(entry, sock, pos)
+        if progress is None:
             handler.close_connection = True
             return
-        end, state = entry.end, entry.state
-        if end > pos:
-            if chunked:
-                sock.sendall(b"%s%x\r\n" % (owed, end - pos), _MSG_MORE)
-                owed = b"\r\n"
-            _sendfile(handler, reader.fd, pos, end - pos)
-            pos = end
-            continue
-        break
+        state, file_end, end = progress
+        if pos >= end:
+            break
+        direct = pos >= file_end  # the answer went direct: the rest is in memory
+        data = entry.chunk_at(pos) if direct else None
+        count = len(data) if data is not None else file_end - pos
+        if chunked:
+            sock.sendall(b"%s%x\r\n" % (owed, count), _MSG_MORE)
+            owed = b"\r\n"
+        if data is not None:
+            sock.sendall(data)
+            handler._sent += count
+        else:  # from the file, in the kernel
+            _sendfile(handler, reader.fd, pos, count)
+        pos += count
+        entry.sent(reader.token, pos)
     if state is State.ENDED:
         if chunked:
             sock.sendall(owed + b"0\r\n\r\n")
@@ -164,14 +167,14 @@ def _follow(handler: GitRequestHandler, reader: Reader) -> None:
         handler.close_connection = True
 
 
-def _wait(entry: Entry, sock: socket.socket, pos: int) -> bool:
-    """Wait for the head (`pos` -1), or for body bytes past `pos` or the end of the answer; False
-    when the client left meanwhile."""
+def _wait(entry: Entry, sock: socket.socket, pos: int) -> tuple[State, int, int] | None:
+    """Wait for the head (`pos` -1), or for body bytes past `pos` or the end of the answer; then
+    (state, file_end, end). None when the client left meanwhile."""
     with entry.cond:
         while entry.state is State.PENDING or (entry.state is State.STREAMING and entry.end <= pos):
             if not entry.cond.wait(_WAIT_SECONDS) and client_gone(sock):
-                return False
-    return True
+                return None
+        return entry.state, entry.file_end, entry.end
 
 
 def _send_head(
