@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import IO, Any
 
 from cccatalog.config import ServeConfig
-from cccatalog.gitmirror.http_backend import CGIRequest, ClientGone, HttpBackend
 from cccatalog.gitmirror.layout import Layout
 from cccatalog.gitmirror.refstate import RACY_SECONDS, advertisement_fingerprint
 from cccatalog.logtext import Verbatim
@@ -40,6 +39,7 @@ from cccatalog.server.admission import Admission, ClientLeft, Refused, client_go
 from cccatalog.server.advert_cache import AdvertCache, CachedAnswer, RecordingSink
 from cccatalog.server.api import ApiContext, admin_token
 from cccatalog.server.api import handle as handle_api
+from cccatalog.server.cgi import CGIRequest, ClientGone, HttpBackend
 from cccatalog.server.framing import FramingError
 from cccatalog.server.logsafe import access_fields, loggable_target
 from cccatalog.server.metrics import ServerMetrics, route_class

@@ -21,10 +21,10 @@ import socket
 import threading
 from typing import IO, TYPE_CHECKING
 
-from cccatalog.gitmirror.http_backend import BackendOutcome, CGIRequest, ResponseSink
 from cccatalog.gitmirror.layout import Layout
 from cccatalog.gitmirror.refstate import advertisement_fingerprint
 from cccatalog.server.admission import client_gone
+from cccatalog.server.cgi import BackendOutcome, CGIRequest, ResponseSink
 from cccatalog.server.pack_entry import Entry, Finished, Reader, State
 from cccatalog.server.pack_key import UPLOAD_PACK_REQUEST, request_key
 from cccatalog.server.pack_writer import produce
