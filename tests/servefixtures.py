@@ -17,10 +17,10 @@ from pathlib import Path
 import httpx
 
 from cccatalog.config import Config, load_config
-from cccatalog.gitmirror.http_backend import HttpBackend
 from cccatalog.gitmirror.refstate import RACY_SECONDS
 from cccatalog.redact import Redactor
 from cccatalog.server.app import CatalogServer
+from cccatalog.server.cgi import HttpBackend
 from cccatalog.server.service import build_service
 
 

@@ -92,3 +92,35 @@ def test_imports_inside_functions_and_under_type_checking_are_read() -> None:
     # `bake` is imported inside the command's function; Store only for the type checker
     assert ("cccatalog.cli.commands", "cccatalog.bake") in found
     assert ("cccatalog.manifest", "cccatalog.catalog.store") in found
+
+
+def module_graph() -> dict[str, set[str]]:
+    """module -> the modules it imports (`from package import module` names the module itself)."""
+    modules = {module_name(p) for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = module_name(path)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("cccatalog"):
+                for alias in node.names:
+                    name = f"{node.module}.{alias.name}"
+                    graph[module].add(name if name in modules else node.module)
+            elif isinstance(node, ast.Import):
+                graph[module] |= {a.name for a in node.names if a.name in modules}
+    return graph
+
+
+def test_no_two_modules_import_each_other_however_indirectly() -> None:
+    graph = module_graph()
+    circles = []
+    for start in sorted(graph):
+        # every module reachable from `start`; a circle when `start` is among them
+        seen, todo = set(), list(graph[start])
+        while todo:
+            found = todo.pop()
+            if found not in seen and found in graph:
+                seen.add(found)
+                todo.extend(graph[found])
+        if start in seen:
+            circles.append(start)
+    assert circles == []

@@ -18,7 +18,7 @@ from cccatalog import __version__
 from cccatalog.catalog.store import Store
 from cccatalog.cli import run
 from cccatalog.config import load_config
-from cccatalog.gitmirror.http_backend import HttpBackend
+from cccatalog.server.cgi import HttpBackend
 from cccatalog.server.metrics import ROUTE_CLASSES
 from tests.apifixtures import Collection, build, write_catalog_config
 from tests.conftest import MakeConfig

@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 
 from cccatalog.config import Config
-from cccatalog.gitmirror.http_backend import HttpBackend
 from cccatalog.gitmirror.refstate import advertisement_fingerprint
 from cccatalog.server.app import CatalogServer
+from cccatalog.server.cgi import HttpBackend
 from tests.conftest import MakeConfig
 from tests.fleetfixtures import gated_git, holdings, platform_fetch, upload_pack, want_request
 from tests.gitfixtures import Upstream, git

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import tempfile
 import threading
@@ -21,9 +22,9 @@ from pathlib import Path
 import pytest
 
 from cccatalog.config import Config
-from cccatalog.gitmirror.http_backend import HttpBackend
 from cccatalog.gitmirror.refstate import advertisement_fingerprint
 from cccatalog.server.app import CatalogServer
+from cccatalog.server.cgi import HttpBackend
 from tests.conftest import MakeConfig
 from tests.fleetfixtures import UPLOAD_HEADERS, gated_git, pack_data, request_from, upload_pack, want_request
 from tests.gitfixtures import Upstream, git
@@ -203,11 +204,14 @@ def branch_of_random_data(up: Upstream, branch: str, size: int, tmp_path: Path) 
 
 
 def on_disk(directory: Path) -> int:
-    """What the files under `directory` take on disk now (allocated blocks, not names)."""
+    """What the files under `directory` take on disk now (allocated blocks, not names, and not the
+    cache's own directories, which hold names only)."""
     total = 0
     for path in directory.rglob("*"):
         with suppress(OSError):
-            total += path.stat().st_blocks * 512
+            st = path.lstat()
+            if stat.S_ISREG(st.st_mode):
+                total += st.st_blocks * 512
     return total
 
 

@@ -155,13 +155,15 @@ def test_requests_that_normalise_equal_get_byte_identical_answers_from_upload_pa
     with running_server(config, racy_seconds=0, pack_cache_second_sight=False) as server:
         assert server.packs is not None
         from_cache = [post(server.url, old), post(server.url, new)]
-        made, hits = server.packs.made, server.packs.hits
+        # the second is a hit, or joins the first when its writer has not yet filed it (the answer is
+        # out before the entry is renamed into place): either way git ran once
+        made, shared = server.packs.made, server.packs.hits + server.packs.joined
 
     assert pack_data(from_git[0]).startswith(b"PACK")
     assert pack_data(from_git[0]) == pack_data(from_git[1]), "upload-pack answered the two differently"
     assert pack_data(from_cache[0]) == pack_data(from_git[0])
     assert from_cache[1] == from_cache[0], "the second request was not answered from the cache"
-    assert (made, hits) == (1, 1)
+    assert (made, shared) == (1, 1)
 
 
 def test_a_fleet_of_three_git_versions_shares_one_pack_and_one_advertisement(

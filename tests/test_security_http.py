@@ -28,8 +28,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cccatalog.config import Config
-from cccatalog.gitmirror.http_backend import HttpBackend
 from cccatalog.server.auth_limit import FailureLimiter, client_key
+from cccatalog.server.cgi import HttpBackend
 from cccatalog.server.reaper import Reaper
 from tests.gitfixtures import GIT_ENV, Upstream
 from tests.robustfixtures import add_random_blobs, address, logging_git, pkt_line, wait_until

@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from cccatalog.config import Config
-from cccatalog.gitmirror.http_backend import BackendOutcome, CGIRequest, HttpBackend, ResponseSink
+from cccatalog.server.cgi import BackendOutcome, CGIRequest, HttpBackend, ResponseSink
 from tests.conftest import MakeConfig
 from tests.gitfixtures import GIT_ENV, Upstream, git, mirror_refs
 from tests.servefixtures import running_server, serve_process, synced_config

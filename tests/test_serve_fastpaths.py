@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 
 from cccatalog.gitmirror import refstate
-from cccatalog.gitmirror.http_backend import HttpBackend
 from cccatalog.gitmirror.refstate import advertisement_fingerprint
 from cccatalog.server import relay
 from cccatalog.server.app import CatalogServer
+from cccatalog.server.cgi import HttpBackend
 from tests.conftest import MakeConfig
 from tests.gitfixtures import Upstream, git
 from tests.robustfixtures import REAL_GIT, git_wrapper, logging_git, raw_request

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from cccatalog.config import Config
-from cccatalog.gitmirror.http_backend import HttpBackend
 from cccatalog.gitmirror.refstate import RACY_SECONDS
 from cccatalog.server.admission import Admission, ClientLeft, Refused
 from cccatalog.server.app import CatalogServer
+from cccatalog.server.cgi import HttpBackend
 from tests.conftest import MakeConfig
 from tests.fleetfixtures import UP, UPLOAD_HEADERS, Gate, gated_git, request_from, want_request
 from tests.gitfixtures import Upstream, git

@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from cccatalog.config import Config, load_config
-from cccatalog.gitmirror.http_backend import HttpBackend
+from cccatalog.server.cgi import HttpBackend
 from tests.conftest import MakeConfig
 from tests.gitfixtures import Upstream, git
 from tests.robustfixtures import (

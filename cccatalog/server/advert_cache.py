@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cccatalog.gitmirror.http_backend import ResponseSink, copy_stream
 from cccatalog.gitmirror.refstate import Fingerprint
+from cccatalog.server.cgi import ResponseSink, copy_stream
 
 MAX_ENTRY_BYTES = 4 * 1024 * 1024
 

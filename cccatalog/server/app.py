@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Sequence
 from contextlib import suppress
 from functools import partial
 from http import HTTPStatus
@@ -30,7 +31,6 @@ from pathlib import Path
 from typing import IO, Any
 
 from cccatalog.config import ServeConfig
-from cccatalog.gitmirror.http_backend import CGIRequest, ClientGone, HttpBackend
 from cccatalog.gitmirror.layout import Layout
 from cccatalog.gitmirror.refstate import RACY_SECONDS, advertisement_fingerprint
 from cccatalog.logtext import Verbatim
@@ -40,6 +40,7 @@ from cccatalog.server.admission import Admission, ClientLeft, Refused, client_go
 from cccatalog.server.advert_cache import AdvertCache, CachedAnswer, RecordingSink
 from cccatalog.server.api import ApiContext, admin_token
 from cccatalog.server.api import handle as handle_api
+from cccatalog.server.cgi import CGIRequest, ClientGone, HttpBackend
 from cccatalog.server.framing import FramingError
 from cccatalog.server.logsafe import access_fields, loggable_target
 from cccatalog.server.metrics import ServerMetrics, route_class
@@ -58,6 +59,8 @@ _LINGER_BYTES = 1024 * 1024
 # git http-backend reads `service` alone; anything else a client adds is neither passed on nor a new
 # advertisement cache key (varying it would otherwise fill the cache with copies of one answer).
 _BACKEND_QUERY = {GitService.INFO_REFS: "service=git-upload-pack"}
+# Headers of the backend's answer that belong to its own connection, not ours.
+_HOP_BY_HOP = ("content-length", "transfer-encoding", "connection")
 
 
 _SHUTTING_DOWN_BODY = b'{"detail": "shutting down"}'
@@ -128,6 +131,20 @@ class CatalogServer(ThreadingHTTPServer):
         except BaseException:
             self.server_close()
             raise
+
+    # --- what pack_send needs of the server (PackServer, server/exchange.py) ---
+
+    @property
+    def data_dir(self) -> Path:
+        return self.live.current.git.data_dir
+
+    @property
+    def request_timeout_seconds(self) -> int:
+        return self.settings.request_timeout_seconds
+
+    @property
+    def max_request_body_bytes(self) -> int:
+        return self.settings.max_request_body_mb * 1024 * 1024
 
     @property
     def url(self) -> str:
@@ -400,7 +417,7 @@ class GitRequestHandler(BaseHTTPRequestHandler):
                 body is not None
                 and isinstance(sink, _Sink)  # an ls-refs being recorded for memory is not for the disk
                 and self.server.packs is not None
-                and answer_upload_pack(self, route, req, body)
+                and answer_upload_pack(self, self.server, route, req, body)
             ):
                 body = None  # the pack cache answered, and owns the body: its writer may still feed git
                 return
@@ -539,6 +556,35 @@ class GitRequestHandler(BaseHTTPRequestHandler):
     def _connection_header(self) -> None:
         if self.close_connection:
             self.send_header("Connection", "close")
+
+    # --- the Exchange (server/exchange.py): what pack_send writes its answers through ---
+
+    def send_head(self, status: int, headers: Sequence[tuple[str, str]], *, length: int | None) -> bool:
+        self._status = status
+        chunked = length is None and self.request_version == "HTTP/1.1"
+        if length is None and not chunked:
+            self.close_connection = True  # HTTP/1.0 and no length: the end of the body is the close
+        self.send_response(status)
+        for name, value in headers:
+            if name.lower() not in _HOP_BY_HOP:
+                self.send_header(name, value)
+        if length is not None:
+            self.send_header("Content-Length", str(length))
+        elif chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        self._connection_header()
+        self.end_headers()
+        self.wfile.flush()
+        return chunked
+
+    def send_json(self, status: int, payload: object, headers: Sequence[tuple[str, str]] = ()) -> None:
+        self._json(status, payload, list(headers))
+
+    def count_sent(self, count: int) -> None:
+        self._sent += count
+
+    def close_after(self) -> None:
+        self.close_connection = True
 
     def _json(self, status: int, payload: object, headers: list[tuple[str, str]] | None = None) -> None:
         body = json.dumps(payload).encode()

@@ -36,10 +36,10 @@ from cccatalog.manifest import baked_at
 
 if TYPE_CHECKING:
     from cccatalog.config import ServeConfig
-    from cccatalog.gitmirror.http_backend import HttpBackend
     from cccatalog.server.admission import Admission
     from cccatalog.server.advert_cache import AdvertCache
     from cccatalog.server.api import ApiContext
+    from cccatalog.server.cgi import HttpBackend
     from cccatalog.server.pack_cache import PackCache
 
 log = logging.getLogger("cccatalog.serve")

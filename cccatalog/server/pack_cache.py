@@ -112,7 +112,7 @@ class PackCache:
                 entry.readers += 1
                 self._held[entry.ino].readers += 1
                 self.joined += 1
-                return Reader(entry, os.dup(entry.fd), False, self, entry.register())
+                return Reader(entry, os.dup(entry.fd), False, self._detach, entry.register())
             if name and keep and (finished := self._open_finished(name)) is not None:
                 held = self._held.setdefault(finished.ino, _Held(0, max(finished.size, _BLOCK), True))
                 held.readers += 1
@@ -135,7 +135,7 @@ class PackCache:
             if name:
                 self._inflight[name] = entry
             self.made += 1
-            return Reader(entry, reader_fd, True, self, entry.register())
+            return Reader(entry, reader_fd, True, self._detach, entry.register())
 
     def _first_sight(self, name: str) -> bool:
         """Whether `name` was not asked for in the last `_SIGHT_WINDOW` seconds (lock held); it is

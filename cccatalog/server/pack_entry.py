@@ -18,16 +18,13 @@ import struct
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from cccatalog.server.admission import Refused
-
-if TYPE_CHECKING:
-    from cccatalog.server.pack_cache import PackCache
 
 MAGIC = b"CCPACK1\n"
 END = b"CCPKEND1"
@@ -138,14 +135,14 @@ class Reader:
     entry: Entry
     fd: int
     leader: bool  # this request created the entry: it starts the writer
-    cache: PackCache
+    detach: Callable[[Entry], None]  # the cache's own bookkeeping of who still reads the entry
     token: int = field(default=0)
 
     def close(self) -> None:
         with suppress(OSError):
             os.close(self.fd)
         self.entry.unregister(self.token)
-        self.cache._detach(self.entry)
+        self.detach(self.entry)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,28 +19,27 @@ import os
 import select
 import socket
 import threading
-from typing import IO, TYPE_CHECKING
+from typing import IO
 
-from cccatalog.gitmirror.http_backend import BackendOutcome, CGIRequest, ResponseSink
 from cccatalog.gitmirror.layout import Layout
 from cccatalog.gitmirror.refstate import advertisement_fingerprint
 from cccatalog.server.admission import client_gone
+from cccatalog.server.cgi import BackendOutcome, CGIRequest, ResponseSink
+from cccatalog.server.exchange import Exchange, PackServer
 from cccatalog.server.pack_entry import Entry, Finished, Reader, State
 from cccatalog.server.pack_key import UPLOAD_PACK_REQUEST, request_key
 from cccatalog.server.pack_writer import produce
 from cccatalog.server.routing import GitRoute
 
-if TYPE_CHECKING:
-    from cccatalog.server.app import GitRequestHandler
-
 log = logging.getLogger("cccatalog.serve")
 
 _WAIT_SECONDS = 0.25  # how often a waiting reader checks that its client is still there
 _MSG_MORE = getattr(socket, "MSG_MORE", 0)  # Linux: a chunk header waits for its data
-_HOP_BY_HOP = ("content-length", "transfer-encoding", "connection")
 
 
-def answer_upload_pack(handler: GitRequestHandler, route: GitRoute, req: CGIRequest, body: IO[bytes]) -> bool:
+def answer_upload_pack(
+    exchange: Exchange, server: PackServer, route: GitRoute, req: CGIRequest, body: IO[bytes]
+) -> bool:
     """True when the pack cache answered the request; it then owns (and closes) `body`.
 
     False when this request is not for the cache — its Content-Type is not git's, or the cache
@@ -48,12 +47,11 @@ def answer_upload_pack(handler: GitRequestHandler, route: GitRoute, req: CGIRequ
     cache will not keep (a racy or untrusted fingerprint, too big last time) still goes through a
     spool of its own, so that its reader holds no slot.
     """
-    server = handler.server
     cache = server.packs
     assert cache is not None
     if req.content_type != UPLOAD_PACK_REQUEST:
         return False
-    repo = Layout(server.live.current.git.data_dir).repo(route.slug)
+    repo = Layout(server.data_dir).repo(route.slug)
     fingerprint = advertisement_fingerprint(repo, racy_seconds=server.racy_seconds)
     name = None
     if fingerprint is not None:
@@ -64,7 +62,7 @@ def answer_upload_pack(handler: GitRequestHandler, route: GitRoute, req: CGIRequ
             content_type=req.content_type,
             content_encoding=req.content_encoding,
             body=body,
-            max_inflated=server.settings.max_request_body_mb * 1024 * 1024,
+            max_inflated=server.max_request_body_bytes,
         )
     try:
         found = cache.open(name, keep=name is not None and not cache.is_oversize(name))
@@ -74,29 +72,28 @@ def answer_upload_pack(handler: GitRequestHandler, route: GitRoute, req: CGIRequ
     if isinstance(found, Finished):
         body.close()
         try:
-            _send_finished(handler, found)
+            _send_finished(exchange, found)
         finally:
             cache.release(found)
         return True
     if found.leader:
-        _start_writer(handler, found, route, req, body)
+        _start_writer(server, found, route, req, body)
     else:
         body.close()
     try:
-        _follow(handler, found)
+        _follow(exchange, found)
     finally:
         found.close()
     return True
 
 
 def _start_writer(
-    handler: GitRequestHandler, reader: Reader, route: GitRoute, req: CGIRequest, body: IO[bytes]
+    server: PackServer, reader: Reader, route: GitRoute, req: CGIRequest, body: IO[bytes]
 ) -> None:
-    server = handler.server
     cache = server.packs
     assert cache is not None
-    data_dir = server.live.current.git.data_dir
-    timeout = server.settings.request_timeout_seconds
+    data_dir = server.data_dir
+    timeout = server.request_timeout_seconds
 
     def run(sink: ResponseSink) -> BackendOutcome:
         return server.backend.run(req, body, sink, project_root=data_dir, timeout=timeout)
@@ -117,32 +114,34 @@ def _start_writer(
     threading.Thread(target=write, name="pack-writer", daemon=True).start()
 
 
-def _send_finished(handler: GitRequestHandler, found: Finished) -> None:
-    _send_head(handler, found.status, found.headers, length=found.body_length)
-    _sendfile(handler, found.fd, found.body_start, found.body_length)
+def _send_finished(exchange: Exchange, found: Finished) -> None:
+    exchange.send_head(found.status, found.headers, length=found.body_length)
+    _sendfile(exchange, found.fd, found.body_start, found.body_length)
 
 
-def _follow(handler: GitRequestHandler, reader: Reader) -> None:
+def _follow(exchange: Exchange, reader: Reader) -> None:
     entry = reader.entry
-    sock = handler.connection
+    sock = exchange.connection
     if _wait(entry, sock, -1) is None:
-        handler.close_connection = True
+        exchange.close_after()
         return
     if entry.state is State.REFUSED and entry.refusal is not None:
         refusal = entry.refusal
-        return handler._json(503, {"detail": refusal.reason}, [("Retry-After", str(refusal.retry_after))])
+        return exchange.send_json(
+            503, {"detail": refusal.reason}, [("Retry-After", str(refusal.retry_after))]
+        )
     if not entry.status:  # the backend could not be run at all
-        return handler._json(502, {"detail": "the git backend failed; the server log has the details"})
+        return exchange.send_json(502, {"detail": "the git backend failed; the server log has the details"})
     whole = entry.state is State.ENDED
-    chunked = _send_head(
-        handler, entry.status, entry.headers, length=entry.end - entry.body_start if whole else None
+    chunked = exchange.send_head(
+        entry.status, entry.headers, length=entry.end - entry.body_start if whole else None
     )
     pos = entry.body_start
     owed = b""  # a chunk's closing CRLF, sent with the next chunk header
     while True:
         progress = _wait(entry, sock, pos)
         if progress is None:
-            handler.close_connection = True
+            exchange.close_after()
             return
         state, file_end, end = progress
         if pos >= end:
@@ -155,16 +154,16 @@ def _follow(handler: GitRequestHandler, reader: Reader) -> None:
             owed = b"\r\n"
         if data is not None:
             sock.sendall(data)
-            handler._sent += count
+            exchange.count_sent(count)
         else:  # from the file, in the kernel
-            _sendfile(handler, reader.fd, pos, count)
+            _sendfile(exchange, reader.fd, pos, count)
         pos += count
         entry.sent(reader.token, pos)
     if state is State.ENDED:
         if chunked:
             sock.sendall(owed + b"0\r\n\r\n")
     else:  # cut off: the client must see a broken answer, never a short one that looks whole
-        handler.close_connection = True
+        exchange.close_after()
 
 
 def _wait(entry: Entry, sock: socket.socket, pos: int) -> tuple[State, int, int] | None:
@@ -177,35 +176,13 @@ def _wait(entry: Entry, sock: socket.socket, pos: int) -> tuple[State, int, int]
         return entry.state, entry.file_end, entry.end
 
 
-def _send_head(
-    handler: GitRequestHandler, status: int, headers: list[tuple[str, str]], *, length: int | None
-) -> bool:
-    """Status line and headers; returns whether the body goes in chunks."""
-    handler._status = status
-    chunked = length is None and handler.request_version == "HTTP/1.1"
-    if length is None and not chunked:
-        handler.close_connection = True  # HTTP/1.0 and no length: the end of the body is the close
-    handler.send_response(status)
-    for name, value in headers:
-        if name.lower() not in _HOP_BY_HOP:
-            handler.send_header(name, value)
-    if length is not None:
-        handler.send_header("Content-Length", str(length))
-    elif chunked:
-        handler.send_header("Transfer-Encoding", "chunked")
-    handler._connection_header()
-    handler.end_headers()
-    handler.wfile.flush()
-    return chunked
-
-
-def _sendfile(handler: GitRequestHandler, fd: int, offset: int, count: int) -> None:
+def _sendfile(exchange: Exchange, fd: int, offset: int, count: int) -> None:
     """`count` bytes of `fd` from `offset` to the client by `sendfile(2)`: no copy through Python.
 
     The socket has a timeout, so it is non-blocking underneath: a full send buffer is waited out for
     at most that long (a client that stopped reading gets TimeoutError, as with any other send).
     """
-    sock = handler.connection
+    sock = exchange.connection
     out = sock.fileno()
     timeout = sock.gettimeout()
     end = offset + count
@@ -221,4 +198,4 @@ def _sendfile(handler: GitRequestHandler, fd: int, offset: int, count: int) -> N
         if not sent:
             raise ConnectionError("the cache file ended early")
         offset += sent
-        handler._sent += sent
+        exchange.count_sent(sent)

@@ -17,9 +17,9 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from cccatalog.gitmirror.http_backend import BackendOutcome, ClientGone, ResponseSink
 from cccatalog.server import relay
 from cccatalog.server.admission import Admission, ClientLeft, Refused
+from cccatalog.server.cgi import BackendOutcome, ClientGone, ResponseSink
 from cccatalog.server.pack_entry import Entry, State, head_block
 
 if TYPE_CHECKING:

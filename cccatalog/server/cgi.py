@@ -26,7 +26,7 @@ from typing import IO, Protocol
 
 from cccatalog.gitmirror.deadlines import Watchdog
 
-log = logging.getLogger("cccatalog.http_backend")
+log = logging.getLogger("cccatalog.http_backend")  # the logger keeps its name: log filters select on it
 
 CHUNK = 64 * 1024
 _PIPE_SIZE = 1024 * 1024
