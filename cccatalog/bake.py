@@ -103,9 +103,13 @@ def manifest_entry(git: Git, layout: Layout, result: RepoResult) -> RepoManifest
 
 
 def write_manifest(
-    dest: Path, config: Config, repos: Sequence[RepoManifest], *, sign_key: Path | None,
+    dest: Path,
+    config: Config,
+    repos: Sequence[RepoManifest],
+    *,
+    sign_key: Path | None,
     environ: Mapping[str, str],
-) -> Path:  # fmt: skip
+) -> Path:
     """`<dest>/manifest.json` (and `.sig` with a key), each replaced in one rename. The catalog is
     not baked: the image half fills it at the site."""
     doc = manifest.document(

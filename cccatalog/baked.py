@@ -58,9 +58,13 @@ def check_mirrors(
 
         try:
             verify(
-                path, data_dir / SIGNATURE, transfer.allowed_signers, signer=transfer.signer,
-                environ=environ, what=str(path),
-            )  # fmt: skip
+                path,
+                data_dir / SIGNATURE,
+                transfer.allowed_signers,
+                signer=transfer.signer,
+                environ=environ,
+                what=str(path),
+            )
         except CCCatalogError as exc:
             found.manifest.append(f"{exc} (transfer.allowed_signers is set)")
     for slug, entry in sorted(manifest.repos.items()):

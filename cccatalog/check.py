@@ -73,8 +73,13 @@ def check(
     redactor.add(*config.state.secrets(environ))  # the database password, in anything logged
     mirrored = sorted(mirrored_slugs(config))
     collections = len(config.codecollections)
-    add(Check("config", Status.OK, f"{len(config.sources)} sources, {collections} CodeCollections, "
-              f"{len(mirrored)} mirrored"))  # fmt: skip
+    add(
+        Check(
+            "config",
+            Status.OK,
+            f"{len(config.sources)} sources, {collections} CodeCollections, {len(mirrored)} mirrored",
+        )
+    )
     for warning in config.warnings:
         add(Check("config", Status.WARN, warning))
     report.checks.extend(_credentials(config, environ))
@@ -108,8 +113,12 @@ def _credentials(config: Config, environ: Mapping[str, str]) -> Iterator[Check]:
         blocks.append((f"sources[{i}].auth", _names(source.auth), hosts))
     for i, destination in enumerate(config.destinations):
         auth = destination.auth  # the predecessor's name for the Docker config key
-        names = [("token_env", auth.token_env), ("user_env", auth.user_env), ("pass_env", auth.pass_env),
-                 ("docker_config_env", auth.docker_config_env)]  # fmt: skip
+        names = [
+            ("token_env", auth.token_env),
+            ("user_env", auth.user_env),
+            ("pass_env", auth.pass_env),
+            ("docker_config_env", auth.docker_config_env),
+        ]
         blocks.append((f"destinations[{i}].auth", names, [destination.host]))
     for key, names, hosts in blocks:
         for name, var in names:
@@ -126,8 +135,12 @@ def _credentials(config: Config, environ: Mapping[str, str]) -> Iterator[Check]:
 
 
 def _names(auth: AuthConfig) -> list[tuple[str, str | None]]:
-    return [("token_env", auth.token_env), ("user_env", auth.user_env), ("pass_env", auth.pass_env),
-            ("dockerconfigjson_env", auth.dockerconfigjson_env)]  # fmt: skip
+    return [
+        ("token_env", auth.token_env),
+        ("user_env", auth.user_env),
+        ("pass_env", auth.pass_env),
+        ("dockerconfigjson_env", auth.dockerconfigjson_env),
+    ]
 
 
 def _docker_config(subject: str, var: str, value: str, hosts: list[str]) -> Iterator[Check]:
@@ -152,17 +165,25 @@ def _directories(config: Config, environ: Mapping[str, str]) -> Iterator[Check]:
         if problem and _baked_read_only(config):
             # The air-gapped layout: mirrors baked into the image, read-only by design; serve only
             # reads them and nothing syncs them here.
-            yield Check("git.data_dir", Status.OK, f"{where} is read-only, as baked mirrors are: serve reads "
-                        "them and git.runtime_sync is false (import needs a writable copy)")  # fmt: skip
+            yield Check(
+                "git.data_dir",
+                Status.OK,
+                f"{where} is read-only, as baked mirrors are: serve reads "
+                "them and git.runtime_sync is false (import needs a writable copy)",
+            )
         elif problem:
             yield Check("git.data_dir", Status.FAIL, problem)
         else:
             shown = "exists" if where.is_dir() else "will be created"
             yield Check("git.data_dir", Status.OK, f"{where} {shown} and is writable")
     if mirrored_slugs(config) and not config.git.public_base_url:
-        yield Check("git.public_base_url", Status.WARN, "not set: the catalog API's git_url sends clients to "
-                    "each collection's upstream, not to this server; set it to the clone URL base clients "
-                    f"reach this server by (e.g. http://cc-catalog:8080{config.git.mount_path})")  # fmt: skip
+        yield Check(
+            "git.public_base_url",
+            Status.WARN,
+            "not set: the catalog API's git_url sends clients to "
+            "each collection's upstream, not to this server; set it to the clone URL base clients "
+            f"reach this server by (e.g. http://cc-catalog:8080{config.git.mount_path})",
+        )
     if config.state.url:
         yield _state_database(config, environ)
         return

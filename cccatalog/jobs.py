@@ -125,8 +125,10 @@ def run_locks(config: Config, request: SyncRequest, store: Store | None = None) 
                 by = f" (pid {pid})" if pid else ""
                 log.warning(
                     "waiting for another %s sync%s to finish, up to %.0fs (git.lock_timeout_seconds)",
-                    half, by, wait,
-                )  # fmt: skip
+                    half,
+                    by,
+                    wait,
+                )
 
             try:
                 stack.enter_context(locks.run(half).hold(timeout=wait, on_wait=waiting))
@@ -144,16 +146,23 @@ def recorder(store: Store) -> Record:
     def record(result: RepoResult, attempted_at: datetime) -> None:
         if result.failed:
             store.record_mirror_failure(
-                result.slug, upstream_url=result.upstream_url, action=result.action.value,
-                error=result.error or "unknown error", attempted_at=attempted_at,
-            )  # fmt: skip
+                result.slug,
+                upstream_url=result.upstream_url,
+                action=result.action.value,
+                error=result.error or "unknown error",
+                attempted_at=attempted_at,
+            )
         else:
             store.record_mirror_success(
-                result.slug, upstream_url=result.upstream_url, action=result.action.value,
-                head_commit=result.head_commit or "", default_branch=result.default_branch or "",
-                refs_fingerprint=result.refs_fingerprint or "", attempted_at=attempted_at,
+                result.slug,
+                upstream_url=result.upstream_url,
+                action=result.action.value,
+                head_commit=result.head_commit or "",
+                default_branch=result.default_branch or "",
+                refs_fingerprint=result.refs_fingerprint or "",
+                attempted_at=attempted_at,
                 finished_at=datetime.now(UTC),
-            )  # fmt: skip
+            )
 
     return record
 
@@ -208,9 +217,14 @@ def run_sync(
             from cccatalog.runlocks import Locks
 
             report.mirrors = run_mirrors(
-                config, store, environ=environ, redactor=redactor, only_slugs=request.only,
-                progress=copy_progress, locks=Locks.for_state(config, store),
-            )  # fmt: skip
+                config,
+                store,
+                environ=environ,
+                redactor=redactor,
+                only_slugs=request.only,
+                progress=copy_progress,
+                locks=Locks.for_state(config, store),
+            )
     return report
 
 
@@ -290,8 +304,12 @@ def credential_warnings(config: Config, environ: Mapping[str, str]) -> list[str]
     """git.auth names variables that are unset or empty: the mirrors are fetched anonymously, which
     works for public upstreams and fails with "the upstream wants credentials" for private ones."""
     auth = config.git.auth
-    named = [("token_env", auth.token_env), ("user_env", auth.user_env), ("pass_env", auth.pass_env),
-             ("dockerconfigjson_env", auth.dockerconfigjson_env)]  # fmt: skip
+    named = [
+        ("token_env", auth.token_env),
+        ("user_env", auth.user_env),
+        ("pass_env", auth.pass_env),
+        ("dockerconfigjson_env", auth.dockerconfigjson_env),
+    ]
     return [
         f"git.auth.{key}: environment variable {name} is not set or empty; fetching anonymously"
         for key, name in named
@@ -332,9 +350,14 @@ def perform_sync(
     # The state first: a corrupt or newer one is refused before any lock file is made.
     with Store.for_config(config, environ=environ) as store, run_locks(config, request, store) as granted:
         report = run_sync(
-            config, store, granted, redactor=redactor, environ=environ, run_git=run_git,
+            config,
+            store,
+            granted,
+            redactor=redactor,
+            environ=environ,
+            run_git=run_git,
             copy_progress=copy_progress,
-        )  # fmt: skip
+        )
     report.warnings[:0] = warnings
     return report
 

@@ -162,9 +162,12 @@ def parse(data: bytes, *, source: str) -> Manifest:
     catalog = doc.get("catalog")
     digest = catalog.get("digest") if isinstance(catalog, dict) else None
     return Manifest(
-        kind, repos, tuple(collections) if collections is not None else None,
-        digest if isinstance(digest, str) else None, doc,
-    )  # fmt: skip
+        kind,
+        repos,
+        tuple(collections) if collections is not None else None,
+        digest if isinstance(digest, str) else None,
+        doc,
+    )
 
 
 def _repo(entry: object, *, where: str) -> RepoManifest:

@@ -87,9 +87,12 @@ def sync_report(report: SyncReport, *, as_json: bool, quiet: bool) -> None:
         for r in report.git:
             style = styles.get(r.action.value, "green")
             table.add_row(
-                r.slug, f"[{style}]{r.action.value}[/]", (r.head_commit or "")[:12], f"{r.duration_s:.1f}s",
+                r.slug,
+                f"[{style}]{r.action.value}[/]",
+                (r.head_commit or "")[:12],
+                f"{r.duration_s:.1f}s",
                 escape(r.error or r.note or ""),
-            )  # fmt: skip
+            )
         out.print(table)
     if report.images:
         columns = ("slug", "refs", "inactive", "latest", "stable", "error")
@@ -97,9 +100,13 @@ def sync_report(report: SyncReport, *, as_json: bool, quiet: bool) -> None:
         for i in report.images:
             problem = f"[red]{escape(i.error)}[/]" if i.error else escape(i.note or "")
             table.add_row(
-                escape(i.slug), str(i.refs), str(i.deactivated), escape(i.latest_tag or ""),
-                escape(i.stable_tag or ""), problem,
-            )  # fmt: skip
+                escape(i.slug),
+                str(i.refs),
+                str(i.deactivated),
+                escape(i.latest_tag or ""),
+                escape(i.stable_tag or ""),
+                problem,
+            )
         out.print(table)
     if report.mirrors and report.mirrors.destinations:
         out.print(_destinations_table(report))
@@ -125,8 +132,14 @@ def _destinations_table(report: SyncReport) -> Table:
     table = _table("destinations", columns, ("destination",))
     for d in report.mirrors.destinations if report.mirrors else ():
         failed = f"[red]{d.failed}[/]" if d.failed else "0"
-        table.add_row(d.name, str(d.jobs_enqueued), str(d.copied), str(d.already_there), failed,
-                      str(d.refs_already_mirrored))  # fmt: skip
+        table.add_row(
+            d.name,
+            str(d.jobs_enqueued),
+            str(d.copied),
+            str(d.already_there),
+            failed,
+            str(d.refs_already_mirrored),
+        )
     return table
 
 
@@ -146,9 +159,14 @@ def sync_progress(*, quiet: bool) -> Callable[[MirrorSyncer, list[RepoTask]], li
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         progress = Progress(
-            TextColumn("[bold]sync"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("{task.description}"), console=Console(stderr=True), transient=True,
-        )  # fmt: skip
+            TextColumn("[bold]sync"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.description}"),
+            console=Console(stderr=True),
+            transient=True,
+        )
         with progress:
             bar = progress.add_task("", total=len(tasks))
 
@@ -172,9 +190,14 @@ def copy_progress(what: str, *, quiet: bool) -> Iterator[Callable[[CopyProgress]
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
     progress = Progress(
-        TextColumn(f"[bold]{what}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
-        TextColumn("{task.description}"), console=Console(stderr=True), transient=True,
-    )  # fmt: skip
+        TextColumn(f"[bold]{what}"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        console=Console(stderr=True),
+        transient=True,
+    )
     bars: dict[str, TaskID] = {}
     lock = threading.Lock()
 
@@ -214,9 +237,13 @@ def resolutions(
     for r in found:
         n = r.newest.to_json()
         table.add_row(
-            escape(r.ref), escape(n["tag"]), n["built_at"] or "unknown", escape(n["built_at_source"]),
-            escape(n["digest"] or ""), str(len(r.candidates)),
-        )  # fmt: skip
+            escape(r.ref),
+            escape(n["tag"]),
+            n["built_at"] or "unknown",
+            escape(n["built_at_source"]),
+            escape(n["digest"] or ""),
+            str(len(r.candidates)),
+        )
     console().print(table)
     if verbose:
         detail = ", ".join(f"{k}: {v}" for k, v in sorted(requests.items()))
@@ -364,9 +391,13 @@ def status_report(report: StatusReport, *, as_json: bool, quiet: bool) -> None:
             for r in report.repos:
                 style = _FRESHNESS_STYLE[r.freshness.value]
                 table.add_row(
-                    escape(r.slug), f"[{style}]{r.freshness.value}[/]", (r.head_commit or "")[:12],
-                    escape(r.default_branch or ""), _last_success(r), escape(r.last_error or ""),
-                )  # fmt: skip
+                    escape(r.slug),
+                    f"[{style}]{r.freshness.value}[/]",
+                    (r.head_commit or "")[:12],
+                    escape(r.default_branch or ""),
+                    _last_success(r),
+                    escape(r.last_error or ""),
+                )
             out.print(table)
         if report.collections:
             table = _table(
@@ -376,9 +407,12 @@ def status_report(report: StatusReport, *, as_json: bool, quiet: bool) -> None:
             )
             for c in report.collections:
                 table.add_row(
-                    escape(c.slug), escape(c.latest.tag if c.latest else ""),
-                    escape(c.stable.tag if c.stable else ""), str(c.active_refs), escape(c.poll_error or ""),
-                )  # fmt: skip
+                    escape(c.slug),
+                    escape(c.latest.tag if c.latest else ""),
+                    escape(c.stable.tag if c.stable else ""),
+                    str(c.active_refs),
+                    escape(c.poll_error or ""),
+                )
             out.print(table)
         bad = len(report.problems)
         verdict = (

@@ -45,9 +45,16 @@ def _ssh_keygen(
     with stdin.open("rb") if stdin else open(os.devnull, "rb") as source:
         try:
             return subprocess.run(
-                [binary, *args], stdin=source, capture_output=True, env=env, timeout=_TIMEOUT,
-                start_new_session=True, check=False, text=True, errors="replace",
-            )  # fmt: skip
+                [binary, *args],
+                stdin=source,
+                capture_output=True,
+                env=env,
+                timeout=_TIMEOUT,
+                start_new_session=True,
+                check=False,
+                text=True,
+                errors="replace",
+            )
         except subprocess.TimeoutExpired:
             raise SignatureError(f"ssh-keygen {args[1]} did not finish within {_TIMEOUT}s") from None
 
@@ -97,10 +104,21 @@ def verify(
     detail = ""
     for principal in principals:
         checked = _ssh_keygen(
-            ["-Y", "verify", "-f", str(allowed_signers), "-I", principal, "-n", NAMESPACE,
-             "-s", str(signature)],
-            environ=environ, stdin=path,
-        )  # fmt: skip
+            [
+                "-Y",
+                "verify",
+                "-f",
+                str(allowed_signers),
+                "-I",
+                principal,
+                "-n",
+                NAMESPACE,
+                "-s",
+                str(signature),
+            ],
+            environ=environ,
+            stdin=path,
+        )
         if checked.returncode == 0:
             return principal
         detail = _last_line(checked.stderr or checked.stdout)

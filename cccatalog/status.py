@@ -243,12 +243,16 @@ def collect(
     shown = [cc for cc in config.codecollections if include_hidden or cc.visibility != "hidden"]
     repos = [
         repo_status(
-            cc, mirrors.get(cc.slug), now=now, budget_seconds=budget_seconds, baked_at=baked_at,
+            cc,
+            mirrors.get(cc.slug),
+            now=now,
+            budget_seconds=budget_seconds,
+            baked_at=baked_at,
             servable=servable(cc.slug) if servable else None,
         )
         for cc in sorted(shown, key=lambda c: c.slug)
         if cc.slug in mirrored
-    ]  # fmt: skip
+    ]
     # collections whose images are polled, or that have images from before: the rest has none to show
     polled = {cc.slug for cc in config.polled_collections()}
     every = [collection_status(cc, store) for cc in sorted(shown, key=lambda c: c.slug)] if store else []

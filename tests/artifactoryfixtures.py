@@ -112,8 +112,10 @@ def fake_artifactory(
     log = open(work / "nginx.out", "ab")  # noqa: SIM115 - nginx writes to it
     process = subprocess.Popen(
         [NGINX, "-p", str(work), "-c", str(work / "nginx.conf"), "-e", str(work / "error.log")],
-        stdout=log, stderr=log, start_new_session=True,
-    )  # fmt: skip
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+    )
     log.close()
     artifactory = FakeArtifactory(f"http://127.0.0.1:{port}", f"127.0.0.1:{port}", work, process, registry)
     try:

@@ -125,8 +125,10 @@ def clean_copy(dest: Path) -> Path:
         return dest
     listed = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT, capture_output=True, check=True,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    )
     for name in filter(None, listed.stdout.decode().split("\0")):
         source = ROOT / name
         if source.is_file():
@@ -143,9 +145,14 @@ def run_build_stage(src: Path, *, extra_env: dict[str, str] | None = None) -> Pa
         env.pop(name, None)
     for command in commands:
         out = subprocess.run(
-            ["/bin/sh", "-c", command], cwd=src, env=env, capture_output=True, text=True,
-            timeout=BUILD_TIMEOUT_SECONDS, check=False,
-        )  # fmt: skip
+            ["/bin/sh", "-c", command],
+            cwd=src,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=BUILD_TIMEOUT_SECONDS,
+            check=False,
+        )
         if out.returncode != 0:
             raise RuntimeError(
                 f"RUN {command} failed ({out.returncode}):\n{out.stdout[-4000:]}{out.stderr[-4000:]}"

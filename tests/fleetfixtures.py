@@ -80,10 +80,24 @@ def platform_fetch(url: str, dest: Path, *, protocol: int = 2) -> subprocess.Com
     """What the platform's fetcher does for a new runner: a fresh repo, `fetch --depth=2 --tags`."""
     git("init", "-q", str(dest))
     return subprocess.run(
-        ["git", "-C", str(dest), "-c", f"protocol.version={protocol}", "fetch", "-q", "--depth=2", "--tags",
-         url, "+refs/heads/*:refs/remotes/origin/*"],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        [
+            "git",
+            "-C",
+            str(dest),
+            "-c",
+            f"protocol.version={protocol}",
+            "fetch",
+            "-q",
+            "--depth=2",
+            "--tags",
+            url,
+            "+refs/heads/*:refs/remotes/origin/*",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def holdings(repo: Path) -> tuple[str, str, str]:

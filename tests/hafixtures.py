@@ -181,8 +181,18 @@ def start_replica(
     }
     if minute_seconds is None:
         environ["CC_CATALOG_DISABLE_SCHEDULER"] = "1"
-        argv = [sys.executable, "-m", "cccatalog", "serve", "-c", str(config), "--host", "127.0.0.1",
-                "--port", str(port)]  # fmt: skip
+        argv = [
+            sys.executable,
+            "-m",
+            "cccatalog",
+            "serve",
+            "-c",
+            str(config),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
     else:
         argv = [sys.executable, "-c", REPLICA, str(config), str(port), str(minute_seconds)]
     with log.open("w") as out:

@@ -77,16 +77,27 @@ def push_build(
         for arch in platforms:
             layers = [layer(f"{b}/{arch}", size) for b in base] + [layer(f"{own}/{arch}", size)]
             config = json.dumps(
-                {"architecture": arch, "os": "linux", "created": created, "own": own,
-                 "rootfs": {"type": "layers", "diff_ids": [sha256(b) for b in layers]}},
+                {
+                    "architecture": arch,
+                    "os": "linux",
+                    "created": created,
+                    "own": own,
+                    "rootfs": {"type": "layers", "diff_ids": [sha256(b) for b in layers]},
+                },
                 sort_keys=True,
-            ).encode()  # fmt: skip
+            ).encode()
             for blob in (*layers, config):
                 blobs.add(upload_blob(client, repo, blob))
             body = _manifest(config, layers)
             put_manifest(client, repo, sha256(body), body, OCI_MANIFEST)
-            entries.append({"mediaType": OCI_MANIFEST, "digest": sha256(body), "size": len(body),
-                            "platform": {"os": "linux", "architecture": arch}})  # fmt: skip
+            entries.append(
+                {
+                    "mediaType": OCI_MANIFEST,
+                    "digest": sha256(body),
+                    "size": len(body),
+                    "platform": {"os": "linux", "architecture": arch},
+                }
+            )
         index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}).encode()
         digest = put_manifest(client, repo, tag, index, OCI_INDEX)
     return Build(tag, digest, frozenset(blobs), tuple(e["digest"] for e in entries))

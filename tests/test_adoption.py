@@ -78,8 +78,11 @@ def test_collections_and_every_image_ref_are_carried_with_flags_and_times(
     assert list(collections) == [CLI, PUBLIC, FORK]
     cli = collections[CLI]
     assert (cli.name, cli.source, cli.default_ref, cli.visibility) == (
-        "RunWhen CLI CodeCollection", "ghcr-runwhen-contrib", "main", "public",
-    )  # fmt: skip
+        "RunWhen CLI CodeCollection",
+        "ghcr-runwhen-contrib",
+        "main",
+        "public",
+    )
     assert cli.git_url == "https://github.com/runwhen-contrib/rw-cli-codecollection"
     assert cli.updated_at == utc("2026-05-21 16:10:01.123456")
     assert (collections[FORK].default_ref, collections[FORK].visibility) == ("develop", "hidden")
@@ -87,8 +90,11 @@ def test_collections_and_every_image_ref_are_carried_with_flags_and_times(
     assert set(refs) == {"main", "v1.2.0", "v1.2.0-rc1", "feature/login", "pr-42"}
     main = refs["main"]
     assert (main.image_tag, main.image_digest, main.commit_hash, main.rt_revision) == (
-        "main-10792f4-6e4bc81", "sha256:" + "a" * 64, "10792f4", "6e4bc81",
-    )  # fmt: skip
+        "main-10792f4-6e4bc81",
+        "sha256:" + "a" * 64,
+        "10792f4",
+        "6e4bc81",
+    )
     assert main.image_registry == "ghcr.io/runwhen-contrib/rw-cli-codecollection"
     assert main.image_built_at == utc("2026-05-21 15:55:00")
     assert main.synced_at == utc("2026-05-21 16:10:01.123456")
@@ -114,8 +120,10 @@ def test_git_status_and_poll_status_are_carried(predecessor: AnyPredecessor) -> 
 
     assert cli is not None
     assert (cli.head_commit, cli.last_success_at, cli.last_error) == (
-        HEAD_CLI, utc("2026-05-21 16:00:02.5"), None,
-    )  # fmt: skip
+        HEAD_CLI,
+        utc("2026-05-21 16:00:02.5"),
+        None,
+    )
     assert cli.upstream_url == "https://github.com/runwhen-contrib/rw-cli-codecollection"
     assert public is not None
     assert (public.head_commit, public.last_success_at) == (None, None)
@@ -208,9 +216,15 @@ def test_processes_opening_the_predecessors_database_together_adopt_it_once(
         proc.join(timeout=10)
 
     assert outcomes == [("ok", 5)] * PROCESSES
-    counts = [_count(predecessor.target, t) for t in (
-        "cccatalog_collections", "cccatalog_image_refs", "cccatalog_git_mirrors", "cccatalog_image_syncs",
-    )]  # fmt: skip
+    counts = [
+        _count(predecessor.target, t)
+        for t in (
+            "cccatalog_collections",
+            "cccatalog_image_refs",
+            "cccatalog_git_mirrors",
+            "cccatalog_image_syncs",
+        )
+    ]
     assert counts == [3, 6, 2, 2]
 
 
@@ -287,12 +301,26 @@ def _predecessor_config(tmp_path: Path) -> Path:
         "default_ref": "main",
         "stable_ref": "v1.3.0",
         "refs": [
-            {"ref": "main", "ref_type": "branch", "commit": "abcdef1", "rt_revision": "6e4bc81",
-             "image_tag": "main-abcdef1-6e4bc81", "image_digest": None, "built_at": "2026-06-01T00:00:00Z"},
-            {"ref": "v1.3.0", "ref_type": "tag", "commit": "abcdef2", "rt_revision": "6e4bc81",
-             "image_tag": "v1.3.0-abcdef2-6e4bc81", "image_digest": None, "built_at": None},
+            {
+                "ref": "main",
+                "ref_type": "branch",
+                "commit": "abcdef1",
+                "rt_revision": "6e4bc81",
+                "image_tag": "main-abcdef1-6e4bc81",
+                "image_digest": None,
+                "built_at": "2026-06-01T00:00:00Z",
+            },
+            {
+                "ref": "v1.3.0",
+                "ref_type": "tag",
+                "commit": "abcdef2",
+                "rt_revision": "6e4bc81",
+                "image_tag": "v1.3.0-abcdef2-6e4bc81",
+                "image_digest": None,
+                "built_at": None,
+            },
         ],
-    }  # fmt: skip
+    }
     (tmp_path / "refs.json").write_text(json.dumps(refs))
     path = tmp_path / "config.yaml"
     path.write_text(
@@ -333,8 +361,9 @@ def test_the_predecessors_db_url_serves_its_catalog_then_sync_updates_it(
     assert status == 200
     assert isinstance(detail, dict)
     assert (detail["latest_image_tag"], detail["stable_image_tag"]) == (
-        "main-10792f4-6e4bc81", "v1.2.0-9988aab-6e4bc81",
-    )  # fmt: skip
+        "main-10792f4-6e4bc81",
+        "v1.2.0-9988aab-6e4bc81",
+    )
     assert detail["last_synced"] == "2026-05-21T16:10:01Z"
     status, repo = _get(config, f"/api/v1/git/repos/{CLI}", capsys)
     assert isinstance(repo, dict)
@@ -351,8 +380,9 @@ def test_the_predecessors_db_url_serves_its_catalog_then_sync_updates_it(
     status, detail = _get(config, f"/api/v1/catalog/codecollections/{CLI}", capsys)
     assert isinstance(detail, dict)
     assert (detail["latest_image_tag"], detail["stable_image_tag"]) == (
-        "main-abcdef1-6e4bc81", "v1.3.0-abcdef2-6e4bc81",
-    )  # fmt: skip
+        "main-abcdef1-6e4bc81",
+        "v1.3.0-abcdef2-6e4bc81",
+    )
     assert sqlite_predecessor.schema() == schema
     assert sqlite_predecessor.dump() == rows
     assert not (tmp_path / "git" / ".cccatalog").exists()  # the state is the predecessor's file

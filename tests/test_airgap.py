@@ -57,8 +57,11 @@ def test_sync_no_git_polls_the_internal_registry_on_an_air_gapped_config(
     assert run(["sync", "-c", str(path), "--no-git", "--json"]) == 0
     [image] = json.loads(capsys.readouterr().out)["images"]
     assert (image["refs"], image["latest_tag"], image["stable_tag"], image["error"]) == (
-        2, "main-aaaaaaa-1111111", "v1.0.0-bbbbbbb-1111111", None,
-    )  # fmt: skip
+        2,
+        "main-aaaaaaa-1111111",
+        "v1.0.0-bbbbbbb-1111111",
+        None,
+    )
     assert not (tmp_path / "git" / "rw-cli-codecollection.git").exists()
 
     # a whole sync would fetch git: refused, and the message says how to run the image half
@@ -84,8 +87,10 @@ def test_admin_sync_catalog_polls_the_registry_and_sync_git_stays_held(
         git = client.post("/api/v1/admin/sync-git?wait=true", headers=bearer()).json()
         resolved = client.get(f"{CATALOG}/rw-cli-codecollection/resolve?pointer=latest")
     assert {k: catalog[k] for k in ("collections_processed", "refs_upserted", "errors")} == {
-        "collections_processed": 1, "refs_upserted": 2, "errors": [],
-    }  # fmt: skip
+        "collections_processed": 1,
+        "refs_upserted": 2,
+        "errors": [],
+    }
     assert "skipped" not in catalog
     assert (git["runtime_sync"], git["repos_processed"]) == (False, 0)
     assert "git.runtime_sync is false" in git["skipped"]

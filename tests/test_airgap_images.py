@@ -57,15 +57,37 @@ class Gap:
         auth = {"user_env": "CC_REGISTRY_USER", "pass_env": "CC_REGISTRY_PASS"}
         collection = {"slug": "alpha", "git_url": self.upstream.url}
         connected = {
-            "git": base_git, "state": state,
-            "sources": [{"name": "ghcr", "type": "oci", "auth": auth, "codecollections": [
-                {**collection, "image_registry": f"{self.source.host}/{self.source_repo}"}]}],
-        }  # fmt: skip
+            "git": base_git,
+            "state": state,
+            "sources": [
+                {
+                    "name": "ghcr",
+                    "type": "oci",
+                    "auth": auth,
+                    "codecollections": [
+                        {**collection, "image_registry": f"{self.source.host}/{self.source_repo}"}
+                    ],
+                }
+            ],
+        }
         site = {
-            "git": {**base_git, "runtime_sync": False}, "images": {"runtime_sync": False}, "state": state,
-            "sources": [{"name": "internal", "type": "oci", "auth": auth, "codecollections": [
-                {**collection, "image_registry": site_registry or f"{self.site.host}/{self.site_repo}"}]}],
-        }  # fmt: skip
+            "git": {**base_git, "runtime_sync": False},
+            "images": {"runtime_sync": False},
+            "state": state,
+            "sources": [
+                {
+                    "name": "internal",
+                    "type": "oci",
+                    "auth": auth,
+                    "codecollections": [
+                        {
+                            **collection,
+                            "image_registry": site_registry or f"{self.site.host}/{self.site_repo}",
+                        }
+                    ],
+                }
+            ],
+        }
         for path, doc in ((self.connected_config, connected), (self.site_config, site)):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -73,9 +95,13 @@ class Gap:
     def build(self, message: str, *, own: str, created: str = "2026-01-02T00:00:00Z") -> Build:
         commit = self.upstream.commit(message)
         return push_build(
-            self.source, self.source_repo, image_tag("main", commit[:7]), base=["os", "python"], own=own,
+            self.source,
+            self.source_repo,
+            image_tag("main", commit[:7]),
+            base=["os", "python"],
+            own=own,
             created=created,
-        )  # fmt: skip
+        )
 
     def cross(self, name: str, *, extra: tuple[str, ...] = ()) -> tuple[Path, int]:
         """Connected sync, site manifest, export --since it; returns (update, import exit code)."""
@@ -137,8 +163,12 @@ def test_images_cross_the_gap_and_an_update_carries_only_the_new_blobs(gap: Gap)
         ["tar", "-xf", str(update), "-C", str(gap.root / "unpacked"), "images/"], timeout=30, check=True
     )
     layout = gap.root / "unpacked" / "images"
-    raw = subprocess.run(["skopeo", "inspect", "--raw", f"oci:{layout}:alpha:{first.tag}"],
-                         capture_output=True, timeout=30, check=True).stdout  # fmt: skip
+    raw = subprocess.run(
+        ["skopeo", "inspect", "--raw", f"oci:{layout}:alpha:{first.tag}"],
+        capture_output=True,
+        timeout=30,
+        check=True,
+    ).stdout
     assert sha256(raw) == first.digest
     listed = subprocess.run(
         ["umoci", "ls", "--layout", str(layout)], capture_output=True, text=True, timeout=30, check=True
@@ -329,8 +359,17 @@ def test_an_import_killed_while_pushing_images_leaves_no_tag_and_no_rows_and_the
     front = HoldingFront(gap.site, uploads_before_hold=3)  # three blobs in, the fourth held
     try:
         gap.write(site_registry=f"{front.host}/{gap.site_repo}")
-        argv = [sys.executable, "-m", "cccatalog", "-q", "import", str(update), "-c", str(gap.site_config),
-                "--allow-unsigned"]  # fmt: skip
+        argv = [
+            sys.executable,
+            "-m",
+            "cccatalog",
+            "-q",
+            "import",
+            str(update),
+            "-c",
+            str(gap.site_config),
+            "--allow-unsigned",
+        ]
         with subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as importing:
             assert front.held.wait(60), importing.stderr.read() if importing.stderr else ""
             importing.kill()
@@ -352,9 +391,13 @@ def test_export_and_import_say_what_happened_to_the_images(
     """Two images (main and a release tag), copied at once both ways."""
     first = gap.build("first", own="v1")
     release = push_build(
-        gap.source, gap.source_repo, image_tag("v1.0.0", gap.upstream.sha("main")[:7]), base=["os", "python"],
-        own="release", created="2026-01-01T00:00:00Z",
-    )  # fmt: skip
+        gap.source,
+        gap.source_repo,
+        image_tag("v1.0.0", gap.upstream.sha("main")[:7]),
+        base=["os", "python"],
+        own="release",
+        created="2026-01-01T00:00:00Z",
+    )
     assert run(["-q", "sync", "-c", str(gap.connected_config)]) == 0
     update = gap.root / "update.tar"
     capsys.readouterr()
@@ -372,8 +415,9 @@ def test_export_and_import_say_what_happened_to_the_images(
     assert run(["import", str(update), "-c", str(gap.site_config), "--allow-unsigned", "--json"]) == 0
     again = json.loads(capsys.readouterr().out)
     assert [(i["tag"], i["digest"], i["action"], i["blobs_pushed"]) for i in again["images"]] == [
-        (first.tag, first.digest, "present", 0), (release.tag, release.digest, "present", 0)
-    ]  # fmt: skip
+        (first.tag, first.digest, "present", 0),
+        (release.tag, release.digest, "present", 0),
+    ]
 
 
 def test_the_images_of_several_collections_cross_at_once(

@@ -52,13 +52,29 @@ ADMIN = "/api/v1/admin"
 TOKEN_VARS = ("CCCATALOG_ADMIN_TOKEN", "CC_CATALOG_ADMIN_TOKEN")
 
 ENTRY_FIELDS = {
-    "slug", "name", "git_url", "visibility", "latest_image_tag", "stable_image_tag", "image_registry",
+    "slug",
+    "name",
+    "git_url",
+    "visibility",
+    "latest_image_tag",
+    "stable_image_tag",
+    "image_registry",
     "last_synced",
-}  # fmt: skip
+}
 IMAGE_REF_FIELDS = {
-    "ref", "ref_type", "image_registry", "image_tag", "image_digest", "commit_hash", "rt_revision",
-    "image_built_at", "is_latest", "is_prerelease", "is_active", "synced_at",
-}  # fmt: skip
+    "ref",
+    "ref_type",
+    "image_registry",
+    "image_tag",
+    "image_digest",
+    "commit_hash",
+    "rt_revision",
+    "image_built_at",
+    "is_latest",
+    "is_prerelease",
+    "is_active",
+    "synced_at",
+}
 # cccatalog adds where image_built_at came from (registry config, label, static file, unknown)
 IMAGE_REF_EXTRA = {"built_at_source"}
 RESOLVE_FIELDS = {
@@ -75,9 +91,17 @@ RESOLVE_FIELDS = {
     "target_digest",
 }
 REPO_FIELDS = {
-    "slug", "upstream_url", "public_url", "present", "head_commit", "last_synced", "last_sync_error",
-    "freshness_seconds", "default_branch", "replica",
-}  # fmt: skip
+    "slug",
+    "upstream_url",
+    "public_url",
+    "present",
+    "head_commit",
+    "last_synced",
+    "last_sync_error",
+    "freshness_seconds",
+    "default_branch",
+    "replica",
+}
 
 DIGEST = "sha256:" + "e" * 64
 ALPHA_BUILDS = [
@@ -819,14 +843,20 @@ def test_sync_catalog_as_a_job_and_with_wait(site: Site, client: httpx.Client) -
     assert set(job["result"]) >= CATALOG_SUMMARY
     # alpha: main, v1.2.0-rc1, v1.2.0, v1.1.0; beta: main; delta: main
     assert {k: job["result"][k] for k in CATALOG_SUMMARY} == {
-        "collections_processed": 3, "refs_upserted": 6, "refs_deactivated": 1, "errors": [],
-    }  # fmt: skip
+        "collections_processed": 3,
+        "refs_upserted": 6,
+        "refs_deactivated": 1,
+        "errors": [],
+    }
     assert get_json(client, f"{CATALOG}/alpha/refs/feature%2Flogin")["is_active"] is False
     waited = client.post(f"{ADMIN}/sync-catalog?wait=true", headers=bearer())
     assert waited.status_code == 200, waited.text
     assert {k: waited.json()[k] for k in CATALOG_SUMMARY} == {
-        "collections_processed": 3, "refs_upserted": 6, "refs_deactivated": 0, "errors": [],
-    }  # fmt: skip
+        "collections_processed": 3,
+        "refs_upserted": 6,
+        "refs_deactivated": 0,
+        "errors": [],
+    }
 
 
 def test_unknown_job_is_404(client: httpx.Client) -> None:

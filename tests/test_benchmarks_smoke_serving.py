@@ -26,9 +26,13 @@ def test_serving_benchmark_replays_every_mix_against_every_server(tmp_path: Path
     data, out = run_benchmark(str(SCRIPT), tmp_path / "serving.json", seconds=SMOKE_SECONDS)
     rows = data["rows"]
     servers = {
-        "cccatalog", "cccatalog-packcache", "cccatalog-nocache", "nginx-fcgiwrap", "git-daemon",
+        "cccatalog",
+        "cccatalog-packcache",
+        "cccatalog-nocache",
+        "nginx-fcgiwrap",
+        "git-daemon",
         "raw-upload-pack",
-    }  # fmt: skip
+    }
     mixes = {row["mix"] for row in rows} - {"full-clone-miss"}
     assert {"info-refs", "ls-refs", "full-clone", "incremental-fetch", "depth-1", "filter-blob-none"} <= mixes
     cells = {(row["server"], row["mix"], row["concurrency"]) for row in rows}

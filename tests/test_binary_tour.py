@@ -62,9 +62,14 @@ class Tour:
 
     def run(self, *args: str, expect: int = 0, env: dict[str, str] | None = None) -> str:
         out = subprocess.run(
-            ["cccatalog", *args], cwd=self.root, env={**self.env, **(env or {})},
-            capture_output=True, text=True, timeout=180, check=False,
-        )  # fmt: skip
+            ["cccatalog", *args],
+            cwd=self.root,
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
         assert out.returncode == expect, f"cccatalog {' '.join(args)}: exit {out.returncode}\n{out.stderr}"
         assert "Traceback" not in out.stderr
         return out.stdout + out.stderr if expect else out.stdout
@@ -153,16 +158,30 @@ def test_the_tour_with_only_the_binary(tour: Tour) -> None:
     assert json.loads(site_json.read_text())
     update = root / "update.tar"
     tour.run(
-        "export", "-c", str(sides.connected), "--since", str(site_json), "--out", str(update),
-        "--sign-key", str(keys.key),
-    )  # fmt: skip
+        "export",
+        "-c",
+        str(sides.connected),
+        "--since",
+        str(site_json),
+        "--out",
+        str(update),
+        "--sign-key",
+        str(keys.key),
+    )
     assert update.stat().st_size > 0
     imported = json.loads(
         tour.run(
-            "import", str(update), "-c", str(sides.site), "--allowed-signers", str(keys.allowed_signers),
-            "--signer", SIGNER, "--json",
+            "import",
+            str(update),
+            "-c",
+            str(sides.site),
+            "--allowed-signers",
+            str(keys.allowed_signers),
+            "--signer",
+            SIGNER,
+            "--json",
         )
-    )  # fmt: skip
+    )
     assert [r["slug"] for r in imported["repos"]] == ["alpha"]
     assert sides.site_refs("alpha")["refs/heads/main"] == new
     # the air-gapped site is ready as it is: check passes (its warnings are not failures)

@@ -164,9 +164,11 @@ def test_missing_config_file_exits_2(capsys: pytest.CaptureFixture[str], tmp_pat
 
 
 def test_config_path_from_environment(
-    capsys: pytest.CaptureFixture[str], make_upstream: MakeUpstream, write_config: MakeConfig,
+    capsys: pytest.CaptureFixture[str],
+    make_upstream: MakeUpstream,
+    write_config: MakeConfig,
     monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+) -> None:
     path = write_config({"alpha": make_upstream("alpha").url})
     monkeypatch.setenv("CC_CATALOG_CONFIG_FILE", str(path))
     code, out, _ = cli(capsys, "sync", "--json")

@@ -879,19 +879,39 @@ def test_unusable_db_url_is_ignored_with_a_warning_that_hides_its_value(tmp_path
     ("environ", "yaml", "url", "setting"),
     [
         # the predecessor's HA deployments: its variable, in SQLAlchemy's spellings
-        ({"CC_CATALOG_DB_URL": "postgresql://cc:pw@db:5432/cc"}, "", "postgresql://cc:pw@db:5432/cc",
-         "CC_CATALOG_DB_URL"),
-        ({"CC_CATALOG_DB_URL": "postgresql+psycopg2://cc:pw@db/cc"}, "", "postgresql://cc:pw@db/cc",
-         "CC_CATALOG_DB_URL"),
-        ({"CC_CATALOG_DB_URL": "postgres://cc@db/cc?sslmode=require"}, "",
-         "postgresql://cc@db/cc?sslmode=require", "CC_CATALOG_DB_URL"),
+        (
+            {"CC_CATALOG_DB_URL": "postgresql://cc:pw@db:5432/cc"},
+            "",
+            "postgresql://cc:pw@db:5432/cc",
+            "CC_CATALOG_DB_URL",
+        ),
+        (
+            {"CC_CATALOG_DB_URL": "postgresql+psycopg2://cc:pw@db/cc"},
+            "",
+            "postgresql://cc:pw@db/cc",
+            "CC_CATALOG_DB_URL",
+        ),
+        (
+            {"CC_CATALOG_DB_URL": "postgres://cc@db/cc?sslmode=require"},
+            "",
+            "postgresql://cc@db/cc?sslmode=require",
+            "CC_CATALOG_DB_URL",
+        ),
         # cccatalog's own: the variable wins over the file and over the predecessor's variable
-        ({"CCCATALOG_STATE_URL": "postgresql://a:pw@one/a", "CC_CATALOG_DB_URL": "postgresql://b@two/b"},
-         "state: {url: 'postgresql://c@three/c'}\n", "postgresql://a:pw@one/a", "CCCATALOG_STATE_URL"),
-        ({}, "state: {url: 'postgresql://cccatalog@db.internal:5432/catalog'}\n",
-         "postgresql://cccatalog@db.internal:5432/catalog", "state.url"),
+        (
+            {"CCCATALOG_STATE_URL": "postgresql://a:pw@one/a", "CC_CATALOG_DB_URL": "postgresql://b@two/b"},
+            "state: {url: 'postgresql://c@three/c'}\n",
+            "postgresql://a:pw@one/a",
+            "CCCATALOG_STATE_URL",
+        ),
+        (
+            {},
+            "state: {url: 'postgresql://cccatalog@db.internal:5432/catalog'}\n",
+            "postgresql://cccatalog@db.internal:5432/catalog",
+            "state.url",
+        ),
     ],
-)  # fmt: skip
+)
 def test_a_postgresql_url_selects_the_shared_database(
     tmp_path: Path, environ: dict[str, str], yaml: str, url: str, setting: str
 ) -> None:
@@ -918,15 +938,24 @@ def test_the_database_password_is_masked_wherever_the_url_carries_it() -> None:
 @pytest.mark.parametrize(
     ("environ", "yaml", "expected"),
     [
-        ({}, "state: {url: 'postgresql://cc:Sup3rS3cret@db/cc'}\n",
-         "state.url: embeds a password; secrets do not belong in the config file"),
-        ({}, "state: {url: 'postgresql://cc@db/cc', path: x.db}\n",
-         "state: set state.url (a database) or state.path (a file), not both"),
+        (
+            {},
+            "state: {url: 'postgresql://cc:Sup3rS3cret@db/cc'}\n",
+            "state.url: embeds a password; secrets do not belong in the config file",
+        ),
+        (
+            {},
+            "state: {url: 'postgresql://cc@db/cc', path: x.db}\n",
+            "state: set state.url (a database) or state.path (a file), not both",
+        ),
         ({}, "state: {url: 'mysql://cc@db/cc'}\n", "state.url: expected a postgresql://"),
-        ({"CCCATALOG_STATE_URL": "mysql://cc:Sup3rS3cret@db/cc"}, "",
-         "CCCATALOG_STATE_URL: expected a postgresql://"),
+        (
+            {"CCCATALOG_STATE_URL": "mysql://cc:Sup3rS3cret@db/cc"},
+            "",
+            "CCCATALOG_STATE_URL: expected a postgresql://",
+        ),
     ],
-)  # fmt: skip
+)
 def test_a_bad_state_url_is_a_config_problem_that_hides_its_value(
     tmp_path: Path, environ: dict[str, str], yaml: str, expected: str
 ) -> None:
@@ -1010,9 +1039,25 @@ def _key_paths(node: object, prefix: tuple[str | int, ...] = ()) -> list[tuple[s
 
 
 ODD_VALUES: list[object] = [
-    None, True, 0, -1, 2.5, "", " ", "x", "../..", [], [None], [[]], {}, {"k": 1}, {1: 2},
-    datetime.date(2024, 1, 1), b"bytes", {"x", "y"},
-]  # fmt: skip
+    None,
+    True,
+    0,
+    -1,
+    2.5,
+    "",
+    " ",
+    "x",
+    "../..",
+    [],
+    [None],
+    [[]],
+    {},
+    {"k": 1},
+    {1: 2},
+    datetime.date(2024, 1, 1),
+    b"bytes",
+    {"x", "y"},
+]
 
 
 def test_full_config_used_by_the_robustness_test_is_valid(tmp_path: Path) -> None:

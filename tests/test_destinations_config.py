@@ -46,8 +46,10 @@ def test_type_defaults_to_jfrog_as_in_the_predecessor() -> None:
     )
     [destination] = config.destinations
     assert (destination.type, destination.base_url, destination.repository_prefix) == (
-        "jfrog", "https://acme.jfrog.io", "docker-local",
-    )  # fmt: skip
+        "jfrog",
+        "https://acme.jfrog.io",
+        "docker-local",
+    )
 
 
 @pytest.mark.parametrize(
@@ -166,11 +168,15 @@ def test_a_secret_written_where_a_variable_name_belongs_is_never_echoed() -> Non
 def test_an_unknown_slug_in_the_filter_warns_and_names_the_closest() -> None:
     config = parse_config(
         config_with(
-            {"name": "a", "base_url": "https://a.io", "repo_key": "r",
-             "mirror": {"codecollections": ["rw-cli-codecolection"], "include_branches": []}}
+            {
+                "name": "a",
+                "base_url": "https://a.io",
+                "repo_key": "r",
+                "mirror": {"codecollections": ["rw-cli-codecolection"], "include_branches": []},
+            }
         ),
         path=Path("/etc/cc/config.yaml"),
-    )  # fmt: skip
+    )
     assert config.warnings == (
         "destinations[0].mirror.codecollections: 'rw-cli-codecolection' is not a slug of any configured "
         "CodeCollection; nothing is mirrored for it; did you mean rw-cli-codecollection?",

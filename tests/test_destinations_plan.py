@@ -23,11 +23,21 @@ def row(
     registry: str | None = REGISTRY,
 ) -> ImageRefRecord:
     return ImageRefRecord(
-        slug="rw-cli", ref=ref, ref_type=ref_type, image_registry=registry,
-        image_tag=f"{ref}-1234567-abcdef0", image_digest=digest, commit_hash=None, rt_revision=None,
-        image_built_at=None, built_at_source=None, is_latest=latest, is_prerelease=ref_type != "tag",
-        is_active=active, is_stable=stable,
-    )  # fmt: skip
+        slug="rw-cli",
+        ref=ref,
+        ref_type=ref_type,
+        image_registry=registry,
+        image_tag=f"{ref}-1234567-abcdef0",
+        image_digest=digest,
+        commit_hash=None,
+        rt_revision=None,
+        image_built_at=None,
+        built_at_source=None,
+        is_latest=latest,
+        is_prerelease=ref_type != "tag",
+        is_active=active,
+        is_stable=stable,
+    )
 
 
 REFS = [
@@ -85,9 +95,13 @@ def test_the_source_is_pinned_by_digest_when_known(ref: ImageRefRecord, expected
 
 
 JFROG = Destination(
-    name="acme", type="jfrog", base_url="https://acme.jfrog.io", repo_key="runwhen-virtual",
-    path_prefix="codecollections", auth=DestinationAuth(token_env="T"),
-)  # fmt: skip
+    name="acme",
+    type="jfrog",
+    base_url="https://acme.jfrog.io",
+    repo_key="runwhen-virtual",
+    path_prefix="codecollections",
+    auth=DestinationAuth(token_env="T"),
+)
 JFROG_NO_PREFIX = Destination(name="acme", type="jfrog", base_url="http://127.0.0.1:8081", repo_key="docker")
 SITE = Destination(name="site", type="registry", registry="registry.example.com:5000/cc")
 LOCAL = Destination(name="local", type="registry", registry="127.0.0.1:5000/mirror/images")
@@ -96,16 +110,28 @@ LOCAL = Destination(name="local", type="registry", registry="127.0.0.1:5000/mirr
 @pytest.mark.parametrize(
     ("destination", "ref", "exists"),
     [
-        (JFROG, "acme.jfrog.io/runwhen-virtual/codecollections/rw-cli:main-1-2",
-         "https://acme.jfrog.io/artifactory/api/docker/runwhen-virtual/v2/codecollections/rw-cli/manifests/main-1-2"),
-        (JFROG_NO_PREFIX, "127.0.0.1:8081/docker/rw-cli:main-1-2",
-         "http://127.0.0.1:8081/artifactory/api/docker/docker/v2/rw-cli/manifests/main-1-2"),
-        (SITE, "registry.example.com:5000/cc/rw-cli:main-1-2",
-         "https://registry.example.com:5000/v2/cc/rw-cli/manifests/main-1-2"),
-        (LOCAL, "127.0.0.1:5000/mirror/images/rw-cli:main-1-2",
-         "http://127.0.0.1:5000/v2/mirror/images/rw-cli/manifests/main-1-2"),
+        (
+            JFROG,
+            "acme.jfrog.io/runwhen-virtual/codecollections/rw-cli:main-1-2",
+            "https://acme.jfrog.io/artifactory/api/docker/runwhen-virtual/v2/codecollections/rw-cli/manifests/main-1-2",
+        ),
+        (
+            JFROG_NO_PREFIX,
+            "127.0.0.1:8081/docker/rw-cli:main-1-2",
+            "http://127.0.0.1:8081/artifactory/api/docker/docker/v2/rw-cli/manifests/main-1-2",
+        ),
+        (
+            SITE,
+            "registry.example.com:5000/cc/rw-cli:main-1-2",
+            "https://registry.example.com:5000/v2/cc/rw-cli/manifests/main-1-2",
+        ),
+        (
+            LOCAL,
+            "127.0.0.1:5000/mirror/images/rw-cli:main-1-2",
+            "http://127.0.0.1:5000/v2/mirror/images/rw-cli/manifests/main-1-2",
+        ),
     ],
-)  # fmt: skip
+)
 def test_the_target_keeps_the_tag_and_the_exists_check_asks_the_right_path(
     destination: Destination, ref: str, exists: str
 ) -> None:
@@ -122,16 +148,22 @@ def test_xray_is_asked_for_the_tag_in_its_repository() -> None:
 
 def test_plan_covers_only_tracked_collections() -> None:
     only_other = Destination(
-        name="site", type="registry", registry="registry.example.com/cc",
+        name="site",
+        type="registry",
+        registry="registry.example.com/cc",
         mirror=MirrorFilter(codecollections=("other",)),
-    )  # fmt: skip
+    )
     assert plan(only_other, "rw-cli", REFS) == []
     [work] = plan(
-        Destination(name="site", type="registry", registry="registry.example.com/cc",
-                    mirror=only(include_pointers=("latest",))),
+        Destination(
+            name="site",
+            type="registry",
+            registry="registry.example.com/cc",
+            mirror=only(include_pointers=("latest",)),
+        ),
         "rw-cli",
         REFS,
-    )  # fmt: skip
+    )
     assert (work.destination, work.slug, work.source_image_tag) == ("site", "rw-cli", "main-1234567-abcdef0")
     assert work.source_ref == f"{REGISTRY}:main-1234567-abcdef0"
     assert work.target.ref == "registry.example.com/cc/rw-cli:main-1234567-abcdef0"

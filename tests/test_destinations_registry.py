@@ -65,10 +65,12 @@ def regs(
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, registry_token: RunningRegistry) -> dict[str, str]:
     values = {
-        "SRC_USER": USERNAME, "SRC_PASS": str(registry_token.password),
-        "DST_USER": USERNAME, "DST_PASS": DEST_PASSWORD,
+        "SRC_USER": USERNAME,
+        "SRC_PASS": str(registry_token.password),
+        "DST_USER": USERNAME,
+        "DST_PASS": DEST_PASSWORD,
         "XDG_CACHE_HOME": str(tmp_path / "xdg"),
-    }  # fmt: skip
+    }
     for name, value in values.items():
         monkeypatch.setenv(name, value)
     for name in ("REGISTRY_AUTH_FILE", "DOCKER_CONFIG"):
@@ -194,9 +196,12 @@ def mirror(config_path: Path, destination: str, env: dict[str, str]) -> tuple[St
     config = load_config(config_path, environ=env)
     store = Store.open(config.state.path)
     report = run_mirrors(
-        config, store, environ=env, redactor=Redactor(),
+        config,
+        store,
+        environ=env,
+        redactor=Redactor(),
         client_factory=lambda auth_for: RegistryClient(auth_for=auth_for, retries=0),
-    )  # fmt: skip
+    )
     [summary] = report.destinations
     return store, summary.errors
 
@@ -288,21 +293,39 @@ def test_a_tag_already_on_the_destination_is_recorded_without_a_copy(
 
 # The predecessor's pydantic schemas (app/schemas/mirror.py): field -> the JSON types it may take.
 DESTINATION_SUMMARY = {
-    "name": (str,), "type": (str,), "enabled": (bool,), "base_url": (str, type(None)),
-    "repo_key": (str, type(None)), "path_prefix": (str, type(None)), "enable_xray_scan": (bool,),
-    "last_synced": (str, type(None)), "last_sync_error": (str, type(None)),
-    "tracked_codecollections": (list,), "mirrored_tag_count": (int,),
-}  # fmt: skip
+    "name": (str,),
+    "type": (str,),
+    "enabled": (bool,),
+    "base_url": (str, type(None)),
+    "repo_key": (str, type(None)),
+    "path_prefix": (str, type(None)),
+    "enable_xray_scan": (bool,),
+    "last_synced": (str, type(None)),
+    "last_sync_error": (str, type(None)),
+    "tracked_codecollections": (list,),
+    "mirrored_tag_count": (int,),
+}
 MIRROR_JOB_VIEW = {
-    "id": (int,), "cc_slug": (str,), "destination": (str,), "source_image_ref": (str,),
-    "target_image_ref": (str,), "status": (str,), "attempts": (int,), "max_attempts": (int,),
-    "last_error": (str, type(None)), "created_at": (str,), "started_at": (str, type(None)),
+    "id": (int,),
+    "cc_slug": (str,),
+    "destination": (str,),
+    "source_image_ref": (str,),
+    "target_image_ref": (str,),
+    "status": (str,),
+    "attempts": (int,),
+    "max_attempts": (int,),
+    "last_error": (str, type(None)),
+    "created_at": (str,),
+    "started_at": (str, type(None)),
     "finished_at": (str, type(None)),
-}  # fmt: skip
+}
 TRIGGER = {
-    "destination": (str,), "codecollection_slug": (str, type(None)), "jobs_enqueued": (int,),
-    "refs_already_mirrored": (int,), "detail": (str,),
-}  # fmt: skip
+    "destination": (str,),
+    "codecollection_slug": (str, type(None)),
+    "jobs_enqueued": (int,),
+    "refs_already_mirrored": (int,),
+    "detail": (str,),
+}
 
 
 def assert_shape(body: object, schema: dict[str, tuple[type, ...]]) -> None:
@@ -339,8 +362,10 @@ def test_the_mirror_api_and_resolve_answer_with_the_predecessors_shapes(
         [destination] = client.get("/api/v1/mirror/destinations").json()
         assert_shape(destination, DESTINATION_SUMMARY)
         assert (destination["name"], destination["type"], destination["base_url"]) == (
-            "acme-jfrog", "jfrog", regs.artifactory.base_url,
-        )  # fmt: skip
+            "acme-jfrog",
+            "jfrog",
+            regs.artifactory.base_url,
+        )
         assert (destination["repo_key"], destination["path_prefix"]) == (key, "codecollections")
         assert (destination["mirrored_tag_count"], destination["tracked_codecollections"]) == (2, ["*"])
         assert RFC3339_UTC.match(destination["last_synced"])
@@ -573,8 +598,10 @@ def test_on_a_terminal_sync_shows_the_git_bar_then_a_copy_bar_per_image(
     proc = subprocess.Popen(
         [sys.executable, "-m", "cccatalog", "sync", "-c", str(config)],
         env={**os.environ, **env, "COLUMNS": "160", "TERM": "xterm"},
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=follower,
-    )  # fmt: skip
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=follower,
+    )
     os.close(follower)
     seen = b""
     while True:

@@ -143,9 +143,13 @@ def test_the_kustomization_names_the_monitoring_examples() -> None:
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
 _COMPARE: dict[str, Callable[[float, float], bool]] = {
-    "==": operator.eq, "!=": operator.ne, ">": operator.gt,
-    "<": operator.lt, ">=": operator.ge, "<=": operator.le,
-}  # fmt: skip
+    "==": operator.eq,
+    "!=": operator.ne,
+    ">": operator.gt,
+    "<": operator.lt,
+    ">=": operator.ge,
+    "<=": operator.le,
+}
 
 
 def scrape(url: str) -> Samples:

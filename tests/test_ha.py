@@ -259,8 +259,11 @@ class Clients:
             dest = self.tmp / f"clone-{n}-{i}"
             done = subprocess.run(
                 ["git", "clone", "-q", "--depth=1", f"{self.url}/git/alpha.git", str(dest)],
-                capture_output=True, text=True, timeout=60, check=False,
-            )  # fmt: skip
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
             if done.returncode != 0:
                 self.failures.append(f"clone: {done.stderr.strip()}")
             self.clones += 1
@@ -354,11 +357,15 @@ def test_a_git_sync_running_on_one_replicas_volume_is_running_for_every_replica(
         upstream.stall_seconds = 3.0
         configs = [
             replica_config(
-                tmp_path, n, upstream_url=catalog.url, slugs=("alpha",), git={"enabled": True},
+                tmp_path,
+                n,
+                upstream_url=catalog.url,
+                slugs=("alpha",),
+                git={"enabled": True},
                 git_urls={"alpha": upstream.repo_url("alpha")},
             )
             for n in NAMES[:2]
-        ]  # fmt: skip
+        ]
         with replicas(configs, state_url=pg_url) as [r0, r1]:
             started = httpx.post(f"{r0.url}{ADMIN}/sync-git", headers=bearer(), timeout=10).json()
             wait_for(lambda: upstream.seen_authorization, "r0's fetch to reach the (stalling) upstream")

@@ -65,9 +65,14 @@ def test_copy_keeps_every_digest_of_a_multi_platform_index_with_its_attestation(
     seen: list[CopyProgress] = []
     with robot_client() as source, robot_client() as target:
         result = copy_image(
-            source, repo(registry_token.host, src), pushed.tag,
-            target, repo(registry_basic.host, dst), pushed.tag, progress=seen.append,
-        )  # fmt: skip
+            source,
+            repo(registry_token.host, src),
+            pushed.tag,
+            target,
+            repo(registry_basic.host, dst),
+            pushed.tag,
+            progress=seen.append,
+        )
     assert result.digest == pushed.digest
     assert (result.blobs_copied, result.blobs_skipped, result.blobs_mounted) == (6, 0, 0)
     assert seen[-1].blobs_done == seen[-1].blobs_total == 6
@@ -128,9 +133,11 @@ def test_chunked_uploads_and_a_digest_reference_keep_the_digest(
     build = push_build(registry_anon, src, "main-ccccccc-1111111", base=["big"], own="v1", size=300_000)
     with RegistryClient() as source, robot_client() as target:
         result = copy_between(
-            RegistrySource(source, repo(registry_anon.host, src)), build.digest,
-            RegistryTarget(target, repo(registry_basic.host, dst), chunk_size=64 * 1024), "pinned",
-        )  # fmt: skip
+            RegistrySource(source, repo(registry_anon.host, src)),
+            build.digest,
+            RegistryTarget(target, repo(registry_basic.host, dst), chunk_size=64 * 1024),
+            "pinned",
+        )
         assert target.counts["PATCH upload"] >= 2 * 5  # each 300 kB layer in 64 kB pieces
     assert result.digest == build.digest
     assert tag_is_whole(registry_basic, dst, "pinned") is True
@@ -142,11 +149,14 @@ def test_a_source_blob_that_does_not_match_its_digest_is_refused_and_nothing_is_
 ) -> None:
     """distribution never serves wrong content, so the lying source is a MockTransport."""
     good, config = layer("honest"), b'{"architecture": "amd64", "os": "linux"}'
-    manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": OCI_CONFIG, "digest": sha256_digest(config), "size": len(config)},
-        "layers": [{"mediaType": OCI_LAYER, "digest": sha256_digest(good), "size": len(good)}],
-    }).encode()  # fmt: skip
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, "digest": sha256_digest(config), "size": len(config)},
+            "layers": [{"mediaType": OCI_LAYER, "digest": sha256_digest(good), "size": len(good)}],
+        }
+    ).encode()
     bad = bytearray(good)
     bad[-1] ^= 1  # the last byte: a stream cut before it would look like a whole blob
 
@@ -239,8 +249,17 @@ def test_a_copy_killed_anywhere_leaves_no_broken_tag_and_the_next_run_completes(
 ) -> None:
     src, dst = unique("team/cc"), unique("mirror/cc")
     build = push_build(registry_anon, src, "main-ddddddd-1111111", base=["os", "python"], own="v1")
-    argv = [sys.executable, "-c", _KILLED_COPY, f"{registry_anon.host}/{src}", f"{registry_basic.host}/{dst}",
-            build.tag, str(after), USERNAME, PASSWORD]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-c",
+        _KILLED_COPY,
+        f"{registry_anon.host}/{src}",
+        f"{registry_basic.host}/{dst}",
+        build.tag,
+        str(after),
+        USERNAME,
+        PASSWORD,
+    ]
     killed = subprocess.run(argv, capture_output=True, timeout=60, check=False)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert tag_is_whole(registry_basic, dst, build.tag) is None  # the tag is the last thing written

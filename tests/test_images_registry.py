@@ -313,8 +313,10 @@ def test_ref_containing_dashes_is_parsed_from_the_right(registry_anon: RunningRe
     assert set(resolved) == {"fix-login", "fix", "pr-42"}
     fix_login = resolved["fix-login"].newest
     assert (fix_login.tag.tag, fix_login.tag.commit, fix_login.tag.rt_revision) == (
-        newest.tag, "abc1235", "def5679",
-    )  # fmt: skip
+        newest.tag,
+        "abc1235",
+        "def5679",
+    )
     assert fix_login.built_at == utc(2024, 1, 2)
     assert len(resolved["fix"].candidates) == 1
 
@@ -449,8 +451,9 @@ def test_token_is_minted_once_per_host_and_scope(registry_token: RunningRegistry
     assert resolved["main"].newest.tag.tag == "main-0000005-1111111"
     assert (first, again, total) == (1, 1, 2)
     assert {s for r in server.mints[before:] for s in r.query["scope"]} == {
-        f"repository:{repo}:pull", f"repository:{other}:pull",
-    }  # fmt: skip
+        f"repository:{repo}:pull",
+        f"repository:{other}:pull",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -674,8 +677,9 @@ def test_ref_deleted_from_the_registry_becomes_inactive(
     with Store.open(load_config(config).state.path) as store:
         assert [r.ref for r in store.list_image_refs("cc")] == ["main"]
         assert {r.ref: r.is_active for r in store.list_image_refs("cc", include_inactive=True)} == {
-            "dev": False, "main": True,
-        }  # fmt: skip
+            "dev": False,
+            "main": True,
+        }
 
 
 def sync_then_empty_the_registry(
@@ -707,8 +711,9 @@ def test_registry_listing_no_builds_keeps_every_ref_active(
     with Store.open(state) as store:
         rows = store.list_image_refs("cc", include_inactive=True)
     assert [(r.ref, r.image_tag, r.is_active) for r in rows] == [
-        ("main", pushed[0].tag, True), ("v1.0.0", pushed[1].tag, True),
-    ]  # fmt: skip
+        ("main", pushed[0].tag, True),
+        ("v1.0.0", pushed[1].tag, True),
+    ]
 
 
 def test_registry_listing_no_builds_keeps_the_latest_pointer(

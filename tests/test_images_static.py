@@ -22,8 +22,15 @@ def write_static(path: Path, refs: list[dict[str, object]], **names: str) -> Non
 def entry(ref: str, tag: str, built_at: str | None, ref_type: str | None = None) -> dict[str, object]:
     commit, rt_revision = tag.split("-")[-2:]
     ref_type = ref_type or ("tag" if ref.startswith("v") else "branch")
-    return {"ref": ref, "ref_type": ref_type, "commit": commit, "rt_revision": rt_revision,
-            "image_tag": tag, "image_digest": None, "built_at": built_at}  # fmt: skip
+    return {
+        "ref": ref,
+        "ref_type": ref_type,
+        "commit": commit,
+        "rt_revision": rt_revision,
+        "image_tag": tag,
+        "image_digest": None,
+        "built_at": built_at,
+    }
 
 
 def synced_rows(config_path: Path) -> dict[str, ImageRefRecord]:
@@ -158,8 +165,9 @@ def test_refs_that_vanish_become_inactive_but_an_empty_listing_keeps_them(
     with Store.open(state) as store:
         assert [r.ref for r in store.list_image_refs("cc")] == ["main"]
         assert {r.ref: r.is_active for r in store.list_image_refs("cc", include_inactive=True)} == {
-            "dev": False, "main": True,
-        }  # fmt: skip
+            "dev": False,
+            "main": True,
+        }
     capsys.readouterr()
     write_static(refs_file, [])
     assert run(["sync", "-c", str(config_path), "--json"]) == 0

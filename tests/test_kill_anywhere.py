@@ -90,7 +90,7 @@ KILL_POINTS = {
     "serve-admin-sync-fetch": KillPoint("serve", True, Hold("fetch")),
     "serve-admin-sync-after-fetch": KillPoint("serve", True, Stop("fetch", after=True)),
     "serve-admin-sync-repack": KillPoint("serve", True, Stop("repack")),
-}  # fmt: skip
+}
 
 
 @dataclass
@@ -309,9 +309,13 @@ def test_sigkill_of_serve_mid_clone_leaves_no_backend_running(site: Site, tmp_pa
     complete_run(site, "sync")
     head = site.upstream.sha("main")
     body = (
-        pkt_line(b"command=fetch\n") + b"0001" + pkt_line(f"want {head}\n".encode())
-        + pkt_line(b"no-progress\n") + pkt_line(b"done\n") + b"0000"
-    )  # fmt: skip
+        pkt_line(b"command=fetch\n")
+        + b"0001"
+        + pkt_line(f"want {head}\n".encode())
+        + pkt_line(b"no-progress\n")
+        + pkt_line(b"done\n")
+        + b"0000"
+    )
 
     with serve_process(site.config_path, env=site.env()) as (serve, url), watching(serve.pid) as watch:
         host, port = url.removeprefix("http://").split(":")

@@ -34,8 +34,12 @@ TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 def cccatalog(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "cccatalog", *args],
-        capture_output=True, text=True, timeout=120, check=False, env={**os.environ, **(env or {})},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def json_lines(stderr: str) -> list[dict[str, Any]]:
@@ -131,8 +135,11 @@ def test_serves_access_log_is_json_with_its_fields(
     with serve_process(path, env=env) as (proc, url):
         clone = subprocess.run(
             ["git", "clone", "-q", f"{url}/git/alpha.git", str(tmp_path / "clone")],
-            capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         httpx.get(f"{url}/api/v1/catalog/codecollections", params={"access_token": CANARY})
         httpx.post(f"{url}/api/v1/admin/sync-git", headers={"Authorization": f"Bearer {CANARY}x"})
         httpx.get(f"{url}/git/alpha.git/info/refs/Bearer%20{CANARY}")
@@ -166,9 +173,11 @@ def test_redaction_runs_on_every_field_and_on_the_traceback() -> None:
             raise RuntimeError(f"token {CANARY} in an exception")
         except RuntimeError:
             logger.error(
-                "message with %s", CANARY, exc_info=True,
+                "message with %s",
+                CANARY,
+                exc_info=True,
                 extra={"field": f"x {CANARY} y", "nested": {"list": [CANARY]}, "count": 3},
-            )  # fmt: skip
+            )
     finally:
         logger.removeHandler(handler)
 

@@ -52,8 +52,10 @@ def test_a_missing_baked_repo_is_reported_and_serve_stays_ready(
     shutil.rmtree(sides.site_mirrors / "beta.git")
     (sides.site.parent / "state" / "state.sqlite3").unlink()
     assert repo_warnings(sides) == (
-        200, "degraded", [f"beta: listed in the manifest but missing from {sides.site_mirrors}"]
-    )  # fmt: skip
+        200,
+        "degraded",
+        [f"beta: listed in the manifest but missing from {sides.site_mirrors}"],
+    )
 
 
 def test_a_half_made_baked_repo_is_reported_and_serve_stays_ready(
@@ -62,8 +64,10 @@ def test_a_half_made_baked_repo_is_reported_and_serve_stays_ready(
     sides = baked(tmp_path, make_upstream)
     (sides.site_mirrors / "alpha.git" / "HEAD").write_text("ref: refs/heads/never-fetched\n")
     assert repo_warnings(sides) == (
-        200, "degraded", ["alpha: half-made or damaged (HEAD does not resolve to a commit)"]
-    )  # fmt: skip
+        200,
+        "degraded",
+        ["alpha: half-made or damaged (HEAD does not resolve to a commit)"],
+    )
 
 
 def test_a_signed_bake_is_ready_and_a_changed_manifest_is_not(

@@ -86,8 +86,11 @@ def test_a_refused_push_is_counted_as_a_403(
         before = scrape(server.url)
         push = subprocess.run(
             ["git", "-C", str(up.path), "push", f"{server.url}/git/alpha.git", "main"],
-            capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         after = scrape(server.url)
 
     assert push.returncode != 0

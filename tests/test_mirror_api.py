@@ -52,10 +52,18 @@ def test_a_registry_destination_shows_its_url_and_prefix_in_the_predecessors_fie
     status, [summary] = call(service, "GET", "/api/v1/mirror/destinations")
     assert status == 200
     assert summary == {
-        "name": "site", "type": "registry", "enabled": True, "base_url": "https://registry.example.com:5000",
-        "repo_key": None, "path_prefix": "cc/images", "enable_xray_scan": False, "last_synced": None,
-        "last_sync_error": None, "tracked_codecollections": ["alpha"], "mirrored_tag_count": 0,
-    }  # fmt: skip
+        "name": "site",
+        "type": "registry",
+        "enabled": True,
+        "base_url": "https://registry.example.com:5000",
+        "repo_key": None,
+        "path_prefix": "cc/images",
+        "enable_xray_scan": False,
+        "last_synced": None,
+        "last_sync_error": None,
+        "tracked_codecollections": ["alpha"],
+        "mirrored_tag_count": 0,
+    }
 
 
 @pytest.mark.parametrize(
@@ -86,8 +94,11 @@ def test_no_jobs_yet_and_an_unknown_job(service: Service) -> None:
 
 
 def test_admin_routes_want_the_admin_token_and_reading_routes_refuse_writes(service: Service) -> None:
-    for path in ("/api/v1/mirror/drain", "/api/v1/mirror/destinations/site/sync",
-                 "/api/v1/mirror/destinations/site/codecollections/alpha/sync"):  # fmt: skip
+    for path in (
+        "/api/v1/mirror/drain",
+        "/api/v1/mirror/destinations/site/sync",
+        "/api/v1/mirror/destinations/site/codecollections/alpha/sync",
+    ):
         assert call(service, "POST", path)[0] == 401
         assert call(service, "POST", path, token="wrong-token-0123456789")[0] == 403
         assert call(service, "GET", path, token=ADMIN_TOKEN)[0] == 405
@@ -95,5 +106,6 @@ def test_admin_routes_want_the_admin_token_and_reading_routes_refuse_writes(serv
     status, body = call(service, "POST", "/api/v1/mirror/destinations/site/sync", token=ADMIN_TOKEN)
     assert (status, body["jobs_enqueued"], body["codecollection_slug"]) == (202, 0, None)  # no image rows yet
     assert call(service, "POST", "/api/v1/mirror/drain", token=ADMIN_TOKEN) == (
-        200, {"jobs_run": 0, "jobs_succeeded": 0, "jobs_failed": 0},
-    )  # fmt: skip
+        200,
+        {"jobs_run": 0, "jobs_succeeded": 0, "jobs_failed": 0},
+    )

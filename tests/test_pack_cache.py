@@ -190,9 +190,13 @@ def test_the_cache_stays_within_its_bound_and_does_not_keep_an_answer_past_half_
         data.write_bytes(os.urandom(300 * 1024))
         blob = git("hash-object", "-w", str(data), cwd=up.path)
         tree = subprocess.run(
-            ["git", "mktree"], input=f"100644 blob {blob}\tblob.bin\n", cwd=up.path,
-            capture_output=True, text=True, check=True,
-        ).stdout.strip()  # fmt: skip
+            ["git", "mktree"],
+            input=f"100644 blob {blob}\tblob.bin\n",
+            cwd=up.path,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         heads.append(git("commit-tree", tree, "-m", f"b{i}", cwd=up.path))
         git("update-ref", f"refs/heads/b{i}", heads[-1], cwd=up.path)
     big = add_random_blobs(up, megabytes=1, files=1)  # ~1 MB: over half of a 1 MiB cache
@@ -330,8 +334,11 @@ def test_a_slow_reader_holds_no_slot_once_git_is_done(
             # The one slot is free: another client's clone runs (no queue: it would be a 503 otherwise)
             other = subprocess.run(
                 ["git", "clone", "-q", f"{server.url}/git/alpha.git", str(tmp_path / "other")],
-                capture_output=True, text=True, timeout=60, check=False,
-            )  # fmt: skip
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
 
             while chunk := slow.recv(1024 * 1024):  # the slow reader catches up, to the end
                 received += chunk
@@ -478,10 +485,19 @@ def test_a_serve_killed_mid_write_leaves_nothing_that_is_ever_served(
     with serve_process(path, env=url_env) as (proc, url):
         fetch = subprocess.Popen(
             # protocol v0: its one POST is the pack (a v2 ls-refs POST would stall first)
-            ["git", "-c", "protocol.version=0", "clone", "-q", "--bare", f"{url}/git/big.git",
-             str(tmp_path / "killed")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            [
+                "git",
+                "-c",
+                "protocol.version=0",
+                "clone",
+                "-q",
+                "--bare",
+                f"{url}/git/big.git",
+                str(tmp_path / "killed"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             assert wait_until(marker.exists, 30), "the backend never started writing"
             assert wait_until(lambda: any(p.stat().st_size > 100_000 for p in (cache / "tmp").iterdir()), 10)
@@ -501,14 +517,20 @@ def test_a_serve_killed_mid_write_leaves_nothing_that_is_ever_served(
     with serve_process(path) as (_proc, url):
         result = subprocess.run(
             ["git", "clone", "-q", "--bare", f"{url}/git/big.git", str(tmp_path / "after")],
-            capture_output=True, text=True, timeout=120, check=False,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         swept = list((cache / "tmp").iterdir())
         # written on second sight: the same clone again is kept
         again = subprocess.run(
             ["git", "clone", "-q", "--bare", f"{url}/git/big.git", str(tmp_path / "again")],
-            capture_output=True, text=True, timeout=120, check=False,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         assert wait_until(lambda: not list((cache / "tmp").iterdir()), 10)
 
     assert result.returncode == 0, result.stderr

@@ -195,9 +195,13 @@ def branch_of_random_data(up: Upstream, branch: str, size: int, tmp_path: Path) 
     data.write_bytes(os.urandom(size))
     blob = git("hash-object", "-w", str(data), cwd=up.path)
     tree = subprocess.run(
-        ["git", "mktree"], input=f"100644 blob {blob}\tblob.bin\n", cwd=up.path,
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
+        ["git", "mktree"],
+        input=f"100644 blob {blob}\tblob.bin\n",
+        cwd=up.path,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     head = git("commit-tree", tree, "-m", branch, cwd=up.path)
     git("update-ref", f"refs/heads/{branch}", head, cwd=up.path)
     return head

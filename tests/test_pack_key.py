@@ -178,11 +178,23 @@ def test_a_fleet_of_three_git_versions_shares_one_pack_and_one_advertisement(
             dest = tmp_path / f"runner{i}"
             git("init", "-q", str(dest))
             result = subprocess.run(
-                ["git", "-C", str(dest), "fetch", "-q", "--depth=2", "--tags", f"{server.url}/git/alpha.git",
-                 "+refs/heads/*:refs/remotes/origin/*"],
-                env={**os.environ, "GIT_USER_AGENT": agent}, capture_output=True, text=True, timeout=60,
+                [
+                    "git",
+                    "-C",
+                    str(dest),
+                    "fetch",
+                    "-q",
+                    "--depth=2",
+                    "--tags",
+                    f"{server.url}/git/alpha.git",
+                    "+refs/heads/*:refs/remotes/origin/*",
+                ],
+                env={**os.environ, "GIT_USER_AGENT": agent},
+                capture_output=True,
+                text=True,
+                timeout=60,
                 check=False,
-            )  # fmt: skip
+            )
             assert result.returncode == 0, result.stderr
         made, hits, advert_misses = server.packs.made, server.packs.hits, server.adverts.misses
 

@@ -92,44 +92,72 @@ def remote(refs: dict[str, str], head: str | None = MAIN) -> RemoteRefs:
     ("mirror", "upstream", "scope", "expected"),
     [
         pytest.param(
-            local({MAIN: A, TAG: B}), remote({MAIN: A, TAG: B}), "branches-and-tags", UpdatePlan(),
+            local({MAIN: A, TAG: B}),
+            remote({MAIN: A, TAG: B}),
+            "branches-and-tags",
+            UpdatePlan(),
             id="unchanged: nothing to do",
         ),
         pytest.param(
-            local({MAIN: A}), remote({MAIN: B}), "branches-and-tags", UpdatePlan(fetch=True),
+            local({MAIN: A}),
+            remote({MAIN: B}),
+            "branches-and-tags",
+            UpdatePlan(fetch=True),
             id="a new commit: fetch",
         ),
         pytest.param(
-            local({MAIN: A}), remote({MAIN: A, TAG: C}), "branches-and-tags", UpdatePlan(fetch=True),
+            local({MAIN: A}),
+            remote({MAIN: A, TAG: C}),
+            "branches-and-tags",
+            UpdatePlan(fetch=True),
             id="a new tag: fetch",
         ),
         pytest.param(
-            local({MAIN: A, DEV: B}), remote({MAIN: A}), "branches-and-tags", UpdatePlan(fetch=True),
+            local({MAIN: A, DEV: B}),
+            remote({MAIN: A}),
+            "branches-and-tags",
+            UpdatePlan(fetch=True),
             id="a deleted branch: fetch (it prunes)",
         ),
         pytest.param(
-            local({MAIN: A, DEV: B}), remote({MAIN: A, DEV: B}, head=DEV), "branches-and-tags",
-            UpdatePlan(new_head=DEV), id="the default branch moved: set HEAD only",
+            local({MAIN: A, DEV: B}),
+            remote({MAIN: A, DEV: B}, head=DEV),
+            "branches-and-tags",
+            UpdatePlan(new_head=DEV),
+            id="the default branch moved: set HEAD only",
         ),
         pytest.param(
-            local({MAIN: A, PULL: C}), remote({MAIN: A}), "branches-and-tags", UpdatePlan(drop=(PULL,)),
+            local({MAIN: A, PULL: C}),
+            remote({MAIN: A}),
+            "branches-and-tags",
+            UpdatePlan(drop=(PULL,)),
             id="a clone --mirror's pull refs: dropped, nothing fetched",
         ),
         pytest.param(
-            local({MAIN: A, PULL: C}), remote({MAIN: A, PULL: C}), "all", UpdatePlan(),
+            local({MAIN: A, PULL: C}),
+            remote({MAIN: A, PULL: C}),
+            "all",
+            UpdatePlan(),
             id="scope all keeps pull refs",
         ),
         pytest.param(
-            local({MAIN: A, DEV: B}), remote({MAIN: A, DEV: B}, head=None), "branches-and-tags", UpdatePlan(),
+            local({MAIN: A, DEV: B}),
+            remote({MAIN: A, DEV: B}, head=None),
+            "branches-and-tags",
+            UpdatePlan(),
             id="an upstream that does not say its HEAD keeps ours",
         ),
         pytest.param(
-            local({MAIN: A}), remote({}), "branches-and-tags",
+            local({MAIN: A}),
+            remote({}),
+            "branches-and-tags",
             UpdatePlan(refused="the upstream advertises no branches or tags; the mirror was kept as it is"),
             id="an empty upstream is refused, not mirrored to nothing",
         ),
         pytest.param(
-            local({MAIN: A, DEV: B}), remote({DEV: B}), "branches-and-tags",
+            local({MAIN: A, DEV: B}),
+            remote({DEV: B}),
+            "branches-and-tags",
             UpdatePlan(
                 refused="the upstream's default branch refs/heads/main does not exist; "
                 "the mirror was kept as it is"
@@ -137,11 +165,14 @@ def remote(refs: dict[str, str], head: str | None = MAIN) -> RemoteRefs:
             id="an upstream that lost its default branch is refused",
         ),
         pytest.param(
-            local({MAIN: A, PULL: C}, head=None), remote({MAIN: B}), "branches-and-tags",
-            UpdatePlan(drop=(PULL,), fetch=True, new_head=MAIN), id="everything at once",
+            local({MAIN: A, PULL: C}, head=None),
+            remote({MAIN: B}),
+            "branches-and-tags",
+            UpdatePlan(drop=(PULL,), fetch=True, new_head=MAIN),
+            id="everything at once",
         ),
     ],
-)  # fmt: skip
+)
 def test_plan_update(mirror: LocalState, upstream: RemoteRefs, scope: RefScope, expected: UpdatePlan) -> None:
     plan = plan_update(mirror, upstream, scope)
     assert plan == expected

@@ -24,7 +24,7 @@ EXPECTED_WARNINGS = {
     "mirroring.yaml": {"storage"},
     "static-offline.yaml": set(),
     "upstream-chain.yaml": set(),
-}  # fmt: skip
+}
 
 
 def test_the_corpus_is_the_one_this_test_knows() -> None:
@@ -43,8 +43,10 @@ def test_a_predecessor_config_loads_with_a_warning_for_each_thing_ignored(path: 
 def test_the_documented_config_keeps_its_values(tmp_path: Path) -> None:
     config = load_config(HERE / "predecessor_configs" / "documented.yaml", environ={})
     assert (config.git.enabled, config.git.runtime_sync, config.git.data_dir) == (
-        True, False, Path("/opt/cc-catalog/git"),
-    )  # fmt: skip
+        True,
+        False,
+        Path("/opt/cc-catalog/git"),
+    )
     assert (config.scheduler.catalog_poll_minutes, config.scheduler.git_sync_minutes) == (5, 60)
     assert config.git.auth.token_env == "GITHUB_TOKEN"
     [source] = config.sources
@@ -73,17 +75,23 @@ def test_the_mirroring_config_keeps_its_destination_and_scheduler() -> None:
     config = load_config(HERE / "predecessor_configs" / "mirroring.yaml", environ={})
     [destination] = config.destinations
     assert (destination.name, destination.type, destination.base_url) == (
-        "acme-jfrog", "jfrog", "https://acme.jfrog.io",
-    )  # fmt: skip
+        "acme-jfrog",
+        "jfrog",
+        "https://acme.jfrog.io",
+    )
     assert (destination.repo_key, destination.path_prefix) == ("runwhen-virtual", "codecollections")
     assert destination.auth.token_env == "JFROG_ACCESS_TOKEN"
     assert destination.enable_xray_scan is False
     mirror = destination.mirror
     assert (mirror.codecollections, mirror.include_pointers, mirror.include_branches) == (
-        ("*",), ("latest", "stable"), ("main",),
-    )  # fmt: skip
+        ("*",),
+        ("latest", "stable"),
+        ("main",),
+    )
     assert (mirror.include_semver_tags, mirror.include_pr_refs) == (True, False)
     scheduler = config.scheduler
     assert (scheduler.mirror_poll_minutes, scheduler.mirror_workers, scheduler.per_job_timeout_seconds) == (
-        5, 4, 1800,
-    )  # fmt: skip
+        5,
+        4,
+        1800,
+    )

@@ -18,8 +18,12 @@ def _probe(*args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CCCATALOG_")}
     return subprocess.run(
         [sys.executable, "-m", "cccatalog", "probe", *args],
-        env=env, capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_probe_passes_while_serve_answers_and_fails_while_it_is_stopped(

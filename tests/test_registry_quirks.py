@@ -52,11 +52,13 @@ def test_tag_listing_follows_every_pagination_style(link: str) -> None:
 
 
 def test_429_and_5xx_are_retried_honouring_retry_after() -> None:
-    answers = iter([
-        httpx.Response(429, headers={"Retry-After": "3"}),
-        httpx.Response(503),
-        httpx.Response(200, json={"tags": ["x"]}),
-    ])  # fmt: skip
+    answers = iter(
+        [
+            httpx.Response(429, headers={"Retry-After": "3"}),
+            httpx.Response(503),
+            httpx.Response(200, json={"tags": ["x"]}),
+        ]
+    )
     c, sleeps = client(lambda request: next(answers))
     assert c.list_tags(REPO) == ["x"]
     assert sleeps == [3.0, 1.0]
@@ -189,12 +191,15 @@ def test_manifest_got_by_tag_that_does_not_match_its_digest_header_is_refused(tm
 @pytest.mark.parametrize(
     ("header", "scheme", "params"),
     [
-        ('Bearer realm="https://a/token",service="reg",scope="repository:x:pull"', "bearer",
-         {"realm": "https://a/token", "service": "reg", "scope": "repository:x:pull"}),
+        (
+            'Bearer realm="https://a/token",service="reg",scope="repository:x:pull"',
+            "bearer",
+            {"realm": "https://a/token", "service": "reg", "scope": "repository:x:pull"},
+        ),
         ("Basic realm=reg", "basic", {"realm": "reg"}),
         ('bearer realm="https://a/t?x=1,2"', "bearer", {"realm": "https://a/t?x=1,2"}),
     ],
-)  # fmt: skip
+)
 def test_parse_challenge(header: str, scheme: str, params: dict[str, str]) -> None:
     challenge = parse_challenge(header)
     assert challenge is not None

@@ -48,8 +48,11 @@ def test_a_big_answer_relayed_from_git_is_whole_chunked_or_not(
         plain = post_raw(server.url, body, version="HTTP/1.0")
         clone = subprocess.run(
             ["git", "clone", "-q", "--bare", f"{server.url}/git/big.git", str(tmp_path / "clone")],
-            capture_output=True, text=True, timeout=120, check=False,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
 
     chunked_head, _, chunked_body = chunked.partition(b"\r\n\r\n")
     plain_head, _, plain_body = plain.partition(b"\r\n\r\n")

@@ -89,15 +89,23 @@ def test_the_image_runs_as_its_user_and_its_healthcheck_asks_the_server(
     upstreams = {slug: Upstream(image_root / "upstreams" / slug) for slug in slugs}
     bake_config = image_root / "bake.yaml"
     collections = [{"slug": s, "git_url": u.url} for s, u in upstreams.items()]
-    bake_config.write_text(yaml.safe_dump({
-        "git": {"enabled": True, "data_dir": str(image_root / "bake-state")},
-        "sources": [{"name": "local", "type": "static", "codecollections": collections}],
-    }))  # fmt: skip
+    bake_config.write_text(
+        yaml.safe_dump(
+            {
+                "git": {"enabled": True, "data_dir": str(image_root / "bake-state")},
+                "sources": [{"name": "local", "type": "static", "codecollections": collections}],
+            }
+        )
+    )
     mirrors = Path(_moved("/opt/cc-catalog/git", image_root))
     bake = subprocess.run(
         ["cccatalog", "bake", "-c", str(bake_config), "--dest", str(mirrors)],
-        env={**base_env, "HOME": str(image_root)}, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+        env={**base_env, "HOME": str(image_root)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert bake.returncode == 0, bake.stderr
     subprocess.run(["chmod", "-R", "u=rwX,go=rX", str(mirrors)], check=True)  # as the bake RUN does
 

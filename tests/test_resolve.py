@@ -65,14 +65,27 @@ def test_unknown_dates_rank_lowest_and_ties_break_on_tag() -> None:
 @pytest.mark.parametrize(
     ("manifests", "chosen"),
     [
-        ([{"digest": "sha256:att", "platform": {"os": "unknown", "architecture": "unknown"}},
-          {"digest": "sha256:amd", "platform": {"os": "linux", "architecture": "amd64"}}], "sha256:amd"),
-        ([{"digest": "sha256:att", "annotations": {"vnd.docker.reference.type": "attestation-manifest"}},
-          {"digest": "sha256:arm", "platform": {"os": "linux", "architecture": "arm64"}}], "sha256:arm"),
+        (
+            [
+                {"digest": "sha256:att", "platform": {"os": "unknown", "architecture": "unknown"}},
+                {"digest": "sha256:amd", "platform": {"os": "linux", "architecture": "amd64"}},
+            ],
+            "sha256:amd",
+        ),
+        (
+            [
+                {
+                    "digest": "sha256:att",
+                    "annotations": {"vnd.docker.reference.type": "attestation-manifest"},
+                },
+                {"digest": "sha256:arm", "platform": {"os": "linux", "architecture": "arm64"}},
+            ],
+            "sha256:arm",
+        ),
         ([{"digest": "sha256:only", "platform": {"os": "unknown", "architecture": "unknown"}}], None),
         ([], None),
     ],
-)  # fmt: skip
+)
 def test_index_is_followed_to_its_first_real_platform(
     manifests: list[dict[str, object]], chosen: str | None
 ) -> None:

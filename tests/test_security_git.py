@@ -342,17 +342,26 @@ def test_the_canary_reaches_only_the_configured_origin_through_sync(zoo: Zoo, tm
     report = json.loads(done.stdout)
     actions = {r["slug"]: r["action"] for r in report["repos"]}
     assert actions == {
-        "good": "cloned", "moved": "cloned", "stalled": "cloned", "denied": "failed", "broken": "failed",
-        "away": "failed", "elsewhere": "failed", "cut": "failed",
-    }  # fmt: skip
+        "good": "cloned",
+        "moved": "cloned",
+        "stalled": "cloned",
+        "denied": "failed",
+        "broken": "failed",
+        "away": "failed",
+        "elsewhere": "failed",
+        "cut": "failed",
+    }
     assert leaks(done.stdout) == []
     assert leaks(done.stderr) == []
     check_processes(watch)
     check_files(tmp_path / "state", tmp_path / "mirrors")
     api = subprocess.run(
         cli("serve", "-c", str(zoo.config_path), "--get", "/api/v1/git/repos"),
-        env=zoo.env, cwd=tmp_path, capture_output=True, check=False,
-    )  # fmt: skip
+        env=zoo.env,
+        cwd=tmp_path,
+        capture_output=True,
+        check=False,
+    )
     assert api.returncode == 0, api.stderr
     assert b'"last_sync_error"' in api.stdout
     assert leaks(api.stdout) == []

@@ -663,17 +663,38 @@ def may_succeed(method: str, target: str) -> bool:
 
 def _fuzz_strategies() -> st.SearchStrategy[Fuzzed]:
     allowed_targets = [
-        INFO, PACK, "/git/alpha.git/HEAD", f"/git/alpha/info/refs{UP}", "/git/alpha/git-upload-pack",
-        "/healthz", "/readyz", "/api/v1/catalog/codecollections", "/api/v1/catalog/codecollections/alpha",
-        "/api/v1/git/repos", "/api/v1/git/repos/alpha", "/api/openapi.json", "http://catalog/healthz",
-        "/", "/ui", "/metrics",
-    ]  # fmt: skip
+        INFO,
+        PACK,
+        "/git/alpha.git/HEAD",
+        f"/git/alpha/info/refs{UP}",
+        "/git/alpha/git-upload-pack",
+        "/healthz",
+        "/readyz",
+        "/api/v1/catalog/codecollections",
+        "/api/v1/catalog/codecollections/alpha",
+        "/api/v1/git/repos",
+        "/api/v1/git/repos/alpha",
+        "/api/openapi.json",
+        "http://catalog/healthz",
+        "/",
+        "/ui",
+        "/metrics",
+    ]
     known_targets = [
-        *allowed_targets, "/api/v1/admin/sync-git", "/git/alpha.git/git-receive-pack",
-        "/git/alpha.git/info/refs?service=git-receive-pack", "/git/alpha.git/info/refs",
-        "/git/alpha.git/config", "/git/alpha.git/objects/info/packs", "/git/../alpha.git/HEAD",
-        "//git/alpha.git/HEAD", "/", "*", "http://[::1/healthz", "/git/nosuch.git/HEAD",
-    ]  # fmt: skip
+        *allowed_targets,
+        "/api/v1/admin/sync-git",
+        "/git/alpha.git/git-receive-pack",
+        "/git/alpha.git/info/refs?service=git-receive-pack",
+        "/git/alpha.git/info/refs",
+        "/git/alpha.git/config",
+        "/git/alpha.git/objects/info/packs",
+        "/git/../alpha.git/HEAD",
+        "//git/alpha.git/HEAD",
+        "/",
+        "*",
+        "http://[::1/healthz",
+        "/git/nosuch.git/HEAD",
+    ]
     suffixes = ["/", "/..", "%00", "%2e%2e/", "?x=1", "&service=git-receive-pack", "#f", ".git"]
     text = st.binary(min_size=1, max_size=24)
     methods = st.sampled_from([b"GET", b"GET", b"POST", b"POST", b"HEAD", b"PUT", b"DELETE", b"PATCH"])

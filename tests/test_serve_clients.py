@@ -132,9 +132,13 @@ def test_git_clone_checks_out_main_with_tags_over_protocol(
     dest = tmp_path / "clone"
 
     result = run_git(
-        "-c", f"protocol.version={version}", "clone", served_alpha.url, str(dest),
+        "-c",
+        f"protocol.version={version}",
+        "clone",
+        served_alpha.url,
+        str(dest),
         env={"GIT_TRACE_PACKET": "1"},
-    )  # fmt: skip
+    )
 
     assert rev(dest, "HEAD") == served_alpha.upstream.sha("main")
     assert run_git("tag", "--list", cwd=dest).stdout.split() == ["v1.0.0"]
@@ -258,9 +262,14 @@ def test_fetch_whose_negotiation_exceeds_1_mib_succeeds_with_chunked_and_gzipped
         backend.requests.clear()
 
         result = run_git(
-            "-c", "protocol.version=2", "fetch", "--tags", "origin",
-            cwd=dest, env={"GIT_TRACE_CURL": "1", "GIT_TRACE_CURL_NO_DATA": "1"},
-        )  # fmt: skip
+            "-c",
+            "protocol.version=2",
+            "fetch",
+            "--tags",
+            "origin",
+            cwd=dest,
+            env={"GIT_TRACE_CURL": "1", "GIT_TRACE_CURL_NO_DATA": "1"},
+        )
 
         assert rev(dest, "origin/main") == up.sha("main")
         assert rev(dest, f"t{NEW_UPSTREAM_TAGS:05d}") == up.sha("main")

@@ -51,10 +51,15 @@ def age_mirror(state: Path, slug: str, *, hours: float) -> None:
         assert mirror.head_commit
         when = datetime.now(UTC) - timedelta(hours=hours)
         store.record_mirror_success(
-            slug, upstream_url="x", action="updated", head_commit=mirror.head_commit,
-            default_branch=mirror.default_branch or "main", refs_fingerprint="x", attempted_at=when,
+            slug,
+            upstream_url="x",
+            action="updated",
+            head_commit=mirror.head_commit,
+            default_branch=mirror.default_branch or "main",
+            refs_fingerprint="x",
+            attempted_at=when,
             finished_at=when,
-        )  # fmt: skip
+        )
 
 
 @pytest.fixture

@@ -96,10 +96,15 @@ def test_a_mirror_older_than_the_budget_is_stale(
         assert mirror.head_commit
         three_hours_ago = datetime.now(UTC) - timedelta(hours=3)
         store.record_mirror_success(
-            "alpha", upstream_url="x", action="updated", head_commit=mirror.head_commit,
-            default_branch="main", refs_fingerprint="x", attempted_at=three_hours_ago,
+            "alpha",
+            upstream_url="x",
+            action="updated",
+            head_commit=mirror.head_commit,
+            default_branch="main",
+            refs_fingerprint="x",
+            attempted_at=three_hours_ago,
             finished_at=three_hours_ago,
-        )  # fmt: skip
+        )
     with running_server(config) as server:
         _, page = get_page(f"{server.url}/")
     assert page.ids["repo-alpha"]["data-freshness"] == "stale"

@@ -44,11 +44,21 @@ def chromium(tmp_path: Path, url: str, *args: str) -> subprocess.CompletedProces
     profile = Path(os.path.realpath(tmp_path)) / f"chromium-profile-{len(list(tmp_path.glob('chromium-*')))}"
     profile.mkdir()
     argv = [
-        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={profile}", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-        "--hide-scrollbars", *args, url,
-    ]  # fmt: skip
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+        "--hide-scrollbars",
+        *args,
+        url,
+    ]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=90, check=False, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     return result

@@ -124,8 +124,12 @@ def assert_adopted(adopted: Store) -> None:
     assert set(adopted.list_destinations()) == {"acme-jfrog"}
     total, [carried] = adopted.list_mirror_jobs()
     assert (total, carried.id, carried.cc_slug, carried.destination, carried.status) == (
-        1, 1, "rw-cli-codecollection", "acme-jfrog", "done",
-    )  # fmt: skip
+        1,
+        1,
+        "rw-cli-codecollection",
+        "acme-jfrog",
+        "done",
+    )
     assert carried.source_image_ref == f"{REGISTRY}:main-10792f4-6e4bc81"
     assert carried.source_image_tag == "main-10792f4-6e4bc81"
     # ids go on from the predecessor's

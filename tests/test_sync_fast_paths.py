@@ -68,9 +68,17 @@ def test_each_kind_of_sync_starts_only_the_git_processes_it_needs(
     assert first.action is Action.CLONED, first.error
     # the config is written in one go and read back once; no `remote add`, no `config` per key
     assert commands(log) == [
-        "init", "config", "ls-remote", "fetch", "symbolic-ref", "for-each-ref", "fsck",
-        "pack-refs", "repack", "commit-graph",
-    ]  # fmt: skip
+        "init",
+        "config",
+        "ls-remote",
+        "fetch",
+        "symbolic-ref",
+        "for-each-ref",
+        "fsck",
+        "pack-refs",
+        "repack",
+        "commit-graph",
+    ]
 
     unchanged = sync(config, binary)
     assert unchanged.action is Action.UNCHANGED, unchanged.error

@@ -37,11 +37,19 @@ def test_canonical_tags_parse_from_the_right(tag: str, expected: CanonicalTag) -
 @pytest.mark.parametrize(
     "tag",
     [
-        "latest", "main", "2026-11-25", "main-10792F4-6e4bc81", "main-10792f-6e4bc81", "-10792f4-6e4bc81",
-        "main-10792f4", "sha256-" + "a" * 64 + ".sig", "sha256-" + "a" * 64, "a" * 64,
+        "latest",
+        "main",
+        "2026-11-25",
+        "main-10792F4-6e4bc81",
+        "main-10792f-6e4bc81",
+        "-10792f4-6e4bc81",
+        "main-10792f4",
+        "sha256-" + "a" * 64 + ".sig",
+        "sha256-" + "a" * 64,
+        "a" * 64,
         "main-10792f4-6e4bc81-",
     ],
-)  # fmt: skip
+)
 def test_tags_that_are_not_builds_are_ignored(tag: str) -> None:
     assert parse_tag(tag) is None
 

@@ -85,10 +85,14 @@ def test_round_trip_brings_a_baked_site_to_the_connected_side_while_clients_clon
     gamma = make_upstream("gamma")
     sides.urls["gamma"] = gamma.url
     sides.write(
-        {"alpha": builds_at(new_main, tag="v1.1.0"), "beta": builds_at(beta.sha("main")),
-         "gamma": builds_at(gamma.sha("main"))},
-        stable={"alpha": "v1.1.0"}, site_extra=trust,
-    )  # fmt: skip
+        {
+            "alpha": builds_at(new_main, tag="v1.1.0"),
+            "beta": builds_at(beta.sha("main")),
+            "gamma": builds_at(gamma.sha("main")),
+        },
+        stable={"alpha": "v1.1.0"},
+        site_extra=trust,
+    )
     sides.sync()
     gone = subprocess.run(
         ["git", "--git-dir", str(sides.connected_mirrors / "alpha.git"), "cat-file", "-e", old_feature],
@@ -105,9 +109,18 @@ def test_round_trip_brings_a_baked_site_to_the_connected_side_while_clients_clon
 
         update = tmp_path / "update.tar"
         exported = cli(
-            "export", "--no-images", "-c", str(sides.connected), "--since", str(site_json),
-            "--out", str(update), "--sign-key", str(keys.key), "--json",
-        )  # fmt: skip
+            "export",
+            "--no-images",
+            "-c",
+            str(sides.connected),
+            "--since",
+            str(site_json),
+            "--out",
+            str(update),
+            "--sign-key",
+            str(keys.key),
+            "--json",
+        )
         assert exported.returncode == 0, exported.stderr
         kinds = {r["slug"]: r["kind"] for r in json.loads(exported.stdout)["repos"]}
         assert kinds == {"alpha": "incremental", "beta": "incremental", "gamma": "full"}

@@ -54,8 +54,9 @@ def sign(manifest: Path, key: Path, *, namespace: str = NAMESPACE) -> None:
     manifest.with_name(manifest.name + ".sig").unlink(missing_ok=True)
     subprocess.run(
         ["ssh-keygen", "-q", "-Y", "sign", "-f", str(key), "-n", namespace, str(manifest)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        check=True,
+        capture_output=True,
+    )
 
 
 def bomb(applied: Applied, *, declare: int | None, resign: bool) -> Path:
@@ -92,9 +93,13 @@ def refused_bounded(applied: Applied, update: Path, tmpdir: Path, *, memory: int
     before = snapshot(applied.sides)
     done = subprocess.run(
         [sys.executable, "-m", "cccatalog", "import", str(update), "-c", str(applied.sides.site)],
-        check=False, capture_output=True, text=True, timeout=120, env={**os.environ, "TMPDIR": str(tmpdir)},
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TMPDIR": str(tmpdir)},
         preexec_fn=limits,
-    )  # fmt: skip
+    )
     assert done.returncode == 2, done.stderr
     lines = done.stderr.splitlines()
     assert len(lines) == 1, done.stderr

@@ -79,13 +79,16 @@ class Sides:
         base_git = {"enabled": True, "data_dir": "mirrors", "lock_timeout_seconds": 30}
         state = {"path": "state/state.sqlite3"}
         connected_doc = {
-            "git": base_git, "state": state,
+            "git": base_git,
+            "state": state,
             "sources": [{"name": "builds", "type": "static", "codecollections": connected}],
-        }  # fmt: skip
+        }
         site_doc = {
-            "git": {**base_git, "runtime_sync": False}, "images": {"runtime_sync": False}, "state": state,
+            "git": {**base_git, "runtime_sync": False},
+            "images": {"runtime_sync": False},
+            "state": state,
             "sources": [{"name": "ghcr", "type": "oci", "codecollections": site}],
-        }  # fmt: skip
+        }
         self.connected.parent.mkdir(parents=True, exist_ok=True)
         self.site.parent.mkdir(parents=True, exist_ok=True)
         self.connected.write_text(yaml.safe_dump(connected_doc, sort_keys=False))
@@ -110,9 +113,13 @@ def cli(
 ) -> subprocess.CompletedProcess[str]:
     """`python -m cccatalog ARGS` as its own process."""
     return subprocess.run(
-        [sys.executable, "-m", "cccatalog", *args], capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, **(env or {})}, check=False,
-    )  # fmt: skip
+        [sys.executable, "-m", "cccatalog", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
 
 
 def fsck(repo: Path) -> None:

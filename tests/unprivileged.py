@@ -76,8 +76,12 @@ def _copy_distribution(dist: importlib.metadata.Distribution, dest: Path) -> Non
 def _runs_as(user: str, argv: list[str], env: dict[str, str]) -> bool:
     probe = subprocess.run(
         ["setpriv", f"--reuid={user}", "--regid=nogroup", "--clear-groups", *argv],
-        env=env, cwd="/", capture_output=True, timeout=60, check=False,
-    )  # fmt: skip
+        env=env,
+        cwd="/",
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
     return probe.returncode == 0
 
 

@@ -125,12 +125,21 @@ def rows(name: str, count: int) -> list[ImageRefRecord]:
             ref = f"feature/f{j:03d}"
         found.append(
             ImageRefRecord(
-                name, ref, "tag" if ref.startswith("v") else "branch", f"ghcr.io/org/{name}",
-                f"{ref.replace('/', '-')}-{j:07x}-1111111", "sha256:" + f"{j:064x}", f"{j:07x}", "1111111",
-                T0 + timedelta(minutes=j), "registry", is_latest=ref == "main",
-                is_prerelease=not ref.startswith("v"), is_stable=ref == f"v1.{releases}.0",
+                name,
+                ref,
+                "tag" if ref.startswith("v") else "branch",
+                f"ghcr.io/org/{name}",
+                f"{ref.replace('/', '-')}-{j:07x}-1111111",
+                "sha256:" + f"{j:064x}",
+                f"{j:07x}",
+                "1111111",
+                T0 + timedelta(minutes=j),
+                "registry",
+                is_latest=ref == "main",
+                is_prerelease=not ref.startswith("v"),
+                is_stable=ref == f"v1.{releases}.0",
             )
-        )  # fmt: skip
+        )
     return found
 
 
@@ -200,8 +209,14 @@ class ScaleRow:
 
 def _row(engine: str, request: str, impl: str, samples: list[float]) -> ScaleRow:
     samples.sort()
-    return ScaleRow(engine, request, impl, len(samples), round(statistics.median(samples), 3),
-                    round(samples[min(len(samples) - 1, int(len(samples) * 0.9))], 3))  # fmt: skip
+    return ScaleRow(
+        engine,
+        request,
+        impl,
+        len(samples),
+        round(statistics.median(samples), 3),
+        round(samples[min(len(samples) - 1, int(len(samples) * 0.9))], 3),
+    )
 
 
 def scaling(config: Config, state: Path | str, engine: str, size: Size) -> list[ScaleRow]:
@@ -220,11 +235,19 @@ def scaling(config: Config, state: Path | str, engine: str, size: Size) -> list[
         found = [
             _row(engine, "list", "today", timed(lambda: json.dumps(list_today(ctx)), size.list_runs)),
             _row(engine, "list", "now", timed(lambda: json.dumps(api_get(ctx, CATALOG)), size.list_runs)),
-            _row(engine, "one collection", "today",
-                 timed(lambda: json.dumps(one_today(ctx, middle)), size.one_runs)),
-            _row(engine, "one collection", "now",
-                 timed(lambda: json.dumps(api_get(ctx, f"{CATALOG}/{middle}")), size.one_runs)),
-        ]  # fmt: skip
+            _row(
+                engine,
+                "one collection",
+                "today",
+                timed(lambda: json.dumps(one_today(ctx, middle)), size.one_runs),
+            ),
+            _row(
+                engine,
+                "one collection",
+                "now",
+                timed(lambda: json.dumps(api_get(ctx, f"{CATALOG}/{middle}")), size.one_runs),
+            ),
+        ]
     finally:
         service.close()
     for row in found:
@@ -281,10 +304,15 @@ def load(setup: str, urls: Sequence[str], paths: Sequence[str], size: Size) -> H
         proc.join(10)
     latencies = sorted(x for lat, _ in results for x in lat)
     return HaRow(
-        setup, len(urls), size.clients, len(latencies), sum(e for _, e in results),
-        round(len(latencies) / size.seconds, 1), round(statistics.median(latencies), 2),
+        setup,
+        len(urls),
+        size.clients,
+        len(latencies),
+        sum(e for _, e in results),
+        round(len(latencies) / size.seconds, 1),
+        round(statistics.median(latencies), 2),
         round(latencies[int(len(latencies) * 0.99)], 2),
-    )  # fmt: skip
+    )
 
 
 @contextmanager
@@ -330,8 +358,10 @@ def report(scale: list[ScaleRow], ha: list[HaRow], size: Size) -> str:
         "|---|---|---|---:|---:|---:|",
     ]
     for r in scale:
-        lines.append(f"| {r.engine} | {r.request} | {r.implementation} | {r.median_ms:.2f} | {r.p90_ms:.2f} "
-                     f"| {r.speedup_vs_today:.2f}x |")  # fmt: skip
+        lines.append(
+            f"| {r.engine} | {r.request} | {r.implementation} | {r.median_ms:.2f} | {r.p90_ms:.2f} "
+            f"| {r.speedup_vs_today:.2f}x |"
+        )
     lines += [
         "",
         f"Catalog reads over HTTP ({size.ha_collections} collections; list, one collection, resolve "
@@ -341,8 +371,10 @@ def report(scale: list[ScaleRow], ha: list[HaRow], size: Size) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for h in ha:
-        lines.append(f"| {h.setup} | {h.replicas} | {h.requests} | {h.errors} | {h.requests_per_s:.0f} "
-                     f"| {h.p50_ms:.1f} | {h.p99_ms:.1f} | {h.vs_sqlite_1:.2f}x |")  # fmt: skip
+        lines.append(
+            f"| {h.setup} | {h.replicas} | {h.requests} | {h.errors} | {h.requests_per_s:.0f} "
+            f"| {h.p50_ms:.1f} | {h.p99_ms:.1f} | {h.vs_sqlite_1:.2f}x |"
+        )
     return "\n".join(lines)
 
 
@@ -351,11 +383,17 @@ def targets(scale: list[ScaleRow]) -> list[dict[str, object]]:
     for engine in sorted({r.engine for r in scale}):
         now = {r.request: r for r in scale if r.engine == engine and r.implementation == "now"}
         found += [
-            {"name": f"{engine}: list <= 100 ms at the median", "measured_ms": now["list"].median_ms,
-             "met": now["list"].median_ms <= 100},
-            {"name": f"{engine}: one collection <= 5 ms at the median",
-             "measured_ms": now["one collection"].median_ms, "met": now["one collection"].median_ms <= 5},
-        ]  # fmt: skip
+            {
+                "name": f"{engine}: list <= 100 ms at the median",
+                "measured_ms": now["list"].median_ms,
+                "met": now["list"].median_ms <= 100,
+            },
+            {
+                "name": f"{engine}: one collection <= 5 ms at the median",
+                "measured_ms": now["one collection"].median_ms,
+                "met": now["one collection"].median_ms <= 5,
+            },
+        ]
     return found
 
 

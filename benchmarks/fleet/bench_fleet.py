@@ -91,16 +91,40 @@ class Size:
 
 SIZES = {
     "full": Size(
-        name="full", files=400, commits=1000, changes=2, branches=59, tags=49, file_kib=14,
-        concurrency=(16, 64), rounds=3, slots=8, slow_fetchers=16, slow_readers=2, slow_rate=16 * 1024,
-        one_offs=50, timeout=600.0,
+        name="full",
+        files=400,
+        commits=1000,
+        changes=2,
+        branches=59,
+        tags=49,
+        file_kib=14,
+        concurrency=(16, 64),
+        rounds=3,
+        slots=8,
+        slow_fetchers=16,
+        slow_readers=2,
+        slow_rate=16 * 1024,
+        one_offs=50,
+        timeout=600.0,
     ),
     "smoke": Size(
-        name="smoke", files=40, commits=60, changes=2, branches=6, tags=5, file_kib=4,
-        concurrency=(2, 4), rounds=1, slots=2, slow_fetchers=2, slow_readers=2, slow_rate=16 * 1024,
-        one_offs=4, timeout=120.0,
+        name="smoke",
+        files=40,
+        commits=60,
+        changes=2,
+        branches=6,
+        tags=5,
+        file_kib=4,
+        concurrency=(2, 4),
+        rounds=1,
+        slots=2,
+        slow_fetchers=2,
+        slow_readers=2,
+        slow_rate=16 * 1024,
+        one_offs=4,
+        timeout=120.0,
     ),
-}  # fmt: skip
+}
 
 
 # --- the repository ----------------------------------------------------------------------------------
@@ -615,13 +639,17 @@ def measure(
                 for variant in variants:
                     batches.setdefault((server.name, variant), []).append(
                         run_batch(
-                            work, size, server, n, env=env,
+                            work,
+                            size,
+                            server,
+                            n,
+                            env=env,
                             slow=slow if variant == "slow-readers" else None,
                             replay=post if cell in ("replay", "one-off") else None,
                             agents=AGENTS if variant == "fleet-agents" else (),
                             distinct=size.one_offs if cell == "one-off" else 0,
                         )
-                    )  # fmt: skip
+                    )
         for (name, variant), measured in batches.items():
             row = merge(name, variant, n, measured)
             rows.append(row)
@@ -682,13 +710,25 @@ def evaluate(rows: Sequence[Row], size: Size, hook: dict[str, float] | None) -> 
         for n in size.concurrency:
             a, b = _row(rows, "cccatalog", cell, n), _row(rows, "nginx-fcgiwrap", cell, n)
             r = bs._ratio(a.mb_per_s, b.mb_per_s) if a and b else None
-            targets.append(Target(f"{cell} MB/s at N={n}: cccatalog / nginx+fcgiwrap", bs._fmt_ratio(r),
-                                  ">= 3.00x", None if r is None else r >= 3.0))  # fmt: skip
+            targets.append(
+                Target(
+                    f"{cell} MB/s at N={n}: cccatalog / nginx+fcgiwrap",
+                    bs._fmt_ratio(r),
+                    ">= 3.00x",
+                    None if r is None else r >= 3.0,
+                )
+            )
     for cell in ("fleet", "replay"):
         a, b = _row(rows, "cccatalog", cell, top), _row(rows, "nginx-fcgiwrap", cell, top)
         r = bs._ratio(a.server_cpu_per_fetch, b.server_cpu_per_fetch) if a and b else None
-        targets.append(Target(f"{cell} server CPU per fetch at N={top}: cccatalog / nginx+fcgiwrap",
-                              bs._fmt_ratio(r), "<= 0.30x", None if r is None else r <= 0.3))  # fmt: skip
+        targets.append(
+            Target(
+                f"{cell} server CPU per fetch at N={top}: cccatalog / nginx+fcgiwrap",
+                bs._fmt_ratio(r),
+                "<= 0.30x",
+                None if r is None else r <= 0.3,
+            )
+        )
     for server in ("cccatalog", "cccatalog-nocache"):
         slow = _row(rows, server, "slow-readers", size.slow_fetchers)
         base = _row(rows, server, "beside-slow-readers", size.slow_fetchers)
@@ -699,16 +739,40 @@ def evaluate(rows: Sequence[Row], size: Size, hook: dict[str, float] | None) -> 
         )
     mixed, uniform = _row(rows, "cccatalog", "fleet-agents", top), _row(rows, "cccatalog", "fleet", top)
     if mixed and uniform:
-        targets.append(Target(f"failed fetches at N={top}, three git agents in one burst, cccatalog",
-                              str(mixed.failures), "0", mixed.failures == 0))  # fmt: skip
+        targets.append(
+            Target(
+                f"failed fetches at N={top}, three git agents in one burst, cccatalog",
+                str(mixed.failures),
+                "0",
+                mixed.failures == 0,
+            )
+        )
         r = bs._ratio(mixed.mb_per_s, uniform.mb_per_s)
-        targets.append(Target(f"fleet MB/s at N={top}, three agents / one agent, cccatalog", bs._fmt_ratio(r),
-                              ">= 0.90x", None if r is None else r >= 0.9))  # fmt: skip
-        targets.append(Target(f"git answers for {mixed.fetches} fetches of three agents (after the uniform "
-                              "fleet's)", str(mixed.git_answers), "0", mixed.git_answers == 0))  # fmt: skip
+        targets.append(
+            Target(
+                f"fleet MB/s at N={top}, three agents / one agent, cccatalog",
+                bs._fmt_ratio(r),
+                ">= 0.90x",
+                None if r is None else r >= 0.9,
+            )
+        )
+        targets.append(
+            Target(
+                f"git answers for {mixed.fetches} fetches of three agents (after the uniform fleet's)",
+                str(mixed.git_answers),
+                "0",
+                mixed.git_answers == 0,
+            )
+        )
     if hook:
-        targets.append(Target("packObjectsHook prototype, one hit of the hook alone (wall)",
-                              f"{hook['wall_ms']:.1f} ms", "<= 3 ms", hook["wall_ms"] <= 3.0))  # fmt: skip
+        targets.append(
+            Target(
+                "packObjectsHook prototype, one hit of the hook alone (wall)",
+                f"{hook['wall_ms']:.1f} ms",
+                "<= 3 ms",
+                hook["wall_ms"] <= 3.0,
+            )
+        )
     return targets
 
 
@@ -717,21 +781,72 @@ def report(rows: Sequence[Row], targets: Sequence[Target], hook: dict[str, float
     judged = [(t.name, t.measured, t.goal, status[t.met]) for t in targets]
     out = ["## Targets\n", bs.markdown_table(["target", "measured", "goal", ""], judged)]
     out.append("\n## Every cell\n")
-    out.append(bs.markdown_table(
-        ["server", "cell", "N", "fetches", "failed", "MB/s", "fetches/s", "p50 s", "p99 s",
-         "server CPU s/fetch", "client CPU s/fetch", "other load %", "first error"],
-        [(r.server, r.cell, r.concurrency, r.fetches, r.failures, r.mb_per_s, r.fetches_per_s, r.p50_s,
-          r.p99_s, r.server_cpu_per_fetch, r.client_cpu_per_fetch, r.other_load_percent, r.first_error[:60])
-         for r in rows],
-    ))  # fmt: skip
+    out.append(
+        bs.markdown_table(
+            [
+                "server",
+                "cell",
+                "N",
+                "fetches",
+                "failed",
+                "MB/s",
+                "fetches/s",
+                "p50 s",
+                "p99 s",
+                "server CPU s/fetch",
+                "client CPU s/fetch",
+                "other load %",
+                "first error",
+            ],
+            [
+                (
+                    r.server,
+                    r.cell,
+                    r.concurrency,
+                    r.fetches,
+                    r.failures,
+                    r.mb_per_s,
+                    r.fetches_per_s,
+                    r.p50_s,
+                    r.p99_s,
+                    r.server_cpu_per_fetch,
+                    r.client_cpu_per_fetch,
+                    r.other_load_percent,
+                    r.first_error[:60],
+                )
+                for r in rows
+            ],
+        )
+    )
     out.append("\n## Pack cache: git answers and disk written per served fetch\n")
-    out.append(bs.markdown_table(
-        ["server", "cell", "N", "fetches", "git answers", "hit rate", "MB/fetch written", "MB/fetch to disk"],
-        [(r.server, r.cell, r.concurrency, r.fetches, r.git_answers,
-          f"{1 - r.git_answers / r.fetches:.3f}" if r.fetches else "-", r.disk_dirtied_per_fetch,
-          r.disk_written_per_fetch)
-         for r in rows if r.git_answers >= 0],
-    ))  # fmt: skip
+    out.append(
+        bs.markdown_table(
+            [
+                "server",
+                "cell",
+                "N",
+                "fetches",
+                "git answers",
+                "hit rate",
+                "MB/fetch written",
+                "MB/fetch to disk",
+            ],
+            [
+                (
+                    r.server,
+                    r.cell,
+                    r.concurrency,
+                    r.fetches,
+                    r.git_answers,
+                    f"{1 - r.git_answers / r.fetches:.3f}" if r.fetches else "-",
+                    r.disk_dirtied_per_fetch,
+                    r.disk_written_per_fetch,
+                )
+                for r in rows
+                if r.git_answers >= 0
+            ],
+        )
+    )
     nginx = {(r.cell, r.concurrency): r for r in rows if r.server == "nginx-fcgiwrap"}
     out.append("\n## Against nginx+fcgiwrap in the same cell (MB/s ratio; server CPU per fetch ratio)\n")
     body = []
@@ -744,8 +859,10 @@ def report(rows: Sequence[Row], targets: Sequence[Target], hook: dict[str, float
         body.append((r.server, r.cell, r.concurrency, mbs, cpu))
     out.append(bs.markdown_table(["server", "cell", "N", "MB/s", "server CPU/fetch"], body))
     if hook:
-        out.append(f"\nOne hit of the packObjectsHook prototype alone: {hook['wall_ms']} ms wall, "
-                   f"{hook['cpu_ms']} ms CPU (sh, mktemp, cat, sha256sum, cut, cat).")  # fmt: skip
+        out.append(
+            f"\nOne hit of the packObjectsHook prototype alone: {hook['wall_ms']} ms wall, "
+            f"{hook['cpu_ms']} ms CPU (sh, mktemp, cat, sha256sum, cut, cat)."
+        )
     return "\n".join(out)
 
 
@@ -770,10 +887,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--server", action="append", choices=SERVERS, help="run only this server (repeatable)"
     )
-    parser.add_argument("--compare-src", action="append", metavar="LABEL=PATH", default=[],
-                        help="also run `cccatalog serve` from the tree PATH as cccatalog[LABEL]")  # fmt: skip
-    parser.add_argument("--quiet-wait", type=float, default=0.0, metavar="SECONDS",
-                        help="before measuring, wait up to this long for the machine to be idle")  # fmt: skip
+    parser.add_argument(
+        "--compare-src",
+        action="append",
+        metavar="LABEL=PATH",
+        default=[],
+        help="also run `cccatalog serve` from the tree PATH as cccatalog[LABEL]",
+    )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="before measuring, wait up to this long for the machine to be idle",
+    )
     parser.add_argument("--quiet-below", type=float, default=10.0, metavar="PERCENT")
     return parser.parse_args(argv)
 
@@ -797,8 +924,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         servers = start_servers(work, size, names, args.compare_src, stack)
         bs.log("servers up: " + ", ".join(f"{s.name}:{s.port}" for s in servers))
         # recorded through a server that is not measured for its cache, so every cache starts cold
-        post = fetch_request(work, next((s for s in servers if "nocache" in s.name or not
-                                         s.name.startswith("cccatalog")), servers[0]), env)  # fmt: skip
+        post = fetch_request(
+            work,
+            next(
+                (s for s in servers if "nocache" in s.name or not s.name.startswith("cccatalog")), servers[0]
+            ),
+            env,
+        )
         busy = bs.wait_for_quiet(args.quiet_below, args.quiet_wait) if args.quiet_wait > 0 else None
         rows = measure(work, size, servers, post, env)
         hook = time_hook_hit(work, 20) if "nginx-fcgiwrap-hook" in names else None

@@ -113,11 +113,15 @@ def mirror_cccatalog(
         copies = [
             pool.submit(
                 copy_image,
-                src, parse_reference(f"{source.host}/{repo_name(i)}")[0], build.tag,
-                dst, parse_reference(f"{dest.host}/{prefix}/{repo_name(i)}")[0], build.tag,
+                src,
+                parse_reference(f"{source.host}/{repo_name(i)}")[0],
+                build.tag,
+                dst,
+                parse_reference(f"{dest.host}/{prefix}/{repo_name(i)}")[0],
+                build.tag,
             )
             for i, build in enumerate(builds)
-        ]  # fmt: skip
+        ]
         for copy in copies:
             copy.result()
 
@@ -127,9 +131,15 @@ def mirror_skopeo_copy(
 ) -> None:
     for i, build in enumerate(builds):
         skopeo(
-            "copy", "--all", "--preserve-digests", "--src-tls-verify=false", "--dest-tls-verify=false", "-q",
-            f"docker://{source.host}/{repo_name(i)}:{build.tag}", f"docker://{dest.host}/{prefix}/{repo_name(i)}:{build.tag}",
-        )  # fmt: skip
+            "copy",
+            "--all",
+            "--preserve-digests",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            "-q",
+            f"docker://{source.host}/{repo_name(i)}:{build.tag}",
+            f"docker://{dest.host}/{prefix}/{repo_name(i)}:{build.tag}",
+        )
 
 
 def mirror_skopeo_sync(
@@ -142,9 +152,17 @@ def mirror_skopeo_sync(
     path.write_text(yaml.safe_dump(listing))
     # without --scoped, an image lands at <dest>/<last path component>: cc-000, cc-001, ...
     skopeo(
-        "sync", "--all", "--preserve-digests", "--src", "yaml", "--dest", "docker", "--dest-tls-verify=false",
-        str(path), f"{dest.host}/{prefix}/bench",
-    )  # fmt: skip
+        "sync",
+        "--all",
+        "--preserve-digests",
+        "--src",
+        "yaml",
+        "--dest",
+        "docker",
+        "--dest-tls-verify=false",
+        str(path),
+        f"{dest.host}/{prefix}/bench",
+    )
 
 
 def check_digests(dest: RunningRegistry, prefix: str, builds: Sequence[Build]) -> None:
@@ -235,9 +253,13 @@ def bench_update(size: Size, work: Path, source: RunningRegistry) -> dict[str, i
             copy_between(src, build.tag, LayoutTarget(full), f"cc-{i}:{build.tag}")
             site_holds |= build.blobs | set(build.manifests) | {build.digest}
         new = push_build(
-            source, repo_name(0), "main-9000001-0000000", base=["os-0-9000", "python-0-9000"], own="one-more",
+            source,
+            repo_name(0),
+            "main-9000001-0000000",
+            base=["os-0-9000", "python-0-9000"],
+            own="one-more",
             size=size.layer_bytes,
-        )  # fmt: skip
+        )
         update = work / "update" / "images"
         target = LayoutTarget(update, present=site_holds)
         for i, build in enumerate(builds):  # every row again: all but one the site holds already
@@ -254,8 +276,10 @@ def print_report(rows: Sequence[Row], sizes: dict[str, int], size: Size) -> None
     for r in rows:
         print(f"{r.phase:<6} {r.tool:<18} {r.seconds:>9.3f} {r.vs_cccatalog:>11.2f}x")
     full, update = sizes["full_export_image_bytes"], sizes["update_image_bytes"]
-    print(f"images in a full export: {full:,} bytes; in an update with one new build: {update:,} bytes "
-          f"({update / full:.2%})")  # fmt: skip
+    print(
+        f"images in a full export: {full:,} bytes; in an update with one new build: {update:,} bytes "
+        f"({update / full:.2%})"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

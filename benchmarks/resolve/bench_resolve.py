@@ -67,9 +67,17 @@ REPO = "bench/codecollection"
 WIDE = "what-if: library 16/host"  # the defaults now: a second measurement of the library rows
 OLD = "library, old defaults 4/host"
 REF_NAMES = (
-    "main", "develop", "v1.2.0", "v1.3.0-rc1", "pr-42", "pr-108",
-    "fix-login", "feature-oci-index", "release-2024", "renovate-deps",
-)  # fmt: skip
+    "main",
+    "develop",
+    "v1.2.0",
+    "v1.3.0-rc1",
+    "pr-42",
+    "pr-108",
+    "fix-login",
+    "feature-oci-index",
+    "release-2024",
+    "renovate-deps",
+)
 MODES: tuple[Mode, ...] = ("anonymous", "token")
 RESULT = Path(__file__).with_name("results-full.json")
 SKOPEO_TIMEOUT = 60

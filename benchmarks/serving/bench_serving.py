@@ -53,9 +53,13 @@ EPOCH = 1_600_000_000
 BIG = "bench-big"
 MANY = "bench-manyrefs"
 SERVERS = (
-    "cccatalog", "cccatalog-packcache", "cccatalog-nocache",
-    "nginx-fcgiwrap", "git-daemon", "raw-upload-pack",
-)  # fmt: skip
+    "cccatalog",
+    "cccatalog-packcache",
+    "cccatalog-nocache",
+    "nginx-fcgiwrap",
+    "git-daemon",
+    "raw-upload-pack",
+)
 APT_PACKAGES = ("nginx-light", "fcgiwrap")
 RECV = 1 << 20
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -84,20 +88,38 @@ class Size:
 
 SIZES = {
     "full": Size(
-        name="full", files=100, commits=420, new_commits=10, blobs_per_commit=5,
-        blob_bytes=(60 * 1024, 140 * 1024), branches=700, moved_branches=20, many_tags=5000,
+        name="full",
+        files=100,
+        commits=420,
+        new_commits=10,
+        blobs_per_commit=5,
+        blob_bytes=(60 * 1024, 140 * 1024),
+        branches=700,
+        moved_branches=20,
+        many_tags=5000,
         concurrency=(1, 4, 8, 16),
-        requests={"advert": (50, 4), "clone": (2, 1), "fetch": (8, 1)}, rounds=3,
-        cell_seconds=30.0, request_timeout=180.0,
+        requests={"advert": (50, 4), "clone": (2, 1), "fetch": (8, 1)},
+        rounds=3,
+        cell_seconds=30.0,
+        request_timeout=180.0,
     ),
     "smoke": Size(
-        name="smoke", files=8, commits=12, new_commits=2, blobs_per_commit=2,
-        blob_bytes=(16 * 1024, 48 * 1024), branches=30, moved_branches=3, many_tags=300,
+        name="smoke",
+        files=8,
+        commits=12,
+        new_commits=2,
+        blobs_per_commit=2,
+        blob_bytes=(16 * 1024, 48 * 1024),
+        branches=30,
+        moved_branches=3,
+        many_tags=300,
         concurrency=(1, 2),
-        requests={"advert": (3, 1), "clone": (2, 1), "fetch": (2, 1)}, rounds=1,
-        cell_seconds=3.0, request_timeout=30.0,
+        requests={"advert": (3, 1), "clone": (2, 1), "fetch": (2, 1)},
+        rounds=1,
+        cell_seconds=3.0,
+        request_timeout=30.0,
     ),
-}  # fmt: skip
+}
 
 MixClass = Literal["advert", "clone", "fetch"]
 
@@ -433,21 +455,46 @@ def capture_requests(work: Path, serve_port: int) -> dict[str, Captured]:
             b"command=fetch",
         ),
         "depth-1": (
-            [GIT, *v2, "clone", "--quiet", "--no-checkout", "--depth=1", f"{base}/{BIG}.git",
-             str(scratch / "d")],
+            [
+                GIT,
+                *v2,
+                "clone",
+                "--quiet",
+                "--no-checkout",
+                "--depth=1",
+                f"{base}/{BIG}.git",
+                str(scratch / "d"),
+            ],
             b"command=fetch",
         ),
         "filter": (
-            [GIT, *v2, "clone", "--quiet", "--no-checkout", "--filter=blob:none", f"{base}/{BIG}.git",
-             str(scratch / "f")],
+            [
+                GIT,
+                *v2,
+                "clone",
+                "--quiet",
+                "--no-checkout",
+                "--filter=blob:none",
+                f"{base}/{BIG}.git",
+                str(scratch / "f"),
+            ],
             b"command=fetch",
         ),
         "fetch": (
-            [GIT, *v2, "-C", str(client), "fetch", "--quiet", f"{base}/{BIG}.git",
-             "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
+            [
+                GIT,
+                *v2,
+                "-C",
+                str(client),
+                "fetch",
+                "--quiet",
+                f"{base}/{BIG}.git",
+                "+refs/heads/*:refs/heads/*",
+                "+refs/tags/*:refs/tags/*",
+            ],
             b"command=fetch",
         ),
-    }  # fmt: skip
+    }
     captured: dict[str, Captured] = {}
     try:
         # A copy of the client snapshot (hardlinked objects): capturing again starts from the same state.
@@ -686,9 +733,14 @@ def _spawn(server: Server, argv: Sequence[str], *, log_path: Path, env: dict[str
     argv = server.cgroup.wrap(argv) if server.cgroup else list(argv)
     with log_path.open("ab") as out:
         proc = subprocess.Popen(
-            argv, stdout=out, stderr=out, stdin=subprocess.DEVNULL, env=env, cwd=cwd,
+            argv,
+            stdout=out,
+            stderr=out,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=cwd,
             start_new_session=True,  # its own process group: stopping it stops its children, nothing else
-        )  # fmt: skip
+        )
     server.procs.append(proc)
 
 
@@ -815,13 +867,23 @@ def start_nginx(
     env = {"PATH": os.environ.get("PATH", os.defpath), "HOME": str(work / "home"), "LC_ALL": "C"}
     # Debian starts one fcgiwrap, which serves one request at a time; preforking one per client is the
     # tuned setup, so nginx is not held back by it.
-    _spawn(server, [fcgiwrap, "-c", str(max_concurrency), "-s", f"unix:{sock}"],
-           log_path=work / "logs" / f"{name}-fcgiwrap.log", env=env, cwd=home)  # fmt: skip
+    _spawn(
+        server,
+        [fcgiwrap, "-c", str(max_concurrency), "-s", f"unix:{sock}"],
+        log_path=work / "logs" / f"{name}-fcgiwrap.log",
+        env=env,
+        cwd=home,
+    )
     deadline = time.monotonic() + 10
     while not sock.exists() and time.monotonic() < deadline:
         time.sleep(0.02)
-    _spawn(server, [nginx, "-p", str(home), "-c", str(home / "nginx.conf"), "-e", str(home / "error.log")],
-           log_path=work / "logs" / f"{name}.log", env=env, cwd=home)  # fmt: skip
+    _spawn(
+        server,
+        [nginx, "-p", str(home), "-c", str(home / "nginx.conf"), "-e", str(home / "error.log")],
+        log_path=work / "logs" / f"{name}.log",
+        env=env,
+        cwd=home,
+    )
     probe = f"/git/{probe_repo}.git/info/refs?service=git-upload-pack"
     _wait_ready(server, lambda: _http_ok(server.port, probe), "nginx + fcgiwrap")
     return server
@@ -833,10 +895,15 @@ def start_daemon(work: Path) -> Server:
     # The dashed binary itself: `git daemon` would leave a `git` wrapper process waiting in front of it.
     exec_path = Path(run([GIT, "--exec-path"], env=git_env(work), timeout=30).strip())
     argv = [
-        str(exec_path / "git-daemon"), "--reuseaddr", "--listen=127.0.0.1", f"--port={server.port}",
+        str(exec_path / "git-daemon"),
+        "--reuseaddr",
+        "--listen=127.0.0.1",
+        f"--port={server.port}",
         "--export-all",
-        f"--base-path={mirrors}", "--max-connections=128", "--informative-errors",
-    ]  # fmt: skip
+        f"--base-path={mirrors}",
+        "--max-connections=128",
+        "--informative-errors",
+    ]
     _spawn(server, argv, log_path=work / "logs" / "git-daemon.log", env=git_env(work / "home"), cwd=work)
 
     def probe() -> bool:
@@ -909,8 +976,9 @@ class _Body:
                 self.trailers, self.left = size == 0, size
 
 
-def http_request(port: int, method: str, path: str, headers: Sequence[tuple[str, str]], body: bytes, *,
-                 timeout: float) -> Answer:  # fmt: skip
+def http_request(
+    port: int, method: str, path: str, headers: Sequence[tuple[str, str]], body: bytes, *, timeout: float
+) -> Answer:
     """One request on a fresh connection, as a git client makes it; the answer is counted, not kept."""
     lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", *(f"{k}: {v}" for k, v in headers)]
     if method == "POST":
@@ -1303,39 +1371,63 @@ def evaluate_targets(rows: Sequence[Row], size: Size) -> list[Target]:
 
     r = _ratio(tput("cccatalog", "full-clone", n_mid), tput("nginx-fcgiwrap", "full-clone", n_mid))
     targets.append(
-        Target(f"full-clone MB/s at N={n_mid}: cccatalog / nginx+fcgiwrap", _fmt_ratio(r), ">= 1.10x",
-               None if r is None else r >= 1.1)
-    )  # fmt: skip
+        Target(
+            f"full-clone MB/s at N={n_mid}: cccatalog / nginx+fcgiwrap",
+            _fmt_ratio(r),
+            ">= 1.10x",
+            None if r is None else r >= 1.1,
+        )
+    )
     r = _ratio(tput("cccatalog", "full-clone", 1), tput("raw-upload-pack", "full-clone", 1))
     targets.append(
-        Target("full-clone MB/s at N=1: cccatalog / raw upload-pack", _fmt_ratio(r), ">= 0.90x",
-               None if r is None else r >= 0.9)
-    )  # fmt: skip
+        Target(
+            "full-clone MB/s at N=1: cccatalog / raw upload-pack",
+            _fmt_ratio(r),
+            ">= 0.90x",
+            None if r is None else r >= 0.9,
+        )
+    )
     r = _ratio(tput("cccatalog-packcache", "full-clone", 1), tput("raw-upload-pack", "full-clone", 1))
     targets.append(
-        Target("full-clone MB/s at N=1, from the pack cache: cccatalog-packcache / raw upload-pack",
-               _fmt_ratio(r), ">= 1.00x", None if r is None else r >= 1.0)
-    )  # fmt: skip
+        Target(
+            "full-clone MB/s at N=1, from the pack cache: cccatalog-packcache / raw upload-pack",
+            _fmt_ratio(r),
+            ">= 1.00x",
+            None if r is None else r >= 1.0,
+        )
+    )
     for n in sorted({1, n_mid}):
         r = _ratio(tput("cccatalog-packcache", "full-clone-miss", n), tput("cccatalog", "full-clone-miss", n))
         targets.append(
-            Target(f"full-clone-miss MB/s at N={n}, every request a cache miss: cccatalog-packcache / "
-                   "cccatalog (no pack cache)", _fmt_ratio(r), ">= 0.95x", None if r is None else r >= 0.95)
-        )  # fmt: skip
+            Target(
+                f"full-clone-miss MB/s at N={n}, every request a cache miss: cccatalog-packcache / "
+                "cccatalog (no pack cache)",
+                _fmt_ratio(r),
+                ">= 0.95x",
+                None if r is None else r >= 0.95,
+            )
+        )
     for server in ("cccatalog", "cccatalog-nocache"):
         for mix in ("info-refs", "info-refs-manyrefs"):
             r = _ratio(p50(server, mix), p50("nginx-fcgiwrap", mix))
             targets.append(
-                Target(f"{mix} p50 at N=1: {server} / nginx+fcgiwrap", _fmt_ratio(r), "<= 1.00x",
-                       None if r is None else r <= 1.0)
-            )  # fmt: skip
+                Target(
+                    f"{mix} p50 at N=1: {server} / nginx+fcgiwrap",
+                    _fmt_ratio(r),
+                    "<= 1.00x",
+                    None if r is None else r <= 1.0,
+                )
+            )
     row = _find(rows, "cccatalog", "full-clone", n_rss)
     growth = row.server_rss_growth_mib if row else None
     targets.append(
-        Target(f"cccatalog RSS growth, {n_rss} concurrent full clones",
-               "n/a" if growth is None else f"{growth:.1f} MiB", "< 50 MB",
-               None if growth is None else growth * 1.048576 < 50)
-    )  # fmt: skip
+        Target(
+            f"cccatalog RSS growth, {n_rss} concurrent full clones",
+            "n/a" if growth is None else f"{growth:.1f} MiB",
+            "< 50 MB",
+            None if growth is None else growth * 1.048576 < 50,
+        )
+    )
     return targets
 
 
@@ -1371,11 +1463,14 @@ def report(rows: Sequence[Row], targets: Sequence[Target], size: Size) -> str:
         by = {s: _find(rows, s, mix, 1) for s in names}
         mbs = [f"{r.mb_per_s:.1f} / {r.p50_ms:.1f}" if (r := by[s]) else "-" for s in names]
         c, ng, raw = by.get("cccatalog"), by.get("nginx-fcgiwrap"), by.get("raw-upload-pack")
-        body.append([
-            mix, *mbs,
-            _fmt_ratio(_ratio(c.p50_ms, ng.p50_ms) if c and ng else None),
-            _fmt_ratio(_ratio(c.mb_per_s, raw.mb_per_s) if c and raw else None),
-        ])  # fmt: skip
+        body.append(
+            [
+                mix,
+                *mbs,
+                _fmt_ratio(_ratio(c.p50_ms, ng.p50_ms) if c and ng else None),
+                _fmt_ratio(_ratio(c.mb_per_s, raw.mb_per_s) if c and raw else None),
+            ]
+        )
     out.append(
         markdown_table(["mix", *(f"{s} MB/s / p50" for s in names), "p50 ccc/nginx", "MB/s ccc/raw"], body)
     )
@@ -1398,27 +1493,57 @@ def report(rows: Sequence[Row], targets: Sequence[Target], size: Size) -> str:
     out.append("\n## All cells\n")
     out.append(
         markdown_table(
-            ["server", "mix", "N", "req", "err", "MB/s", "req/s", "p50 ms", "p99 ms", "CPU s/req",
-             "client CPU s/req",
-             "server peak RSS MiB", "RSS growth MiB", "tree peak RSS MiB", "other load %"],
-            [(r.server, r.mix, r.concurrency, r.requests, r.errors, r.mb_per_s, r.requests_per_s, r.p50_ms,
-              r.p99_ms,
-              r.cpu_seconds_per_request, r.client_cpu_seconds_per_request,
-              "-" if r.server_peak_rss_mib is None else r.server_peak_rss_mib,
-              "-" if r.server_rss_growth_mib is None else r.server_rss_growth_mib, r.tree_peak_rss_mib,
-              r.foreign_cpu_percent)
-             for r in rows],
+            [
+                "server",
+                "mix",
+                "N",
+                "req",
+                "err",
+                "MB/s",
+                "req/s",
+                "p50 ms",
+                "p99 ms",
+                "CPU s/req",
+                "client CPU s/req",
+                "server peak RSS MiB",
+                "RSS growth MiB",
+                "tree peak RSS MiB",
+                "other load %",
+            ],
+            [
+                (
+                    r.server,
+                    r.mix,
+                    r.concurrency,
+                    r.requests,
+                    r.errors,
+                    r.mb_per_s,
+                    r.requests_per_s,
+                    r.p50_ms,
+                    r.p99_ms,
+                    r.cpu_seconds_per_request,
+                    r.client_cpu_seconds_per_request,
+                    "-" if r.server_peak_rss_mib is None else r.server_peak_rss_mib,
+                    "-" if r.server_rss_growth_mib is None else r.server_rss_growth_mib,
+                    r.tree_peak_rss_mib,
+                    r.foreign_cpu_percent,
+                )
+                for r in rows
+            ],
         )
-    )  # fmt: skip
+    )
     return "\n".join(out)
 
 
 def describe_machine() -> dict[str, str]:
     cpu = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-         if line.startswith("model name")),
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
         platform.processor() or "unknown",
-    )  # fmt: skip
+    )
     mem_kib = status_line_kib(Path("/proc/meminfo"), "MemTotal")
 
     def version(argv: list[str]) -> str:

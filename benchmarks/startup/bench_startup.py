@@ -111,8 +111,16 @@ def measure(found: list[Contender], commands: list[str], runs: int) -> list[Row]
     rows = []
     for (name, cmd), times in samples.items():
         times.sort()
-        rows.append(Row(name, cmd, len(times), statistics.median(times) * 1000,
-                        times[min(len(times) - 1, int(len(times) * 0.9))] * 1000, None))  # fmt: skip
+        rows.append(
+            Row(
+                name,
+                cmd,
+                len(times),
+                statistics.median(times) * 1000,
+                times[min(len(times) - 1, int(len(times) * 0.9))] * 1000,
+                None,
+            )
+        )
     for row in rows:
         ref = next((r for r in rows if r.contender == REFERENCE and r.command == row.command), None)
         if ref is not None:

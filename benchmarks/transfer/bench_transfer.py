@@ -70,9 +70,15 @@ class Row:
 
 def run(argv: Sequence[str], *, stdin: str | None = None, cwd: Path | None = None) -> str:
     done = subprocess.run(
-        list(argv), input=stdin, cwd=cwd, env={**os.environ, **GIT_ENV}, capture_output=True, text=True,
-        timeout=TIMEOUT, check=False,
-    )  # fmt: skip
+        list(argv),
+        input=stdin,
+        cwd=cwd,
+        env={**os.environ, **GIT_ENV},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(argv[:4])} failed ({done.returncode}): {done.stderr[-2000:]}")
     return done.stdout
@@ -92,9 +98,13 @@ def make_upstream(path: Path, size: Size) -> None:
     run(["git", "init", "-q", "--bare", "-b", "main", str(path)])
     parts = []
     for n in range(size.commits):
-        lines = ["commit refs/heads/main", f"mark :{n + 1}",
-                 f"committer Bench <bench@example.invalid> {EPOCH + n * 3600} +0000",
-                 f"data {len(f'change {n}')}", f"change {n}"]  # fmt: skip
+        lines = [
+            "commit refs/heads/main",
+            f"mark :{n + 1}",
+            f"committer Bench <bench@example.invalid> {EPOCH + n * 3600} +0000",
+            f"data {len(f'change {n}')}",
+            f"change {n}",
+        ]
         for f in range(3):
             text = "".join(rng.choices(alphabet, k=size.file_bytes))
             lines += [

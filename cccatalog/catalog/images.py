@@ -227,9 +227,13 @@ class ImageSyncer:
             found = static_refs(cc.static_path)
             # the file names its stable ref; without one the predecessor's stable was latest
             return records(
-                cc, found.resolutions, latest=found.default_ref, stable=found.stable_ref,
-                semver_stable=False, ref_types=found.ref_types,
-            )  # fmt: skip
+                cc,
+                found.resolutions,
+                latest=found.default_ref,
+                stable=found.stable_ref,
+                semver_stable=False,
+                ref_types=found.ref_types,
+            )
         return []
 
     def sync_one(
@@ -250,7 +254,12 @@ class ImageSyncer:
         )
         latest, stable = pointers(rows)
         return ImageSyncResult(
-            cc.slug, cc.source, upserted, deactivated,
-            latest.image_tag if latest else None, stable.image_tag if stable else None,
-            duration_s=round(time.monotonic() - started, 3), note=note,
-        )  # fmt: skip
+            cc.slug,
+            cc.source,
+            upserted,
+            deactivated,
+            latest.image_tag if latest else None,
+            stable.image_tag if stable else None,
+            duration_s=round(time.monotonic() - started, 3),
+            note=note,
+        )

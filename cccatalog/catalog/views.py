@@ -53,15 +53,22 @@ def image_ref(r: ImageRefRecord) -> dict[str, Any]:
 
 
 def catalog_entry(
-    config: Config, cc: CodeCollection, refs: Sequence[ImageRefRecord], last_synced: datetime | None,
+    config: Config,
+    cc: CodeCollection,
+    refs: Sequence[ImageRefRecord],
+    last_synced: datetime | None,
     servable: Servable,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     latest, stable = pointers(refs)
     row = CatalogPointers(
-        cc.slug, any(r.is_active and r.image_tag for r in refs),
-        latest.image_tag if latest else None, latest.image_registry if latest else None,
-        stable.image_tag if stable else None, stable.image_registry if stable else None, last_synced,
-    )  # fmt: skip
+        cc.slug,
+        any(r.is_active and r.image_tag for r in refs),
+        latest.image_tag if latest else None,
+        latest.image_registry if latest else None,
+        stable.image_tag if stable else None,
+        stable.image_registry if stable else None,
+        last_synced,
+    )
     return pointers_entry(config, cc, row, servable)
 
 

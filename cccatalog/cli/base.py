@@ -70,29 +70,39 @@ def load(config: Path | None) -> Config:
 Verbose = Annotated[
     int,
     typer.Option(
-        "--verbose", "-v", count=True, show_default=False,
+        "--verbose",
+        "-v",
+        count=True,
+        show_default=False,
         help="Say more: -v narrates each step, -vv also logs every git command and registry request, "
         "and shows tracebacks.",
     ),
-]  # fmt: skip
+]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr; no table.")]
 LogFormatOpt = Annotated[
     LogFormat,
     typer.Option(
-        "--log-format", envvar=[LOG_FORMAT_VAR], show_envvar=True, case_sensitive=False,
+        "--log-format",
+        envvar=[LOG_FORMAT_VAR],
+        show_envvar=True,
+        case_sensitive=False,
         help="text, or json: one JSON object per line on stderr, for a log pipeline.",
     ),
-]  # fmt: skip
+]
 
 # --- options several commands take ---------------------------------------------------------------
 
 ConfigOpt = Annotated[
     Path | None,
     typer.Option(
-        "--config", "-c", envvar=list(envvars.CONFIG), show_envvar=True, metavar="FILE",
+        "--config",
+        "-c",
+        envvar=list(envvars.CONFIG),
+        show_envvar=True,
+        metavar="FILE",
         help="Config file (default: ./config.yaml).",
     ),
-]  # fmt: skip
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout, nothing else.")]
 JobsOpt = Annotated[
     int | None,
@@ -101,10 +111,11 @@ JobsOpt = Annotated[
 SignKeyOpt = Annotated[
     Path | None,
     typer.Option(
-        "--sign-key", metavar="KEY",
+        "--sign-key",
+        metavar="KEY",
         help="Sign the manifest with this SSH private key (ssh-keygen -Y sign; a .pub uses ssh-agent).",
     ),
-]  # fmt: skip
+]
 AllowRuntimeSync = Annotated[
     bool,
     typer.Option(
@@ -133,10 +144,11 @@ Network = Annotated[
 MaxAge = Annotated[
     str | None,
     typer.Option(
-        "--max-age", metavar="AGE",
+        "--max-age",
+        metavar="AGE",
         help="Oldest acceptable last sync: 90m, 2h, 1d [serve.freshness_budget_minutes].",
     ),
-]  # fmt: skip
+]
 DemoDir = Annotated[
     Path, typer.Option("--dir", metavar="DIR", help="Where to create the demo (new, empty, or a demo's).")
 ]
@@ -150,17 +162,24 @@ Once = Annotated[
 Host = Annotated[
     str | None,
     typer.Option(
-        "--host", envvar=list(envvars.HOST), show_envvar=True, metavar="ADDR",
+        "--host",
+        envvar=list(envvars.HOST),
+        show_envvar=True,
+        metavar="ADDR",
         help="Address to listen on [serve.host].",
     ),
-]  # fmt: skip
+]
 Port = Annotated[
     int | None,
     typer.Option(
-        "--port", envvar=list(envvars.PORT), show_envvar=True, min=0, max=65535,
+        "--port",
+        envvar=list(envvars.PORT),
+        show_envvar=True,
+        min=0,
+        max=65535,
         help="Port to listen on [serve.port].",
     ),
-]  # fmt: skip
+]
 Get = Annotated[
     str | None,
     typer.Option("--get", metavar="PATH", help="Answer one API request in-process, print it, exit 0 or 1."),
@@ -232,10 +251,14 @@ ProbeTarget = Annotated[
 ProbePort = Annotated[
     int | None,
     typer.Option(
-        "--port", envvar=list(envvars.PORT), show_envvar=True, min=1, max=65535,
+        "--port",
+        envvar=list(envvars.PORT),
+        show_envvar=True,
+        min=1,
+        max=65535,
         help="The port serve listens on, on this host [8080].",
     ),
-]  # fmt: skip
+]
 ProbeTimeout = Annotated[
     float, typer.Option("--timeout", min=0.1, max=300, metavar="SECONDS", help="Give up after this long.")
 ]

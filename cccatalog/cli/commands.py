@@ -78,9 +78,14 @@ def sync(
     request = SyncRequest(git=git_half, images=images, only=tuple(only or ()), jobs=jobs, no_wait=no_wait)
     with render.copy_progress("copy", quiet=inv.quiet) as progress:
         report = perform_sync(
-            load(config), request, allow_runtime_sync=allow_runtime_sync, redactor=inv.redactor,
-            environ=os.environ, run_git=render.sync_progress(quiet=inv.quiet), copy_progress=progress,
-        )  # fmt: skip
+            load(config),
+            request,
+            allow_runtime_sync=allow_runtime_sync,
+            redactor=inv.redactor,
+            environ=os.environ,
+            run_git=render.sync_progress(quiet=inv.quiet),
+            copy_progress=progress,
+        )
     render.sync_report(report, as_json=as_json, quiet=inv.quiet)
     _failed_if(report.failed)
 
@@ -134,10 +139,15 @@ def demo(
     inv = invocation(ctx)
     with demo_directory(directory.resolve()) as root:
         ok = run_demo(
-            root, port=port, serve=serve_it, once=once, redactor=inv.redactor, environ=os.environ,
+            root,
+            port=port,
+            serve=serve_it,
+            once=once,
+            redactor=inv.redactor,
+            environ=os.environ,
             show_report=lambda report: render.sync_report(report, as_json=False, quiet=inv.quiet),
             say=render.say,
-        )  # fmt: skip
+        )
     _failed_if(not ok)
 
 
@@ -167,10 +177,14 @@ def serve(
         return
     announce_server_logs(inv.verbosity)
     run_server(
-        cfg, host=host or cfg.serve.host, port=cfg.serve.port if port is None else port,
-        environ=os.environ, redactor=inv.redactor,
-        git_sync_minutes=git_sync_minutes, catalog_poll_minutes=catalog_poll_minutes,
-    )  # fmt: skip
+        cfg,
+        host=host or cfg.serve.host,
+        port=cfg.serve.port if port is None else port,
+        environ=os.environ,
+        redactor=inv.redactor,
+        git_sync_minutes=git_sync_minutes,
+        catalog_poll_minutes=catalog_poll_minutes,
+    )
 
 
 @app.command(epilog=example("cccatalog probe", "cccatalog probe http://127.0.0.1:8080/readyz --timeout 2"))
@@ -207,9 +221,14 @@ def bake(
 
     inv = invocation(ctx)
     result = bake_mirrors(
-        load(config), dest.resolve(), Git(redactor=inv.redactor), environ=os.environ, token_file=token_file,
-        jobs=jobs, sign_key=sign_key,
-    )  # fmt: skip
+        load(config),
+        dest.resolve(),
+        Git(redactor=inv.redactor),
+        environ=os.environ,
+        token_file=token_file,
+        jobs=jobs,
+        sign_key=sign_key,
+    )
     render.sync_report(SyncReport(git=result.repos), as_json=as_json, quiet=inv.quiet)
     _failed_if(result.manifest is None)
 
@@ -255,9 +274,16 @@ def export(
         check_sign_key(sign_key, environ=os.environ)
     with render.copy_progress("export", quiet=inv.quiet) as progress:
         result = export_update(
-            load(config), Git(redactor=inv.redactor), out=out, since=since, sign_key=sign_key,
-            environ=os.environ, images=not no_images, redactor=inv.redactor, progress=progress,
-        )  # fmt: skip
+            load(config),
+            Git(redactor=inv.redactor),
+            out=out,
+            since=since,
+            sign_key=sign_key,
+            environ=os.environ,
+            images=not no_images,
+            redactor=inv.redactor,
+            progress=progress,
+        )
     render.export_result(result, as_json=as_json, quiet=inv.quiet)
 
 
@@ -282,10 +308,16 @@ def import_(
     check_update_file(update)
     with render.copy_progress("import", quiet=inv.quiet) as progress:
         result = import_update(
-            load(config), Git(redactor=inv.redactor), update, allowed_signers=allowed_signers,
-            signer=signer, allow_unsigned=allow_unsigned, environ=os.environ, progress=progress,
+            load(config),
+            Git(redactor=inv.redactor),
+            update,
+            allowed_signers=allowed_signers,
+            signer=signer,
+            allow_unsigned=allow_unsigned,
+            environ=os.environ,
+            progress=progress,
             allow_downgrade=allow_downgrade,
-        )  # fmt: skip
+        )
     render.import_result(result, as_json=as_json, quiet=inv.quiet)
     _failed_if(result.failed)
 

@@ -161,9 +161,15 @@ class Mirrorer:
                 source_auth(self.config, job.cc_slug, self.environ, self.redactor)
             ) as src:
                 result = copy_image(
-                    src, src_repo, reference, dst, dst_repo, target.tag,
-                    workers=4, progress=self._watch(job),
-                )  # fmt: skip
+                    src,
+                    src_repo,
+                    reference,
+                    dst,
+                    dst_repo,
+                    target.tag,
+                    workers=4,
+                    progress=self._watch(job),
+                )
             lines.append(
                 f"copied {job.source_image_ref} -> {job.target_image_ref} ({result.digest}): "
                 f"{result.blobs_copied} blobs copied, {result.blobs_skipped} already there, "

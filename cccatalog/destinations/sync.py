@@ -92,8 +92,9 @@ def _run_mirrors(  # noqa: PLR0917 - run_mirrors's arguments, passed on
         for name, (enqueued, already) in enqueue(store, config, only_slug=slug).items():
             runs[name].jobs_enqueued += enqueued
             runs[name].refs_already_mirrored += already
-    mirrorer = Mirrorer(config, store, environ=environ, redactor=redactor, client_factory=client_factory,
-                        progress=progress)  # fmt: skip
+    mirrorer = Mirrorer(
+        config, store, environ=environ, redactor=redactor, client_factory=client_factory, progress=progress
+    )
     for job, status in mirrorer.drain(only_slugs=only_slugs, holds_lock=True):
         run = runs.get(job.destination)
         if run is None:

@@ -79,8 +79,10 @@ def object_types(git: Git, repo: Path, shas: Iterable[str], *, foreign: bool = F
     config = {"safe.directory": str(repo)} if foreign else {}
     out = git.run(
         ["-C", str(repo), "cat-file", "--batch-check=%(objectname) %(objecttype)"],
-        stdin="".join(f"{sha}\n" for sha in wanted), timeout=120, config=config,
-    ).stdout  # fmt: skip
+        stdin="".join(f"{sha}\n" for sha in wanted),
+        timeout=120,
+        config=config,
+    ).stdout
     found = {sha: "missing" for sha in wanted}
     for line in out.splitlines():
         sha, _, kind = line.partition(" ")
@@ -99,8 +101,10 @@ def create_bundle(
     revisions = "".join(f"{name}\n" for name in refs) + "".join(f"^{sha}\n" for sha in exclude)
     done = git.run(
         ["-C", str(repo), "bundle", "create", "-q", str(out), "--stdin"],
-        stdin=revisions, timeout=timeout, check=False,
-    )  # fmt: skip
+        stdin=revisions,
+        timeout=timeout,
+        check=False,
+    )
     if done.returncode != 0 and _EMPTY_BUNDLE in done.stderr.lower():
         out.unlink(missing_ok=True)
         return False

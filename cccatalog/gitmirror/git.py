@@ -25,12 +25,29 @@ from cccatalog.redact import Redactor
 # What git may inherit from the caller's environment: proxies, CA bundles, ssh setup. Everything
 # else (GIT_DIR, GIT_CONFIG_*, REMOTE_USER, ...) is dropped so the caller cannot change what runs.
 INHERITED_ENV = (
-    "PATH", "HOME", "TMPDIR", "USER", "LOGNAME",
-    "http_proxy", "https_proxy", "no_proxy", "all_proxy",
-    "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY",
-    "SSL_CERT_FILE", "SSL_CERT_DIR", "GIT_SSL_CAINFO", "GIT_SSL_CAPATH", "GIT_SSL_NO_VERIFY",
-    "GIT_SSH", "GIT_SSH_COMMAND", "GIT_SSH_VARIANT", "SSH_AUTH_SOCK",
-)  # fmt: skip
+    "PATH",
+    "HOME",
+    "TMPDIR",
+    "USER",
+    "LOGNAME",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "all_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "ALL_PROXY",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "GIT_SSL_CAINFO",
+    "GIT_SSL_CAPATH",
+    "GIT_SSL_NO_VERIFY",
+    "GIT_SSH",
+    "GIT_SSH_COMMAND",
+    "GIT_SSH_VARIANT",
+    "SSH_AUTH_SOCK",
+)
 
 STDERR_TAIL_LINES = 8
 
@@ -198,9 +215,11 @@ class GitRun:
         name = _subcommand(self._argv[1:])
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
-                "%s -> exit %s (%.0f ms)", self._redactor(" ".join(self._argv)), proc.returncode,
+                "%s -> exit %s (%.0f ms)",
+                self._redactor(" ".join(self._argv)),
+                proc.returncode,
                 (time.monotonic() - self._started) * 1000,
-            )  # fmt: skip
+            )
         stopping = self._children.stopping
         if stopping and proc.returncode < 0:
             raise GitError(

@@ -180,9 +180,16 @@ class Mirror:
     def fetch(self, auth: Mapping[str, str], timeout: float) -> None:
         # --atomic: a failed transfer updates no ref at all; --prune: refs deleted upstream go here too.
         self._run(
-            "fetch", "--quiet", "--prune", "--atomic", "--no-write-fetch-head", "--no-auto-gc", "origin",
-            timeout=timeout, config={**FETCH_CONFIG, **auth},
-        )  # fmt: skip
+            "fetch",
+            "--quiet",
+            "--prune",
+            "--atomic",
+            "--no-write-fetch-head",
+            "--no-auto-gc",
+            "origin",
+            timeout=timeout,
+            config={**FETCH_CONFIG, **auth},
+        )
 
     def local_state(self, scope: RefScope) -> LocalState:
         out = self._run("for-each-ref", "--format=%(objectname) %(refname)")

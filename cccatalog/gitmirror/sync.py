@@ -41,9 +41,17 @@ from cccatalog.redact import strip_url_credentials
 log = logging.getLogger("cccatalog.sync")
 
 _CORRUPTION_SIGNS = (
-    "bad object", "missing blob", "missing tree", "missing commit", "unable to read",
-    "corrupt", "did not send all necessary objects", "packfile", "loose object", "invalid sha1 pointer",
-)  # fmt: skip
+    "bad object",
+    "missing blob",
+    "missing tree",
+    "missing commit",
+    "unable to read",
+    "corrupt",
+    "did not send all necessary objects",
+    "packfile",
+    "loose object",
+    "invalid sha1 pointer",
+)
 
 
 class Action(StrEnum):
@@ -223,8 +231,10 @@ class MirrorSyncer:
                 by = f" (pid {pid})" if pid else ""
                 log.warning(
                     "%s: waiting for another sync of this mirror%s, up to %.0fs (git.lock_timeout_seconds)",
-                    task.slug, by, wait,
-                )  # fmt: skip
+                    task.slug,
+                    by,
+                    wait,
+                )
 
             lock = self.layout.lock(task.slug)
             with file_lock(lock, timeout=wait, what=f"mirror {task.slug}", on_wait=waiting):

@@ -237,9 +237,14 @@ class RegistryClient(RegistryPush):
         """POST a JSON body to an API beside the registry, on its origin and with its credentials
         (Xray's scan request); the status, nothing raised for a 4xx or 5xx. Sent once."""
         resp = self._send(
-            repo, "POST", url, kind="api", content=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"}, retry=False,
-        )  # fmt: skip
+            repo,
+            "POST",
+            url,
+            kind="api",
+            content=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+            retry=False,
+        )
         resp.close()
         return resp.status_code
 

@@ -169,9 +169,13 @@ def copy_image(  # noqa: PLR0917 - the stable interface mirroring codes against
     it was."""
     mount_from = src if src.host == dst.host else None
     return copy_between(
-        RegistrySource(source, src), reference, RegistryTarget(target, dst, mount_from=mount_from), tag,
-        workers=workers, progress=progress,
-    )  # fmt: skip
+        RegistrySource(source, src),
+        reference,
+        RegistryTarget(target, dst, mount_from=mount_from),
+        tag,
+        workers=workers,
+        progress=progress,
+    )
 
 
 def copy_between(

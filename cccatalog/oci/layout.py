@@ -72,10 +72,13 @@ def read_index(root: Path) -> list[LayoutEntry]:
             raise RegistryError(f"{root}: {INDEX_FILE} manifests[{i}]: expected a sha256 digest and a size")
         entries.append(
             LayoutEntry(
-                str(notes.get(REF_NAME, "")), digest, media if isinstance(media, str) else "", size,
+                str(notes.get(REF_NAME, "")),
+                digest,
+                media if isinstance(media, str) else "",
+                size,
                 {str(k): str(v) for k, v in notes.items()},
             )
-        )  # fmt: skip
+        )
     return entries
 
 
@@ -134,8 +137,12 @@ class LayoutTarget:
             _write(path, body)
         if reference.startswith("sha256:"):
             return
-        entry = {"mediaType": media_type, "digest": digest, "size": len(body),
-                 "annotations": {REF_NAME: reference}}  # fmt: skip
+        entry = {
+            "mediaType": media_type,
+            "digest": digest,
+            "size": len(body),
+            "annotations": {REF_NAME: reference},
+        }
         with self._lock:
             kept = [e for e in _index_items(self.root) if e.get("annotations", {}).get(REF_NAME) != reference]
             self._write_index([*kept, entry])

@@ -71,18 +71,28 @@ class RegistryPush:
         what = f"uploading blob {digest}"
         if chunk_size is None:
             resp = self._send(
-                repo, "PUT", with_digest(upload, digest), kind="upload", content=chunks, retry=False,
+                repo,
+                "PUT",
+                with_digest(upload, digest),
+                kind="upload",
+                content=chunks,
+                retry=False,
                 headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
-            )  # fmt: skip
+            )
             expect(resp, repo, what, 201)
             return
         offset = 0
         for piece in rechunk(chunks, chunk_size):
             end = offset + len(piece) - 1
             resp = self._send(
-                repo, "PATCH", upload, kind="upload", content=piece, retry=False,
+                repo,
+                "PATCH",
+                upload,
+                kind="upload",
+                content=piece,
+                retry=False,
                 headers={"Content-Type": "application/octet-stream", "Content-Range": f"{offset}-{end}"},
-            )  # fmt: skip
+            )
             expect(resp, repo, what, 202)
             upload = location(resp, repo)
             offset = end + 1

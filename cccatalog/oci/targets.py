@@ -45,9 +45,13 @@ def resolve_target(
     """`config` is the loaded config when there is one (None: no file at `config_path`)."""
     if is_bare_name(text):
         return _slug_target(
-            text.strip(), config=config, config_path=config_path, environ=environ, redactor=redactor,
+            text.strip(),
+            config=config,
+            config_path=config_path,
+            environ=environ,
+            redactor=redactor,
             plain_http=plain_http,
-        )  # fmt: skip
+        )
     repo, _tag = parse_reference(text, allow_plain_http=plain_http)
 
     def user_auth(host: str) -> RegistryAuth | None:

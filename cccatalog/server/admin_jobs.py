@@ -51,16 +51,30 @@ class Job:
 
     def record(self) -> JobRecord:
         return JobRecord(
-            self.id, self.kind, self.state, self.replica, self.started_at, self.finished_at,
-            self.result, self.error, self.lock,
-        )  # fmt: skip
+            self.id,
+            self.kind,
+            self.state,
+            self.replica,
+            self.started_at,
+            self.finished_at,
+            self.result,
+            self.error,
+            self.lock,
+        )
 
     @classmethod
     def of(cls, record: JobRecord) -> Job:
         job = cls(
-            record.id, record.kind, record.state, record.started_at, record.finished_at, record.result,
-            record.error, replica=record.replica, lock=record.lock,
-        )  # fmt: skip
+            record.id,
+            record.kind,
+            record.state,
+            record.started_at,
+            record.finished_at,
+            record.result,
+            record.error,
+            replica=record.replica,
+            lock=record.lock,
+        )
         if record.state != "running":
             job.done.set()
         return job
@@ -97,9 +111,11 @@ class JobRunner:
             return None
         if record.state == "running" and self._left_behind(record):
             record = replace(
-                record, state="failed", finished_at=datetime.now(UTC),
+                record,
+                state="failed",
+                finished_at=datetime.now(UTC),
                 error=f"the replica running it ({record.replica}) stopped before it finished",
-            )  # fmt: skip
+            )
             self._store.record_job(record)
         return Job.of(record)
 

@@ -276,10 +276,13 @@ def _resolve(ctx: ApiContext, cc: CodeCollection, params: Mapping[str, str]) -> 
             raise HttpError(404, f"unknown destination: {destination}")
         payload["destination"] = destination
         held = next(
-            (t for t in ctx.store.mirror_targets(slug=cc.slug)
-             if t.destination == destination and t.source_image_tag == selected.image_tag),
+            (
+                t
+                for t in ctx.store.mirror_targets(slug=cc.slug)
+                if t.destination == destination and t.source_image_tag == selected.image_tag
+            ),
             None,
-        )  # fmt: skip
+        )
         if held is not None:
             payload["target_image_ref"], payload["target_digest"] = held.target_image_ref, held.target_digest
     return ApiResponse(200, payload)

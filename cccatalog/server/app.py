@@ -353,8 +353,14 @@ class GitRequestHandler(BaseHTTPRequestHandler):
             )
             access_log.info(
                 '%s "%s %s" %s %d %.3fs',
-                client, self.command, target, self._status or "-", self._sent, seconds, extra=fields,
-            )  # fmt: skip
+                client,
+                self.command,
+                target,
+                self._status or "-",
+                self._sent,
+                seconds,
+                extra=fields,
+            )
 
     def _internal_error(self, exc: Exception) -> None:
         """Logged once, redacted, without locals; a 500 if the answer has not started, else a close."""
@@ -362,8 +368,10 @@ class GitRequestHandler(BaseHTTPRequestHandler):
         text = "".join(traceback.format_exception(exc)).rstrip()
         log.error(
             "internal error answering %s %s:\n%s",
-            self.command, loggable_target(self.path), Verbatim(self.server.redactor(text)),
-        )  # fmt: skip
+            self.command,
+            loggable_target(self.path),
+            Verbatim(self.server.redactor(text)),
+        )
         if not self._answered:
             with suppress(OSError):
                 self._json(500, {"detail": "internal server error; the server log has the details"})

@@ -138,16 +138,21 @@ class ServerMetrics:
         self.registry = CollectorRegistry(auto_describe=False)
         r = self.registry
         self.requests = Counter(
-            "cccatalog_http_requests", "HTTP requests answered, by route class and status code.",
-            ["route", "status"], registry=r,
-        )  # fmt: skip
+            "cccatalog_http_requests",
+            "HTTP requests answered, by route class and status code.",
+            ["route", "status"],
+            registry=r,
+        )
         self.sent = Counter(
             "cccatalog_http_response_bytes", "Bytes of answers sent, by route class.", ["route"], registry=r
         )
         self.duration = Histogram(
-            "cccatalog_http_request_duration_seconds", "From the request's head to the end of its answer.",
-            ["route"], buckets=DURATION_BUCKETS, registry=r,
-        )  # fmt: skip
+            "cccatalog_http_request_duration_seconds",
+            "From the request's head to the end of its answer.",
+            ["route"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
         self.refused = Counter(
             "cccatalog_http_refused",
             "Git requests refused with 503 + Retry-After: the admission queue was full or the wait ran out.",
@@ -220,9 +225,13 @@ class _ScrapeTime(Collector):
                 ("joined", m.packs.joined, "Pack requests that followed an identical answer being written."),
                 ("made", m.packs.made, "Pack answers git was run for, into the pack cache."),
                 ("evictions", m.packs.evicted, "Pack cache entries deleted to stay within the bound."),
-                ("bypassed", m.packs.bypassed, "Pack answers sent without the cache's disk: no room "
-                 "within its bound, or a write failed."),
-            ):  # fmt: skip
+                (
+                    "bypassed",
+                    m.packs.bypassed,
+                    "Pack answers sent without the cache's disk: no room "
+                    "within its bound, or a write failed.",
+                ),
+            ):
                 yield CounterMetricFamily(f"cccatalog_pack_cache_{name}", what, value)
         yield CounterMetricFamily(
             "cccatalog_advertisement_cache_hits", "Ref advertisements answered from memory.", m.adverts.hits
@@ -263,9 +272,12 @@ class _ScrapeTime(Collector):
         store = self.m.api.store
         try:
             report = status.collect(
-                config, store, budget_seconds=budget, baked_at=baked_at(config.git.data_dir),
+                config,
+                store,
+                budget_seconds=budget,
+                baked_at=baked_at(config.git.data_dir),
                 servable=self.m.api.servable(config),
-            )  # fmt: skip
+            )
         except CCCatalogError as exc:
             log.warning("metrics: cannot read the state: %s", exc)
             readable.add_metric([], 0)

@@ -100,19 +100,21 @@ def destinations(config: Config, store: Any) -> list[dict[str, Any]]:
     for d in config.destinations:
         row = rows.get(d.name)
         base_url, repo_key, prefix = _where(d)
-        out.append({
-            "name": d.name,
-            "type": d.type,
-            "enabled": row.enabled if row else True,
-            "base_url": base_url,
-            "repo_key": repo_key,
-            "path_prefix": prefix,
-            "enable_xray_scan": d.enable_xray_scan,
-            "last_synced": rfc3339(row.last_synced) if row else None,
-            "last_sync_error": row.last_sync_error if row else None,
-            "tracked_codecollections": list(d.mirror.codecollections) or ["*"],
-            "mirrored_tag_count": row.mirrored_tag_count if row else 0,
-        })  # fmt: skip
+        out.append(
+            {
+                "name": d.name,
+                "type": d.type,
+                "enabled": row.enabled if row else True,
+                "base_url": base_url,
+                "repo_key": repo_key,
+                "path_prefix": prefix,
+                "enable_xray_scan": d.enable_xray_scan,
+                "last_synced": rfc3339(row.last_synced) if row else None,
+                "last_sync_error": row.last_sync_error if row else None,
+                "tracked_codecollections": list(d.mirror.codecollections) or ["*"],
+                "mirrored_tag_count": row.mirrored_tag_count if row else 0,
+            }
+        )
     return out
 
 

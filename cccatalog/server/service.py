@@ -282,14 +282,19 @@ def baked_mismatches(
     from cccatalog.transfer.order import applying
 
     changed_here = {
-        m.slug for m in store.list_mirrors()
+        m.slug
+        for m in store.list_mirrors()
         if m.last_action not in _AS_LISTED and not (m.last_action == "failed" and m.last_success_at is None)
-    }  # fmt: skip
+    }
     slugs = mirrored_slugs(config) - changed_here
     found = check_mirrors(
-        servability.git, config.git.data_dir, slugs, transfer=config.transfer, environ=environ,
+        servability.git,
+        config.git.data_dir,
+        slugs,
+        transfer=config.transfer,
+        environ=environ,
         also=applying(config.git.data_dir),
-    )  # fmt: skip
+    )
     for problem in [*found.manifest, *found.repos]:
         log.error("manifest check: %s", problem)
     return found
@@ -412,8 +417,10 @@ class Scheduler:
                 self.threads.append(thread)
         log.info(
             "scheduler on: git sync every %s min, image poll every %s min, image mirroring every %s min",
-            git_minutes, catalog_minutes, mirror_minutes,
-        )  # fmt: skip
+            git_minutes,
+            catalog_minutes,
+            mirror_minutes,
+        )
 
     def _loop(self, kind: str, seconds: float) -> None:
         delay = 0.0  # the first run at start-up, as the predecessor did

@@ -40,8 +40,13 @@ MANIFEST_LIMIT = 64 * 1024 * 1024
 SIGNATURE_LIMIT = 64 * 1024
 # Extended headers (PAX, GNU long names) are read whole into memory by tarfile: bounded before it does.
 META_LIMIT = 1024 * 1024
-_META_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
-               tarfile.GNUTYPE_LONGLINK)  # fmt: skip
+_META_TYPES = (
+    tarfile.XHDTYPE,
+    tarfile.XGLTYPE,
+    tarfile.SOLARIS_XHDTYPE,
+    tarfile.GNUTYPE_LONGNAME,
+    tarfile.GNUTYPE_LONGLINK,
+)
 
 
 def bundle_name(slug: str) -> str:

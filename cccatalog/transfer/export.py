@@ -111,8 +111,11 @@ def export_update(
     if since is not None:
         data, site = manifest.read(since, what="--since")
         manifest.require_same_collections(config, site, what=f"--since {since}")
-        since_info = {"kind": site.kind, "created_at": site.document.get("created_at"),
-                      "sha256": hashlib.sha256(data).hexdigest()}  # fmt: skip
+        since_info = {
+            "kind": site.kind,
+            "created_at": site.document.get("created_at"),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
     if sign_key is not None and not sign_key.is_file():
         raise UsageError(f"--sign-key {sign_key}: no such file")
     slugs = sorted(mirrored_slugs(config, ignore_enabled=True))
@@ -144,16 +147,24 @@ def export_update(
         carried: list[transfer_images.CarriedImage] = []
         if images:
             carried = transfer_images.export_images(
-                config, rows, staging, site=site.document if site else None, environ=environ,
-                redactor=redactor or Redactor(), progress=progress,
-            )  # fmt: skip
+                config,
+                rows,
+                staging,
+                site=site.document if site else None,
+                environ=environ,
+                redactor=redactor or Redactor(),
+                progress=progress,
+            )
             transfer["images"] = transfer_images.manifest_block(carried, staging)
             for name in transfer_images.layout_files(staging)[:2]:  # oci-layout, index.json
                 files[name] = _write(staging / name, (staging / name).read_bytes())
         doc = manifest.document(
-            "export", entries, collections=[cc.slug for cc in config.codecollections], catalog=rows,
+            "export",
+            entries,
+            collections=[cc.slug for cc in config.codecollections],
+            catalog=rows,
             extra={"transfer": transfer},
-        )  # fmt: skip
+        )
         (staging / archive.MANIFEST).write_bytes(manifest.dumps(doc))
         names = [archive.MANIFEST]
         if sign_key is not None:

@@ -111,9 +111,16 @@ def import_update(
     require_writable_dir(config.state.local_dir, setting=config.state.setting)
     with staging_dir(config.git.data_dir) as staging:
         update = check_update(
-            config, git, path, staging, allowed_signers=allowed, signer=signer,
-            allow_unsigned=allow_unsigned, environ=environ, allow_downgrade=allow_downgrade,
-        )  # fmt: skip
+            config,
+            git,
+            path,
+            staging,
+            allowed_signers=allowed,
+            signer=signer,
+            allow_unsigned=allow_unsigned,
+            environ=environ,
+            allow_downgrade=allow_downgrade,
+        )
         lock = config.state.local_dir / "locks" / "import.lock"
         with file_lock(lock, timeout=config.git.lock_timeout_seconds, what="another import"):
             return _apply(config, git, path, update, environ=environ, progress=progress)
@@ -169,10 +176,15 @@ def _apply_repo(config: Config, git: Git, layout: Layout, store: Store, plan: Re
     known = store.get_mirror(slug)
     if outcome.action != "unchanged" or known is None or known.refs_fingerprint != target.refs_fingerprint:
         store.record_mirror_success(
-            slug, upstream_url=url, action="imported", head_commit=target.head_commit or "",
-            default_branch=target.default_branch or "", refs_fingerprint=target.refs_fingerprint,
-            attempted_at=started, finished_at=datetime.now(UTC),
-        )  # fmt: skip
+            slug,
+            upstream_url=url,
+            action="imported",
+            head_commit=target.head_commit or "",
+            default_branch=target.default_branch or "",
+            refs_fingerprint=target.refs_fingerprint,
+            attempted_at=started,
+            finished_at=datetime.now(UTC),
+        )
     return outcome
 
 

@@ -147,8 +147,10 @@ def rewinds(
             continue
         done = git.run(
             ["-C", str(repo), "merge-base", "--is-ancestor", sha, old],
-            timeout=120, check=False, config={"safe.directory": str(repo)},
-        )  # fmt: skip
+            timeout=120,
+            check=False,
+            config={"safe.directory": str(repo)},
+        )
         if done.returncode == 0:
             found.append(name)
     return found

@@ -136,9 +136,13 @@ def _check_signature(
     if allowed is None:
         return None  # only reached with --allow-unsigned: nothing to check the signature against
     return verify(
-        members[archive.MANIFEST].path, signature.path, allowed, signer=signer, environ=environ,
+        members[archive.MANIFEST].path,
+        signature.path,
+        allowed,
+        signer=signer,
+        environ=environ,
         what=f"{path}: {archive.MANIFEST}",
-    )  # fmt: skip
+    )
 
 
 def _transfer_block(
