@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +12,8 @@ from typing import Any
 
 import httpx
 import yaml
+
+from tests.waiting import wait_until
 
 ADMIN_TOKEN = "admin-Token-for-tests-0123456789"
 PUBLIC_BASE_URL = "https://cc-catalog.example.com/git"
@@ -112,25 +113,27 @@ def bearer(token: str = ADMIN_TOKEN) -> dict[str, str]:
 
 def wait_for_job(client: httpx.Client, job_id: str, *, timeout: float = 20.0) -> dict[str, Any]:
     """Poll GET /api/v1/admin/jobs/{id} until the job is no longer running; its last body."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def finished() -> dict[str, Any] | None:
         response = client.get(f"/api/v1/admin/jobs/{job_id}", headers=bearer())
         assert response.status_code == 200, response.text
         body: dict[str, Any] = response.json()
-        if body["state"] != "running":
-            return body
-        assert time.monotonic() < deadline, f"job {job_id} still running after {timeout}s"
-        time.sleep(0.05)
+        return body if body["state"] != "running" else None
+
+    found = wait_until(finished, timeout, what=f"job {job_id} to finish")
+    assert found is not None
+    return found
 
 
-def wait_until(
+def wait_for_answer(
     client: httpx.Client, path: str, predicate: Callable[[httpx.Response], bool], *, timeout: float = 10.0
 ) -> httpx.Response:
-    """GET `path` until `predicate(response)` holds (the config poll runs every 2 s)."""
-    deadline = time.monotonic() + timeout
-    while True:
+    """GET `path` until `predicate(response)` holds (the config poll runs every 2 s); that response."""
+
+    def answer() -> httpx.Response | None:
         response = client.get(path)
-        if predicate(response):
-            return response
-        assert time.monotonic() < deadline, f"{path} never satisfied the condition: {response.text}"
-        time.sleep(0.1)
+        return response if predicate(response) else None
+
+    found = wait_until(answer, timeout, what=f"{path} to satisfy the condition", interval=0.1)
+    assert found is not None
+    return found

@@ -12,8 +12,6 @@ import os
 import shutil
 import socket
 import stat
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -141,12 +139,3 @@ def processes_touching(path: Path) -> list[str]:
         if needle in cmdline or cwd.startswith(needle) or needle in environ:
             found.append(f"{entry.name}: {cmdline.strip()}")
     return found
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()

@@ -36,8 +36,8 @@ from tests.apifixtures import (
     bearer,
     build,
     image_tag,
+    wait_for_answer,
     wait_for_job,
-    wait_until,
     write_builds,
     write_catalog_config,
 )
@@ -515,7 +515,7 @@ def test_removing_a_slug_from_the_file_takes_effect_within_the_poll(
         assert git_urls(client)["alpha"] == site.mirror_url("alpha")
         assert git_route(client, "alpha") == 200
         write_catalog_config(site.path, [Collection("gamma", site.upstreams["gamma"].url)])
-        wait_until(client, f"{CATALOG}/alpha", lambda r: r.status_code == 404)
+        wait_for_answer(client, f"{CATALOG}/alpha", lambda r: r.status_code == 404)
         assert git_route(client, "alpha") == 404
         assert git_urls(client) == {"gamma": site.mirror_url("gamma")}
         assert slugs(get_json(client, REPOS)) == ["gamma"]

@@ -27,6 +27,7 @@ from tests.artifactoryfixtures import FakeArtifactory, fake_artifactory
 from tests.gitfixtures import Upstream
 from tests.imagefixtures import Build, push_build, tag_is_whole
 from tests.registry import ALL_MANIFESTS, USERNAME, RunningRegistry, registry_client, running_registry
+from tests.waiting import wait_until
 
 DEST_PASSWORD = "dest-only-pw-" + "7" * 12
 MAIN = "main-1234567-abcdef0"
@@ -435,7 +436,7 @@ def test_the_mirror_api_and_resolve_answer_with_the_predecessors_shapes(
 def test_serves_scheduler_mirrors_on_its_own_interval(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], env: dict[str, str], regs: Registries
 ) -> None:
-    from tests.test_scheduler import service_for, wait_for
+    from tests.test_scheduler import service_for
 
     repo, main, _ = push_builds(regs.source)
     key = f"k{uuid.uuid4().hex[:8]}"
@@ -445,10 +446,12 @@ def test_serves_scheduler_mirrors_on_its_own_interval(
         scheduler = service.start_scheduler(git_minutes=0, catalog_minutes=1, unit=0.05)
         assert scheduler is not None
         assert len(scheduler.threads) == 2  # the image poll and the mirror runs (every 5 "minutes")
-        wait_for(
-            lambda: manifest_digest(regs.destination, target_repo, MAIN) == main.digest, "the mirror run"
+        wait_until(
+            lambda: manifest_digest(regs.destination, target_repo, MAIN) == main.digest, what="the mirror run"
         )
-        wait_for(lambda: service.api.store.list_destinations()["acme-jfrog"].mirrored_tag_count == 2, "both")
+        wait_until(
+            lambda: service.api.store.list_destinations()["acme-jfrog"].mirrored_tag_count == 2, what="both"
+        )
     assert tag_is_whole(regs.destination, target_repo, MAIN) is True
 
 

@@ -30,8 +30,9 @@ from tests.apifixtures import (
     write_catalog_config,
 )
 from tests.gitfixtures import git, http_upstream
-from tests.hafixtures import Replica, SlowCatalog, refs, replica_config, replicas, slow_catalog, wait_for
+from tests.hafixtures import Replica, SlowCatalog, refs, replica_config, replicas, slow_catalog
 from tests.pgfixtures import PASSWORD, PgServer, connect, running_postgres
+from tests.waiting import wait_until
 
 # replicas are processes of their own, and the database stops and starts: seconds each
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
@@ -136,7 +137,7 @@ def test_when_the_scheduler_leader_dies_another_replica_runs_the_next_poll(
         slow_catalog({"alpha": refs("aaaaaaa")}, delay=0.05) as catalog,
         replicas(_configs(tmp_path, catalog, ("alpha",)), state_url=pg_url, minute_seconds=minute) as running,
     ):
-        wait_for(lambda: len(_runs_by(pg_url)) >= 6, "six scheduled polls")
+        wait_until(lambda: len(_runs_by(pg_url)) >= 6, what="six scheduled polls")
         runs = _runs_by(pg_url)
         leader = runs[0]
         assert set(runs) == {leader}, runs  # one replica polls; the others skip
@@ -148,14 +149,14 @@ def test_when_the_scheduler_leader_dies_another_replica_runs_the_next_poll(
 
         by_name[str(leader)].kill()
         before = len(runs)
-        wait_for(lambda: set(_runs_by(pg_url)[before:]) - {leader}, "a poll by another replica")
+        wait_until(lambda: set(_runs_by(pg_url)[before:]) - {leader}, what="a poll by another replica")
         successor = next(r for r in _runs_by(pg_url)[before:] if r != leader)
 
         def since_successor() -> list[str | None]:
             after = _runs_by(pg_url)[before:]
             return after[after.index(successor) :]
 
-        wait_for(lambda: len(since_successor()) >= 4, "the successor's next polls")
+        wait_until(lambda: len(since_successor()) >= 4, what="the successor's next polls")
         # past the first poll the killed leader may have started, only the successor polls
         assert set(since_successor()) == {successor}
 
@@ -201,16 +202,16 @@ def test_jobs_of_a_replica_that_stopped_mid_run_are_reported_failed(
         replicas(_configs(tmp_path, catalog, slugs)[:2], state_url=pg_url) as running,
     ):
         started = httpx.post(f"{running[0].url}{ADMIN}/sync-catalog", headers=bearer(), timeout=10).json()
-        wait_for(lambda: catalog.in_flight == 1, "the poll to reach the catalog")
+        wait_until(lambda: catalog.in_flight == 1, what="the poll to reach the catalog")
         running[0].kill()
-        wait_for(
+        wait_until(
             lambda: (
                 httpx.get(f"{running[1].url}{ADMIN}/jobs/{started['job_id']}", headers=bearer()).json()[
                     "state"
                 ]
                 != "running"
             ),
-            "the job to be reported",
+            what="the job to be reported",
         )
         job = httpx.get(f"{running[1].url}{ADMIN}/jobs/{started['job_id']}", headers=bearer()).json()
     assert job["state"] == "failed"
@@ -300,24 +301,30 @@ def test_while_the_database_is_down_git_is_served_and_the_catalog_answers_from_i
         assert httpx.get(f"{replica.url}/readyz").json()["status"] == "ok"
 
         with Clients(replica.url, tmp_path) as clients:
-            wait_for(lambda: clients.clones >= 2, "clones before the outage")
+            wait_until(lambda: clients.clones >= 2, what="clones before the outage")
             own_server.stop()
             down_at = time.monotonic()
-            wait_for(lambda: httpx.get(f"{replica.url}/readyz").json()["status"] == "degraded", "readyz")
+            wait_until(
+                lambda: httpx.get(f"{replica.url}/readyz").json()["status"] == "degraded", what="readyz"
+            )
             ready = httpx.get(f"{replica.url}/readyz")
             clones_before = clients.clones
-            wait_for(
+            wait_until(
                 lambda: time.monotonic() - down_at >= OUTAGE_SECONDS and clients.clones >= clones_before + 2,
-                "the outage to last its time, with clones going on",
-                timeout=OUTAGE_SECONDS + 60,
+                OUTAGE_SECONDS + 60,
+                what="the outage to last its time, with clones going on",
             )
             clones_during = clients.clones - clones_before
             list_during = httpx.get(f"{replica.url}{CATALOG}")
             never_read = httpx.get(f"{replica.url}{CATALOG}/alpha/refs?include_inactive=true")
             job_during = httpx.post(f"{replica.url}{ADMIN}/sync-catalog", headers=bearer())
             own_server.start()
-            wait_for(lambda: httpx.get(f"{replica.url}/readyz").json()["status"] == "ok", "readyz after")
-            wait_for(lambda: clients.clones >= clones_before + clones_during + 2, "clones after the outage")
+            wait_until(
+                lambda: httpx.get(f"{replica.url}/readyz").json()["status"] == "ok", what="readyz after"
+            )
+            wait_until(
+                lambda: clients.clones >= clones_before + clones_during + 2, what="clones after the outage"
+            )
 
         assert clients.failures == []
         assert clones_during >= 2
@@ -368,7 +375,9 @@ def test_a_git_sync_running_on_one_replicas_volume_is_running_for_every_replica(
         ]
         with replicas(configs, state_url=pg_url) as [r0, r1]:
             started = httpx.post(f"{r0.url}{ADMIN}/sync-git", headers=bearer(), timeout=10).json()
-            wait_for(lambda: upstream.seen_authorization, "r0's fetch to reach the (stalling) upstream")
+            wait_until(
+                lambda: upstream.seen_authorization, what="r0's fetch to reach the (stalling) upstream"
+            )
             asked = httpx.get(f"{r1.url}{ADMIN}/jobs/{started['job_id']}", headers=bearer()).json()
             assert asked["state"] == "running"
             assert asked["replica"] == "r0"

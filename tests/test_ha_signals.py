@@ -9,7 +9,8 @@ import httpx
 import pytest
 
 from tests.apifixtures import bearer
-from tests.hafixtures import refs, replica_config, replicas, slow_catalog, wait_for
+from tests.hafixtures import refs, replica_config, replicas, slow_catalog
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +26,7 @@ def test_a_dead_replicas_job_is_failed_while_another_replica_runs_one_of_its_kin
         ]
         with replicas(configs, state_url=pg_url) as (r0, r1):
             first = httpx.post(f"{r0.url}{ADMIN}/sync-catalog", headers=bearer(), timeout=10).json()["job_id"]
-            wait_for(lambda: catalog.in_flight == 1, "r0's poll to reach the catalog")
+            wait_until(lambda: catalog.in_flight == 1, what="r0's poll to reach the catalog")
             r0.kill()
             second: list[str] = []
 
@@ -35,14 +36,14 @@ def test_a_dead_replicas_job_is_failed_while_another_replica_runs_one_of_its_kin
                     second.append(answer.json()["job_id"])
                 return bool(second)
 
-            wait_for(r1_started, "r1 to start a poll of its own")
-            wait_for(lambda: catalog.in_flight == 2, "r1's poll to reach the catalog")
+            wait_until(r1_started, what="r1 to start a poll of its own")
+            wait_until(lambda: catalog.in_flight == 2, what="r1's poll to reach the catalog")
 
             def state(job: str) -> str:
                 answer = httpx.get(f"{r1.url}{ADMIN}/jobs/{job}", headers=bearer(), timeout=10)
                 return str(answer.json()["state"])
 
-            wait_for(lambda: state(first) != "running", "r0's job to be reported", timeout=10)
+            wait_until(lambda: state(first) != "running", 10, what="r0's job to be reported")
             dead = httpx.get(f"{r1.url}{ADMIN}/jobs/{first}", headers=bearer(), timeout=10).json()
             assert state(second[0]) == "running", "the live job of the same kind is not touched"
             assert catalog.in_flight >= 1

@@ -34,8 +34,9 @@ from cccatalog.gitmirror.layout import Layout
 from cccatalog.redact import Redactor
 from tests.gitfixtures import Behaviour, HTTPUpstreamServer, Stage, Upstream, git, http_upstream, mirror_refs
 from tests.procfixtures import RunWatch, StandIn, stopping_git, watching
-from tests.robustfixtures import add_random_blobs, pkt_line, wait_until
+from tests.robustfixtures import add_random_blobs, pkt_line
 from tests.servefixtures import running_server, serve_process
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.security, pytest.mark.slow]
 
@@ -203,8 +204,13 @@ def kill_and_check_nothing_survives(proc: subprocess.Popen[Any], watch: RunWatch
     assert len(watch.seen) > 1, "no child of the run was seen"
     proc.send_signal(signum)
     proc.wait(30)
-    gone = wait_until(lambda: not watch.survivors(), SURVIVOR_SECONDS)
-    assert gone, f"left running after {signal.Signals(signum).name}: {watch.describe(watch.survivors())}"
+    name = signal.Signals(signum).name
+    try:
+        wait_until(
+            lambda: not watch.survivors(), SURVIVOR_SECONDS, what=f"the run's children to end after {name}"
+        )
+    except AssertionError:
+        raise AssertionError(f"left running after {name}: {watch.describe(watch.survivors())}") from None
 
 
 def served_refs(site: Site) -> dict[str, str] | None:

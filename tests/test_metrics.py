@@ -23,8 +23,9 @@ from cccatalog.server.metrics import ROUTE_CLASSES
 from tests.apifixtures import Collection, build, write_catalog_config
 from tests.conftest import MakeConfig
 from tests.gitfixtures import Upstream
-from tests.robustfixtures import Reply, git_wrapper, raw_request, wait_until
+from tests.robustfixtures import Reply, git_wrapper, raw_request
 from tests.servefixtures import running_server, synced_config
+from tests.waiting import wait_until
 
 MakeUpstream = Callable[[str], Upstream]
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

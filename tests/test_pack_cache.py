@@ -37,9 +37,9 @@ from tests.robustfixtures import (
     git_wrapper,
     logging_git,
     processes_touching,
-    wait_until,
 )
 from tests.servefixtures import running_server, serve_process, synced_config
+from tests.waiting import wait_until
 
 MakeUpstream = Callable[[str], Upstream]
 

@@ -28,16 +28,10 @@ from cccatalog.server.cgi import HttpBackend
 from tests.conftest import MakeConfig
 from tests.fleetfixtures import UPLOAD_HEADERS, gated_git, pack_data, request_from, upload_pack, want_request
 from tests.gitfixtures import Upstream, git
-from tests.robustfixtures import (
-    REAL_GIT,
-    Reply,
-    add_random_blobs,
-    address,
-    git_wrapper,
-    wait_until,
-)
+from tests.robustfixtures import REAL_GIT, Reply, add_random_blobs, address, git_wrapper
 from tests.servefixtures import running_server, serve_process, synced_config
 from tests.test_pack_cache import dechunk
+from tests.waiting import wait_until
 
 MakeUpstream = Callable[[str], Upstream]
 

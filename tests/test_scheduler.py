@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +26,7 @@ from cccatalog.server.service import Service, build_service, scheduler_intervals
 from tests.apifixtures import Collection, build, image_tag, write_builds, write_catalog_config
 from tests.gitfixtures import Upstream, git, http_upstream
 from tests.servefixtures import serve_process
+from tests.waiting import wait_until
 
 MakeUpstream = Callable[[str], Upstream]
 CATALOG = "/api/v1/catalog/codecollections"
@@ -80,13 +80,6 @@ def get(service: Service, path: str) -> Any:
     answer = handle(service.api, "GET", path, "only_with_image=false", None)
     assert answer is not None
     return answer.body
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def latest_tag(service: Service, slug: str) -> str | None:
@@ -145,8 +138,12 @@ def test_both_syncs_first_run_at_start_up(
     with service_for(config) as service:
         assert latest_tag(service, "alpha") is None
         assert service.start_scheduler() is not None  # 60 and 5 minutes: only the runs at start-up
-        wait_for(lambda: latest_tag(service, "alpha") == image_tag("main", "aaaaaa1"), "the image poll")
-        wait_for(lambda: get(service, "/api/v1/git/repos/alpha")["head_commit"] == up.sha("main"), "git")
+        wait_until(
+            lambda: latest_tag(service, "alpha") == image_tag("main", "aaaaaa1"), what="the image poll"
+        )
+        wait_until(
+            lambda: get(service, "/api/v1/git/repos/alpha")["head_commit"] == up.sha("main"), what="git"
+        )
     assert serve_log.count("scheduled sync-git started") == 1
     assert serve_log.count("scheduled sync-catalog started") == 1
 
@@ -155,10 +152,12 @@ def test_runs_repeat_on_the_interval(tmp_path: Path, serve_log: Lines) -> None:
     config = site(tmp_path, None, enabled=False)
     with service_for(config) as service:
         service.start_scheduler(catalog_minutes=1, unit=0.05)
-        wait_for(lambda: latest_tag(service, "alpha") == image_tag("main", "aaaaaa1"), "the first poll")
+        wait_until(
+            lambda: latest_tag(service, "alpha") == image_tag("main", "aaaaaa1"), what="the first poll"
+        )
         write_builds(config.path, "alpha", [build("main", "aaaaaa1"), build("main", "bbbbbb2")])
-        wait_for(lambda: latest_tag(service, "alpha") == image_tag("main", "bbbbbb2"), "a later poll")
-        wait_for(lambda: serve_log.count("scheduled sync-catalog started") >= 3, "a third run")
+        wait_until(lambda: latest_tag(service, "alpha") == image_tag("main", "bbbbbb2"), what="a later poll")
+        wait_until(lambda: serve_log.count("scheduled sync-catalog started") >= 3, what="a third run")
     assert serve_log.count("sync-git") == 0  # git is disabled in this config
 
 
@@ -176,13 +175,15 @@ def test_a_run_is_skipped_while_another_process_holds_its_lock(tmp_path: Path, s
         assert holder.stdout.readline().strip() == "held"
         with service_for(config) as service:
             service.start_scheduler(catalog_minutes=1, unit=0.05)
-            wait_for(lambda: serve_log.count("scheduled sync-catalog skipped") >= 3, "skipped runs")
+            wait_until(lambda: serve_log.count("scheduled sync-catalog skipped") >= 3, what="skipped runs")
             assert latest_tag(service, "alpha") is None
             assert serve_log.count("scheduled sync-catalog started") == 0
             assert "another cccatalog process" in next(line for line in serve_log.lines if "skipped" in line)
             holder.stdin.close()
             holder.wait(10)
-            wait_for(lambda: latest_tag(service, "alpha") == image_tag("main", "aaaaaa1"), "a run after")
+            wait_until(
+                lambda: latest_tag(service, "alpha") == image_tag("main", "aaaaaa1"), what="a run after"
+            )
     finally:
         if holder.poll() is None:
             holder.kill()
@@ -200,9 +201,13 @@ def test_git_runs_never_reach_the_upstream_past_the_air_gap_guard(
         config = load_config(path)
         with service_for(config) as service:
             service.start_scheduler(git_minutes=1, catalog_minutes=1, unit=0.05)
-            wait_for(lambda: serve_log.count("sync-git skipped: git.runtime_sync is false") >= 3, "git runs")
+            wait_until(
+                lambda: serve_log.count("sync-git skipped: git.runtime_sync is false") >= 3, what="git runs"
+            )
             # the image half is not held back by the git guard: the static source was read
-            wait_for(lambda: latest_tag(service, "alpha") == image_tag("main", "aaaaaa1"), "the image poll")
+            wait_until(
+                lambda: latest_tag(service, "alpha") == image_tag("main", "aaaaaa1"), what="the image poll"
+            )
             assert get(service, "/api/v1/git/repos/alpha")["present"] is False
         assert upstream.seen_authorization == []  # not one request reached the upstream
     assert serve_log.count("scheduled sync-git started") == 0
@@ -226,11 +231,11 @@ def test_a_serve_process_runs_the_scheduler_at_start_up_unless_disabled(
         _, stderr = proc.communicate(timeout=15)
     assert "scheduler off: CC_CATALOG_DISABLE_SCHEDULER is set" in stderr
     with serve_process(config.path, env=env, scheduler=True) as (proc, url):
-        wait_for(
+        wait_until(
             lambda: (
                 httpx.get(f"{url}{CATALOG}/alpha").json()["latest_image_tag"] == image_tag("main", "aaaaaa1")
             ),
-            "the poll at start-up",
+            what="the poll at start-up",
         )
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=15)

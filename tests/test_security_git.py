@@ -30,8 +30,8 @@ from cccatalog.redact import Redactor
 from tests.conftest import MakeConfig
 from tests.gitfixtures import Behaviour, HTTPUpstreamServer, Upstream, git, http_upstream, mirror_refs
 from tests.procfixtures import RunWatch, watching
-from tests.robustfixtures import wait_until
 from tests.servefixtures import serve_process
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.security, pytest.mark.slow]
 

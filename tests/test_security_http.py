@@ -32,7 +32,7 @@ from cccatalog.server.auth_limit import FailureLimiter, client_key
 from cccatalog.server.cgi import HttpBackend
 from cccatalog.server.reaper import Reaper
 from tests.gitfixtures import GIT_ENV, Upstream
-from tests.robustfixtures import add_random_blobs, address, logging_git, pkt_line, wait_until
+from tests.robustfixtures import add_random_blobs, address, logging_git, pkt_line
 from tests.securityfixtures import (
     RawAnswer,
     StderrLines,
@@ -48,6 +48,7 @@ from tests.securityfixtures import (
     rss_kib,
 )
 from tests.servefixtures import running_server, serve_process, synced_config
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.security
 MakeUpstream = Callable[[str], Upstream]

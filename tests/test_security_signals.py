@@ -19,9 +19,10 @@ import pytest
 from cccatalog.config import Config
 from cccatalog.server.auth_limit import MAX_FAILURES_ALL, FailureLimiter
 from tests.gitfixtures import GIT_ENV, Upstream
-from tests.robustfixtures import pkt_line, wait_until
+from tests.robustfixtures import pkt_line
 from tests.securityfixtures import exchange, request
 from tests.servefixtures import running_server, serve_process, synced_config
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.security
 

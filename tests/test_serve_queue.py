@@ -25,8 +25,9 @@ from cccatalog.server.cgi import HttpBackend
 from tests.conftest import MakeConfig
 from tests.fleetfixtures import UP, UPLOAD_HEADERS, Gate, gated_git, request_from, want_request
 from tests.gitfixtures import Upstream, git
-from tests.robustfixtures import Reply, address, wait_until
+from tests.robustfixtures import Reply, address
 from tests.servefixtures import running_server, synced_config
+from tests.waiting import wait_until
 
 MakeUpstream = Callable[[str], Upstream]
 INFO = f"/git/alpha.git/info/refs{UP}"

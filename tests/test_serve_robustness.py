@@ -38,9 +38,9 @@ from tests.robustfixtures import (
     processes_touching,
     raw_request,
     read_reply,
-    wait_until,
 )
 from tests.servefixtures import running_server, serve_process, synced_config, wait_for_stderr
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 

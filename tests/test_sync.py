@@ -26,7 +26,7 @@ from cccatalog.jobs import recorder
 from cccatalog.redact import Redactor
 from tests.conftest import MakeConfig
 from tests.gitfixtures import Upstream, git, http_upstream, mirror_refs
-from tests.robustfixtures import wait_until
+from tests.waiting import wait_until
 
 MakeUpstream = Callable[[str], Upstream]
 
@@ -316,20 +316,17 @@ def test_second_sync_of_a_locked_repo_is_skipped_with_no_wait(
     assert one(run_sync(config)).action is Action.CLONED
 
 
-def wait_for_lock_holder(lock: Path, timeout: float = 10) -> bool:
-    """True once another process holds an exclusive flock on `lock` (polled, never slept out)."""
+def lock_is_held(lock: Path) -> bool:
+    """True while another process holds an exclusive flock on `lock`."""
     import fcntl
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)  # closing drops our lock, if we got it
-        time.sleep(0.02)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops our lock, if we got it
     return False
 
 
@@ -342,7 +339,7 @@ def test_lock_is_held_across_processes(
     lock.parent.mkdir(parents=True)
     holder = subprocess.Popen(["flock", "--exclusive", str(lock), "sleep", "30"])
     try:
-        assert wait_for_lock_holder(lock)
+        wait_until(lambda: lock_is_held(lock), 10, what="the other process to take the lock", interval=0.02)
         result = one(run_sync(config, no_wait=True))
     finally:
         holder.kill()

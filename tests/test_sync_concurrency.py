@@ -21,7 +21,7 @@ from cccatalog.config import load_config
 from cccatalog.gitmirror.locks import file_lock
 from cccatalog.jobs import run_lock_path
 from tests.gitfixtures import Behaviour, HTTPUpstreamServer, Upstream, git, http_upstream
-from tests.robustfixtures import wait_until
+from tests.waiting import wait_until
 
 MakeUpstream = Callable[[str], Upstream]
 

@@ -21,9 +21,9 @@ import pytest
 from cccatalog.signing import NAMESPACE
 from tests.gitfixtures import Upstream, git
 from tests.procfixtures import stopping_git
-from tests.robustfixtures import wait_until
 from tests.servefixtures import serve_process
 from tests.transferfixtures import Applied, applied_site, cli, refused, snapshot
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.security, pytest.mark.slow]
 
@@ -191,8 +191,9 @@ def test_a_killed_import_leaves_nothing_in_tmpdir_and_the_next_serve_sweeps_its_
     assert list(tmpdir.iterdir()) == []
     assert live.is_dir(), "SIGKILL leaves the staging behind"
     with serve_process(applied.sides.site):
-        swept = wait_until(lambda: not live.exists(), 10)
-    assert swept, "serve removes what the killed import staged at start"
+        wait_until(
+            lambda: not live.exists(), 10, what="serve to remove what the killed import staged, at start"
+        )
     assert list(staging.iterdir()) == []
     done = cli("import", str(update), "-c", str(applied.sides.site), "--json")
     assert done.returncode == 0, done.stderr

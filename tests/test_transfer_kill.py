@@ -19,8 +19,9 @@ import pytest
 
 from cccatalog.catalog.store import Store
 from tests.gitfixtures import Upstream
-from tests.robustfixtures import git_wrapper, wait_until
+from tests.robustfixtures import git_wrapper
 from tests.transferfixtures import Sides, builds_at, cli, fsck
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
