@@ -118,7 +118,7 @@ def run_demo(
     `once`: clone through the server with git, say how it went, and stop. False when something failed."""
     from cccatalog.config import load_config
     from cccatalog.jobs import SyncRequest, perform_sync
-    from cccatalog.server.app import CatalogServer, serve_forever
+    from cccatalog.server.app import serve_forever
     from cccatalog.server.service import build_service
     from cccatalog.server.sockets import listen_socket
 
@@ -144,7 +144,7 @@ def run_demo(
             say(f"Try:\n  git clone {Layout(config.git.data_dir).repo(slug).as_uri()}")
             return True
         service = build_service(config, environ=environ, redactor=redactor)
-        server = CatalogServer(("127.0.0.1", 0), service.api, config.serve, sock=sock)
+        server = service.serve_on(("127.0.0.1", 0), sock=sock)
         sock = None  # the server owns it now
         clone_url = f"{server.url}{config.git.mount_path}/{slug}.git"
         catalog_url = f"{server.url}/api/v1/catalog/codecollections?only_with_image=false"

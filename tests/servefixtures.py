@@ -36,8 +36,8 @@ def running_server(
     `racy_seconds=0` lets a test that has just synced see advertisements kept at once."""
     serve_settings = replace(config.serve, **settings)  # type: ignore[arg-type]
     service = build_service(config, environ=dict(os.environ), redactor=Redactor())
-    server = CatalogServer(
-        ("127.0.0.1", 0), service.api, serve_settings, backend=backend, racy_seconds=racy_seconds
+    server = service.serve_on(
+        ("127.0.0.1", 0), settings=serve_settings, backend=backend, racy_seconds=racy_seconds
     )
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()

@@ -23,6 +23,7 @@ import time
 import traceback
 from collections.abc import Sequence
 from contextlib import suppress
+from dataclasses import dataclass
 from functools import partial
 from http import HTTPStatus
 from http.client import HTTPMessage
@@ -38,7 +39,7 @@ from cccatalog.redact import Redactor
 from cccatalog.server import framing, relay, ui
 from cccatalog.server.admission import Admission, ClientLeft, Refused, client_gone
 from cccatalog.server.advert_cache import AdvertCache, CachedAnswer, RecordingSink
-from cccatalog.server.api import ApiContext, admin_token
+from cccatalog.server.api import ApiContext
 from cccatalog.server.api import handle as handle_api
 from cccatalog.server.cgi import CGIRequest, ClientGone, HttpBackend
 from cccatalog.server.framing import FramingError
@@ -70,6 +71,19 @@ _SHUTTING_DOWN = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class ServingParts:
+    """What a server answers with, beside the API: made in one place (`service.Service.serve_on`)."""
+
+    backend: HttpBackend
+    adverts: AdvertCache
+    admission: Admission
+    packs: PackCache | None
+    reaper: Reaper
+    metrics: ServerMetrics
+    redactor: Redactor
+
+
 class CatalogServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -81,12 +95,13 @@ class CatalogServer(ThreadingHTTPServer):
         address: tuple[str, int],
         api: ApiContext,
         settings: ServeConfig,
+        parts: ServingParts,
         *,
-        backend: HttpBackend | None = None,
         sock: socket.socket | None = None,
         racy_seconds: float = RACY_SECONDS,
     ) -> None:
         """Serve on `address`, or on `sock` when given: a socket bound already (`listen_socket`).
+        Made by `service.Service.serve_on`, which wires the parts.
 
         `racy_seconds`: how old a repository's last ref change must be before its advertisement is
         kept (`gitmirror.refstate`); tests that have just synced pass 0."""
@@ -95,26 +110,14 @@ class CatalogServer(ThreadingHTTPServer):
         self.live = api.live
         self.settings = settings
         self.servability = api.servability
-        self.backend = backend or HttpBackend()
-        self.adverts = AdvertCache(settings.advertisement_cache_mb * 1024 * 1024)
-        self.admission = Admission(
-            settings.max_concurrent_upload_packs,
-            max_queued=settings.max_queued_upload_packs,
-            max_wait=settings.max_queue_wait_seconds,
-        )
-        self.packs = open_pack_cache(settings, api.config.state.path)
-        self.reaper = Reaper()
+        self.backend = parts.backend
+        self.adverts = parts.adverts
+        self.admission = parts.admission
+        self.packs = parts.packs
+        self.reaper = parts.reaper
+        self.metrics = parts.metrics
         # tracebacks are logged redacted even when no logging filter is installed (tests, embedding)
-        token = admin_token(api.environ)
-        self.redactor = Redactor([token] if token else [])
-        self.metrics = ServerMetrics(
-            api,
-            settings,
-            adverts=self.adverts,
-            backend=self.backend,
-            admission=self.admission,
-            packs=self.packs,
-        )
+        self.redactor = parts.redactor
         self._active = 0
         self._active_cond = threading.Condition()
         if sock is None:
@@ -698,22 +701,6 @@ class _Sink:
             self.h.wfile.flush()
         except OSError as exc:
             raise ClientGone() from exc
-
-
-def open_pack_cache(settings: ServeConfig, state_path: Path) -> PackCache | None:
-    """The pack cache `settings` ask for, or None: off, or its directory cannot be written (logged)."""
-    if not settings.pack_cache_mb:
-        return None
-    directory = settings.pack_cache_dir or state_path.parent / "pack-cache"
-    try:
-        return PackCache(
-            directory, settings.pack_cache_mb * 1024 * 1024, second_sight=settings.pack_cache_second_sight
-        )
-    except OSError as exc:
-        log.warning(
-            "pack cache off: cannot use %s (%s); set serve.pack_cache_dir to a writable path", directory, exc
-        )
-        return None
 
 
 def serve_forever(server: CatalogServer) -> None:

@@ -25,7 +25,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cccatalog import envvars
 from cccatalog.baked import Findings
@@ -35,6 +35,7 @@ from cccatalog.errors import CCCatalogError, LockBusy, StateError
 from cccatalog.gitmirror.git import Git
 from cccatalog.gitmirror.layout import Layout
 from cccatalog.gitmirror.mirror import Mirror
+from cccatalog.gitmirror.refstate import RACY_SECONDS
 from cccatalog.gitmirror.servable import Servability, mirrored_slugs
 from cccatalog.jobs import (
     SyncReport,
@@ -48,8 +49,16 @@ from cccatalog.redact import Redactor, strip_url_credentials
 from cccatalog.replica import replica_id
 from cccatalog.runlocks import Held, Locks
 from cccatalog.server.admin_jobs import JobRunner
-from cccatalog.server.api import ApiContext
+from cccatalog.server.api import ApiContext, admin_token
 from cccatalog.server.live_config import LiveConfig
+from cccatalog.server.pack_cache import PackCache
+
+if TYPE_CHECKING:
+    import socket
+
+    from cccatalog.config import ServeConfig
+    from cccatalog.server.app import CatalogServer
+    from cccatalog.server.cgi import HttpBackend
 
 log = logging.getLogger("cccatalog.serve")
 
@@ -84,10 +93,62 @@ class Service:
         )
         return self.scheduler
 
+    def serve_on(
+        self,
+        address: tuple[str, int],
+        *,
+        sock: socket.socket | None = None,
+        settings: ServeConfig | None = None,
+        backend: HttpBackend | None = None,
+        racy_seconds: float = RACY_SECONDS,
+    ) -> CatalogServer:
+        """The HTTP server of this service, its parts wired here: the one place a server is put
+        together (`settings` default to the config's serve block; tests pass their own)."""
+        from cccatalog.server.admission import Admission
+        from cccatalog.server.advert_cache import AdvertCache
+        from cccatalog.server.app import CatalogServer, ServingParts
+        from cccatalog.server.cgi import HttpBackend
+        from cccatalog.server.metrics import ServerMetrics
+        from cccatalog.server.reaper import Reaper
+
+        settings = settings or self.api.config.serve
+        backend = backend or HttpBackend()
+        adverts = AdvertCache(settings.advertisement_cache_mb * 1024 * 1024)
+        admission = Admission(
+            settings.max_concurrent_upload_packs,
+            max_queued=settings.max_queued_upload_packs,
+            max_wait=settings.max_queue_wait_seconds,
+        )
+        packs = open_pack_cache(settings, self.api.config.state.path)
+        metrics = ServerMetrics(
+            self.api, settings, adverts=adverts, backend=backend, admission=admission, packs=packs
+        )
+        token = admin_token(self.api.environ)
+        parts = ServingParts(
+            backend, adverts, admission, packs, Reaper(), metrics, Redactor([token] if token else [])
+        )
+        return CatalogServer(address, self.api, settings, parts, sock=sock, racy_seconds=racy_seconds)
+
     def close(self) -> None:
         if self.scheduler:
             self.scheduler.stop()
         self.api.store.close()
+
+
+def open_pack_cache(settings: ServeConfig, state_path: Path) -> PackCache | None:
+    """The pack cache `settings` ask for, or None: off, or its directory cannot be written (logged)."""
+    if not settings.pack_cache_mb:
+        return None
+    directory = settings.pack_cache_dir or state_path.parent / "pack-cache"
+    try:
+        return PackCache(
+            directory, settings.pack_cache_mb * 1024 * 1024, second_sight=settings.pack_cache_second_sight
+        )
+    except OSError as exc:
+        log.warning(
+            "pack cache off: cannot use %s (%s); set serve.pack_cache_dir to a writable path", directory, exc
+        )
+        return None
 
 
 def _enabled(environ: Mapping[str, str]) -> bool:
@@ -210,7 +271,7 @@ def run_server(
 ) -> None:
     """`cccatalog serve`: bind first (a taken port writes nothing), then open the state, start the
     scheduler when asked for, and serve until SIGTERM/SIGINT. `minute_seconds`: the scheduler's minute."""
-    from cccatalog.server.app import CatalogServer, serve_forever
+    from cccatalog.server.app import serve_forever
     from cccatalog.server.sockets import listen_socket
 
     sock = listen_socket(host, port)
@@ -221,7 +282,7 @@ def run_server(
         raise
     _sweep_staging(config)
     try:
-        server = CatalogServer((host, port), service.api, config.serve, sock=sock)
+        server = service.serve_on((host, port), sock=sock)
         service.start_scheduler(
             git_minutes=git_sync_minutes, catalog_minutes=catalog_poll_minutes, unit=minute_seconds
         )
