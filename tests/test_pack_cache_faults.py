@@ -14,37 +14,24 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager, suppress
+from collections.abc import Callable
+from contextlib import ExitStack, suppress
 from functools import partial
 from pathlib import Path
 
 import pytest
 
-from cccatalog.config import Config
 from cccatalog.gitmirror.refstate import advertisement_fingerprint
-from cccatalog.server.app import CatalogServer
 from cccatalog.server.cgi import HttpBackend
 from tests.conftest import MakeConfig
 from tests.fleetfixtures import UPLOAD_HEADERS, gated_git, pack_data, request_from, upload_pack, want_request
 from tests.gitfixtures import Upstream, git
 from tests.robustfixtures import REAL_GIT, Reply, add_random_blobs, address, git_wrapper
 from tests.servefixtures import running_server, serve_process, synced_config
-from tests.test_pack_cache import dechunk
+from tests.test_pack_cache import dechunk, serving
 from tests.waiting import wait_until
 
 MakeUpstream = Callable[[str], Upstream]
-
-
-@contextmanager
-def serving(
-    config: Config, *, backend: HttpBackend | None = None, **settings: object
-) -> Iterator[CatalogServer]:
-    """A server that trusts a mirror synced a moment ago at once, instead of 2 s later, and keeps an
-    answer the first time it makes it (tests of write on second sight ask for it)."""
-    settings.setdefault("pack_cache_second_sight", False)
-    with running_server(config, backend=backend, racy_seconds=0, **settings) as server:
-        yield server
 
 
 def complete(reply: Reply) -> bool:

@@ -10,7 +10,7 @@ then the manifests naming them, the tag last.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from urllib.parse import urlencode
 
 import httpx
@@ -22,20 +22,8 @@ from cccatalog.oci.reference import Repository
 
 
 class RegistryPush:
-    def _send(
-        self,
-        repo: Repository,
-        method: str,
-        url: str,
-        *,
-        kind: str,
-        headers: dict[str, str] | None = None,
-        content: bytes | Iterator[bytes] | None = None,
-        stream: bool = False,
-        retry: bool = True,
-    ) -> httpx.Response:
-        """Sends one request: `RegistryClient._send`."""
-        raise NotImplementedError
+    # Every write goes through the one `_send` of the RegistryClient this is mixed into.
+    _send: Callable[..., httpx.Response]
 
     def mount_or_start_upload(
         self, repo: Repository, digest: str, *, mount_from: Repository | None
