@@ -1,6 +1,7 @@
 """The state database behind the `Store` class: one SQLite file, or a PostgreSQL database shared by
-replicas. The SQL of the catalog lives here (the engines' differences in `backends`, the schema in
-`migrations`).
+replicas. `Store.open` is the one way in. The SQL of the catalog lives here, image mirroring's in
+`mirroring_state` (the engines in `sqlite_engine` and `postgres_engine`, what they share in
+`backends`, the schema in `migrations`); rows are read by column name.
 
 An SQLite file is opened in WAL mode so `serve` can read while `sync` writes; a PostgreSQL database
 through a small connection pool. Both are migrated on open (see `migrations`). Every write is one
@@ -16,24 +17,16 @@ the last good read of the same question (`StateUnavailable` only when there is n
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, overload
 
-from cccatalog.catalog.backends import (
-    Conn,
-    Database,
-    PostgresDatabase,
-    SqliteDatabase,
-    is_busy,
-    sqlite_error,
-)
+from cccatalog.catalog.backends import Conn, Database, T
 from cccatalog.catalog.migrations import (
     MIGRATIONS,
     check_is_state_file,
@@ -41,27 +34,24 @@ from cccatalog.catalog.migrations import (
     migrate,
     user_version,
 )
+from cccatalog.catalog.mirroring_state import MirroringState
 from cccatalog.catalog.models import (
     CatalogPointers,
     CollectionRecord,
-    DestinationRecord,
     ImageRefRecord,
     ImageSyncStatus,
     JobRecord,
-    MirrorJobRecord,
     MirrorStatus,
-    MirrorTargetRecord,
-    NewMirrorJob,
     from_db_time,
     to_db_time,
 )
 from cccatalog.catalog.pointers import has_image, pointers
+from cccatalog.catalog.postgres_engine import PostgresDatabase
+from cccatalog.catalog.sqlite_engine import MEMORY, SqliteDatabase
 from cccatalog.config import CodeCollection, Config, StateConfig
 from cccatalog.errors import StateError, StateUnavailable
 from cccatalog.redact import mask_url_password
 from cccatalog.timestamps import parse_rfc3339
-
-T = TypeVar("T")
 
 # Values always travel as `?` parameters, never inside the SQL text. Lists are sorted in Python, not by
 # ORDER BY: PostgreSQL sorts text by its collation, SQLite by code point, and answers must not differ.
@@ -126,8 +116,8 @@ _UPSERT_POINTERS = """
 """
 # One row per collection the state knows images of: the catalog list in one query.
 _SELECT_POINTERS = """
-    SELECT k.slug, p.has_image, l.image_tag, l.image_registry, s.image_tag, s.image_registry,
-        y.succeeded_at
+    SELECT k.slug, p.has_image, l.image_tag AS latest_tag, l.image_registry AS latest_registry,
+        s.image_tag AS stable_tag, s.image_registry AS stable_registry, y.succeeded_at
     FROM (SELECT slug FROM cccatalog_catalog_pointers UNION SELECT slug FROM cccatalog_image_syncs) k
     LEFT JOIN cccatalog_catalog_pointers p ON p.slug = k.slug
     LEFT JOIN cccatalog_image_refs l ON l.slug = p.slug AND l.ref = p.latest_ref
@@ -140,23 +130,6 @@ _UPSERT_JOB = f"""
     ON CONFLICT (id) DO UPDATE SET state = excluded.state, finished_at = excluded.finished_at,
         result = excluded.result, error = excluded.error
 """  # noqa: S608 - column names only
-_UPSERT_DESTINATION = """
-    INSERT INTO cccatalog_destinations (name, type, enabled, config_json, created_at, updated_at)
-        VALUES (?, ?, 1, ?, ?, ?)
-    ON CONFLICT (name) DO UPDATE SET type = excluded.type, enabled = 1, config_json = excluded.config_json,
-        updated_at = excluded.updated_at
-"""
-_TARGET_COLUMNS = "destination, slug, source_image_tag, target_image_ref, target_digest, mirrored_at"
-_UPSERT_TARGET = f"""
-    INSERT INTO cccatalog_mirror_targets ({_TARGET_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)
-    ON CONFLICT (destination, slug, source_image_tag) DO UPDATE SET
-        target_image_ref = excluded.target_image_ref, target_digest = excluded.target_digest,
-        mirrored_at = excluded.mirrored_at
-"""  # noqa: S608 - column names only
-_MIRROR_JOB_COLUMNS = (
-    "id, cc_slug, destination, source_image_ref, source_image_tag, target_image_ref, status, attempts, "
-    "max_attempts, last_error, created_at, started_at, finished_at, log_text"
-)
 # Entries of the last-good-read cache (one per question: a slug's refs, the pointers, the mirrors).
 _LAST_GOOD_ENTRIES = 1024
 
@@ -186,14 +159,11 @@ def state_file_version(path: Path) -> int | None:
         raise StateError(f"{path} is not a cccatalog state file (not an SQLite database)")
     version = int.from_bytes(header[_USER_VERSION_OFFSET : _USER_VERSION_OFFSET + 4], "big")
     if Path(f"{path}-wal").exists() and Path(f"{path}-shm").exists():
+        db = SqliteDatabase.open_read_only(path)
         try:
-            raw = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=5)
-            try:
-                version = user_version(SqliteDatabase(raw, path).conn)
-            finally:
-                raw.close()
-        except sqlite3.Error as exc:
-            raise sqlite_error(str(path), "read", exc) from None
+            version = db.read("read", user_version)
+        finally:
+            db.close()
     if version > len(MIGRATIONS):
         raise StateError(
             f"state file {path} was written by a newer cccatalog (schema version {version}; "
@@ -237,13 +207,19 @@ def _target(state: Path | str | StateConfig) -> _Target:
     return _Target(path=Path(state))
 
 
-class Store:
+def _check_untouched(conn: Conn, location: str) -> None:
+    """Before anything writes: a newer cccatalog's database, or another program's, stays untouched."""
+    check_not_newer(conn, location)
+    check_is_state_file(conn, location)
+
+
+class Store(MirroringState):
     """An open state database. Safe to share across threads; several processes (and, on PostgreSQL,
-    several hosts) may open the same database."""
+    several hosts) may open the same database. Opened by `Store.open` (or `Store.for_config`)."""
 
     def __init__(self, db: Database, *, volume: str = "", ready: bool = True) -> None:
-        """Wrap a database that is already migrated (or, with `ready=False`, will be on first use);
-        prefer `Store.open`. `volume` names the mirror volume whose git status this store records."""
+        """Wrap an open engine, already migrated (or, with `ready=False`, migrated on first use); use
+        `Store.open`. `volume` names the mirror volume whose git status this store records."""
         self._db = db
         self.volume = volume
         self._ready = ready
@@ -252,69 +228,83 @@ class Store:
         self._last_good_lock = threading.Lock()
         self._last_read_at: float | None = None  # time.time() of the last read the database answered
 
+    @overload
     @classmethod
     def open(
         cls,
         state: Path | str | StateConfig,
         *,
+        read_only: Literal[False] = False,
         busy_timeout_s: float = 30.0,
         volume: str = "",
         secrets: Iterable[str] = (),
         connect_later: bool = False,
-    ) -> Store:
-        """Open (creating if needed) and migrate the state: an SQLite file at a path, or the PostgreSQL
-        database of a `postgresql://` URL (a StateConfig says which). `secrets` are masked in errors.
+    ) -> Store: ...
 
-        `connect_later`: a PostgreSQL database that cannot be reached now is connected to and migrated
-        on first use instead (serve keeps serving git meanwhile); anything else still raises."""
-        target = _target(state)
-        if target.url is not None:
-            db = PostgresDatabase(target.url, secrets=tuple(secrets))
-            store = cls(db, volume=volume, ready=False)
-            try:
-                store._ensure_ready()
-            except StateUnavailable:
-                if not connect_later:
-                    db.close()
-                    raise
-            except BaseException:
-                db.close()
-                raise
-            return store
-        assert target.path is not None
-        return cls(_open_sqlite(target.path, busy_timeout_s), volume=volume)
+    @overload
+    @classmethod
+    def open(
+        cls,
+        state: Path | str | StateConfig,
+        *,
+        read_only: Literal[True],
+        busy_timeout_s: float = 30.0,
+        volume: str = "",
+        secrets: Iterable[str] = (),
+        connect_later: bool = False,
+    ) -> Store | None: ...
 
     @classmethod
-    def memory(cls) -> Store:
-        """A state that lives only in this process (serve's fallback when the state file is unusable)."""
-        raw = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-        db = SqliteDatabase(raw, Path(":memory:"))
-        migrate(db.conn)
-        return cls(db)
+    def open(
+        cls,
+        state: Path | str | StateConfig,
+        *,
+        read_only: bool = False,
+        busy_timeout_s: float = 30.0,
+        volume: str = "",
+        secrets: Iterable[str] = (),
+        connect_later: bool = False,
+    ) -> Store | None:
+        """Open the state: an SQLite file at a path, the PostgreSQL database of a `postgresql://` URL
+        (a StateConfig says which), or `MEMORY`, a state that lives only in this process (serve's
+        fallback when the state file is unusable). `secrets` are masked in errors.
 
-    @property
-    def location(self) -> str:
-        """The state file, or the database URL with its password masked: for messages."""
-        return self._db.location
+        Opened to write, it is created if needed and migrated. `connect_later`: a PostgreSQL database
+        that cannot be reached now is connected to and migrated on first use instead (serve keeps
+        serving git meanwhile); anything else still raises.
 
-    @property
-    def path(self) -> Path | None:
-        """The SQLite state file; None for a PostgreSQL state."""
-        return self._db.path if isinstance(self._db, SqliteDatabase) else None
-
-    @property
-    def in_memory(self) -> bool:
-        return self.location == ":memory:"
-
-    @property
-    def shared(self) -> bool:
-        """True when the state is a database other hosts use too (PostgreSQL)."""
-        return self._db.shared
-
-    @property
-    def database(self) -> Database:
-        """The engine underneath, for the locks that live in it (`cccatalog.runlocks`)."""
-        return self._db
+        `read_only` (`cccatalog status`): nothing is created or written, not the file, not a migration,
+        not the -wal/-shm files; a database is read in read-only transactions. None when there is no
+        state yet (no state file; a database without cccatalog's schema); a state of an older schema is
+        refused with what to run.
+        """
+        target = _target(state)
+        if read_only:
+            db = _open_read_only(target, secrets=tuple(secrets))
+            return None if db is None else cls(db, volume=volume)
+        if target.url is not None:
+            db = PostgresDatabase(target.url, secrets=tuple(secrets))
+        elif target.path == Path(MEMORY) and state == MEMORY:
+            db = SqliteDatabase.open_memory()
+        else:
+            assert target.path is not None
+            location = str(target.path)
+            db = SqliteDatabase.open_file(
+                target.path,
+                busy_timeout_s=busy_timeout_s,
+                check=lambda conn: _check_untouched(conn, location),
+            )
+        store = cls(db, volume=volume, ready=False)
+        try:
+            store._ensure_ready()
+        except StateUnavailable:
+            if not connect_later:
+                db.close()
+                raise
+        except BaseException:
+            db.close()
+            raise
+        return store
 
     @classmethod
     def for_config(
@@ -330,40 +320,29 @@ class Store:
             secrets=config.state.secrets(environ or {}), connect_later=connect_later,
         )  # fmt: skip
 
-    @classmethod
-    def open_readonly(
-        cls, state: Path | StateConfig, *, volume: str = "", secrets: Iterable[str] = ()
-    ) -> Store | None:
-        """Open the state for reading only (`cccatalog status`); None when there is none yet (no state
-        file; a database without cccatalog's schema).
+    @property
+    def location(self) -> str:
+        """The state file, or the database URL with its password masked: for messages."""
+        return self._db.location
 
-        Nothing is created or written: not the file, not a migration, not the -wal/-shm files a
-        read-only connection makes when they are missing. With both present (a writer has the file
-        open) they are used, so its latest commits are seen; without them the file holds every commit
-        and is read as it is, immutable. A database is read in read-only transactions. A state of an
-        older schema is refused with what to run.
-        """
-        target = _target(state)
-        if target.url is not None:
-            found = state_database_version(target.url, secrets=secrets)
-            if not found:
-                return None
-            _refuse_older(mask_url_password(target.url), found, "database")
-            return cls(PostgresDatabase(target.url, secrets=tuple(secrets), read_only=True), volume=volume)
-        path = target.path
-        assert path is not None
-        version = state_file_version(path)
-        if version is None:
-            return None
-        _refuse_older(str(path), version, "file")
-        sidecars = Path(f"{path}-wal").exists() and Path(f"{path}-shm").exists()
-        uri = f"{path.absolute().as_uri()}?mode=ro" + ("" if sidecars else "&immutable=1")
-        try:
-            conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=5)
-            conn.execute("PRAGMA query_only = 1")
-        except sqlite3.Error as exc:
-            raise sqlite_error(str(path), "open", exc) from None
-        return cls(SqliteDatabase(conn, path), volume=volume)
+    @property
+    def path(self) -> Path | None:
+        """The SQLite state file; None for a PostgreSQL state."""
+        return self._db.path if isinstance(self._db, SqliteDatabase) else None
+
+    @property
+    def in_memory(self) -> bool:
+        return self.location == MEMORY
+
+    @property
+    def shared(self) -> bool:
+        """True when the state is a database other hosts use too (PostgreSQL)."""
+        return self._db.shared
+
+    @property
+    def database(self) -> Database:
+        """The engine underneath, for the locks that live in it (`cccatalog.runlocks`)."""
+        return self._db
 
     def close(self) -> None:
         self._db.close()
@@ -528,7 +507,7 @@ class Store:
             lambda conn: conn.execute(_SELECT_POINTERS).fetchall(),
             key=("pointers",),
         )
-        return {row[0]: _pointers(row) for row in rows}
+        return {row.slug: _pointers(row) for row in rows}
 
     def catalog_pointer(self, slug: str) -> CatalogPointers:
         """Latest, stable and last poll of one collection (empty when the state knows none)."""
@@ -550,7 +529,9 @@ class Store:
         )
         if row is None:
             return None
-        return ImageSyncStatus(row[0], from_db_time(row[1]), from_db_time(row[2]), row[3])
+        return ImageSyncStatus(
+            row.slug, from_db_time(row.attempted_at), from_db_time(row.succeeded_at), row.error
+        )
 
     # -- git mirrors --
 
@@ -663,193 +644,21 @@ class Store:
             ),
         )
 
-    # -- image mirroring to destinations --
 
-    def save_destinations(self, destinations: Iterable[tuple[str, str, str]]) -> None:
-        """Insert or update (name, type, config JSON without secrets) of each configured destination."""
-        now = to_db_time(datetime.now(UTC))
-        rows = [(name, type_, config, now, now) for name, type_, config in destinations]
-        self._write("save destinations in", lambda conn: conn.executemany(_UPSERT_DESTINATION, rows))
-
-    def list_destinations(self) -> dict[str, DestinationRecord]:
-        """Every destination the state knows, by name, with the number of tags it holds."""
-
-        def read(conn: Conn) -> list[tuple[Any, ...]]:
-            return conn.execute(
-                "SELECT d.name, d.type, d.enabled, d.last_synced, d.last_sync_error, "
-                "(SELECT count(*) FROM cccatalog_mirror_targets t WHERE t.destination = d.name) "
-                "FROM cccatalog_destinations d"
-            ).fetchall()
-
-        return {
-            row[0]: DestinationRecord(row[0], row[1], bool(row[2]), from_db_time(row[3]), row[4], int(row[5]))
-            for row in self._read("read destinations from", read)
-        }
-
-    def mirror_targets(self, *, slug: str | None = None) -> list[MirrorTargetRecord]:
-        """The builds destinations hold (of one collection, when given), by destination, slug and tag."""
-        sql = f"SELECT {_TARGET_COLUMNS} FROM cccatalog_mirror_targets"  # noqa: S608
-        args: tuple[object, ...] = ()
-        if slug is not None:
-            sql, args = sql + " WHERE slug = ?", (slug,)
-        rows = self._read("read mirror targets from", lambda conn: conn.execute(sql, args).fetchall())
-        targets = [_target_row(row) for row in rows]
-        return sorted(targets, key=lambda t: (t.destination, t.slug, t.source_image_tag))
-
-    def enqueue_mirror_jobs(self, jobs: Iterable[NewMirrorJob], *, max_attempts: int = 3) -> tuple[int, int]:
-        """Add a pending job for each copy the destination does not hold yet and no job is already
-        doing; returns (jobs enqueued, refs already mirrored). One transaction."""
-        wanted = list(jobs)
-        now = to_db_time(datetime.now(UTC))
-
-        def write(conn: Conn) -> tuple[int, int]:
-            # The lock every job-adder takes first, so ids are handed out once (see migration 8).
-            conn.execute("UPDATE cccatalog_mirror_job_ids SET last_id = last_id")
-            enqueued = already = 0
-            for job in wanted:
-                if conn.execute(
-                    "SELECT 1 FROM cccatalog_mirror_targets WHERE destination = ? AND slug = ? "
-                    "AND source_image_tag = ? AND target_image_ref = ?",
-                    (job.destination, job.cc_slug, job.source_image_tag, job.target_image_ref),
-                ).fetchone():
-                    already += 1
-                    continue
-                if conn.execute(
-                    "SELECT 1 FROM cccatalog_mirror_jobs WHERE destination = ? AND cc_slug = ? "
-                    "AND target_image_ref = ? AND status IN ('pending', 'running')",
-                    (job.destination, job.cc_slug, job.target_image_ref),
-                ).fetchone():
-                    continue
-                conn.execute("UPDATE cccatalog_mirror_job_ids SET last_id = last_id + 1")
-                (job_id,) = conn.execute("SELECT last_id FROM cccatalog_mirror_job_ids").fetchone()
-                conn.execute(
-                    "INSERT INTO cccatalog_mirror_jobs (id, cc_slug, destination, source_image_ref, "
-                    "source_image_tag, target_image_ref, status, attempts, max_attempts, created_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?)",
-                    (int(job_id), job.cc_slug, job.destination, job.source_image_ref, job.source_image_tag,
-                     job.target_image_ref, max_attempts, now),
-                )  # fmt: skip
-                enqueued += 1
-            return enqueued, already
-
-        return self._write("add mirror jobs to", write)
-
-    def claim_mirror_jobs(
-        self,
-        *,
-        limit: int,
-        stale_before: datetime,
-        destination: str | None = None,
-        slugs: Iterable[str] = (),
-        exclude: Iterable[int] = (),
-    ) -> list[MirrorJobRecord]:
-        """Mark up to `limit` pending jobs running (oldest first) and return them. A job still running
-        since before `stale_before` belongs to a process that stopped: it is taken over. Each job is
-        claimed with a conditional UPDATE, so two replicas never run the same one."""
-        now = to_db_time(datetime.now(UTC))
-        stale = to_db_time(stale_before)
-        skipped = sorted(exclude)
-        only = sorted(slugs)
-
-        def write(conn: Conn) -> list[MirrorJobRecord]:
-            sql = (
-                f"SELECT {_MIRROR_JOB_COLUMNS} FROM cccatalog_mirror_jobs WHERE (status = 'pending' "  # noqa: S608
-                "OR (status = 'running' AND started_at < ?))"
-            )
-            args: tuple[object, ...] = (stale,)
-            if destination is not None:
-                sql, args = sql + " AND destination = ?", (*args, destination)
-            if only:
-                sql, args = sql + f" AND cc_slug IN ({','.join('?' * len(only))})", (*args, *only)
-            if skipped:
-                sql, args = sql + f" AND id NOT IN ({','.join('?' * len(skipped))})", (*args, *skipped)
-            rows = conn.execute(sql + " ORDER BY created_at, id LIMIT ?", (*args, limit)).fetchall()
-            claimed = []
-            for row in rows:
-                cur = conn.execute(
-                    "UPDATE cccatalog_mirror_jobs SET status = 'running', started_at = ?, "
-                    "finished_at = NULL, attempts = attempts + 1 WHERE id = ? AND (status = 'pending' OR "
-                    "(status = 'running' AND started_at < ?))",
-                    (now, row[0], stale),
-                )
-                if cur.rowcount == 1:
-                    job = _mirror_job(row)
-                    claimed.append(replace(job, status="running", attempts=job.attempts + 1,
-                                           started_at=from_db_time(now), finished_at=None))  # fmt: skip
-            return claimed
-
-        return self._write("claim mirror jobs in", write)
-
-    def finish_mirror_job(
-        self, job: MirrorJobRecord, *, error: str | None, log_text: str, target_digest: str | None = None
-    ) -> str:
-        """Record how a claimed job ended; returns its status now. A success records the build as
-        held by the destination; a failure goes back to pending until its attempts are used up."""
-        now = to_db_time(datetime.now(UTC))
-
-        def write(conn: Conn) -> str:
-            if error is None:
-                status = "done"
-                conn.execute(_UPSERT_TARGET, (job.destination, job.cc_slug, job.source_image_tag,
-                                              job.target_image_ref, target_digest, now))  # fmt: skip
-                conn.execute(
-                    "UPDATE cccatalog_destinations SET last_synced = ?, last_sync_error = NULL "
-                    "WHERE name = ?",
-                    (now, job.destination),
-                )
-            else:
-                status = "pending" if job.attempts < job.max_attempts else "failed"
-                conn.execute(
-                    "UPDATE cccatalog_destinations SET last_sync_error = ? WHERE name = ?",
-                    (error[:2000], job.destination),
-                )
-            conn.execute(
-                "UPDATE cccatalog_mirror_jobs SET status = ?, finished_at = ?, last_error = ?, log_text = ? "
-                "WHERE id = ?",
-                (status, now, error, log_text, job.id),
-            )
-            return status
-
-        return self._write("record a mirror job in", write)
-
-    def list_mirror_jobs(
-        self,
-        *,
-        status: str | None = None,
-        destination: str | None = None,
-        cc_slug: str | None = None,
-        limit: int = 100,
-        offset: int = 0,
-    ) -> tuple[int, list[MirrorJobRecord]]:
-        """(how many match, one page of them, newest first)."""
-        where, args = [], []
-        for column, value in (("status", status), ("destination", destination), ("cc_slug", cc_slug)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                args.append(value)
-        clause = f" WHERE {' AND '.join(where)}" if where else ""
-
-        def read(conn: Conn) -> tuple[int, list[tuple[Any, ...]]]:
-            (total,) = conn.execute(f"SELECT count(*) FROM cccatalog_mirror_jobs{clause}", args).fetchone()  # noqa: S608
-            rows = conn.execute(
-                f"SELECT {_MIRROR_JOB_COLUMNS} FROM cccatalog_mirror_jobs{clause} "  # noqa: S608
-                "ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
-                (*args, limit, offset),
-            ).fetchall()
-            return int(total), rows
-
-        total, rows = self._read("read mirror jobs from", read)
-        return total, [_mirror_job(row) for row in rows]
-
-    def get_mirror_job(self, job_id: int) -> MirrorJobRecord | None:
-        row = self._read(
-            "read a mirror job from",
-            lambda conn: conn.execute(
-                f"SELECT {_MIRROR_JOB_COLUMNS} FROM cccatalog_mirror_jobs WHERE id = ?",  # noqa: S608
-                (job_id,),
-            ).fetchone(),
-        )
-        return None if row is None else _mirror_job(row)
+def _open_read_only(target: _Target, *, secrets: tuple[str, ...]) -> Database | None:
+    """The engine of an existing state, read without writing; None when there is none yet."""
+    if target.url is not None:
+        found = state_database_version(target.url, secrets=secrets)
+        if not found:
+            return None
+        _refuse_older(mask_url_password(target.url), found, "database")
+        return PostgresDatabase(target.url, secrets=secrets, read_only=True)
+    assert target.path is not None
+    version = state_file_version(target.path)
+    if version is None:
+        return None
+    _refuse_older(str(target.path), version, "file")
+    return SqliteDatabase.open_read_only(target.path)
 
 
 def _refuse_older(location: str, version: int, what: str) -> None:
@@ -858,52 +667,6 @@ def _refuse_older(location: str, version: int, what: str) -> None:
             f"state {what} {location} has schema version {version}, older than this cccatalog's "
             f"{len(MIGRATIONS)}; run `cccatalog sync` (or start `serve`) once to upgrade it"
         )
-
-
-def _open_sqlite(path: Path, busy_timeout_s: float) -> SqliteDatabase:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StateError(
-            f"cannot create the directory for state file {path}: {exc.strerror or exc}; "
-            "check that the parent path is a writable directory"
-        ) from None
-    try:
-        raw = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
-    except sqlite3.Error as exc:
-        raise sqlite_error(str(path), "open", exc) from None
-    db = SqliteDatabase(raw, path)
-    try:
-        raw.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000):d}")
-        # Before anything writes: a newer cccatalog's file must stay byte-for-byte untouched.
-        check_not_newer(db.conn, str(path))
-        check_is_state_file(db.conn, str(path))
-        _enable_wal(raw, deadline=time.monotonic() + busy_timeout_s)
-        raw.execute("PRAGMA synchronous = NORMAL")
-        raw.execute("PRAGMA foreign_keys = ON")
-        migrate(db.conn, str(path))
-    except sqlite3.Error as exc:
-        raw.close()
-        raise sqlite_error(str(path), "open", exc) from None
-    except BaseException:
-        raw.close()
-        raise
-    return db
-
-
-def _enable_wal(conn: sqlite3.Connection, *, deadline: float) -> None:
-    """Switch to WAL, retrying: the switch needs an exclusive lock and may fail fast with SQLITE_BUSY."""
-    if conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
-        return
-    while True:
-        try:
-            # On a filesystem without shared memory (NFS) this keeps the rollback journal: still correct.
-            conn.execute("PRAGMA journal_mode = WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if not is_busy(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.01)
 
 
 def _refresh_pointers(conn: Conn, slug: str) -> None:
@@ -923,96 +686,49 @@ def _refresh_pointers(conn: Conn, slug: str) -> None:
     )
 
 
-def _own_volume_first(rows: list[tuple[Any, ...]]) -> list[MirrorStatus]:
+def _own_volume_first(rows: list[Any]) -> list[MirrorStatus]:
     """One status per slug: the store's own volume's row where there is one, else the shared one."""
-    by_slug: dict[str, tuple[Any, ...]] = {}
+    by_slug: dict[str, Any] = {}
     for row in rows:
-        if row[0] not in by_slug or row[-1] != "":
-            by_slug[row[0]] = row
-    return [_mirror(by_slug[slug][:-1]) for slug in sorted(by_slug)]
+        if row.slug not in by_slug or row.volume != "":
+            by_slug[row.slug] = row
+    return [_mirror(by_slug[slug]) for slug in sorted(by_slug)]
 
 
-def _pointers(row: tuple[Any, ...]) -> CatalogPointers:
-    slug, has, latest_tag, latest_registry, stable_tag, stable_registry, synced = row
+def _pointers(row: Any) -> CatalogPointers:
     return CatalogPointers(
-        slug, bool(has), latest_tag, latest_registry, stable_tag, stable_registry, from_db_time(synced)
-    )
+        row.slug, bool(row.has_image), row.latest_tag, row.latest_registry, row.stable_tag,
+        row.stable_registry, from_db_time(row.succeeded_at),
+    )  # fmt: skip
 
 
-def _job(row: tuple[Any, ...]) -> JobRecord:
-    job_id, kind, state, replica, started, finished, result, error, lock = row
-    started_at = from_db_time(started)
+def _job(row: Any) -> JobRecord:
+    started_at = from_db_time(row.started_at)
     assert started_at is not None
     return JobRecord(
-        job_id, kind, state, replica, started_at, from_db_time(finished),
-        None if result is None else json.loads(result), error, lock,
+        row.id, row.kind, row.state, row.replica, started_at, from_db_time(row.finished_at),
+        None if row.result is None else json.loads(row.result), row.error, row.lock,
     )  # fmt: skip
 
 
-def _mirror(row: tuple[Any, ...]) -> MirrorStatus:
-    slug, upstream, head, branch, fingerprint, action, attempt, success, error = row
+def _mirror(row: Any) -> MirrorStatus:
     return MirrorStatus(
-        slug, upstream, head, branch, fingerprint, action, from_db_time(attempt), from_db_time(success), error
-    )
-
-
-def _collection(row: tuple[Any, ...]) -> CollectionRecord:
-    slug, source, name, git_url, registry, default_ref, visibility, updated_at = row
-    updated = parse_rfc3339(updated_at)
-    return CollectionRecord(slug, source, name, git_url, registry, default_ref, visibility, updated)
-
-
-def _image_ref(row: tuple[Any, ...]) -> ImageRefRecord:
-    (
-        slug,
-        ref,
-        ref_type,
-        registry,
-        tag,
-        digest,
-        commit,
-        rt,
-        built_at,
-        source,
-        latest,
-        pre,
-        active,
-        synced,
-        stable,
-    ) = row
-    return ImageRefRecord(
-        slug, ref, ref_type, registry, tag, digest, commit, rt, from_db_time(built_at), source,
-        bool(latest), bool(pre), bool(active), from_db_time(synced), bool(stable),
+        row.slug, row.upstream_url, row.head_commit, row.default_branch, row.refs_fingerprint,
+        row.last_action, from_db_time(row.last_attempt_at), from_db_time(row.last_success_at), row.last_error,
     )  # fmt: skip
 
 
-def _target_row(row: tuple[Any, ...]) -> MirrorTargetRecord:
-    destination, slug, tag, ref, digest, mirrored = row
-    mirrored_at = from_db_time(mirrored)
-    assert mirrored_at is not None
-    return MirrorTargetRecord(destination, slug, tag, ref, digest, mirrored_at)
+def _collection(row: Any) -> CollectionRecord:
+    return CollectionRecord(
+        row.slug, row.source, row.name, row.git_url, row.image_registry, row.default_ref, row.visibility,
+        parse_rfc3339(row.updated_at),
+    )  # fmt: skip
 
 
-def _mirror_job(row: tuple[Any, ...]) -> MirrorJobRecord:
-    (
-        job_id,
-        slug,
-        destination,
-        source,
-        tag,
-        target,
-        status,
-        attempts,
-        most,
-        error,
-        created,
-        started,
-        finished,
-        log,
-    ) = row
-    created_at = from_db_time(created)
-    assert created_at is not None
-    return MirrorJobRecord(
-        int(job_id), slug, destination, source, tag, target, status, int(attempts), int(most), error,
-        created_at, from_db_time(started), from_db_time(finished), log,
+def _image_ref(row: Any) -> ImageRefRecord:
+    return ImageRefRecord(
+        row.slug, row.ref, row.ref_type, row.image_registry, row.image_tag, row.image_digest,
+        row.commit_hash, row.rt_revision, from_db_time(row.image_built_at), row.built_at_source,
+        bool(row.is_latest), bool(row.is_prerelease), bool(row.is_active), from_db_time(row.synced_at),
+        bool(row.is_stable),
     )  # fmt: skip
