@@ -77,8 +77,8 @@ def _time(value: object) -> str | None:
 
 
 def _select(wanted: Sequence[str], present: frozenset[str], prefix: str = "") -> str:
-    """Columns in `wanted` order; those this database lacks come back as NULL."""
-    return ", ".join(f"{prefix}{c}" if c in present else "NULL" for c in wanted)
+    """Columns in `wanted` order, each named as wanted; those this database lacks come back as NULL."""
+    return ", ".join(f"{prefix}{c} AS {c}" if c in present else f"NULL AS {c}" for c in wanted)
 
 
 def carry(conn: Conn, schema: PredecessorSchema) -> None:
@@ -88,18 +88,18 @@ def carry(conn: Conn, schema: PredecessorSchema) -> None:
     now = to_db_time(datetime.now(UTC))
     select_cc = _select(_CC_COLUMNS, schema.collection_columns)
     ccs = [
-        dict(zip(_CC_COLUMNS, row, strict=True))
+        row._asdict()
         for row in conn.execute(f"SELECT {select_cc} FROM codecollections ORDER BY slug").fetchall()  # noqa: S608
     ]
     for cc in ccs:
         _carry_collection(conn, cc, redact, now)
     select_ref = _select(_REF_COLUMNS, schema.ref_columns, "r.")
     refs = conn.execute(
-        f"SELECT c.slug, {select_ref} FROM image_refs r "  # noqa: S608 - column names, no values
+        f"SELECT c.slug AS cc_slug, {select_ref} FROM image_refs r "  # noqa: S608 - column names, no values
         "JOIN codecollections c ON c.id = r.cc_id ORDER BY c.slug, r.ref_name"
     ).fetchall()
-    for slug, *values in refs:
-        _carry_ref(conn, slug, dict(zip(_REF_COLUMNS, values, strict=True)))
+    for row in refs:
+        _carry_ref(conn, row.cc_slug, row._asdict())
     carry_mirroring(conn)
     log.warning(
         "adopted the cc-catalog-svc database: %d CodeCollections, %d image refs "
@@ -185,7 +185,7 @@ def _carry_mirror_rows(conn: Conn) -> None:
     now = to_db_time(datetime.now(UTC))
     present = conn.dialect.columns(conn, "destinations")
     for row in conn.execute(f"SELECT {_select(_DESTINATION_COLUMNS, present)} FROM destinations").fetchall():  # noqa: S608
-        d = dict(zip(_DESTINATION_COLUMNS, row, strict=True))
+        d = row._asdict()
         config = d["config_json"]
         conn.execute(
             "INSERT INTO cccatalog_destinations (name, type, enabled, config_json, last_synced, "
@@ -197,29 +197,38 @@ def _carry_mirror_rows(conn: Conn) -> None:
                 _time(d["created_at"]) or now, _time(d["updated_at"]) or now,
             ),
         )  # fmt: skip
-    for slug, destination, tag, ref, digest, mirrored in conn.execute(
-        "SELECT c.slug, d.name, t.source_image_tag, t.target_image_ref, t.target_digest, t.mirrored_at "
+    for target in conn.execute(
+        "SELECT c.slug, d.name AS destination, t.source_image_tag, t.target_image_ref, t.target_digest, "
+        "t.mirrored_at "
         "FROM mirror_targets t JOIN codecollections c ON c.id = t.cc_id "
         "JOIN destinations d ON d.id = t.destination_id"
     ).fetchall():
         conn.execute(
             "INSERT INTO cccatalog_mirror_targets (destination, slug, source_image_tag, target_image_ref, "
             "target_digest, mirrored_at) VALUES (?, ?, ?, ?, ?, ?)",
-            (destination, slug, tag, ref, digest, _time(mirrored) or now),
+            (
+                target.destination,
+                target.slug,
+                target.source_image_tag,
+                target.target_image_ref,
+                target.target_digest,
+                _time(target.mirrored_at) or now,
+            ),
         )
     columns = _select(_JOB_COLUMNS, conn.dialect.columns(conn, "mirror_jobs"), "j.")
-    for slug, destination, *values in conn.execute(
-        f"SELECT c.slug, d.name, {columns} FROM mirror_jobs j "  # noqa: S608 - column names, no values
+    for row in conn.execute(
+        f"SELECT c.slug AS cc_slug, d.name AS destination_name, {columns} FROM mirror_jobs j "  # noqa: S608 - column names, no values
         "JOIN codecollections c ON c.id = j.cc_id JOIN destinations d ON d.id = j.destination_id"
     ).fetchall():
-        job = dict(zip(_JOB_COLUMNS, values, strict=True))
+        job = row._asdict()
         source = str(job["source_image_ref"])
         conn.execute(
             "INSERT INTO cccatalog_mirror_jobs (id, cc_slug, destination, source_image_ref, "
             "source_image_tag, target_image_ref, status, attempts, max_attempts, last_error, log_text, "
             "created_at, started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                int(job["id"]), slug, destination, source, str(job["target_image_ref"]).rpartition(":")[2],
+                int(job["id"]), job["cc_slug"], job["destination_name"], source,
+                str(job["target_image_ref"]).rpartition(":")[2],
                 job["target_image_ref"], job["status"], int(job["attempts"] or 0),
                 int(job["max_attempts"] or 3),
                 redact(job["last_error"]) if job["last_error"] else None,

@@ -67,11 +67,15 @@ class MirroringState:
 
         return {
             row.name: DestinationRecord(
-                row.name, row.type, bool(row.enabled), from_db_time(row.last_synced), row.last_sync_error,
-                int(row.held),
+                name=row.name,
+                type=row.type,
+                enabled=bool(row.enabled),
+                last_synced=from_db_time(row.last_synced),
+                last_sync_error=row.last_sync_error,
+                mirrored_tag_count=int(row.held),
             )
             for row in self._read("read destinations from", read)
-        }  # fmt: skip
+        }
 
     def mirror_targets(self, *, slug: str | None = None) -> list[MirrorTargetRecord]:
         """The builds destinations hold (of one collection, when given), by destination, slug and tag."""
@@ -250,7 +254,12 @@ def _target_row(row: Any) -> MirrorTargetRecord:
     mirrored_at = from_db_time(row.mirrored_at)
     assert mirrored_at is not None
     return MirrorTargetRecord(
-        row.destination, row.slug, row.source_image_tag, row.target_image_ref, row.target_digest, mirrored_at
+        destination=row.destination,
+        slug=row.slug,
+        source_image_tag=row.source_image_tag,
+        target_image_ref=row.target_image_ref,
+        target_digest=row.target_digest,
+        mirrored_at=mirrored_at,
     )
 
 
@@ -258,7 +267,18 @@ def _mirror_job(row: Any) -> MirrorJobRecord:
     created_at = from_db_time(row.created_at)
     assert created_at is not None
     return MirrorJobRecord(
-        int(row.id), row.cc_slug, row.destination, row.source_image_ref, row.source_image_tag,
-        row.target_image_ref, row.status, int(row.attempts), int(row.max_attempts), row.last_error,
-        created_at, from_db_time(row.started_at), from_db_time(row.finished_at), row.log_text,
-    )  # fmt: skip
+        id=int(row.id),
+        cc_slug=row.cc_slug,
+        destination=row.destination,
+        source_image_ref=row.source_image_ref,
+        source_image_tag=row.source_image_tag,
+        target_image_ref=row.target_image_ref,
+        status=row.status,
+        attempts=int(row.attempts),
+        max_attempts=int(row.max_attempts),
+        last_error=row.last_error,
+        created_at=created_at,
+        started_at=from_db_time(row.started_at),
+        finished_at=from_db_time(row.finished_at),
+        log_text=row.log_text,
+    )

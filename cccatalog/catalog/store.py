@@ -697,38 +697,74 @@ def _own_volume_first(rows: list[Any]) -> list[MirrorStatus]:
 
 def _pointers(row: Any) -> CatalogPointers:
     return CatalogPointers(
-        row.slug, bool(row.has_image), row.latest_tag, row.latest_registry, row.stable_tag,
-        row.stable_registry, from_db_time(row.succeeded_at),
-    )  # fmt: skip
+        slug=row.slug,
+        has_image=bool(row.has_image),
+        latest_tag=row.latest_tag,
+        latest_registry=row.latest_registry,
+        stable_tag=row.stable_tag,
+        stable_registry=row.stable_registry,
+        last_synced=from_db_time(row.succeeded_at),
+    )
 
 
 def _job(row: Any) -> JobRecord:
     started_at = from_db_time(row.started_at)
     assert started_at is not None
     return JobRecord(
-        row.id, row.kind, row.state, row.replica, started_at, from_db_time(row.finished_at),
-        None if row.result is None else json.loads(row.result), row.error, row.lock,
-    )  # fmt: skip
+        id=row.id,
+        kind=row.kind,
+        state=row.state,
+        replica=row.replica,
+        started_at=started_at,
+        finished_at=from_db_time(row.finished_at),
+        result=None if row.result is None else json.loads(row.result),
+        error=row.error,
+        lock=row.lock,
+    )
 
 
 def _mirror(row: Any) -> MirrorStatus:
     return MirrorStatus(
-        row.slug, row.upstream_url, row.head_commit, row.default_branch, row.refs_fingerprint,
-        row.last_action, from_db_time(row.last_attempt_at), from_db_time(row.last_success_at), row.last_error,
-    )  # fmt: skip
+        slug=row.slug,
+        upstream_url=row.upstream_url,
+        head_commit=row.head_commit,
+        default_branch=row.default_branch,
+        refs_fingerprint=row.refs_fingerprint,
+        last_action=row.last_action,
+        last_attempt_at=from_db_time(row.last_attempt_at),
+        last_success_at=from_db_time(row.last_success_at),
+        last_error=row.last_error,
+    )
 
 
 def _collection(row: Any) -> CollectionRecord:
     return CollectionRecord(
-        row.slug, row.source, row.name, row.git_url, row.image_registry, row.default_ref, row.visibility,
-        parse_rfc3339(row.updated_at),
-    )  # fmt: skip
+        slug=row.slug,
+        source=row.source,
+        name=row.name,
+        git_url=row.git_url,
+        image_registry=row.image_registry,
+        default_ref=row.default_ref,
+        visibility=row.visibility,
+        updated_at=parse_rfc3339(row.updated_at),
+    )
 
 
 def _image_ref(row: Any) -> ImageRefRecord:
     return ImageRefRecord(
-        row.slug, row.ref, row.ref_type, row.image_registry, row.image_tag, row.image_digest,
-        row.commit_hash, row.rt_revision, from_db_time(row.image_built_at), row.built_at_source,
-        bool(row.is_latest), bool(row.is_prerelease), bool(row.is_active), from_db_time(row.synced_at),
-        bool(row.is_stable),
-    )  # fmt: skip
+        slug=row.slug,
+        ref=row.ref,
+        ref_type=row.ref_type,
+        image_registry=row.image_registry,
+        image_tag=row.image_tag,
+        image_digest=row.image_digest,
+        commit_hash=row.commit_hash,
+        rt_revision=row.rt_revision,
+        image_built_at=from_db_time(row.image_built_at),
+        built_at_source=row.built_at_source,
+        is_latest=bool(row.is_latest),
+        is_prerelease=bool(row.is_prerelease),
+        is_active=bool(row.is_active),
+        synced_at=from_db_time(row.synced_at),
+        is_stable=bool(row.is_stable),
+    )
