@@ -21,6 +21,7 @@ from cccatalog.catalog import migrations
 from cccatalog.catalog.backends import Conn
 from cccatalog.catalog.models import CatalogPointers, ImageRefRecord, JobRecord, MirrorStatus
 from cccatalog.catalog.pointers import pointers
+from cccatalog.catalog.sqlite_engine import MEMORY
 from cccatalog.catalog.store import Store
 from cccatalog.config import CodeCollection
 from cccatalog.errors import StateError
@@ -561,3 +562,15 @@ def test_a_mirror_status_belongs_to_its_volume(target: Path | str) -> None:
         assert (one_alpha.head_commit, two_alpha.head_commit) == ("1" * 40, "a" * 40)
         assert two.backfill_mirror("gamma", upstream_url="u", head_commit="c" * 40, default_branch="main")
         assert one.get_mirror("gamma") is None
+
+
+def test_a_state_in_memory_is_migrated_kept_by_its_store_alone_and_never_read_only() -> None:
+    with Store.open(MEMORY) as first, Store.open(MEMORY) as second:
+        assert first.in_memory
+        assert first.path == Path(MEMORY)
+        assert first.schema_version == len(migrations.MIGRATIONS)
+        first.upsert_collections([CodeCollection(slug="a-cc", source="ghcr", name="A")])
+        assert [c.slug for c in first.list_collections()] == ["a-cc"]
+        assert second.list_collections() == []
+    assert Store.open(MEMORY, read_only=True) is None
+    assert not Path(MEMORY).exists()  # no file of that name made where the process runs

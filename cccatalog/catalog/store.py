@@ -197,6 +197,7 @@ def state_database_version(url: str, *, secrets: Iterable[str] = ()) -> int | No
 class _Target:
     path: Path | None = None
     url: str | None = None
+    memory: bool = False
 
 
 def _target(state: Path | str | StateConfig) -> _Target:
@@ -204,6 +205,8 @@ def _target(state: Path | str | StateConfig) -> _Target:
         return _Target(url=state.url) if state.url else _Target(path=state.path)
     if isinstance(state, str) and state.startswith(("postgresql://", "postgres://")):
         return _Target(url=state)
+    if isinstance(state, str) and state == MEMORY:
+        return _Target(memory=True)
     return _Target(path=Path(state))
 
 
@@ -284,7 +287,7 @@ class Store(MirroringState):
             return None if db is None else cls(db, volume=volume)
         if target.url is not None:
             db = PostgresDatabase(target.url, secrets=tuple(secrets))
-        elif target.path == Path(MEMORY) and state == MEMORY:
+        elif target.memory:
             db = SqliteDatabase.open_memory()
         else:
             assert target.path is not None
@@ -647,6 +650,8 @@ class Store(MirroringState):
 
 def _open_read_only(target: _Target, *, secrets: tuple[str, ...]) -> Database | None:
     """The engine of an existing state, read without writing; None when there is none yet."""
+    if target.memory:
+        return None  # nothing outlives the process that made it
     if target.url is not None:
         found = state_database_version(target.url, secrets=secrets)
         if not found:
