@@ -26,13 +26,23 @@ def _named_row(cursor: sqlite3.Cursor, values: tuple[Any, ...]) -> Any:
     return row_maker(tuple(column[0] for column in cursor.description))(values)
 
 
+def _named_rows(cursor: sqlite3.Cursor) -> Callable[[sqlite3.Cursor, tuple[Any, ...]], Any]:
+    """The row factory of one result: its columns' names are looked up once, not per row (a
+    cursor's factory is read as each row is fetched, so it may be set after `execute`)."""
+    make = row_maker(tuple(column[0] for column in cursor.description))
+    return lambda _cursor, values: make(values)
+
+
 class SqliteDialect(Dialect):
     name = "sqlite"
     noun = "file"
 
     def execute(self, raw: Any, sql: str, params: tuple[object, ...]) -> Cursor:
-        cursor: Cursor = raw.execute(sql, params)
-        return cursor
+        cursor = raw.execute(sql, params)
+        if cursor.description:
+            cursor.row_factory = _named_rows(cursor)
+        result: Cursor = cursor
+        return result
 
     def executemany(self, raw: Any, sql: str, rows: Sequence[Sequence[object]]) -> None:
         raw.executemany(sql, rows)
@@ -67,7 +77,7 @@ class SqliteDatabase(Database):
     dialect = SqliteDialect()
 
     def __init__(self, raw: sqlite3.Connection, path: Path) -> None:
-        raw.row_factory = _named_row
+        raw.row_factory = _named_row  # the rows of statements run on `raw` itself (PRAGMAs while opening)
         self.raw = raw
         self.path = path
         self.location = str(path)

@@ -367,9 +367,7 @@ class Store(MirroringState):
             location = self.location
 
             def prepare(conn: Conn) -> None:
-                # Before anything writes: a newer cccatalog's database must stay untouched.
-                check_not_newer(conn, location)
-                check_is_state_file(conn, location)
+                _check_untouched(conn, location)
                 migrate(conn, location)
 
             self._db.migrate_with(prepare)
