@@ -17,7 +17,7 @@ import hashlib
 from abc import ABC, abstractmethod
 from collections import namedtuple
 from collections.abc import Callable, Iterable, Sequence
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
@@ -60,8 +60,8 @@ def row_maker(names: tuple[str, ...]) -> Callable[[Iterable[Any]], Any]:
     position (cached: a query's rows share one type). A column the SQL did not name (`count(*)`)
     gets a name only by position; the store names every column it reads by name."""
     row: Any = namedtuple("Row", list(names), rename=True)  # type: ignore[misc]  # names known at run time only
-    maker: Callable[[Iterable[Any]], Any] = row._make
-    return maker
+    # tuple.__new__ itself, not namedtuple's `_make` (a Python function): a C call per row
+    return partial(tuple.__new__, row)
 
 
 class Dialect(ABC):

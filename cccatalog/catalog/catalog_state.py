@@ -216,46 +216,49 @@ def _refresh_pointers(conn: Conn, slug: str) -> None:
     )
 
 
+# The builders of the catalog's hot reads pass fields by position, in the record's field order: by
+# keyword, building a record costs a quarter more (0.6 us of 2.7 us a row), and the catalog list and
+# each collection's refs build thousands.
 def _pointers(row: Any) -> CatalogPointers:
     return CatalogPointers(
-        slug=row.slug,
-        has_image=bool(row.has_image),
-        latest_tag=row.latest_tag,
-        latest_registry=row.latest_registry,
-        stable_tag=row.stable_tag,
-        stable_registry=row.stable_registry,
-        last_synced=from_db_time(row.succeeded_at),
+        row.slug,
+        bool(row.has_image),
+        row.latest_tag,
+        row.latest_registry,
+        row.stable_tag,
+        row.stable_registry,
+        from_db_time(row.succeeded_at),
     )
 
 
 def _collection(row: Any) -> CollectionRecord:
     return CollectionRecord(
-        slug=row.slug,
-        source=row.source,
-        name=row.name,
-        git_url=row.git_url,
-        image_registry=row.image_registry,
-        default_ref=row.default_ref,
-        visibility=row.visibility,
-        updated_at=parse_rfc3339(row.updated_at),
+        row.slug,
+        row.source,
+        row.name,
+        row.git_url,
+        row.image_registry,
+        row.default_ref,
+        row.visibility,
+        parse_rfc3339(row.updated_at),
     )
 
 
 def _image_ref(row: Any) -> ImageRefRecord:
     return ImageRefRecord(
-        slug=row.slug,
-        ref=row.ref,
-        ref_type=row.ref_type,
-        image_registry=row.image_registry,
-        image_tag=row.image_tag,
-        image_digest=row.image_digest,
-        commit_hash=row.commit_hash,
-        rt_revision=row.rt_revision,
-        image_built_at=from_db_time(row.image_built_at),
-        built_at_source=row.built_at_source,
-        is_latest=bool(row.is_latest),
-        is_prerelease=bool(row.is_prerelease),
-        is_active=bool(row.is_active),
-        synced_at=from_db_time(row.synced_at),
-        is_stable=bool(row.is_stable),
+        row.slug,
+        row.ref,
+        row.ref_type,
+        row.image_registry,
+        row.image_tag,
+        row.image_digest,
+        row.commit_hash,
+        row.rt_revision,
+        from_db_time(row.image_built_at),
+        row.built_at_source,
+        bool(row.is_latest),
+        bool(row.is_prerelease),
+        bool(row.is_active),
+        from_db_time(row.synced_at),
+        bool(row.is_stable),
     )

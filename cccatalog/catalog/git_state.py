@@ -194,14 +194,15 @@ def _job(row: Any) -> JobRecord:
 
 
 def _mirror(row: Any) -> MirrorStatus:
+    # by position, in the record's field order, as the catalog's hot builders (`catalog_state`)
     return MirrorStatus(
-        slug=row.slug,
-        upstream_url=row.upstream_url,
-        head_commit=row.head_commit,
-        default_branch=row.default_branch,
-        refs_fingerprint=row.refs_fingerprint,
-        last_action=row.last_action,
-        last_attempt_at=from_db_time(row.last_attempt_at),
-        last_success_at=from_db_time(row.last_success_at),
-        last_error=row.last_error,
+        row.slug,
+        row.upstream_url,
+        row.head_commit,
+        row.default_branch,
+        row.refs_fingerprint,
+        row.last_action,
+        from_db_time(row.last_attempt_at),
+        from_db_time(row.last_success_at),
+        row.last_error,
     )
