@@ -22,15 +22,26 @@ from cccatalog.errors import StateError
 MEMORY = ":memory:"
 
 
-def _named_row(cursor: sqlite3.Cursor, values: tuple[Any, ...]) -> Any:
-    return row_maker(tuple(column[0] for column in cursor.description))(values)
+class _NamedRows:
+    """A result read as named rows: its columns' names are looked up once, and its rows are made
+    by C calls alone (`map`), not by a Python row factory called per row."""
 
+    __slots__ = ("_cursor", "_make")
 
-def _named_rows(cursor: sqlite3.Cursor) -> Callable[[sqlite3.Cursor, tuple[Any, ...]], Any]:
-    """The row factory of one result: its columns' names are looked up once, not per row (a
-    cursor's factory is read as each row is fetched, so it may be set after `execute`)."""
-    make = row_maker(tuple(column[0] for column in cursor.description))
-    return lambda _cursor, values: make(values)
+    def __init__(self, cursor: sqlite3.Cursor) -> None:
+        self._cursor = cursor
+        self._make = row_maker(tuple(column[0] for column in cursor.description))
+
+    @property
+    def rowcount(self) -> int:
+        return self._cursor.rowcount
+
+    def fetchone(self) -> Any:
+        row = self._cursor.fetchone()
+        return None if row is None else self._make(row)
+
+    def fetchall(self) -> list[Any]:
+        return list(map(self._make, self._cursor.fetchall()))
 
 
 class SqliteDialect(Dialect):
@@ -39,9 +50,7 @@ class SqliteDialect(Dialect):
 
     def execute(self, raw: Any, sql: str, params: tuple[object, ...]) -> Cursor:
         cursor = raw.execute(sql, params)
-        if cursor.description:
-            cursor.row_factory = _named_rows(cursor)
-        result: Cursor = cursor
+        result: Cursor = _NamedRows(cursor) if cursor.description else cursor
         return result
 
     def executemany(self, raw: Any, sql: str, rows: Sequence[Sequence[object]]) -> None:
@@ -77,7 +86,6 @@ class SqliteDatabase(Database):
     dialect = SqliteDialect()
 
     def __init__(self, raw: sqlite3.Connection, path: Path) -> None:
-        raw.row_factory = _named_row  # the rows of statements run on `raw` itself (PRAGMAs while opening)
         self.raw = raw
         self.path = path
         self.location = str(path)
