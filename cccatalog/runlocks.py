@@ -33,7 +33,7 @@ from cccatalog.errors import LockBusy
 from cccatalog.gitmirror.locks import file_lock_holder, file_lock_is_held, file_lock_owner, try_file_lock
 
 if TYPE_CHECKING:
-    from cccatalog.catalog.backends import PostgresDatabase
+    from cccatalog.catalog.postgres_engine import PostgresDatabase
     from cccatalog.catalog.store import Store
     from cccatalog.config import Config
 
@@ -186,7 +186,7 @@ class Locks:
 
     @classmethod
     def for_state(cls, config: Config, store: Store | None) -> Locks:
-        from cccatalog.catalog.backends import PostgresDatabase
+        from cccatalog.catalog.postgres_engine import PostgresDatabase
 
         directory = config.state.local_dir / "locks"
         if store is not None and isinstance(store.database, PostgresDatabase):

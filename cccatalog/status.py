@@ -281,7 +281,7 @@ def status_from_state(config: Config, *, max_age_seconds: int | None = None) -> 
     budget = max_age_seconds or config.serve.freshness_budget_minutes * 60
     from cccatalog.replica import mirror_volume, replica_id
 
-    store = Store.open_readonly(config.state, volume=mirror_volume(config, replica_id(config)))
+    store = Store.open(config.state, read_only=True, volume=mirror_volume(config, replica_id(config)))
     try:
         return collect(config, store, budget_seconds=budget, baked_at=baked_at(config.git.data_dir))
     finally:

@@ -73,12 +73,25 @@ class PgServer:
             shutil.chown(pwfile, USER, USER)
         subprocess.run(
             [
-                str(BINDIR / "initdb"), "-D", str(root / "data"), "-U", USER, f"--pwfile={pwfile}",
-                "--auth-host=scram-sha-256", "--auth-local=trust", "-E", "UTF8", "--no-sync",
-                "--locale-provider=icu", "--icu-locale=en-US", "--locale=C.UTF-8",
+                str(BINDIR / "initdb"),
+                "-D",
+                str(root / "data"),
+                "-U",
+                USER,
+                f"--pwfile={pwfile}",
+                "--auth-host=scram-sha-256",
+                "--auth-local=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "--locale-provider=icu",
+                "--icu-locale=en-US",
+                "--locale=C.UTF-8",
             ],
-            check=True, capture_output=True, **_as_postgres(),  # type: ignore[call-overload]
-        )  # fmt: skip
+            check=True,
+            capture_output=True,
+            **_as_postgres(),  # type: ignore[call-overload]
+        )
         pwfile.unlink()
         return cls(root)
 
@@ -88,12 +101,29 @@ class PgServer:
         log = open(self.root / "server.log", "ab")  # noqa: SIM115 - the server writes to it
         self.proc = subprocess.Popen(  # type: ignore[call-overload]
             [
-                str(BINDIR / "postgres"), "-D", str(self.datadir), "-h", "127.0.0.1", "-p", str(self.port),
-                "-k", str(self.root), "-c", "fsync=off", "-c", "synchronous_commit=off",
-                "-c", "full_page_writes=off", "-c", "max_connections=300",
+                str(BINDIR / "postgres"),
+                "-D",
+                str(self.datadir),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-k",
+                str(self.root),
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+                "-c",
+                "max_connections=300",
             ],
-            stdout=log, stderr=log, start_new_session=True, **_as_postgres(),
-        )  # fmt: skip
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            **_as_postgres(),
+        )
         log.close()
         deadline = time.monotonic() + 30
         while True:

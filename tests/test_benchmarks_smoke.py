@@ -101,6 +101,18 @@ def test_catalog_benchmark_compares_today_and_now_on_both_engines_and_replicas(t
 
 
 @pytest.mark.timeout(SMOKE_SECONDS + 30)
+def test_pool_outage_benchmark_times_both_pools_through_a_postgres_outage(tmp_path: Path) -> None:
+    data = run_benchmark("benchmarks.catalog.pool_outage", tmp_path / "pool.json")
+    rows = {row["pool"]: row for row in data["rows"]}
+    assert set(rows) == {"cccatalog's pool and breaker", "psycopg_pool.ConnectionPool"}
+    assert all(row["first_failure_s"] >= 0 for row in rows.values())
+    assert all(row["next_failures_ms"] >= 0 for row in rows.values())
+    assert all(row["back_after_s"] >= 0 for row in rows.values())
+    # what the store's docstring rests on: while the database is down its reads never wait for it
+    assert rows["cccatalog's pool and breaker"]["next_failures_ms"] < data["sizes"]["wait"] * 1000 / 2
+
+
+@pytest.mark.timeout(SMOKE_SECONDS + 30)
 @pytest.mark.skipif(
     shutil.which("ssh-keygen") is None, reason="needs ssh-keygen (apt-get install openssh-client)"
 )

@@ -21,6 +21,7 @@ from cccatalog.catalog import migrations
 from cccatalog.catalog.backends import Conn
 from cccatalog.catalog.models import CatalogPointers, ImageRefRecord, JobRecord, MirrorStatus
 from cccatalog.catalog.pointers import pointers
+from cccatalog.catalog.sqlite_engine import MEMORY
 from cccatalog.catalog.store import Store
 from cccatalog.config import CodeCollection
 from cccatalog.errors import StateError
@@ -28,10 +29,17 @@ from tests.pgfixtures import connect
 
 PROCESSES = 12
 SCHEMA_TABLES = [
-    "cccatalog_catalog_pointers", "cccatalog_collections", "cccatalog_git_mirrors", "cccatalog_image_refs",
-    "cccatalog_image_syncs", "cccatalog_jobs", "cccatalog_destinations", "cccatalog_mirror_targets",
-    "cccatalog_mirror_jobs", "cccatalog_mirror_job_ids",
-]  # fmt: skip
+    "cccatalog_catalog_pointers",
+    "cccatalog_collections",
+    "cccatalog_git_mirrors",
+    "cccatalog_image_refs",
+    "cccatalog_image_syncs",
+    "cccatalog_jobs",
+    "cccatalog_destinations",
+    "cccatalog_mirror_targets",
+    "cccatalog_mirror_jobs",
+    "cccatalog_mirror_job_ids",
+]
 T0 = datetime(2026, 11, 25, 21, 0, 0, 123456, tzinfo=UTC)
 
 
@@ -431,18 +439,30 @@ def test_using_a_closed_store_raises_state_error(target: Path | str) -> None:
 def _image(slug: str, ref: str, tag: str, **flags: bool) -> ImageRefRecord:
     _, commit, rt_revision = tag.rsplit("-", 2)
     return ImageRefRecord(
-        slug, ref, "tag" if ref.startswith("v") else "branch", f"ghcr.io/org/{slug}", tag, None,
-        commit, rt_revision, T0, "config",
-        is_latest=flags.get("latest", False), is_prerelease=flags.get("pre", False),
+        slug,
+        ref,
+        "tag" if ref.startswith("v") else "branch",
+        f"ghcr.io/org/{slug}",
+        tag,
+        None,
+        commit,
+        rt_revision,
+        T0,
+        "config",
+        is_latest=flags.get("latest", False),
+        is_prerelease=flags.get("pre", False),
         is_stable=flags.get("stable", False),
-    )  # fmt: skip
+    )
 
 
 def _computed(store: Store, slug: str) -> tuple[str | None, str | None, bool]:
     refs = store.list_image_refs(slug)
     latest, stable = pointers(refs)
-    return (latest.image_tag if latest else None, stable.image_tag if stable else None,
-            any(r.image_tag for r in refs))  # fmt: skip
+    return (
+        latest.image_tag if latest else None,
+        stable.image_tag if stable else None,
+        any(r.image_tag for r in refs),
+    )
 
 
 def _kept(store: Store, slug: str) -> tuple[str | None, str | None, bool]:
@@ -453,14 +473,18 @@ def _kept(store: Store, slug: str) -> tuple[str | None, str | None, bool]:
 
 def test_the_pointers_kept_with_the_rows_are_the_pointers_of_the_rows(store: Store) -> None:
     writes = [
-        [_image("a", "main", "main-1111111-aaaaaaa", latest=True),
-         _image("a", "v1.2.0", "v1.2.0-2222222-aaaaaaa", stable=True),
-         _image("a", "v1.1.0", "v1.1.0-3333333-aaaaaaa")],
+        [
+            _image("a", "main", "main-1111111-aaaaaaa", latest=True),
+            _image("a", "v1.2.0", "v1.2.0-2222222-aaaaaaa", stable=True),
+            _image("a", "v1.1.0", "v1.1.0-3333333-aaaaaaa"),
+        ],
         [],  # a transient empty listing keeps everything
-        [_image("a", "main", "main-4444444-aaaaaaa", latest=True),
-         _image("a", "v1.1.0", "v1.1.0-3333333-aaaaaaa")],  # v1.2.0 gone: inactive, no stable flag
+        [
+            _image("a", "main", "main-4444444-aaaaaaa", latest=True),
+            _image("a", "v1.1.0", "v1.1.0-3333333-aaaaaaa"),
+        ],  # v1.2.0 gone: inactive, no stable flag
         [_image("a", "v1.3.0", "v1.3.0-5555555-aaaaaaa", stable=True)],  # no latest at all
-    ]  # fmt: skip
+    ]
     seen = []
     for rows in writes:
         store.replace_image_refs("a", rows, synced_at=T0, deactivate_missing=bool(rows))
@@ -493,8 +517,11 @@ def test_rows_written_before_the_pointers_were_kept_get_theirs_when_the_state_is
     before = next(i for i, m in enumerate(migrations.MIGRATIONS) if m.__name__ == "m006_catalog_pointers")
     monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:before])
     Store.open(target).close()
-    rows = [("main", "main-1111111-aaaaaaa", 1, 0), ("v2.0.0", "v2.0.0-2222222-aaaaaaa", 0, 0),
-            ("v10.0.0", "v10.0.0-3333333-aaaaaaa", 0, 0)]  # fmt: skip
+    rows = [
+        ("main", "main-1111111-aaaaaaa", 1, 0),
+        ("v2.0.0", "v2.0.0-2222222-aaaaaaa", 0, 0),
+        ("v10.0.0", "v10.0.0-3333333-aaaaaaa", 0, 0),
+    ]
     for ref, tag, latest, stable in rows:  # what the older cccatalog wrote: no stable flag anywhere
         _execute(
             target,
@@ -549,8 +576,9 @@ def test_a_mirror_status_belongs_to_its_volume(target: Path | str) -> None:
         one.record_mirror_failure("beta", upstream_url="u", action="fetch", error="e", attempted_at=T0)
 
         assert [(m.slug, m.head_commit, m.last_error) for m in one.list_mirrors()] == [
-            ("alpha", "1" * 40, None), ("beta", None, "e"),
-        ]  # fmt: skip
+            ("alpha", "1" * 40, None),
+            ("beta", None, "e"),
+        ]
         assert [(m.slug, m.head_commit) for m in two.list_mirrors()] == [
             ("alpha", "a" * 40),
             ("beta", "b" * 40),
@@ -561,3 +589,15 @@ def test_a_mirror_status_belongs_to_its_volume(target: Path | str) -> None:
         assert (one_alpha.head_commit, two_alpha.head_commit) == ("1" * 40, "a" * 40)
         assert two.backfill_mirror("gamma", upstream_url="u", head_commit="c" * 40, default_branch="main")
         assert one.get_mirror("gamma") is None
+
+
+def test_a_state_in_memory_is_migrated_kept_by_its_store_alone_and_never_read_only() -> None:
+    with Store.open(MEMORY) as first, Store.open(MEMORY) as second:
+        assert first.in_memory
+        assert first.path == Path(MEMORY)
+        assert first.schema_version == len(migrations.MIGRATIONS)
+        first.upsert_collections([CodeCollection(slug="a-cc", source="ghcr", name="A")])
+        assert [c.slug for c in first.list_collections()] == ["a-cc"]
+        assert second.list_collections() == []
+    assert Store.open(MEMORY, read_only=True) is None
+    assert not Path(MEMORY).exists()  # no file of that name made where the process runs

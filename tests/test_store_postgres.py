@@ -253,9 +253,19 @@ def test_while_the_server_is_down_reads_answer_from_the_last_good_read(own_serve
 
 def _ref(slug: str) -> ImageRefRecord:
     return ImageRefRecord(
-        slug, "main", "branch", "ghcr.io/o/r", "main-aaaaaaa-bbbbbbb", None, "aaaaaaa", "bbbbbbb", T0,
-        "config", is_latest=True, is_prerelease=True,
-    )  # fmt: skip
+        slug,
+        "main",
+        "branch",
+        "ghcr.io/o/r",
+        "main-aaaaaaa-bbbbbbb",
+        None,
+        "aaaaaaa",
+        "bbbbbbb",
+        T0,
+        "config",
+        is_latest=True,
+        is_prerelease=True,
+    )
 
 
 def _pings(store: Store) -> bool:

@@ -77,8 +77,8 @@ def _time(value: object) -> str | None:
 
 
 def _select(wanted: Sequence[str], present: frozenset[str], prefix: str = "") -> str:
-    """Columns in `wanted` order; those this database lacks come back as NULL."""
-    return ", ".join(f"{prefix}{c}" if c in present else "NULL" for c in wanted)
+    """Columns in `wanted` order, each named as wanted; those this database lacks come back as NULL."""
+    return ", ".join(f"{prefix}{c} AS {c}" if c in present else f"NULL AS {c}" for c in wanted)
 
 
 def carry(conn: Conn, schema: PredecessorSchema) -> None:
@@ -88,18 +88,18 @@ def carry(conn: Conn, schema: PredecessorSchema) -> None:
     now = to_db_time(datetime.now(UTC))
     select_cc = _select(_CC_COLUMNS, schema.collection_columns)
     ccs = [
-        dict(zip(_CC_COLUMNS, row, strict=True))
+        row._asdict()
         for row in conn.execute(f"SELECT {select_cc} FROM codecollections ORDER BY slug").fetchall()  # noqa: S608
     ]
     for cc in ccs:
         _carry_collection(conn, cc, redact, now)
     select_ref = _select(_REF_COLUMNS, schema.ref_columns, "r.")
     refs = conn.execute(
-        f"SELECT c.slug, {select_ref} FROM image_refs r "  # noqa: S608 - column names, no values
+        f"SELECT c.slug AS cc_slug, {select_ref} FROM image_refs r "  # noqa: S608 - column names, no values
         "JOIN codecollections c ON c.id = r.cc_id ORDER BY c.slug, r.ref_name"
     ).fetchall()
-    for slug, *values in refs:
-        _carry_ref(conn, slug, dict(zip(_REF_COLUMNS, values, strict=True)))
+    for row in refs:
+        _carry_ref(conn, row.cc_slug, row._asdict())
     carry_mirroring(conn)
     log.warning(
         "adopted the cc-catalog-svc database: %d CodeCollections, %d image refs "
@@ -116,11 +116,16 @@ def _carry_collection(conn: Conn, cc: dict[str, Any], redact: Redactor, now: str
         "INSERT INTO cccatalog_collections (slug, source, name, git_url, image_registry, default_ref, "
         "visibility, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         (
-            slug, cc["source_name"] or "", cc["name"], git_url, cc["image_registry"],
-            cc["default_ref"] or "main", cc["visibility"] or "public",
+            slug,
+            cc["source_name"] or "",
+            cc["name"],
+            git_url,
+            cc["image_registry"],
+            cc["default_ref"] or "main",
+            cc["visibility"] or "public",
             _time(cc["updated_at"]) or _time(cc["created_at"]) or now,
         ),
-    )  # fmt: skip
+    )
     polled, poll_error = _time(cc["last_synced"]), cc["last_sync_error"]
     if polled or poll_error:
         # The predecessor set last_synced on success and only the error on a failure.
@@ -143,21 +148,39 @@ def _carry_ref(conn: Conn, slug: str, ref: dict[str, Any]) -> None:
         "commit_hash, rt_revision, image_built_at, built_at_source, is_latest, is_prerelease, "
         "is_active, synced_at, is_stable) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
-            slug, ref["ref_name"], ref["ref_type"] or "branch", ref["image_registry"], ref["image_tag"],
-            ref["image_digest"], ref["commit_hash"], ref["rt_revision"], _time(ref["image_built_at"]),
+            slug,
+            ref["ref_name"],
+            ref["ref_type"] or "branch",
+            ref["image_registry"],
+            ref["image_tag"],
+            ref["image_digest"],
+            ref["commit_hash"],
+            ref["rt_revision"],
+            _time(ref["image_built_at"]),
             BUILT_AT_SOURCE if ref["image_built_at"] is not None else None,
-            int(bool(ref["is_latest"])), _flag(ref["is_prerelease"], default=True),
-            _flag(ref["is_active"], default=True), _time(ref["synced_at"]), int(bool(ref["is_stable"])),
+            int(bool(ref["is_latest"])),
+            _flag(ref["is_prerelease"], default=True),
+            _flag(ref["is_active"], default=True),
+            _time(ref["synced_at"]),
+            int(bool(ref["is_stable"])),
         ),
-    )  # fmt: skip
+    )
 
 
 def _flag(value: object, *, default: bool) -> int:
     return int(default if value is None else bool(value))
 
 
-_DESTINATION_COLUMNS = ("name", "type", "enabled", "config_json", "last_synced", "last_sync_error",
-                        "created_at", "updated_at")  # fmt: skip
+_DESTINATION_COLUMNS = (
+    "name",
+    "type",
+    "enabled",
+    "config_json",
+    "last_synced",
+    "last_sync_error",
+    "created_at",
+    "updated_at",
+)
 _JOB_COLUMNS = (
     *("id", "source_image_ref", "target_image_ref", "status", "attempts", "max_attempts", "last_error"),
     *("log_text", "created_at", "started_at", "finished_at"),
@@ -185,45 +208,65 @@ def _carry_mirror_rows(conn: Conn) -> None:
     now = to_db_time(datetime.now(UTC))
     present = conn.dialect.columns(conn, "destinations")
     for row in conn.execute(f"SELECT {_select(_DESTINATION_COLUMNS, present)} FROM destinations").fetchall():  # noqa: S608
-        d = dict(zip(_DESTINATION_COLUMNS, row, strict=True))
+        d = row._asdict()
         config = d["config_json"]
         conn.execute(
             "INSERT INTO cccatalog_destinations (name, type, enabled, config_json, last_synced, "
             "last_sync_error, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                d["name"], d["type"], _flag(d["enabled"], default=True),
+                d["name"],
+                d["type"],
+                _flag(d["enabled"], default=True),
                 config if isinstance(config, str) or config is None else json.dumps(config),
-                _time(d["last_synced"]), redact(d["last_sync_error"]) if d["last_sync_error"] else None,
-                _time(d["created_at"]) or now, _time(d["updated_at"]) or now,
+                _time(d["last_synced"]),
+                redact(d["last_sync_error"]) if d["last_sync_error"] else None,
+                _time(d["created_at"]) or now,
+                _time(d["updated_at"]) or now,
             ),
-        )  # fmt: skip
-    for slug, destination, tag, ref, digest, mirrored in conn.execute(
-        "SELECT c.slug, d.name, t.source_image_tag, t.target_image_ref, t.target_digest, t.mirrored_at "
+        )
+    for target in conn.execute(
+        "SELECT c.slug, d.name AS destination, t.source_image_tag, t.target_image_ref, t.target_digest, "
+        "t.mirrored_at "
         "FROM mirror_targets t JOIN codecollections c ON c.id = t.cc_id "
         "JOIN destinations d ON d.id = t.destination_id"
     ).fetchall():
         conn.execute(
             "INSERT INTO cccatalog_mirror_targets (destination, slug, source_image_tag, target_image_ref, "
             "target_digest, mirrored_at) VALUES (?, ?, ?, ?, ?, ?)",
-            (destination, slug, tag, ref, digest, _time(mirrored) or now),
+            (
+                target.destination,
+                target.slug,
+                target.source_image_tag,
+                target.target_image_ref,
+                target.target_digest,
+                _time(target.mirrored_at) or now,
+            ),
         )
     columns = _select(_JOB_COLUMNS, conn.dialect.columns(conn, "mirror_jobs"), "j.")
-    for slug, destination, *values in conn.execute(
-        f"SELECT c.slug, d.name, {columns} FROM mirror_jobs j "  # noqa: S608 - column names, no values
+    for row in conn.execute(
+        f"SELECT c.slug AS cc_slug, d.name AS destination_name, {columns} FROM mirror_jobs j "  # noqa: S608 - column names, no values
         "JOIN codecollections c ON c.id = j.cc_id JOIN destinations d ON d.id = j.destination_id"
     ).fetchall():
-        job = dict(zip(_JOB_COLUMNS, values, strict=True))
+        job = row._asdict()
         source = str(job["source_image_ref"])
         conn.execute(
             "INSERT INTO cccatalog_mirror_jobs (id, cc_slug, destination, source_image_ref, "
             "source_image_tag, target_image_ref, status, attempts, max_attempts, last_error, log_text, "
             "created_at, started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                int(job["id"]), slug, destination, source, str(job["target_image_ref"]).rpartition(":")[2],
-                job["target_image_ref"], job["status"], int(job["attempts"] or 0),
+                int(job["id"]),
+                job["cc_slug"],
+                job["destination_name"],
+                source,
+                str(job["target_image_ref"]).rpartition(":")[2],
+                job["target_image_ref"],
+                job["status"],
+                int(job["attempts"] or 0),
                 int(job["max_attempts"] or 3),
                 redact(job["last_error"]) if job["last_error"] else None,
                 redact(job["log_text"]) if job["log_text"] else None,
-                _time(job["created_at"]) or now, _time(job["started_at"]), _time(job["finished_at"]),
+                _time(job["created_at"]) or now,
+                _time(job["started_at"]),
+                _time(job["finished_at"]),
             ),
-        )  # fmt: skip
+        )

@@ -1,47 +1,28 @@
-"""The two engines under the state store, and the few places they differ: one SQLite file (the embedded
-default) and a PostgreSQL database shared by replicas (psycopg 3, the `postgres` extra).
+"""The engine abstraction under the state store: a `Database` hands out `Conn`s, a `Conn` runs SQL
+through its engine's `Dialect`, and every row comes back as a named tuple (`row.slug`), the same
+shape on both engines.
 
-Both run the same SQL, written once with `?` placeholders (`Conn` turns them into psycopg's `%s`), the
-same schema and the same migrations. What differs lives here: where the schema version is kept
-(`PRAGMA user_version`, or the one-row table `cccatalog_schema`), how the migration lock is taken
-(`BEGIN IMMEDIATE`, or `pg_advisory_xact_lock`), how tables and columns are listed, and how
-connections are had: one shared SQLite connection behind a thread lock, or a small pool of PostgreSQL
-connections with a breaker in front of it.
+The engines themselves live beside this module: `sqlite_engine` (one SQLite file, in memory, or a
+file read without writing) and `postgres_engine` (a PostgreSQL database shared by replicas, psycopg 3,
+the `postgres` extra). Each knows how to open itself; `store.Store.open` picks one.
 
-The breaker is what keeps `serve` fast while the database is down: after a connection fails, calls
-fail at once with `StateUnavailable` (the store answers reads from its last good read) and one
-attempt a second lets the database back in. A pooled connection the server dropped (a restart, a
-failover) is retried once on a fresh one, so a restart costs no request anything.
-
-psycopg is imported only when a PostgreSQL state is opened: SQLite users need not install it. Its
-messages can quote the connection string, so every error leaving this module is scrubbed of the
-password and shows the URL with its credentials masked.
+Both run the same SQL, written once with `?` placeholders, the same schema and the same migrations.
+What differs lives in the dialects: how a statement is handed to the driver, where the schema version
+is kept, how the migration lock is taken, how tables and columns are listed.
 """
 
 from __future__ import annotations
 
 import hashlib
-import sqlite3
-import threading
-import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
-from pathlib import Path
+from collections import namedtuple
+from collections.abc import Callable, Iterable, Sequence
+from functools import lru_cache, partial
 from typing import Any, Protocol, TypeVar
-
-from cccatalog.errors import StateError, StateUnavailable
-from cccatalog.redact import Redactor, mask_url_password, url_password
 
 T = TypeVar("T")
 
-# How long a call waits for a pooled connection when every one is busy, and for a new one to connect.
-POOL_WAIT_SECONDS = 10.0
-CONNECT_TIMEOUT_SECONDS = 5
-# After a failed connection, calls fail at once (the store answers from its last good read) and the
-# database is tried again this often.
-RETRY_SECONDS = 1.0
-_MIGRATION_LOCK = "migrate"
+MIGRATION_LOCK = "migrate"
 
 
 class Cursor(Protocol):
@@ -54,42 +35,47 @@ class Cursor(Protocol):
 
 
 class Conn:
-    """A connection as the store and the migrations use it: SQL with `?` placeholders, rows as tuples,
-    and the dialect of its engine (`conn.dialect`)."""
+    """A connection as the store and the migrations use it: SQL with `?` placeholders, rows as named
+    tuples, and the dialect of its engine (`conn.dialect`)."""
 
     def __init__(self, raw: Any, dialect: Dialect) -> None:
         self.raw = raw
         self.dialect = dialect
 
     def execute(self, sql: str, params: Sequence[object] = ()) -> Cursor:
-        cursor: Cursor
-        if self.dialect.name == "sqlite":
-            cursor = self.raw.execute(sql, tuple(params))
-        else:
-            cursor = self.raw.execute(self.dialect.sql(sql, bool(params)), tuple(params) or None)
-        return cursor
+        return self.dialect.execute(self.raw, sql, tuple(params))
 
     def executemany(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
-        if not rows:
-            return
-        if self.dialect.name == "sqlite":
-            self.raw.executemany(sql, rows)
-            return
-        with self.raw.cursor() as cursor:
-            cursor.executemany(self.dialect.sql(sql, True), rows)
+        if rows:
+            self.dialect.executemany(self.raw, sql, rows)
 
     @property
     def in_transaction(self) -> bool:
         return self.dialect.in_transaction(self.raw)
 
 
+@lru_cache(maxsize=256)
+def row_maker(names: tuple[str, ...]) -> Callable[[Iterable[Any]], Any]:
+    """What makes a row of a result with these columns: a named tuple, read by name (`row.slug`) or
+    position (cached: a query's rows share one type). A column the SQL did not name (`count(*)`)
+    gets a name only by position; the store names every column it reads by name."""
+    row: Any = namedtuple("Row", list(names), rename=True)  # type: ignore[misc]  # names known at run time only
+    # tuple.__new__ itself, not namedtuple's `_make` (a Python function): a C call per row
+    return partial(tuple.__new__, row)
+
+
 class Dialect(ABC):
     """What the SQL of the two engines does differently."""
 
     name: str
+    # what the state is called in messages: a state "file" or a state "database"
+    noun: str
 
-    def sql(self, text: str, has_params: bool) -> str:
-        return text
+    @abstractmethod
+    def execute(self, raw: Any, sql: str, params: tuple[object, ...]) -> Cursor: ...
+
+    @abstractmethod
+    def executemany(self, raw: Any, sql: str, rows: Sequence[Sequence[object]]) -> None: ...
 
     @abstractmethod
     def in_transaction(self, raw: Any) -> bool: ...
@@ -110,80 +96,6 @@ class Dialect(ABC):
 
     @abstractmethod
     def columns(self, conn: Conn, table: str) -> frozenset[str]: ...
-
-
-class SqliteDialect(Dialect):
-    name = "sqlite"
-
-    def in_transaction(self, raw: Any) -> bool:
-        return bool(raw.in_transaction)
-
-    def schema_version(self, conn: Conn) -> int:
-        version: int = conn.execute("PRAGMA user_version").fetchone()[0]
-        return version
-
-    def set_schema_version(self, conn: Conn, version: int) -> None:
-        conn.execute(f"PRAGMA user_version = {int(version):d}")
-
-    def begin_migration(self, conn: Conn) -> None:
-        conn.execute("BEGIN IMMEDIATE")  # the write lock, before the version is read again
-
-    def tables(self, conn: Conn) -> set[str]:
-        rows = conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
-        ).fetchall()
-        return {str(name) for (name,) in rows}
-
-    def columns(self, conn: Conn, table: str) -> frozenset[str]:
-        return frozenset(str(row[1]) for row in conn.execute(f"PRAGMA table_info({table})").fetchall())
-
-
-class PostgresDialect(Dialect):
-    name = "postgresql"
-
-    def sql(self, text: str, has_params: bool) -> str:
-        # psycopg reads `%` only when there are parameters; our SQL has no `?` inside literals.
-        return text.replace("%", "%%").replace("?", "%s") if has_params else text
-
-    def in_transaction(self, raw: Any) -> bool:
-        from psycopg import pq
-
-        return bool(raw.info.transaction_status != pq.TransactionStatus.IDLE)
-
-    def schema_version(self, conn: Conn) -> int:
-        if conn.execute("SELECT to_regclass('cccatalog_schema')").fetchone()[0] is None:
-            return 0
-        row = conn.execute("SELECT max(version) FROM cccatalog_schema").fetchone()
-        return int(row[0] or 0)
-
-    def set_schema_version(self, conn: Conn, version: int) -> None:
-        conn.execute("UPDATE cccatalog_schema SET version = ?", (version,))
-
-    def begin_migration(self, conn: Conn) -> None:
-        conn.execute("BEGIN")
-        # Held until COMMIT or ROLLBACK: any number of replicas may start at once, one migrates.
-        conn.execute("SELECT pg_advisory_xact_lock(?)", (lock_key(_MIGRATION_LOCK),))
-        # Created only by a migrator (a newer database was refused before anything was written).
-        conn.execute("CREATE TABLE IF NOT EXISTS cccatalog_schema (version INTEGER NOT NULL)")
-        conn.execute(
-            "INSERT INTO cccatalog_schema (version) "
-            "SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM cccatalog_schema)"
-        )
-
-    def tables(self, conn: Conn) -> set[str]:
-        rows = conn.execute(
-            "SELECT table_name FROM information_schema.tables "
-            "WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'"
-        ).fetchall()
-        return {str(name) for (name,) in rows} - {"cccatalog_schema"}
-
-    def columns(self, conn: Conn, table: str) -> frozenset[str]:
-        rows = conn.execute(
-            "SELECT column_name FROM information_schema.columns "
-            "WHERE table_schema = current_schema() AND table_name = ?",
-            (table,),
-        ).fetchall()
-        return frozenset(str(name) for (name,) in rows)
 
 
 def lock_key(name: str) -> int:
@@ -219,363 +131,3 @@ class Database(ABC):
     def unreachable(self) -> str | None:
         """Why the database cannot be reached now, or None."""
         return None
-
-
-class SqliteDatabase(Database):
-    """One SQLite connection shared by every thread; a thread lock keeps transactions whole."""
-
-    dialect = SqliteDialect()
-
-    def __init__(self, raw: sqlite3.Connection, path: Path) -> None:
-        self.raw = raw
-        self.path = path
-        self.location = str(path)
-        self.conn = Conn(raw, self.dialect)
-        self._lock = threading.Lock()
-
-    def read(self, what: str, fn: Callable[[Conn], T]) -> T:
-        with self._lock:
-            try:
-                return fn(self.conn)
-            except sqlite3.Error as exc:
-                raise sqlite_error(self.location, what, exc) from None
-
-    def write(self, what: str, fn: Callable[[Conn], T]) -> T:
-        with self._lock:
-            try:
-                self.raw.execute("BEGIN IMMEDIATE")  # the write lock up front, not at the first write
-                try:
-                    result = fn(self.conn)
-                    self.raw.execute("COMMIT")
-                except BaseException:
-                    # Some errors (disk full, I/O) already ended the transaction.
-                    if self.raw.in_transaction:
-                        self.raw.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                raise sqlite_error(self.location, what, exc) from None
-        return result
-
-    def migrate_with(self, fn: Callable[[Conn], T]) -> T:
-        with self._lock:
-            return fn(self.conn)
-
-    def close(self) -> None:
-        with self._lock:
-            self.raw.close()
-
-
-def is_busy(exc: BaseException) -> bool:
-    # Errors raised by the sqlite3 module itself (e.g. "closed database") carry no SQLite code.
-    return bool((getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF == sqlite3.SQLITE_BUSY)
-
-
-def sqlite_error(location: str, what: str, exc: BaseException) -> StateError:
-    if is_busy(exc):
-        hint = "another process kept it locked for longer than the busy timeout; try again"
-    else:
-        hint = "is the directory writable, the disk not full, and the file a cccatalog state file?"
-    return StateError(f"cannot {what} state file {location}: {exc}; {hint}")
-
-
-# --- PostgreSQL ----------------------------------------------------------------------------------------
-
-
-class PostgresDatabase(Database):
-    """A pool of connections to one PostgreSQL database, shared by every thread of this process."""
-
-    dialect = PostgresDialect()
-    shared = True
-
-    def __init__(
-        self, url: str, *, pool_size: int = 16, secrets: Sequence[str] = (), read_only: bool = False
-    ) -> None:
-        self._url = url
-        self._read_only = read_only
-        self.location = mask_url_password(url)
-        password = url_password(url)
-        # psycopg and libpq may quote the connection string in an error: never let it out
-        self._scrub = Redactor([s for s in (password, url, *secrets) if s])
-        self._size = pool_size
-        self._slots = threading.BoundedSemaphore(pool_size)
-        self._idle: list[Any] = []
-        self._lock = threading.Lock()
-        self._closed = False
-        self._down_since: float | None = None
-        self._down_reason = ""
-        self._retry_at = 0.0
-        self._probing = False
-
-    # -- connections --
-
-    def connect(self) -> Any:
-        """A new connection in autocommit mode (transactions are explicit), or StateUnavailable."""
-        try:
-            import psycopg
-        except ImportError:
-            raise StateError(
-                f"the state database {self.location} is PostgreSQL, but psycopg is not installed: "
-                "install cccatalog with the postgres extra (pip install 'cccatalog[postgres]')"
-            ) from None
-        try:
-            conninfo = self._url
-            if self._read_only:
-                # a reader that must change nothing (`cccatalog status`): the server enforces it
-                given = psycopg.conninfo.conninfo_to_dict(conninfo).get("options") or ""
-                options = f"{given} -c default_transaction_read_only=on".strip()
-                conninfo = psycopg.conninfo.make_conninfo(conninfo, options=options)
-            return psycopg.connect(
-                conninfo,
-                autocommit=True,
-                connect_timeout=CONNECT_TIMEOUT_SECONDS,
-                application_name="cccatalog",
-                # a peer that vanished (no RST) is noticed in seconds, not after TCP's two hours
-                keepalives=1,
-                keepalives_idle=10,
-                keepalives_interval=5,
-                keepalives_count=3,
-                tcp_user_timeout=30_000,
-            )
-        except psycopg.OperationalError as exc:
-            raise self._unavailable("connect to", exc) from None
-        except psycopg.Error as exc:
-            raise StateError(
-                f"cannot connect to the state database {self.location}: {self.scrub(exc)}"
-            ) from None
-
-    def scrub(self, exc: BaseException) -> str:
-        """What went wrong, without row data (a server error's DETAIL quotes the failing row) and
-        without the password (libpq may quote the connection string)."""
-        diag = getattr(exc, "diag", None)
-        primary = getattr(diag, "message_primary", None) if diag is not None else None
-        lines = str(exc).strip().splitlines()
-        return self._scrub(primary or (lines[0] if lines else type(exc).__name__))
-
-    def _unavailable(self, what: str, exc: BaseException) -> StateUnavailable:
-        reason = self.scrub(exc)
-        now = time.monotonic()
-        with self._lock:
-            if self._down_since is None:
-                self._down_since = now
-            self._down_reason = reason
-            self._retry_at = now + RETRY_SECONDS
-            stale, self._idle = self._idle, []
-        for raw in stale:
-            _close_quietly(raw)
-        return StateUnavailable(
-            f"cannot {what} the state database {self.location}: {reason}; "
-            "is the PostgreSQL server up and reachable from here?"
-        )
-
-    def _recovered(self) -> None:
-        if self._down_since is not None:
-            with self._lock:
-                self._down_since = None
-
-    def unreachable(self) -> str | None:
-        with self._lock:
-            if self._down_since is None:
-                return None
-            seconds = time.monotonic() - self._down_since
-            return f"unreachable for {seconds:.0f}s: {self._down_reason}"
-
-    @contextmanager
-    def _connection(self, what: str) -> Iterator[tuple[Any, bool]]:
-        """A pooled connection (and whether it was reused); broken ones are not put back."""
-        with self._lock:
-            if self._closed:
-                raise StateError(f"cannot {what} the state database {self.location}: the store is closed")
-            if self._down_since is not None:
-                # one call at a time finds out whether it is back; the others answer at once
-                if self._probing or time.monotonic() < self._retry_at:
-                    raise StateUnavailable(
-                        f"cannot {what} the state database {self.location}: {self._down_reason} "
-                        f"(tried again every {RETRY_SECONDS:.0f}s)"
-                    )
-                self._probing = True
-        try:
-            if not self._slots.acquire(timeout=POOL_WAIT_SECONDS):
-                raise StateUnavailable(
-                    f"cannot {what} the state database {self.location}: all {self._size} connections "
-                    f"stayed busy for {POOL_WAIT_SECONDS:.0f}s"
-                )
-        except BaseException:
-            with self._lock:
-                self._probing = False
-            raise
-        try:
-            with self._lock:
-                raw = self._idle.pop() if self._idle else None
-            reused = raw is not None
-            if raw is None:
-                try:
-                    raw = self.connect()
-                finally:
-                    with self._lock:
-                        self._probing = False
-                self._recovered()
-            try:
-                yield raw, reused
-            finally:
-                if raw.closed or raw.broken or self.dialect.in_transaction(raw) or self._closed:
-                    _close_quietly(raw)
-                else:
-                    with self._lock:
-                        self._idle.append(raw)
-        finally:
-            self._slots.release()
-
-    def _run(self, what: str, fn: Callable[[Conn], T], *, transaction: bool) -> T:
-        import psycopg
-
-        for attempt in (1, 2):
-            with self._connection(what) as (raw, reused):
-                conn = Conn(raw, self.dialect)
-                try:
-                    if not transaction:
-                        result = fn(conn)
-                    else:
-                        raw.execute("BEGIN")
-                        try:
-                            result = fn(conn)
-                            raw.execute("COMMIT")
-                        except BaseException:
-                            if not raw.broken and self.dialect.in_transaction(raw):
-                                raw.execute("ROLLBACK")
-                            raise
-                except psycopg.Error as exc:
-                    if raw.broken or raw.closed:
-                        # the server dropped a pooled connection (a restart): once more, on a new one;
-                        # the writes are idempotent, so a COMMIT that was lost in flight is safe to redo
-                        if reused and attempt == 1:
-                            continue
-                        raise self._unavailable(what, exc) from None
-                    raise StateError(
-                        f"cannot {what} the state database {self.location}: {self.scrub(exc)}"
-                    ) from None
-                self._recovered()
-                return result
-        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
-
-    def read(self, what: str, fn: Callable[[Conn], T]) -> T:
-        return self._run(what, fn, transaction=False)
-
-    def write(self, what: str, fn: Callable[[Conn], T]) -> T:
-        return self._run(what, fn, transaction=True)
-
-    def migrate_with(self, fn: Callable[[Conn], T]) -> T:
-        import psycopg
-
-        with self._connection("migrate") as (raw, _):
-            try:
-                result = fn(Conn(raw, self.dialect))
-            except psycopg.Error as exc:
-                if raw.broken or raw.closed:
-                    raise self._unavailable("migrate", exc) from None
-                raise StateError(
-                    f"cannot migrate the state database {self.location}: {self.scrub(exc)}"
-                ) from None
-        self._recovered()
-        return result
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            idle, self._idle = self._idle, []
-        for raw in idle:
-            _close_quietly(raw)
-
-    # -- session locks --
-
-    def try_lock(self, name: str, *, owner: str | None = None) -> Any | None:
-        """Take the session-level advisory lock `name` on a connection of its own (not from the pool:
-        the lock lives as long as that connection). The connection, or None when another session
-        holds the lock. Close the connection to release it. `owner` becomes the connection's
-        application_name before the lock is taken, so `lock_owner` never reads an older one."""
-        import psycopg
-
-        raw = self.connect()
-        try:
-            if owner:
-                raw.execute("SELECT set_config('application_name', %s, false)", (_owned(owner),))
-            held = bool(raw.execute("SELECT pg_try_advisory_lock(%s)", (lock_key(name),)).fetchone()[0])
-        except psycopg.Error as exc:
-            _close_quietly(raw)
-            raise self._unavailable("take a lock in", exc) from None
-        if not held:
-            _close_quietly(raw)
-            return None
-        self._recovered()
-        return raw
-
-    def unlock(self, name: str, raw: Any) -> None:
-        """Release the session lock `name` held on `raw` and close it. Unlocking first makes the
-        release take effect now: a closed connection's locks go only once its server process ends."""
-        import psycopg
-
-        try:
-            raw.execute("SELECT pg_advisory_unlock(%s)", (lock_key(name),))
-        except psycopg.Error:
-            pass  # a broken connection: the server drops its locks as it notices
-        finally:
-            _close_quietly(raw)
-
-    def lock_is_alive(self, raw: Any) -> bool:
-        """True while the connection holding a session lock still answers (so the lock is still held)."""
-        import psycopg
-
-        try:
-            raw.execute("SELECT 1")
-            return True
-        except psycopg.Error:
-            _close_quietly(raw)
-            return False
-
-    def lock_owner(self, name: str) -> str | None:
-        """The owner the session holding the advisory lock `name` named (`try_lock`), if any."""
-        classid, objid = _lock_ids(name)
-        row = self.read(
-            "read the locks of",
-            lambda conn: conn.execute(
-                "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-                "WHERE l.locktype = 'advisory' AND l.granted "
-                "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-                "AND l.classid::bigint = ? AND l.objid::bigint = ? AND l.objsubid = 1",
-                (classid, objid),
-            ).fetchone(),
-        )
-        name_ = str(row[0]) if row and row[0] else ""
-        return name_.removeprefix(_OWNER_PREFIX) if name_.startswith(_OWNER_PREFIX) else None
-
-    def lock_is_held(self, name: str) -> bool:
-        """Whether any session holds the advisory lock `name` (read from pg_locks, taking nothing)."""
-        classid, objid = _lock_ids(name)
-        row = self.read(
-            "read the locks of",
-            lambda conn: conn.execute(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-                "AND classid::bigint = ? AND objid::bigint = ? AND objsubid = 1",
-                (classid, objid),
-            ).fetchone(),
-        )
-        return bool(row[0])
-
-
-_OWNER_PREFIX = "cccatalog-lock "
-
-
-def _owned(owner: str) -> str:
-    return (_OWNER_PREFIX + owner)[:63]  # application_name keeps 63 bytes
-
-
-def _lock_ids(name: str) -> tuple[int, int]:
-    """A bigint advisory key as pg_locks shows it: its high and low 32 bits."""
-    key = lock_key(name) & 0xFFFFFFFFFFFFFFFF
-    return key >> 32, key & 0xFFFFFFFF
-
-
-def _close_quietly(raw: Any) -> None:
-    # a connection that cannot even close is already gone
-    with suppress(Exception):
-        raw.close()

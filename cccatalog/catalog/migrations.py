@@ -21,12 +21,11 @@ are carried over — in the same transaction, once.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from cccatalog.catalog import adoption
-from cccatalog.catalog.backends import Conn, SqliteDialect
+from cccatalog.catalog.backends import Conn
 from cccatalog.catalog.pointers import has_image, pointers
 from cccatalog.errors import StateError
 
@@ -66,7 +65,7 @@ def check_is_state_file(conn: Conn, location: str) -> None:
     tables = conn.dialect.tables(conn)
     if tables and not tables >= PREDECESSOR_TABLES:
         shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
-        what = "file" if conn.dialect.name == "sqlite" else "database"
+        what = conn.dialect.noun
         setting = "state.path at a new file" if what == "file" else "state.url at a database of its own"
         raise StateError(
             f"{location} is not a cccatalog state {what} (it holds other tables: {shown}); "
@@ -107,16 +106,17 @@ def migrate(conn: Conn, location: str = "<in-memory state>") -> int:
 def current_schema() -> list[str]:
     """The CREATE statements of the latest schema, as the migrations leave it in an empty database:
     tables first, then what depends on them (indexes)."""
-    scratch = sqlite3.connect(":memory:", isolation_level=None)
+    from cccatalog.catalog.sqlite_engine import SqliteDatabase
+
+    scratch = SqliteDatabase.open_memory()
     try:
-        conn = Conn(scratch, SqliteDialect())
-        migrate(conn)
-        rows = conn.execute(
+        migrate(scratch.conn)
+        rows = scratch.conn.execute(
             "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY type <> 'table', rowid"
         ).fetchall()
     finally:
         scratch.close()
-    return [sql for (sql,) in rows]
+    return [row.sql for row in rows]
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,11 +132,13 @@ def fill_pointers(conn: Conn) -> None:
     """Write every collection's latest/stable pointers from its refs (after an adoption carried rows
     in, and once for the rows written before the pointers were kept)."""
     by_slug: dict[str, list[_Ref]] = {}
-    for slug, ref, tag, active, latest, stable in conn.execute(
+    for row in conn.execute(
         "SELECT slug, ref, image_tag, is_active, is_latest, is_stable FROM cccatalog_image_refs "
         "ORDER BY slug, ref"
     ).fetchall():
-        by_slug.setdefault(slug, []).append(_Ref(ref, tag, bool(active), bool(latest), bool(stable)))
+        by_slug.setdefault(row.slug, []).append(
+            _Ref(row.ref, row.image_tag, bool(row.is_active), bool(row.is_latest), bool(row.is_stable))
+        )
     for slug, refs in by_slug.items():
         latest_row, stable_row = pointers(refs)
         conn.execute(
@@ -144,10 +146,12 @@ def fill_pointers(conn: Conn) -> None:
             "VALUES (?, ?, ?, ?) ON CONFLICT (slug) DO UPDATE SET latest_ref = excluded.latest_ref, "
             "stable_ref = excluded.stable_ref, has_image = excluded.has_image",
             (
-                slug, latest_row.ref if latest_row else None, stable_row.ref if stable_row else None,
+                slug,
+                latest_row.ref if latest_row else None,
+                stable_row.ref if stable_row else None,
                 int(has_image(refs)),
             ),
-        )  # fmt: skip
+        )
 
 
 @migration

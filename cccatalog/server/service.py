@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from cccatalog import envvars
 from cccatalog.baked import Findings
+from cccatalog.catalog.sqlite_engine import MEMORY
 from cccatalog.catalog.store import Store
 from cccatalog.config import Config
 from cccatalog.errors import CCCatalogError, LockBusy, StateError
@@ -243,12 +244,12 @@ def open_state(
     redactor.add(*secrets)
     if state.url is None and not create and not state.path.exists():
         log.info("no state file at %s yet; answering from an empty state", state.path)
-        return Store.memory()
+        return Store.open(MEMORY)
     try:
         return Store.for_config(config, environ=environ, connect_later=create)
     except StateError as exc:
         log.error("%s; serving with an in-memory state until this is fixed (catalog starts empty)", exc)
-        return Store.memory()
+        return Store.open(MEMORY)
 
 
 def _backfill_after_reload(config: Config, *, store: Store, servability: Servability) -> None:
