@@ -342,7 +342,7 @@ def admin_token(environ: Mapping[str, str]) -> str | None:
 def _authorize(ctx: ApiContext, authorization: str | None, client: str) -> None:
     token = admin_token(ctx.environ)
     if token is None:
-        raise HttpError(503, "admin endpoints are disabled: set CCCATALOG_ADMIN_TOKEN to enable them")
+        raise HttpError(503, f"admin endpoints are disabled: set {envvars.ADMIN_TOKEN[0]} to enable them")
     if (wait := ctx.admin_failures.retry_after(client)) is not None:
         raise HttpError(
             429, "too many wrong admin tokens from this address; retry later", (("Retry-After", str(wait)),)
