@@ -328,13 +328,20 @@ class PackCache:
         with self._lock:
             self._finished_bytes = total
 
+    def counted_bytes(self) -> int:
+        """What the bound counts now: finished entries, and the room writers and readers still hold."""
+        with self._lock:
+            return self._finished_bytes + self._live_bytes
+
     def disk_bytes(self) -> int:
-        """What the cache's files take now (finished entries and answers being written)."""
+        """What the cache's files take now (finished entries and answers being written), in whole
+        blocks as the bound counts them: an empty file (an answer that went direct before its first
+        byte) takes none."""
         total = 0
         for folder in (self.entries, self.tmp):
             for path in folder.iterdir():
                 with suppress(OSError):
-                    total += max(path.stat().st_size, _BLOCK)
+                    total += -(-path.stat().st_size // _BLOCK) * _BLOCK
         return total
 
 
