@@ -307,8 +307,7 @@ def write_config(work: Path) -> Path:
 
 
 def variant_config(work: Path, name: str, settings: str) -> Path:
-    """The config with more `serve:` settings (YAML lines), as `serve-<name>.yaml`. The base config names no
-    pack cache key, so a tree from before the pack cache (`--compare-src`) can read it too."""
+    """The config with more `serve:` settings (YAML lines), as `serve-<name>.yaml`."""
     path = work / f"serve-{name}.yaml"
     text = (work / "cccatalog.yaml").read_text()
     path.write_text(text.replace("serve:\n", "serve:\n" + settings))
@@ -1708,7 +1707,7 @@ def start_servers(
             servers.append(ccc)
             for spec in compare:  # LABEL=PATH: the same server from another source tree, right after it
                 label, _, src = spec.partition("=")
-                config = work / "cccatalog.yaml"
+                config = server_config(work, name)  # the same settings: only the source differs
                 servers.append(
                     start_cccatalog(work, config, name=f"cccatalog[{label}]", src=Path(src).resolve())
                 )
