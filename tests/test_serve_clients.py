@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx
 import pytest
@@ -72,20 +72,31 @@ class Served:
 
 @contextmanager
 def serve_alpha(
-    make_upstream: MakeUpstream, write_config: MakeConfig, *, backend: HttpBackend | None = None
+    make_upstream: MakeUpstream,
+    write_config: MakeConfig,
+    *,
+    backend: HttpBackend | None = None,
+    **settings: Any,
 ) -> Iterator[Served]:
     """Upstream `alpha` (with a GitHub-style refs/pull/1/head), synced, served in-process."""
     up = make_upstream("alpha")
     git("update-ref", "refs/pull/1/head", "HEAD", cwd=up.path)
     path = write_config({"alpha": up.url})
     config = synced_config(path)
-    with running_server(config, backend=backend) as server:
+    with running_server(config, backend=backend, **settings) as server:
         yield Served(server.url, up, path, config)
 
 
-@pytest.fixture
-def served_alpha(make_upstream: MakeUpstream, write_config: MakeConfig) -> Iterator[Served]:
-    with serve_alpha(make_upstream, write_config) as served:
+# The two ways a pack leaves: through the pack cache (the default), and with the cache off, the fetch's
+# last request handed to git with the socket as its stdout (server/handoff.py).
+ANSWER_PATHS: dict[str, dict[str, Any]] = {"pack-cache": {}, "hand-off": {"pack_cache_mb": 0}}
+
+
+@pytest.fixture(params=list(ANSWER_PATHS))
+def served_alpha(
+    request: pytest.FixtureRequest, make_upstream: MakeUpstream, write_config: MakeConfig
+) -> Iterator[Served]:
+    with serve_alpha(make_upstream, write_config, **ANSWER_PATHS[request.param]) as served:
         yield served
 
 

@@ -36,7 +36,7 @@ from cccatalog.gitmirror.layout import Layout
 from cccatalog.gitmirror.refstate import RACY_SECONDS, advertisement_fingerprint
 from cccatalog.logtext import Verbatim
 from cccatalog.redact import Redactor
-from cccatalog.server import framing, relay, ui
+from cccatalog.server import framing, handoff, relay, ui
 from cccatalog.server.admission import Admission, ClientLeft, Refused, client_gone
 from cccatalog.server.advert_cache import AdvertCache, CachedAnswer, RecordingSink
 from cccatalog.server.api import ApiContext
@@ -46,7 +46,7 @@ from cccatalog.server.framing import FramingError
 from cccatalog.server.logsafe import access_fields, loggable_target
 from cccatalog.server.metrics import ServerMetrics, route_class
 from cccatalog.server.pack_cache import PackCache
-from cccatalog.server.pack_key import normalise
+from cccatalog.server.pack_key import UPLOAD_PACK_REQUEST, asks_for_pack, normalise
 from cccatalog.server.pack_send import answer_upload_pack
 from cccatalog.server.reaper import Reaper, body_window
 from cccatalog.server.routing import GitRoute, GitService, Refusal, route_git
@@ -192,7 +192,11 @@ class CatalogServer(ThreadingHTTPServer):
         Closing a socket with unread input makes the kernel send a reset, which can destroy an answer
         still on its way (a 400, 413 or 403 refusing a body that was not read): the client would see
         "connection reset" instead of the reason. Bounded: `_LINGER_BYTES` or `_LINGER_SECONDS`.
+        A connection whose answer git did not finish (`handoff.end_broken`) is reset on purpose.
         """
+        if handoff.resets(request):
+            self.close_request(request)
+            return
         with suppress(OSError):
             request.shutdown(socket.SHUT_WR)
             request.settimeout(_LINGER_SECONDS)
@@ -444,7 +448,10 @@ class GitRequestHandler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 return
             with slot:
-                self._run_backend(route, req, body, sink)
+                if body is not None and type(sink) is _Sink and self._may_hand_off(req, body):
+                    self._hand_off(route, req, body)
+                else:
+                    self._run_backend(route, req, body, sink)
         finally:
             if body is not None:
                 body.close()
@@ -497,6 +504,39 @@ class GitRequestHandler(BaseHTTPRequestHandler):
         )
         if outcome.killed:
             self.close_connection = True
+            log.warning("git backend for %s killed: %s", route.path_info, outcome.killed)
+
+    def _may_hand_off(self, req: CGIRequest, body: IO[bytes]) -> bool:
+        """Whether this request's answer is the pack and can go from git to the socket (`handoff`)."""
+        return (
+            self.server.settings.pack_hand_off
+            and req.content_type == UPLOAD_PACK_REQUEST
+            and handoff.reads_to_close(self.headers.get("User-Agent", ""))
+            and handoff.supported(self.connection)
+            and asks_for_pack(
+                body, content_encoding=req.content_encoding, max_inflated=self.server.max_request_body_bytes
+            )
+        )
+
+    def _hand_off(self, route: GitRoute, req: CGIRequest, body: IO[bytes]) -> None:
+        self.close_connection = True  # the answer's end is the connection's
+        self._status = 200
+        self.send_response(200)
+        self._connection_header()
+        buffered: list[bytes] = getattr(self, "_headers_buffer", [])  # http.server's, filled above
+        head = b"".join(buffered)
+        buffered.clear()
+        outcome = self.server.backend.hand_off(
+            req,
+            body,
+            self.connection,
+            head=head,
+            project_root=self.server.live.current.git.data_dir,
+            timeout=self.server.settings.request_timeout_seconds,
+            idle_timeout=self.server.settings.idle_timeout_seconds,
+        )
+        self._sent += outcome.body_bytes
+        if outcome.killed:
             log.warning("git backend for %s killed: %s", route.path_info, outcome.killed)
 
     def _send_cached(self, answer: CachedAnswer) -> None:

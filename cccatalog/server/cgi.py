@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import subprocess
 import threading
 from collections.abc import Mapping
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from cccatalog.gitmirror.deadlines import Watchdog
+from cccatalog.server import handoff
+from cccatalog.server.admission import client_gone
 
 log = logging.getLogger("cccatalog.http_backend")  # the logger keeps its name: log filters select on it
 
@@ -179,34 +182,8 @@ class HttpBackend:
         project_root: Path,
         timeout: float,
     ) -> BackendOutcome:
-        env = cgi_environment(req, project_root=project_root, environ=self.environ)
-        proc = subprocess.Popen(
-            self.command,
-            env=env,
-            stdin=subprocess.PIPE if body is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,  # so one kill takes upload-pack and pack-objects with it
-        )
+        proc, run = self._start(req, body, subprocess.PIPE, project_root=project_root, timeout=timeout)
         assert proc.stdout is not None
-        assert proc.stderr is not None
-        with self._live_lock:
-            self._live.add(proc.pid)
-        killed: list[str] = []
-
-        def kill(reason: str) -> None:
-            if proc.poll() is None:
-                killed.append(reason)
-                with suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-
-        stderr_count = [0]
-        threads = [threading.Thread(target=_drain_stderr, args=(proc.stderr, req, stderr_count), daemon=True)]
-        if body is not None:
-            threads.append(threading.Thread(target=_feed_stdin, args=(proc, body), daemon=True))
-        for t in threads:
-            t.start()
-        expired = self._deadlines.watch(proc, timeout)
         status, sent = 502, 0
         stdout = proc.stdout.fileno()  # read raw: the buffered reader is never used, so holds nothing
         _grow_pipe(stdout)
@@ -218,27 +195,121 @@ class HttpBackend:
                 sent += len(first)
             sent += sink.stream_from(stdout)
             code = proc.wait()  # at EOF the backend is exiting; how it exits decides how the answer ends
-            if not killed and not expired.is_set():  # a killed backend's answer is cut off: no clean end
+            if not run.killed and not run.expired.is_set():  # a killed backend's answer is cut off
                 sink.finish(complete=code == 0)
         except ClientGone:
-            kill("client disconnected")
+            run.kill("client disconnected")
         except _BadCGI as exc:
-            kill(str(exc))
+            run.kill(str(exc))
             sink.start(502, [("Content-Type", "text/plain")])
             sink.write(b"bad gateway: the git backend failed\n")
             sink.finish()
         finally:
-            if proc.poll() is None and killed == []:
+            if proc.poll() is None and not run.killed:
                 proc.stdout.close()  # nothing more to read: a backend still writing gets SIGPIPE
-            proc.wait()
-            self._deadlines.forget(expired)
-            with self._live_lock:
-                self._live.discard(proc.pid)
-            for t in threads:
-                t.join(timeout=5)
-        if expired.is_set():
-            killed.insert(0, f"request took longer than {timeout:.0f}s")
-        return BackendOutcome(status, sent, stderr_count[0], killed[0] if killed else None)
+            self._end(run)
+        return run.outcome(status, sent, timeout)
+
+    def hand_off(
+        self,
+        req: CGIRequest,
+        body: IO[bytes],
+        sock: socket.socket,
+        *,
+        head: bytes,
+        project_root: Path,
+        timeout: float,
+        idle_timeout: float,
+    ) -> BackendOutcome:
+        """Answer with `sock` as the backend's stdout (see `handoff`): `head` (a status line and headers
+        without the blank line) first, then whatever the backend writes. The caller closes the
+        connection afterwards; a backend that did not finish leaves it marked for a reset."""
+        before = handoff.written(sock)
+        idle = sock.gettimeout()
+        sock.setblocking(True)  # git's stdout: writes wait for room instead of failing
+        handoff.cork(sock, True)
+        try:
+            sock.sendall(head)
+            proc, run = self._start(req, body, sock.fileno(), project_root=project_root, timeout=timeout)
+            try:
+                why = handoff.watch(sock, proc, idle_timeout=idle_timeout, gone=client_gone)
+                if why is not None:
+                    run.kill(why)
+            finally:
+                self._end(run)
+            cut = bool(run.killed) or run.expired.is_set()
+            with suppress(OSError):  # a client that reset the connection has nothing left to tell
+                handoff.cork(sock, False)  # the last partial segment leaves now
+                if cut or proc.returncode != 0:
+                    handoff.end_broken(sock, drain=not cut, gone=client_gone)
+        finally:
+            sock.settimeout(idle)
+        try:
+            sent = max(0, handoff.written(sock) - before - len(head))
+        except OSError:
+            sent = 0
+        return run.outcome(200, sent, timeout)
+
+    def _start(
+        self,
+        req: CGIRequest,
+        body: IO[bytes] | None,
+        stdout: int,
+        *,
+        project_root: Path,
+        timeout: float,
+    ) -> tuple[subprocess.Popen[bytes], _Run]:
+        env = cgi_environment(req, project_root=project_root, environ=self.environ)
+        proc = subprocess.Popen(
+            self.command,
+            env=env,
+            stdin=subprocess.PIPE if body is not None else subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # so one kill takes upload-pack and pack-objects with it
+        )
+        assert proc.stderr is not None
+        with self._live_lock:
+            self._live.add(proc.pid)
+        run = _Run(proc, self._deadlines.watch(proc, timeout))
+        run.threads.append(
+            threading.Thread(target=_drain_stderr, args=(proc.stderr, req, run.stderr_lines), daemon=True)
+        )
+        if body is not None:
+            run.threads.append(threading.Thread(target=_feed_stdin, args=(proc, body), daemon=True))
+        for t in run.threads:
+            t.start()
+        return proc, run
+
+    def _end(self, run: _Run) -> None:
+        run.proc.wait()
+        self._deadlines.forget(run.expired)
+        with self._live_lock:
+            self._live.discard(run.proc.pid)
+        for t in run.threads:
+            t.join(timeout=5)
+
+
+class _Run:
+    """One running backend: its deadline, its helper threads, and whether (and why) it was killed."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], expired: threading.Event) -> None:
+        self.proc = proc
+        self.expired = expired
+        self.threads: list[threading.Thread] = []
+        self.stderr_lines = [0]
+        self.killed: list[str] = []
+
+    def kill(self, reason: str) -> None:
+        if self.proc.poll() is None:
+            self.killed.append(reason)
+            with suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+    def outcome(self, status: int, sent: int, timeout: float) -> BackendOutcome:
+        if self.expired.is_set():
+            self.killed.insert(0, f"request took longer than {timeout:.0f}s")
+        return BackendOutcome(status, sent, self.stderr_lines[0], self.killed[0] if self.killed else None)
 
 
 class _BadCGI(Exception):

@@ -71,6 +71,23 @@ def request_key(
     return hashlib.sha256(json.dumps(material).encode()).hexdigest()
 
 
+def asks_for_pack(body: IO[bytes], *, content_encoding: str, max_inflated: int) -> bool:
+    """Whether the request ends its negotiation (`done`, in v0 and v2 alike): upload-pack then answers
+    with the pack, and the client asks nothing more of this connection. `body` is read and rewound;
+    a body that does not inflate or parse is not one."""
+    data = body.read()
+    body.seek(0)
+    if content_encoding.lower() in ("gzip", "x-gzip"):
+        inflated = _gunzip(data, max_inflated)
+        if inflated is None:
+            return False
+        data = inflated
+    elif content_encoding:
+        return False
+    packets = _split(data)
+    return packets is not None and any(not p.special and p.data in (b"done", b"done\n") for p in packets)
+
+
 def normalise(data: bytes, *, v2: bool) -> bytes | None:
     """The request with client-only capabilities dropped and the others sorted; None when `data` is not
     a sequence of pkt-lines."""
