@@ -1373,8 +1373,8 @@ def evaluate_targets(rows: Sequence[Row], size: Size) -> list[Target]:
         Target(
             f"full-clone MB/s at N={n_mid}: cccatalog / nginx+fcgiwrap",
             _fmt_ratio(r),
-            ">= 1.10x",
-            None if r is None else r >= 1.1,
+            ">= 1.30x",
+            None if r is None else r >= 1.3,
         )
     )
     r = _ratio(tput("cccatalog", "full-clone", 1), tput("raw-upload-pack", "full-clone", 1))
@@ -1382,8 +1382,8 @@ def evaluate_targets(rows: Sequence[Row], size: Size) -> list[Target]:
         Target(
             "full-clone MB/s at N=1: cccatalog / raw upload-pack",
             _fmt_ratio(r),
-            ">= 0.90x",
-            None if r is None else r >= 0.9,
+            ">= 0.95x",
+            None if r is None else r >= 0.95,
         )
     )
     r = _ratio(tput("cccatalog-packcache", "full-clone", 1), tput("raw-upload-pack", "full-clone", 1))

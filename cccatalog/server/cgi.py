@@ -238,16 +238,16 @@ class HttpBackend:
             finally:
                 self._end(run)
             cut = bool(run.killed) or run.expired.is_set()
+            sent = 0
             with suppress(OSError):  # a client that reset the connection has nothing left to tell
-                handoff.cork(sock, False)  # the last partial segment leaves now
+                sent = max(0, handoff.written(sock) - before - len(head))
                 if cut or proc.returncode != 0:
                     handoff.end_broken(sock, drain=not cut, gone=client_gone)
+                else:  # whole: the client sees the end now, not after the access log is written
+                    handoff.cork(sock, False)
+                    sock.shutdown(socket.SHUT_WR)
         finally:
             sock.settimeout(idle)
-        try:
-            sent = max(0, handoff.written(sock) - before - len(head))
-        except OSError:
-            sent = 0
         return run.outcome(200, sent, timeout)
 
     def _start(

@@ -150,6 +150,7 @@ def end_broken(sock: socket.socket, *, drain: bool, gone: Callable[[socket.socke
     """Make the end of this answer a reset: what git wrote leaves first (`drain`, bounded, and not for
     a client that has gone), then the close that follows sends RST instead of FIN (see
     `CatalogServer.shutdown_request`)."""
+    cork(sock, False)
     deadline = time.monotonic() + _DRAIN_SECONDS
     while drain and queued(sock) and time.monotonic() < deadline and not gone(sock):
         time.sleep(0.01)
