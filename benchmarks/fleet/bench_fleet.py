@@ -279,10 +279,16 @@ def start_servers(
             server = bs.start_nginx(work, size.slots, name=name, cgi_env=hook_env, probe_repo=SLUG)
         stack.callback(bs.stop_server, server)
         servers.append(server)
-    for spec in compare:  # LABEL=PATH: serve from another source tree, with the base config
+    for spec in compare:  # LABEL=PATH: serve from another tree, set as cccatalog-second-sight (the default)
         label, _, src = spec.partition("=")
+        cache = work / f"compare-{label}-cache"  # a cache of its own: no answer made by another server
+        shutil.rmtree(cache, ignore_errors=True)
+        settings = f"  pack_cache_dir: {cache}\n  pack_cache_second_sight: true\n"
         server = bs.start_cccatalog(
-            work, work / "cccatalog.yaml", name=f"cccatalog[{label}]", src=Path(src).resolve()
+            work,
+            serve_config(work, f"compare-{label}", settings),
+            name=f"cccatalog[{label}]",
+            src=Path(src).resolve(),
         )
         stack.callback(bs.stop_server, server)
         servers.append(server)
