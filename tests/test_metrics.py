@@ -119,7 +119,7 @@ def test_a_request_beyond_the_cap_is_counted_as_refused_while_one_is_in_flight(
         holder = threading.Thread(target=lambda: first.append(raw_request(server.url, "GET", path)))
         holder.start()
         try:
-            assert wait_until(started.exists, 10), "the first request never reached the backend"
+            assert wait_until(started.exists, 30), "the first request never reached the backend"
             during = scrape(server.url)
             refused = raw_request(server.url, "GET", path)
             after_refusal = scrape(server.url)

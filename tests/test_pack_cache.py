@@ -164,7 +164,7 @@ def test_identical_requests_arriving_together_start_one_backend_and_get_the_same
         ]
         for thread in threads:
             thread.start()
-        assert wait_until(lambda: packs.joined == 7, 10), "the requests did not all join one answer"
+        assert wait_until(lambda: packs.joined == 7, 30), "the requests did not all join one answer"
         gate.open()
         for thread in threads:
             thread.join(60)
@@ -259,7 +259,7 @@ def test_an_answer_bigger_than_the_bound_goes_to_its_slow_reader_whole_and_the_d
         # the slow reader is gone, and its file with it: the cache keeps answers again
         again = want_request(small[1])
         assert complete(upload_pack(server.url, "alpha.git", again))
-        assert wait_until(lambda: writers_done(server) and len(entries(server)) >= 1, 10)
+        assert wait_until(lambda: writers_done(server) and len(entries(server)) >= 1, 30)
 
     assert complete(meanwhile)
     assert disk_meanwhile <= bound
@@ -285,11 +285,11 @@ def test_an_answer_from_a_backend_that_failed_is_never_kept(
 
     with serving(config, backend=HttpBackend(git=str(failing))) as server:
         failed = upload_pack(server.url, "alpha.git", body)
-        assert wait_until(lambda: writers_done(server), 10)
+        assert wait_until(lambda: writers_done(server), 30)
         after_failure = entries(server)
     with serving(config, request_timeout_seconds=1, backend=HttpBackend(git=str(sleepy))) as server:
         timed_out = upload_pack(server.url, "alpha.git", body)
-        assert wait_until(lambda: writers_done(server), 10)
+        assert wait_until(lambda: writers_done(server), 30)
         after_timeout = entries(server)
 
     assert failed.status == 200  # the answer itself was whole; git's exit status says it failed
@@ -382,11 +382,11 @@ def test_an_answer_nobody_waits_for_leaves_the_queue_and_never_runs_git(
     with serving(config, max_concurrent_upload_packs=1, backend=backend) as server:
         thread = threading.Thread(target=lambda: holder.append(upload_pack(server.url, "alpha.git", depth2)))
         thread.start()
-        assert wait_until(lambda: len(gate.lines()) == 1, 10)
+        assert wait_until(lambda: len(gate.lines()) == 1, 30)
         with socket.create_connection(address(server.url), timeout=10) as sock:
             sock.sendall(request)
-            assert wait_until(lambda: server.admission.queued == 1, 10)
-        assert wait_until(lambda: server.admission.queued == 0, 10), "the abandoned answer is still queued"
+            assert wait_until(lambda: server.admission.queued == 1, 30)
+        assert wait_until(lambda: server.admission.queued == 0, 30), "the abandoned answer is still queued"
         gate.open()
         thread.join(30)
 
@@ -406,7 +406,7 @@ def test_two_servers_sharing_a_cache_directory_answer_from_each_others_entries(
         serving(config, backend=backend, pack_cache_dir=shared) as two,
     ):
         first = platform_fetch(f"{one.url}/git/alpha.git", tmp_path / "one")
-        assert wait_until(lambda: writers_done(one), 10)
+        assert wait_until(lambda: writers_done(one), 30)
         made = posts(log)
         second = platform_fetch(f"{two.url}/git/alpha.git", tmp_path / "two")
         assert two.packs is not None
@@ -476,7 +476,7 @@ def test_a_serve_killed_mid_write_leaves_nothing_that_is_ever_served(
     config = synced_config(path)
     repo = config.git.data_dir / "big.git"
     # a serve process waits out the racy window: so does the test, before it asks
-    assert wait_until(lambda: advertisement_fingerprint(repo) is not None, 10)
+    assert wait_until(lambda: advertisement_fingerprint(repo) is not None, 30)
     cache = config.state.path.parent / "pack-cache"
     marker, pidfile = tmp_path / "half-written", tmp_path / "backend.pid"
     fake = stalling_exec_path(tmp_path, marker, pidfile)
@@ -500,7 +500,7 @@ def test_a_serve_killed_mid_write_leaves_nothing_that_is_ever_served(
         )
         try:
             assert wait_until(marker.exists, 30), "the backend never started writing"
-            assert wait_until(lambda: any(p.stat().st_size > 100_000 for p in (cache / "tmp").iterdir()), 10)
+            assert wait_until(lambda: any(p.stat().st_size > 100_000 for p in (cache / "tmp").iterdir()), 30)
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
         finally:
@@ -509,7 +509,7 @@ def test_a_serve_killed_mid_write_leaves_nothing_that_is_ever_served(
             with contextlib.suppress(ProcessLookupError):  # the stalled backend, orphaned by the kill
                 os.killpg(int(pidfile.read_text()), signal.SIGKILL)
     data_dir = config.git.data_dir.resolve()
-    assert wait_until(lambda: not processes_touching(data_dir), 10), processes_touching(data_dir)
+    assert wait_until(lambda: not processes_touching(data_dir), 30), processes_touching(data_dir)
     half_written = list((cache / "tmp").iterdir())
     assert len(half_written) == 1
     assert list((cache / "entries").iterdir()) == []
@@ -531,7 +531,7 @@ def test_a_serve_killed_mid_write_leaves_nothing_that_is_ever_served(
             timeout=120,
             check=False,
         )
-        assert wait_until(lambda: not list((cache / "tmp").iterdir()), 10)
+        assert wait_until(lambda: not list((cache / "tmp").iterdir()), 30)
 
     assert result.returncode == 0, result.stderr
     assert again.returncode == 0, again.stderr
@@ -554,10 +554,10 @@ def test_with_second_sight_an_answer_is_kept_only_when_its_request_comes_again(
         packs = server.packs
         gate.open()
         first = upload_pack(server.url, "alpha.git", one_off)
-        assert wait_until(lambda: writers_done(server), 10)
+        wait_until(lambda: writers_done(server), what="the pack writers to finish")
         after_one_off = entries(server)
         again = [upload_pack(server.url, "alpha.git", repeated) for _ in range(3)]
-        assert wait_until(lambda: writers_done(server), 10)
+        wait_until(lambda: writers_done(server), what="the pack writers to finish")
         kept = entries(server)
         counts = (packs.made, packs.hits)
         # a burst of identical requests is its own second sight: kept the first time
@@ -570,11 +570,11 @@ def test_with_second_sight_an_answer_is_kept_only_when_its_request_comes_again(
         ]
         for thread in threads:
             thread.start()
-        assert wait_until(lambda: packs.joined == 2, 10)
+        wait_until(lambda: packs.joined == 2, what="two requests of the burst to join the first")
         gate.open()
         for thread in threads:
             thread.join(30)
-        assert wait_until(lambda: writers_done(server), 10)
+        wait_until(lambda: writers_done(server), what="the pack writers to finish")
         after_burst = entries(server)
 
     assert complete(first)
