@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from cccatalog.config import Config
 from cccatalog.server.app import CatalogServer
 from cccatalog.server.cgi import HttpBackend
 from tests.conftest import MakeConfig
@@ -66,20 +67,34 @@ def read_to_end(sock: socket.socket) -> tuple[bytes, str]:
 def big_repo(
     make_upstream: MakeUpstream, write_config: MakeConfig, *, megabytes: int = 6, **settings: Any
 ) -> Iterator[tuple[CatalogServer, str]]:
-    """`big` (incompressible blobs) served with the pack cache off; the server and HEAD."""
-    up = make_upstream("big")
-    head = add_random_blobs(up, megabytes=megabytes, files=2)
-    config = synced_config(write_config({"big": up.url}))
+    """`big` served with the pack cache off; the server and HEAD."""
+    config, head = big_config(make_upstream, write_config, megabytes=megabytes)
     with running_server(config, pack_cache_mb=0, **settings) as server:
         yield server, head
+
+
+def big_config(
+    make_upstream: MakeUpstream, write_config: MakeConfig, *, megabytes: int
+) -> tuple[Config, str]:
+    """`big` (incompressible blobs), synced: its configuration and HEAD."""
+    up = make_upstream("big")
+    head = add_random_blobs(up, megabytes=megabytes, files=2)
+    return synced_config(write_config({"big": up.url})), head
+
+
+def slow_reader(server: CatalogServer, head: str) -> socket.socket:
+    """A client with a small receive buffer that has asked for the pack and is being answered."""
+    sock = socket.create_connection(address(server.url), timeout=30)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.sendall(request_bytes(want_request(head)))
+    wait_until(lambda: backends(server) == 1, what="the backend to be writing the pack")
+    return sock
 
 
 def test_the_git_command_lines_fetch_gets_the_socket_and_the_same_pack_as_the_relay(
     make_upstream: MakeUpstream, write_config: MakeConfig
 ) -> None:
-    up = make_upstream("big")
-    head = add_random_blobs(up, megabytes=6, files=2)
-    config = synced_config(write_config({"big": up.url}))
+    config, head = big_config(make_upstream, write_config, megabytes=6)
     body = want_request(head)
 
     with running_server(config, pack_cache_mb=0) as server:
@@ -162,9 +177,7 @@ def test_an_answer_git_did_not_finish_ends_with_a_reset_after_what_git_wrote(
     failing = git_wrapper(
         tmp_path, "git-failing", f'if [ "$1" = http-backend ]; then "{REAL_GIT}" "$@"; exit 1; fi'
     )
-    up = make_upstream("big")
-    head = add_random_blobs(up, megabytes=2, files=2)
-    config = synced_config(write_config({"big": up.url}))
+    config, head = big_config(make_upstream, write_config, megabytes=2)
     with running_server(config, pack_cache_mb=0) as server:
         whole = post(server.url, want_request(head))
     with running_server(config, pack_cache_mb=0, backend=HttpBackend(git=str(failing))) as server:
@@ -183,11 +196,8 @@ def test_a_client_that_leaves_mid_pack_stops_git_at_once(
     make_upstream: MakeUpstream, write_config: MakeConfig
 ) -> None:
     with big_repo(make_upstream, write_config, megabytes=24, max_concurrent_upload_packs=1) as (server, head):
-        sock = socket.create_connection(address(server.url), timeout=30)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-        sock.sendall(request_bytes(want_request(head)))
+        sock = slow_reader(server, head)
         assert sock.recv(65536)
-        wait_until(lambda: backends(server) == 1, what="the backend to be writing the pack")
         sock.close()
         left = time.monotonic()
         # far sooner than the idle timeout (60 s): the close is seen while git waits for room
@@ -205,10 +215,7 @@ def test_a_client_that_stops_reading_loses_its_backend_after_the_idle_timeout(
     make_upstream: MakeUpstream, write_config: MakeConfig
 ) -> None:
     with big_repo(make_upstream, write_config, megabytes=24, idle_timeout_seconds=2) as (server, head):
-        stalled = socket.create_connection(address(server.url), timeout=30)
-        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-        stalled.sendall(request_bytes(want_request(head)))
-        wait_until(lambda: backends(server) == 1, what="the backend to be writing the pack")
+        stalled = slow_reader(server, head)
         started = time.monotonic()
         wait_until(lambda: backends(server) == 0, timeout=15, what="the stalled client's git to be killed")
         waited = time.monotonic() - started
