@@ -22,7 +22,7 @@ from cccatalog.server.cgi import HttpBackend
 from tests.conftest import MakeConfig
 from tests.fleetfixtures import pack_data, want_request
 from tests.gitfixtures import GIT_ENV, Upstream, git
-from tests.robustfixtures import REAL_GIT, add_random_blobs, address, git_wrapper
+from tests.robustfixtures import REAL_GIT, add_random_blobs, address, git_wrapper, raw_request
 from tests.servefixtures import running_server, synced_config
 from tests.test_pack_cache import dechunk
 from tests.waiting import wait_until
@@ -100,6 +100,7 @@ def test_the_git_command_lines_fetch_gets_the_socket_and_the_same_pack_as_the_re
     with running_server(config, pack_cache_mb=0) as server:
         handed = post(server.url, body)
         libgit2 = post(server.url, body, agent=LIBGIT2)
+        metrics = raw_request(server.url, "GET", "/metrics").body.decode()
     with running_server(config, pack_cache_mb=0, pack_hand_off=False) as server:
         relayed = post(server.url, body)
 
@@ -117,6 +118,7 @@ def test_the_git_command_lines_fetch_gets_the_socket_and_the_same_pack_as_the_re
         assert b"transfer-encoding: chunked" in other_head
         assert pack_data(dechunk(other_body)) == pack_data(handed_body)
     assert len(pack_data(handed_body)) > 6 * 1024 * 1024
+    assert "\ncccatalog_pack_hand_offs_total 1.0\n" in metrics  # the git CLI's, not libgit2's
 
 
 def test_a_negotiation_round_is_relayed_and_keeps_the_connection(

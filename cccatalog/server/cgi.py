@@ -152,6 +152,7 @@ class HttpBackend:
         self._live: set[int] = set()
         self._live_lock = threading.Lock()
         self._deadlines = Watchdog()
+        self.hand_offs = 0  # answers git wrote to the client's socket itself (`hand_off`), for /metrics
 
     @property
     def command(self) -> list[str]:
@@ -225,6 +226,7 @@ class HttpBackend:
         without the blank line) first, then whatever the backend writes. The caller closes the
         connection afterwards; a backend that did not finish leaves it marked for a reset."""
         before = handoff.written(sock)
+        self.hand_offs += 1
         idle = sock.gettimeout()
         sock.setblocking(True)  # git's stdout: writes wait for room instead of failing
         handoff.cork(sock, True)

@@ -234,6 +234,11 @@ class _ScrapeTime(Collector):
             ):
                 yield CounterMetricFamily(f"cccatalog_pack_cache_{name}", what, value)
         yield CounterMetricFamily(
+            "cccatalog_pack_hand_offs",
+            "Pack answers git wrote to the client's socket itself (serve.pack_hand_off).",
+            m.backend.hand_offs,
+        )
+        yield CounterMetricFamily(
             "cccatalog_advertisement_cache_hits", "Ref advertisements answered from memory.", m.adverts.hits
         )
         yield CounterMetricFamily(
