@@ -505,3 +505,21 @@ def test_images_copied_at_once_on_a_fresh_client_all_get_through_basic_auth(
         digests = list(pool.map(copy, range(4)))
     assert digests == [b.digest for b in builds]
     assert all(tag_is_whole(registry_basic, f"mirror/{name}", "v5") for name in names)
+
+
+def test_a_refused_manifest_names_the_registrys_error_code(registry_basic: RunningRegistry) -> None:
+    """A bare "HTTP 400" says nothing; the registry's own code says which of several 400s it was."""
+    missing = "sha256:" + "0" * 64
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, "digest": missing, "size": 2},
+            "layers": [{"mediaType": OCI_LAYER, "digest": missing, "size": 2048}],
+        }
+    ).encode()
+    with robot_client() as client, pytest.raises(RegistryError) as refused:
+        client.put_manifest(repo(registry_basic.host, unique("team/cc")), "v1", manifest, OCI_MANIFEST)
+
+    assert refused.value.status == 400
+    assert "MANIFEST_BLOB_UNKNOWN" in str(refused.value), str(refused.value)

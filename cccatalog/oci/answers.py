@@ -73,6 +73,9 @@ def with_digest(upload: str, digest: str) -> str:
     return str(httpx.URL(upload).copy_merge_params({"digest": digest}))
 
 
+_MAX_ERROR_BODY = 64 * 1024
+
+
 def expect(resp: httpx.Response, repo: Repository, doing: str, status: int) -> None:
     if resp.status_code != status:
         raise_for(resp, repo, doing)
@@ -108,7 +111,32 @@ def json_object(resp: httpx.Response, repo: Repository) -> dict[str, Any]:
 
 def raise_for(resp: httpx.Response, repo: Repository, doing: str) -> None:
     if resp.status_code >= 400:
-        raise RegistryError(f"{repo.name}: {doing} failed: HTTP {resp.status_code}", status=resp.status_code)
+        failed = f"{doing} failed: HTTP {resp.status_code}{error_codes(resp)}"
+        raise RegistryError(f"{repo.name}: {failed}", status=resp.status_code)
+
+
+def error_codes(resp: httpx.Response) -> str:
+    """` (CODE: message; ...)` from a registry's error body (the distribution spec's `errors`), or "".
+
+    The code says what a bare status cannot: a 400 on a manifest PUT is `MANIFEST_BLOB_UNKNOWN` or
+    `MANIFEST_INVALID` or `TAG_INVALID`. Only a body already read is looked at (a streamed one is left
+    alone), only codes and messages are kept (never `detail`, which can echo the request), bounded.
+    """
+    try:
+        body = resp.content
+        data = json.loads(body) if len(body) <= _MAX_ERROR_BODY else None
+    except (httpx.ResponseNotRead, ValueError, RecursionError):
+        return ""
+    errors = data.get("errors") if isinstance(data, dict) else None
+    if not isinstance(errors, list):
+        return ""
+    parts = []
+    for error in errors[:3]:
+        if isinstance(error, dict) and isinstance(error.get("code"), str):
+            message = error.get("message")
+            text = error["code"][:64] + (f": {message[:120]}" if isinstance(message, str) and message else "")
+            parts.append(text)
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def unauthorized(repo: Repository, auth: RegistryAuth | None) -> str:
