@@ -62,8 +62,10 @@ class CredentialError(CCCatalogError):
 
 class RegistryError(CCCatalogError):
     """A registry (or its token server) refused, failed or answered something unusable. `status` is
-    the HTTP status when there was one."""
+    the HTTP status when there was one; `codes`, the registry's own error codes (`MANIFEST_BLOB_UNKNOWN`)
+    when it gave any."""
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
+    def __init__(self, message: str, *, status: int | None = None, codes: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.status = status
+        self.codes = codes

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -523,3 +524,59 @@ def test_a_refused_manifest_names_the_registrys_error_code(registry_basic: Runni
 
     assert refused.value.status == 400
     assert "MANIFEST_BLOB_UNKNOWN" in str(refused.value), str(refused.value)
+
+
+class ForgetsOneBlob:
+    """The target as a registry that loses one repository's link to a blob after acknowledging it
+    (what distribution did under concurrent pushes of the same blobs): the link file is removed
+    from its storage just before the first manifest goes out."""
+
+    def __init__(self, inner: RegistryTarget, link: Path) -> None:
+        self.inner = inner
+        self.link = link
+        self.forgotten = False
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    def find_manifest(self, reference: str) -> str | None:
+        return self.inner.find_manifest(reference)
+
+    def has_blob(self, digest: str) -> bool:
+        return self.inner.has_blob(digest)
+
+    def mount_blob(self, digest: str) -> bool:
+        return self.inner.mount_blob(digest)
+
+    def put_blob(self, digest: str, size: int, chunks: Iterator[bytes]) -> None:
+        self.inner.put_blob(digest, size, chunks)
+
+    def put_manifest(self, reference: str, body: bytes, media_type: str) -> None:
+        if not self.forgotten:
+            self.link.unlink()
+            self.forgotten = True
+        self.inner.put_manifest(reference, body, media_type)
+
+
+def test_a_blob_the_registry_forgot_is_sent_again_and_the_manifest_retried_once(
+    registry_basic: RunningRegistry, registry_token: RunningRegistry
+) -> None:
+    src, dst = unique("team/cc"), unique("mirror/cc")
+    build = push_build(registry_token, src, "v1.0.0", base=["os"], own="v1")
+    forgotten = sorted(build.blobs)[0]
+    link = (
+        (registry_basic.root / "storage/docker/registry/v2/repositories" / dst / "_layers/sha256")
+        / forgotten.removeprefix("sha256:")
+        / "link"
+    )
+    with robot_client() as client:
+        target = ForgetsOneBlob(RegistryTarget(client, repo(registry_basic.host, dst)), link)
+        result = copy_between(
+            RegistrySource(client, repo(registry_token.host, src)), "v1.0.0", target, "v1.0.0"
+        )
+
+    assert target.forgotten
+    assert link.exists()  # sent again
+    assert result.digest == build.digest
+    assert tag_is_whole(registry_basic, dst, "v1.0.0") is True

@@ -111,12 +111,17 @@ def json_object(resp: httpx.Response, repo: Repository) -> dict[str, Any]:
 
 def raise_for(resp: httpx.Response, repo: Repository, doing: str) -> None:
     if resp.status_code >= 400:
-        failed = f"{doing} failed: HTTP {resp.status_code}{error_codes(resp)}"
-        raise RegistryError(f"{repo.name}: {failed}", status=resp.status_code)
+        errors = registry_errors(resp)
+        said = f" ({'; '.join(f'{c}: {m}' if m else c for c, m in errors)})" if errors else ""
+        raise RegistryError(
+            f"{repo.name}: {doing} failed: HTTP {resp.status_code}{said}",
+            status=resp.status_code,
+            codes=tuple(code for code, _ in errors),
+        )
 
 
-def error_codes(resp: httpx.Response) -> str:
-    """` (CODE: message; ...)` from a registry's error body (the distribution spec's `errors`), or "".
+def registry_errors(resp: httpx.Response) -> list[tuple[str, str]]:
+    """(code, message) from a registry's error body (the distribution spec's `errors`), at most three.
 
     The code says what a bare status cannot: a 400 on a manifest PUT is `MANIFEST_BLOB_UNKNOWN` or
     `MANIFEST_INVALID` or `TAG_INVALID`. Only a body already read is looked at (a streamed one is left
@@ -126,17 +131,16 @@ def error_codes(resp: httpx.Response) -> str:
         body = resp.content
         data = json.loads(body) if len(body) <= _MAX_ERROR_BODY else None
     except (httpx.ResponseNotRead, ValueError, RecursionError):
-        return ""
+        return []
     errors = data.get("errors") if isinstance(data, dict) else None
     if not isinstance(errors, list):
-        return ""
-    parts = []
+        return []
+    found = []
     for error in errors[:3]:
         if isinstance(error, dict) and isinstance(error.get("code"), str):
             message = error.get("message")
-            text = error["code"][:64] + (f": {message[:120]}" if isinstance(message, str) and message else "")
-            parts.append(text)
-    return f" ({'; '.join(parts)})" if parts else ""
+            found.append((error["code"][:64], message[:120] if isinstance(message, str) else ""))
+    return found
 
 
 def unauthorized(repo: Repository, auth: RegistryAuth | None) -> str:

@@ -21,6 +21,7 @@ a registry stores a manifest only once it holds what it names.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +32,9 @@ from cccatalog.errors import RegistryError
 from cccatalog.oci.answers import media_type
 from cccatalog.oci.client import INDEX_TYPES, Manifest, RegistryClient
 from cccatalog.oci.reference import Repository
+
+log = logging.getLogger("cccatalog.oci")
+BLOB_UNKNOWN = "MANIFEST_BLOB_UNKNOWN"
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +198,9 @@ def copy_between(
     try:
         return _copy(source, reference, target, tag, image=image, workers=workers, progress=progress)
     except RegistryError as exc:
-        raise RegistryError(f"copying {image} to {target.name}:{tag}: {exc}", status=exc.status) from None
+        raise RegistryError(
+            f"copying {image} to {target.name}:{tag}: {exc}", status=exc.status, codes=exc.codes
+        ) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,10 +241,25 @@ def _copy(
         return CopyResult(top.digest, 0, 0, 0, 0)  # already there, whole: a registry holds nothing half
     plan = _plan(source, target, top, workers=workers)
     counts = _copy_blobs(source, target, plan.blobs, image=image, workers=workers, progress=progress)
+    try:
+        _put_manifests(target, plan, tag)
+    except RegistryError as exc:
+        if BLOB_UNKNOWN not in exc.codes:
+            raise
+        # The registry acknowledged every blob, then refused a manifest naming one as unknown (seen
+        # with distribution while other clients pushed the same blobs): ask about each blob again,
+        # send what it lacks, and put the manifests once more. A second refusal is the error.
+        log.warning("%s: %s; checking every blob again and trying once more", image, exc)
+        _copy_blobs(source, target, plan.blobs, image=image, workers=workers, progress=None)
+        _put_manifests(target, plan, tag)
+    return CopyResult(top.digest, *counts)
+
+
+def _put_manifests(target: ImageTarget, plan: _Plan, tag: str) -> None:
+    """The children by digest, deepest first, then the tag: a tag never names what is not there."""
     for child in plan.children:
         target.put_manifest(child.digest, child.body, _type_of(child))
-    target.put_manifest(tag, top.body, _type_of(top))
-    return CopyResult(top.digest, *counts)
+    target.put_manifest(tag, plan.top.body, _type_of(plan.top))
 
 
 def _plan(source: ImageSource, target: ImageTarget | None, top: Manifest, *, workers: int = 4) -> _Plan:
