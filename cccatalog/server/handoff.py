@@ -80,11 +80,16 @@ def queued(sock: socket.socket) -> int:
     return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), _OUTQ, bytes(4)))[0])
 
 
-def written(sock: socket.socket) -> int:
-    """Every byte written to `sock` so far, by any process: acknowledged plus still queued."""
+def acknowledged(sock: socket.socket) -> int:
+    """Bytes written to `sock` that the peer has acknowledged."""
     assert _TCP_INFO is not None
     raw = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _INFO_SIZE)
-    return int(struct.unpack_from("Q", raw, _BYTES_ACKED)[0]) + queued(sock)
+    return int(struct.unpack_from("Q", raw, _BYTES_ACKED)[0])
+
+
+def written(sock: socket.socket) -> int:
+    """Every byte written to `sock` so far, by any process: acknowledged plus still queued."""
+    return acknowledged(sock) + queued(sock)
 
 
 def cork(sock: socket.socket, on: bool) -> None:
@@ -112,8 +117,7 @@ def watch(
         while not exited(_TICK_SECONDS):
             if gone(sock):
                 return "client disconnected"
-            waiting = queued(sock)
-            acked = written(sock) - waiting
+            waiting, acked = queued(sock), acknowledged(sock)
             now = time.monotonic()
             if acked != last_acked or not waiting:
                 last_acked, since = acked, now
