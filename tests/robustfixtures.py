@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import stat
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -102,6 +103,24 @@ def add_random_blobs(up: Upstream, *, megabytes: int, files: int = 3) -> str:
     git("add", "-A", cwd=up.path)
     git("commit", "-q", "-m", f"{megabytes} MB of random data", cwd=up.path)
     return up.sha("HEAD")
+
+
+def branch_of_random_data(up: Upstream, branch: str, size: int, tmp_path: Path) -> str:
+    """A commit of its own (no parent) holding `size` bytes of incompressible data, on `branch`."""
+    data = tmp_path / f"{branch}.bin"
+    data.write_bytes(os.urandom(size))
+    blob = git("hash-object", "-w", str(data), cwd=up.path)
+    tree = subprocess.run(
+        ["git", "mktree"],
+        input=f"100644 blob {blob}\tblob.bin\n",
+        cwd=up.path,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    head = git("commit-tree", tree, "-m", branch, cwd=up.path)
+    git("update-ref", f"refs/heads/{branch}", head, cwd=up.path)
+    return head
 
 
 def pkt_line(payload: bytes) -> bytes:

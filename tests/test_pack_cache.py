@@ -34,6 +34,7 @@ from tests.robustfixtures import (
     Reply,
     add_random_blobs,
     address,
+    branch_of_random_data,
     git_wrapper,
     logging_git,
     processes_touching,
@@ -184,21 +185,8 @@ def test_the_cache_stays_within_its_bound_and_does_not_keep_an_answer_past_half_
     make_upstream: MakeUpstream, write_config: MakeConfig, tmp_path: Path
 ) -> None:
     up = make_upstream("alpha")
-    heads = []
-    for i in range(8):  # eight unrelated branches, each answer ~300 KB of its own random data
-        data = tmp_path / f"blob{i}.bin"
-        data.write_bytes(os.urandom(300 * 1024))
-        blob = git("hash-object", "-w", str(data), cwd=up.path)
-        tree = subprocess.run(
-            ["git", "mktree"],
-            input=f"100644 blob {blob}\tblob.bin\n",
-            cwd=up.path,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        heads.append(git("commit-tree", tree, "-m", f"b{i}", cwd=up.path))
-        git("update-ref", f"refs/heads/b{i}", heads[-1], cwd=up.path)
+    # eight unrelated branches, each answer ~300 KB of its own random data
+    heads = [branch_of_random_data(up, f"b{i}", 300 * 1024, tmp_path) for i in range(8)]
     big = add_random_blobs(up, megabytes=1, files=1)  # ~1 MB: over half of a 1 MiB cache
     config = synced_config(write_config({"alpha": up.url}))
     wrapper, log = logging_git(tmp_path)

@@ -6,7 +6,6 @@ process for answers the cache does not keep.
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import stat
@@ -26,7 +25,14 @@ from cccatalog.server.cgi import HttpBackend
 from tests.conftest import MakeConfig
 from tests.fleetfixtures import UPLOAD_HEADERS, gated_git, pack_data, request_from, upload_pack, want_request
 from tests.gitfixtures import Upstream, git
-from tests.robustfixtures import REAL_GIT, Reply, add_random_blobs, address, git_wrapper
+from tests.robustfixtures import (
+    REAL_GIT,
+    Reply,
+    add_random_blobs,
+    address,
+    branch_of_random_data,
+    git_wrapper,
+)
 from tests.servefixtures import running_server, serve_process, synced_config
 from tests.test_pack_cache import dechunk, serving
 from tests.waiting import wait_until
@@ -168,24 +174,6 @@ def test_answers_written_at_the_same_time_stay_within_the_bound(
     assert peak[0] <= bound, f"{peak[0]} bytes on disk against a bound of {bound}"
     assert all(complete(r) for r in replies)
     assert sorted(pack_data(r.body) for r in replies) == sorted(pack_data(body) for body in expected)
-
-
-def branch_of_random_data(up: Upstream, branch: str, size: int, tmp_path: Path) -> str:
-    """A commit of its own (no parent) holding `size` bytes of incompressible data, on `branch`."""
-    data = tmp_path / f"{branch}.bin"
-    data.write_bytes(os.urandom(size))
-    blob = git("hash-object", "-w", str(data), cwd=up.path)
-    tree = subprocess.run(
-        ["git", "mktree"],
-        input=f"100644 blob {blob}\tblob.bin\n",
-        cwd=up.path,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    head = git("commit-tree", tree, "-m", branch, cwd=up.path)
-    git("update-ref", f"refs/heads/{branch}", head, cwd=up.path)
-    return head
 
 
 def on_disk(directory: Path) -> int:
